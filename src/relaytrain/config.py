@@ -52,7 +52,7 @@ class CheckpointPolicy(_Model):
 
     every_steps: int = Field(100, ge=1, description="Write a checkpoint every this many steps.")
     keep_last: int = Field(3, ge=1, description="Keep the newest this many checkpoints.")
-    keep_every: int | None = Field(None, ge=1, description="Also keep every checkpoint whose step is a multiple of this.")
+    keep_every: int | None = Field(None, ge=1, description="Also keep checkpoints whose step is a multiple of this.")
     async_save: bool = Field(False, description="Copy state to host memory and write in a background thread.")
 
 
@@ -162,7 +162,9 @@ class SFTTrainer(_Model):
 class RewardSpec(_Model):
     """A reward function and its weight."""
 
-    name: str = Field(..., min_length=1, description="'correctness', 'keyword_match', 'strict_format' or module:function.")
+    name: str = Field(
+        ..., min_length=1, description="'correctness', 'keyword_match', 'strict_format' or module:function."
+    )
     weight: float = 1.0
 
 

@@ -1,0 +1,181 @@
+"""A typed HTTP client of the commander, shared by the CLI and the worker.
+
+Connection errors and 502/503/504 are retried with exponential backoff; a 4xx never is.
+Errors come back as the named exceptions of :mod:`relaytrain.errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import httpx
+
+from relaytrain.errors import (
+    AuthError,
+    BadRequest,
+    CommanderUnavailable,
+    Forbidden,
+    InvalidState,
+    LeaseLost,
+    NotFound,
+    RelayError,
+    RunExists,
+)
+
+from . import models as m
+
+log = logging.getLogger(__name__)
+
+_BY_NAME: dict[str, type[RelayError]] = {
+    "LeaseLost": LeaseLost,
+    "RunExists": RunExists,
+    "InvalidState": InvalidState,
+    "NotFound": NotFound,
+}
+_BY_STATUS: dict[int, type[RelayError]] = {401: AuthError, 403: Forbidden, 404: NotFound, 409: LeaseLost}
+_RETRY_STATUS = (502, 503, 504)
+
+
+def _error_for(response: httpx.Response) -> RelayError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if not isinstance(detail, str):
+        detail = response.text[:500] or response.reason_phrase
+    name = body.get("error") if isinstance(body, dict) else None
+    cls = _BY_NAME.get(name or "") or _BY_STATUS.get(response.status_code)
+    if cls is None:
+        cls = BadRequest if 400 <= response.status_code < 500 else RelayError
+    return cls(f"{detail} (HTTP {response.status_code})" if cls is RelayError else detail)
+
+
+class RelayClient:
+    """Talks to one commander. ``retries`` bounds attempts on connection errors."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        timeout_s: float = 30.0,
+        retries: int = 5,
+        backoff_s: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RelayClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
+                timeout_s: float | None = None, retries: int | None = None) -> Any:
+        """Send one request; retry transport failures; raise a named error on any non-2xx."""
+        attempts = (self.retries if retries is None else retries) + 1
+        timeout = httpx.Timeout(timeout_s or self.timeout_s)
+        last: Exception | None = None
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(min(10.0, self.backoff_s * 2 ** (attempt - 1)))
+            try:
+                response = self._http.request(method, path, json=json, params=params, timeout=timeout)
+            except httpx.TransportError as exc:
+                last = exc
+                log.debug("%s %s failed (%s), attempt %d/%d", method, path, exc, attempt + 1, attempts)
+                continue
+            if response.status_code in _RETRY_STATUS and attempt + 1 < attempts:
+                last = _error_for(response)
+                continue
+            if response.is_success:
+                return response.json()
+            raise _error_for(response)
+        raise CommanderUnavailable(f"cannot reach the commander at {self.base_url}: {last}") from last
+
+    # -- service -----------------------------------------------------------------------------
+
+    def health(self) -> m.Health:
+        return m.Health.model_validate(self.request("GET", "/api/v1/health"))
+
+    def create_token(self, name: str, scope: str = "worker") -> m.TokenCreated:
+        body = {"name": name, "scope": scope}
+        return m.TokenCreated.model_validate(self.request("POST", "/api/v1/tokens", json=body))
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def submit(self, config: dict[str, Any]) -> m.RunDetail:
+        return m.RunDetail.model_validate(self.request("POST", "/api/v1/runs", json=config, retries=0))
+
+    def runs(self, *, status: str | None = None, limit: int = 100, offset: int = 0) -> m.RunList:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if status:
+            params["status"] = status
+        return m.RunList.model_validate(self.request("GET", "/api/v1/runs", params=params))
+
+    def run(self, run_id: str) -> m.RunDetail:
+        return m.RunDetail.model_validate(self.request("GET", f"/api/v1/runs/{run_id}"))
+
+    def cancel(self, run_id: str) -> m.RunDetail:
+        return m.RunDetail.model_validate(self.request("POST", f"/api/v1/runs/{run_id}/cancel"))
+
+    def events(self, run_id: str, *, after: int = 0, limit: int = 100) -> m.EventList:
+        params = {"after": after, "limit": limit}
+        return m.EventList.model_validate(self.request("GET", f"/api/v1/runs/{run_id}/events", params=params))
+
+    def checkpoints(self, run_id: str) -> m.CheckpointList:
+        return m.CheckpointList.model_validate(self.request("GET", f"/api/v1/runs/{run_id}/checkpoints"))
+
+    def metrics(self, run_id: str, *, name: str | None = None) -> m.MetricList:
+        params = {"name": name} if name else None
+        return m.MetricList.model_validate(self.request("GET", f"/api/v1/runs/{run_id}/metrics", params=params))
+
+    def workers(self) -> list[m.WorkerInfo]:
+        return [m.WorkerInfo.model_validate(w) for w in self.request("GET", "/api/v1/workers")]
+
+    # -- worker side -------------------------------------------------------------------------
+
+    def register(self, req: m.RegisterWorker) -> m.WorkerInfo:
+        return m.WorkerInfo.model_validate(self.request("POST", "/api/v1/workers/register", json=req.model_dump()))
+
+    def heartbeat(self, worker_id: str, resources: m.WorkerResources | None = None) -> m.WorkerInfo:
+        body = m.Heartbeat(resources=resources).model_dump()
+        return m.WorkerInfo.model_validate(self.request("POST", f"/api/v1/workers/{worker_id}/heartbeat", json=body))
+
+    def claim(self, req: m.ClaimRequest) -> m.Grant | None:
+        """Long-poll for a run. Not retried: a lost answer only leaves a lease to expire."""
+        body = self.request("POST", "/api/v1/leases/claim", json=req.model_dump(),
+                            timeout_s=req.wait_s + self.timeout_s, retries=0)
+        return m.ClaimResponse.model_validate(body).grant
+
+    def renew(self, run_id: str, worker_id: str, epoch: int, *, timeout_s: float | None = None,
+              retries: int | None = None) -> m.RenewResponse:
+        body = {"worker_id": worker_id, "epoch": epoch}
+        return m.RenewResponse.model_validate(
+            self.request("POST", f"/api/v1/runs/{run_id}/lease/renew", json=body, timeout_s=timeout_s, retries=retries)
+        )
+
+    def release(self, run_id: str, req: m.ReleaseRequest) -> m.ReleaseResponse:
+        return m.ReleaseResponse.model_validate(
+            self.request("POST", f"/api/v1/runs/{run_id}/lease/release", json=req.model_dump())
+        )
+
+    def progress(self, run_id: str, req: m.ProgressRequest) -> int:
+        return int(self.request("POST", f"/api/v1/runs/{run_id}/progress", json=req.model_dump())["step"])
+
+    def commit_checkpoint(self, run_id: str, req: m.CheckpointCommit) -> m.CheckpointRef:
+        return m.CheckpointRef.model_validate(
+            self.request("POST", f"/api/v1/runs/{run_id}/checkpoints", json=req.model_dump())
+        )

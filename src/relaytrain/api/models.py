@@ -1,0 +1,238 @@
+"""Wire types shared by the commander, the worker and the CLI (HTTP API ``/api/v1``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from relaytrain.config import RUN_ID_PATTERN, RunKind
+
+WORKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Outcome = Literal["succeeded", "preempted", "failed", "cancelled"]
+FailureClass = Literal["transient", "permanent"]
+TokenScope = Literal["admin", "worker"]
+
+WorkerId = Field(..., pattern=WORKER_ID_PATTERN, description="The worker's unique id.")
+Epoch = Field(..., ge=1, le=2**31 - 1, description="The fencing token of the lease.")
+Step = Field(..., ge=0, le=10**9)
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GpuInfo(_Wire):
+    index: int = Field(..., ge=0, le=1024)
+    name: str = Field(..., max_length=256)
+    memory_mb: int = Field(..., ge=0)
+    uuid: str | None = Field(None, max_length=128)
+
+
+class WorkerResources(_Wire):
+    gpus: list[GpuInfo] = Field(default_factory=list, max_length=64)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
+    price_per_hour: float | None = Field(None, ge=0, description="What this machine costs, in dollars per hour.")
+
+
+class RegisterWorker(_Wire):
+    worker_id: str = WorkerId
+    provider: str = Field("local", max_length=32)
+    hostname: str | None = Field(None, max_length=255)
+    version: str | None = Field(None, max_length=32)
+    resources: WorkerResources = Field(default_factory=WorkerResources)
+
+
+class Heartbeat(_Wire):
+    resources: WorkerResources | None = None
+
+
+class WorkerInfo(_Wire):
+    worker_id: str
+    provider: str
+    hostname: str | None
+    version: str | None
+    resources: WorkerResources
+    registered_at: float
+    last_heartbeat: float
+    current_run: str | None = None
+
+
+class CheckpointRef(_Wire):
+    run_id: str
+    step: int
+    epoch: int
+    uri: str
+    manifest_sha256: str
+    created_at: float
+
+
+class ClaimRequest(_Wire):
+    worker_id: str = WorkerId
+    resources: WorkerResources = Field(default_factory=WorkerResources)
+    kinds: list[RunKind] | None = Field(None, description="Kinds of run this worker serves; all when unset.")
+    wait_s: float = Field(10.0, ge=0, le=60, description="Long-poll up to this long when nothing is ready.")
+
+
+class Grant(_Wire):
+    run_id: str
+    kind: RunKind
+    config: dict[str, Any]
+    epoch: int
+    ttl_s: float
+    expires_at: float
+    max_steps: int
+    checkpoint: CheckpointRef | None = Field(None, description="The latest durable checkpoint to resume from.")
+    init_checkpoint: CheckpointRef | None = Field(None, description="For init_from: {run}, that run's result.")
+
+
+class ClaimResponse(_Wire):
+    grant: Grant | None
+
+
+class LeaseRef(_Wire):
+    worker_id: str = WorkerId
+    epoch: int = Epoch
+
+
+class RenewResponse(_Wire):
+    expires_at: float
+    ttl_s: float
+    cancel_requested: bool
+
+
+class ReleaseRequest(LeaseRef):
+    outcome: Outcome
+    failure_class: FailureClass | None = None
+    message: str | None = Field(None, max_length=10_000)
+    stderr_tail: str | None = Field(None, max_length=65_536)
+    step: int | None = Field(None, ge=0, le=10**9, description="The trainer's last step, for the attempt record.")
+
+    @model_validator(mode="after")
+    def _class_with_failure(self) -> ReleaseRequest:
+        if self.outcome == "failed" and self.failure_class is None:
+            raise ValueError("failure_class is required when outcome is 'failed'")
+        if self.outcome != "failed" and self.failure_class is not None:
+            raise ValueError("failure_class is only for outcome 'failed'")
+        return self
+
+
+class ReleaseResponse(_Wire):
+    status: RunStatus
+    retries_used: int
+    not_before: float
+
+
+class ProgressPoint(_Wire):
+    step: int = Step
+    metrics: dict[str, float] = Field(default_factory=dict, max_length=256)
+
+
+class ProgressRequest(LeaseRef):
+    points: list[ProgressPoint] = Field(..., min_length=1, max_length=1000)
+
+
+class CheckpointCommit(LeaseRef):
+    step: int = Step
+    uri: str = Field(..., min_length=1, max_length=4096)
+    manifest_sha256: str = Field(..., pattern=SHA256_PATTERN)
+
+
+class AttemptInfo(_Wire):
+    epoch: int
+    worker_id: str
+    granted_at: float
+    ended_at: float | None
+    outcome: str | None
+    failure_class: str | None
+    message: str | None
+    stderr_tail: str | None
+    step_start: int
+    step_end: int | None
+    steps_lost: int | None
+
+
+class RunSummary(_Wire):
+    run_id: str = Field(..., pattern=RUN_ID_PATTERN)
+    kind: RunKind
+    status: RunStatus
+    priority: int
+    step: int
+    max_steps: int
+    epoch: int
+    holder: str | None
+    lease_expires_at: float | None
+    retries_used: int
+    max_retries: int
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    last_error: str | None
+
+
+class RunDetail(RunSummary):
+    config: dict[str, Any]
+    cancel_requested: bool
+    not_before: float
+    depends_on: str | None
+    attempts: list[AttemptInfo]
+    latest_checkpoint: CheckpointRef | None
+
+
+class RunList(_Wire):
+    items: list[RunSummary]
+    total: int
+    next_offset: int | None
+
+
+class EventInfo(_Wire):
+    id: int
+    run_id: str | None
+    ts: float
+    kind: str
+    message: str
+    data: dict[str, Any] | None
+
+
+class EventList(_Wire):
+    items: list[EventInfo]
+    next_after: int | None
+
+
+class CheckpointList(_Wire):
+    items: list[CheckpointRef]
+
+
+class MetricPoint(_Wire):
+    step: int
+    name: str
+    value: float
+    epoch: int
+
+
+class MetricList(_Wire):
+    items: list[MetricPoint]
+
+
+class TokenCreate(_Wire):
+    name: str = Field(..., min_length=1, max_length=128)
+    scope: TokenScope = "worker"
+
+
+class TokenCreated(_Wire):
+    name: str
+    scope: TokenScope
+    token: str = Field(..., description="Shown once; only its hash is stored.")
+
+
+class Health(_Wire):
+    status: Literal["ok"]
+    version: str
+    database: str
+
+
+class ErrorBody(_Wire):
+    error: str
+    detail: str

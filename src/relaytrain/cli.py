@@ -1,0 +1,268 @@
+"""The ``relay`` command. Thin: parse, validate, then import the heavy part a command needs.
+
+``relay --help`` imports neither torch nor the commander's web stack.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from relaytrain import __version__
+from relaytrain.errors import ConfigError, RelayError
+
+if TYPE_CHECKING:
+    from relaytrain.api.client import RelayClient
+
+app = typer.Typer(
+    name="relay",
+    help="relaytrain: LLM post-training on unreliable GPUs. Runs are leased to workers and survive their machines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
+db_app = typer.Typer(help="Manage the commander's database.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(db_app, name="db")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_COMMANDER = "http://127.0.0.1:8080"
+DEFAULT_DB = "./relay.db"
+CommanderOpt = Annotated[
+    str, typer.Option("--commander", envvar="RELAY_COMMANDER", help="Commander URL.", show_default=True)
+]
+TokenOpt = Annotated[
+    str | None, typer.Option("--token", envvar="RELAY_TOKEN", help="Bearer token (admin, or worker for workers).")
+]
+DbOpt = Annotated[
+    str, typer.Option("--db", envvar="RELAY_DB", help="SQLite path or postgresql+psycopg://… URL.", show_default=True)
+]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def _client(commander: str, token: str | None) -> RelayClient:
+    from relaytrain.api.client import RelayClient
+
+    return RelayClient(commander, token, retries=2)
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    delta = time.time() - ts
+    return f"in {-delta:.0f}s" if delta < 0 else f"{delta:.0f}s ago"
+
+
+def main() -> None:
+    """Entry point of the console script: named errors become one red line and exit 1."""
+    try:
+        app()
+    except RelayError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        sys.exit(1)
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        console.print(f"relaytrain {__version__}")
+        raise typer.Exit()
+
+
+# -- commander ---------------------------------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command()
+def serve(
+    db: DbOpt = DEFAULT_DB,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to bind.")] = 8080,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="RELAY_TOKEN", help="Admin token; required off loopback.")
+    ] = None,
+    sweep_interval: Annotated[float, typer.Option(min=0.05, help="Seconds between lease-expiry sweeps.")] = 5.0,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Run the commander: migrate the database, then serve the API under /api/v1."""
+    if not token and not _is_loopback(host):
+        raise fail(f"--host {host} is not a loopback address: give --token (or RELAY_TOKEN) to serve off this machine")
+    import logging
+
+    import uvicorn
+
+    from relaytrain.commander.app import create_app
+    from relaytrain.commander.store import Store
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = Store(db)
+    store.upgrade()
+    if not token:
+        err_console.print("[yellow]warning:[/yellow] no --token: the API is open to anyone on this machine")
+    err_console.print(f"commander on http://{host}:{port} over {store.describe()}")
+    api = create_app(store, admin_token=token or None, sweep_interval_s=sweep_interval)
+    uvicorn.run(api, host=host, port=port, log_level=log_level.lower(), access_log=False)
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOpt = DEFAULT_DB) -> None:
+    """Apply the database migrations (relay serve also does this at start)."""
+    from relaytrain.commander.store import Store
+
+    store = Store(db)
+    store.upgrade()
+    console.print(f"{store.describe()} is at revision {store.revision()}")
+    store.close()
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option(help="A name to recognise the token by.")] = "worker",
+    scope: Annotated[str, typer.Option(help="worker (worker endpoints only) or admin.")] = "worker",
+    commander: CommanderOpt = DEFAULT_COMMANDER,
+    token: TokenOpt = None,
+) -> None:
+    """Create a token (needs the admin token); it is printed once and stored hashed."""
+    if scope not in ("worker", "admin"):
+        raise fail(f"--scope: must be 'worker' or 'admin', not {scope!r}")
+    with _client(commander, token) as client:
+        created = client.create_token(name, scope)
+    console.print(created.token, soft_wrap=True)
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+
+@app.command()
+def submit(
+    run_file: Annotated[Path, typer.Argument(help="The run's YAML file.")],
+    commander: CommanderOpt = DEFAULT_COMMANDER,
+    token: TokenOpt = None,
+) -> None:
+    """Validate a run file and queue the run."""
+    from relaytrain.config import load_run_config, run_config_dict
+
+    try:
+        config = load_run_config(run_file)
+    except ConfigError as exc:
+        raise fail(str(exc)) from exc
+    with _client(commander, token) as client:
+        run = client.submit(run_config_dict(config))
+    console.print(f"submitted [bold]{run.run_id}[/bold] ({run.kind}, {run.max_steps} steps): {run.status}")
+
+
+@app.command()
+def runs(
+    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    commander: CommanderOpt = DEFAULT_COMMANDER,
+    token: TokenOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List runs, newest first."""
+    with _client(commander, token) as client:
+        page = client.runs(status=status, limit=limit)
+    if as_json:
+        console.print_json(page.model_dump_json())
+        return
+    table = Table("run", "kind", "status", "step", "epoch", "holder", "retries", "updated")
+    for r in page.items:
+        table.add_row(r.run_id, r.kind, r.status, f"{r.step}/{r.max_steps}", str(r.epoch), r.holder or "-",
+                      f"{r.retries_used}/{r.max_retries}", _ago(r.updated_at))
+    console.print(table)
+    if page.total > len(page.items):
+        console.print(f"{len(page.items)} of {page.total} runs shown")
+
+
+@app.command()
+def status(
+    run_id: Annotated[str, typer.Argument(help="The run's id.")],
+    commander: CommanderOpt = DEFAULT_COMMANDER,
+    token: TokenOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a run: status, step, lease, attempts and the latest durable checkpoint."""
+    with _client(commander, token) as client:
+        run = client.run(run_id)
+    if as_json:
+        console.print_json(run.model_dump_json())
+        return
+    _print_run(run.model_dump())
+
+
+def _print_run(run: dict[str, Any]) -> None:
+    console.print(f"[bold]{run['run_id']}[/bold]  {run['kind']}  [bold]{run['status']}[/bold]"
+                  f"  step {run['step']}/{run['max_steps']}  epoch {run['epoch']}")
+    if run["holder"]:
+        console.print(f"held by {run['holder']}, lease expires {_ago(run['lease_expires_at'])}")
+    if run["cancel_requested"] and run["status"] == "running":
+        console.print("cancel requested")
+    console.print(f"retries {run['retries_used']}/{run['max_retries']}"
+                  + (f", next try {_ago(run['not_before'])}" if run["status"] == "queued" else ""))
+    ckpt = run["latest_checkpoint"]
+    console.print(f"latest durable checkpoint: step {ckpt['step']} at {ckpt['uri']}" if ckpt
+                  else "latest durable checkpoint: none")
+    if run["attempts"]:
+        table = Table("epoch", "worker", "start", "end", "outcome", "steps", "lost", title="attempts")
+        for a in run["attempts"]:
+            outcome = a["outcome"] or "running"
+            if a["failure_class"]:
+                outcome += f" ({a['failure_class']})"
+            end = a["step_end"] if a["step_end"] is not None else "…"
+            table.add_row(str(a["epoch"]), a["worker_id"], _when(a["granted_at"]), _when(a["ended_at"]), outcome,
+                          f"{a['step_start']}→{end}", "-" if a["steps_lost"] is None else str(a["steps_lost"]))
+        console.print(table)
+    if run["last_error"]:
+        console.print(f"[red]last error:[/red] {run['last_error']}")
+    failed = [a for a in run["attempts"] if a["stderr_tail"]]
+    if failed:
+        console.print(f"[dim]stderr tail of epoch {failed[-1]['epoch']}:[/dim]")
+        console.print(failed[-1]["stderr_tail"], markup=False, highlight=False)
+
+
+@app.command()
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="The run's id.")],
+    commander: CommanderOpt = DEFAULT_COMMANDER,
+    token: TokenOpt = None,
+) -> None:
+    """Cancel a run: at once if queued; a running one stops within one renew interval."""
+    with _client(commander, token) as client:
+        run = client.cancel(run_id)
+    if run.status == "cancelled":
+        console.print(f"{run_id} cancelled")
+    else:
+        console.print(f"{run_id}: cancel requested; {run.holder} stops it at its next renewal")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+

@@ -1,0 +1,134 @@
+"""The commander's tables (SQLAlchemy Core). Migrations in ``commander/migrations`` create them.
+
+Times are float seconds since the epoch, taken from the commander's clock. Every table is
+reached only through :class:`relaytrain.commander.store.Store`.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# An auto-incrementing 64-bit key that is also SQLite's rowid alias.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+OUTCOMES = ("succeeded", "preempted", "failed", "cancelled", "lost")
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("run_id", sa.String(128), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("config", sa.JSON, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("gpus", sa.Integer, nullable=False),
+    sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("depends_on", sa.String(128), nullable=True),
+    sa.Column("max_steps", sa.Integer, nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("holder", sa.String(128), nullable=True),
+    sa.Column("lease_expires_at", sa.Float, nullable=True),
+    sa.Column("lease_ttl_s", sa.Float, nullable=False),
+    sa.Column("retries_used", sa.Integer, nullable=False),
+    sa.Column("max_retries", sa.Integer, nullable=False),
+    sa.Column("not_before", sa.Float, nullable=False),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Index("ix_runs_queue", "status", "priority", "created_at"),
+    sa.Index("ix_runs_depends_on", "depends_on"),
+)
+
+attempts = sa.Table(
+    "attempts",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(128), sa.ForeignKey("runs.run_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("worker_id", sa.String(128), nullable=False),
+    sa.Column("granted_at", sa.Float, nullable=False),
+    sa.Column("last_renewed_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float, nullable=True),
+    sa.Column("outcome", sa.String(16), nullable=True),
+    sa.Column("failure_class", sa.String(16), nullable=True),
+    sa.Column("message", sa.Text, nullable=True),
+    sa.Column("stderr_tail", sa.Text, nullable=True),
+    sa.Column("step_start", sa.Integer, nullable=False),
+    sa.Column("step_end", sa.Integer, nullable=True),
+    sa.Column("steps_lost", sa.Integer, nullable=True),
+    sa.Column("gpus", sa.Integer, nullable=False),
+    sa.Column("price_per_hour", sa.Float, nullable=True),
+    sa.UniqueConstraint("run_id", "epoch", name="uq_attempts_run_epoch"),
+)
+
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("worker_id", sa.String(128), primary_key=True),
+    sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("hostname", sa.String(255), nullable=True),
+    sa.Column("gpus", sa.JSON, nullable=False),
+    sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("price_per_hour", sa.Float, nullable=True),
+    sa.Column("version", sa.String(32), nullable=True),
+    sa.Column("registered_at", sa.Float, nullable=False),
+    sa.Column("last_heartbeat", sa.Float, nullable=False),
+)
+
+checkpoints = sa.Table(
+    "checkpoints",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(128), sa.ForeignKey("runs.run_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("uri", sa.Text, nullable=False),
+    sa.Column("manifest_sha256", sa.String(64), nullable=False),
+    sa.Column("durable", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("run_id", "step", "epoch", name="uq_checkpoints_run_step_epoch"),
+    sa.Index("ix_checkpoints_run_step", "run_id", "step"),
+)
+
+metrics = sa.Table(
+    "metrics",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(128), sa.ForeignKey("runs.run_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Index("ix_metrics_run_name_step", "run_id", "name", "step"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(128), nullable=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("data", sa.JSON, nullable=True),
+    sa.Index("ix_events_run_id", "run_id", "id"),
+)
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("scope", sa.String(16), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
