@@ -1,0 +1,68 @@
+"""A hostile claimer for the lease-safety tests: one process, one worker id.
+
+Claims for ``duration`` seconds and, with each grant, renews a random number of times, then
+releases with a random outcome, or abandons the lease to expire. After every release it
+tries a stale renew, which must be refused. Writes one JSON line per event to ``out``.
+
+    python -m tests.support.claimer URL TOKEN WORKER_ID DURATION_S SEED OUT
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+
+from relaytrain.api import models as m
+from relaytrain.api.client import RelayClient
+from relaytrain.errors import LeaseLost
+
+
+def main(url: str, token: str, worker_id: str, duration_s: float, seed: int, out_path: str) -> None:
+    rng = random.Random(seed)
+    client = RelayClient(url, token, timeout_s=60, retries=0)
+    client.register(m.RegisterWorker(worker_id=worker_id))
+    deadline = time.monotonic() + duration_s
+    with open(out_path, "w") as out:
+
+        def log(**record) -> None:
+            out.write(json.dumps({"t": time.time(), "worker": worker_id, **record}) + "\n")
+
+        while time.monotonic() < deadline:
+            grant = client.claim(m.ClaimRequest(worker_id=worker_id, wait_s=0.5))
+            if grant is None:
+                continue
+            log(event="grant", run_id=grant.run_id, epoch=grant.epoch, expires_at=grant.expires_at)
+            run_id, epoch = grant.run_id, grant.epoch
+            try:
+                for step in range(rng.randint(0, 3)):
+                    client.renew(run_id, worker_id, epoch)
+                    client.progress(run_id, m.ProgressRequest(
+                        worker_id=worker_id, epoch=epoch, points=[m.ProgressPoint(step=step + 1)]))
+                    log(event="renewed", run_id=run_id, epoch=epoch)
+                choice = rng.random()
+                if choice < 0.15:
+                    log(event="abandon", run_id=run_id, epoch=epoch)
+                    continue  # let the lease expire
+                if choice < 0.55:
+                    req = m.ReleaseRequest(worker_id=worker_id, epoch=epoch, outcome="preempted")
+                else:
+                    req = m.ReleaseRequest(worker_id=worker_id, epoch=epoch, outcome="failed",
+                                           failure_class="transient", message="chaos")
+                client.release(run_id, req)
+                log(event="released", run_id=run_id, epoch=epoch)
+            except LeaseLost as exc:
+                log(event="lost", run_id=run_id, epoch=epoch, detail=str(exc))
+                continue
+            try:
+                client.renew(run_id, worker_id, epoch)
+                log(event="stale_write_accepted", run_id=run_id, epoch=epoch)
+            except LeaseLost:
+                log(event="stale_write_refused", run_id=run_id, epoch=epoch)
+    client.close()
+
+
+if __name__ == "__main__":
+    url, token, worker_id, duration, seed, out = sys.argv[1:7]
+    main(url, token, worker_id, float(duration), int(seed), out)

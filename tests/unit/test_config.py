@@ -1,0 +1,86 @@
+"""Run-file validation: every bad field is named, every shipped example parses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from relaytrain.config import load_run_config, parse_run_config, validate_run_id
+from relaytrain.errors import ConfigError
+
+EXAMPLES = sorted((Path(__file__).parents[2] / "examples" / "runs").glob("*.yaml"))
+BASE = {"run_id": "r", "kind": "command", "max_steps": 10, "trainer": {"command": "python t.py"}}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_shipped_examples_parse(path):
+    config = load_run_config(path)
+    assert config.run_id == path.stem or config.run_id
+
+
+def test_defaults_follow_the_design():
+    config = parse_run_config(BASE)
+    assert (config.lease.ttl_s, config.lease.margin_s, config.lease.grace_s) == (60, 15, 10)
+    assert config.retry.max_retries == 3 and config.store.uri == "./artifacts"
+    assert parse_run_config({**BASE, "store": "s3://b/p"}).store.uri == "s3://b/p"
+
+
+@pytest.mark.parametrize(
+    ("patch", "expected"),
+    [
+        ({"checkpoint": {"every_steps": 0}}, "checkpoint.every_steps: Input should be greater than or equal to 1"),
+        ({"max_steps": "many"}, "max_steps: Input should be a valid integer"),
+        ({"kind": "rlhf"}, "kind: Input tag 'rlhf'"),
+        ({"trainer": {}}, "trainer.command: Field required"),
+        ({"trainer": {"command": "  "}}, "trainer.command: must not be empty"),
+        ({"lease": {"ttl_s": 10}}, "lease: margin_s must be < 2/3 of ttl_s"),
+        ({"lease": {"ttl_s": 60, "margin_s": 5, "grace_s": 6}}, "lease: grace_s must be < margin_s"),
+        ({"retry": {"backoff_base_s": 10, "backoff_cap_s": 1}}, "retry: backoff_cap_s must be ≥ backoff_base_s"),
+        ({"store": "gs://bucket"}, "store.uri: must be a path, file://, s3:// or hf:// URI"),
+        ({"resources": {"gpus": -1}}, "resources.gpus: Input should be greater than or equal to 0"),
+        ({"colour": "blue"}, "colour: Extra inputs are not permitted"),
+        ({"run_id": "../x"}, "run_id: must match"),
+        ({"run_id": "a..b"}, "run_id: must not contain '..'"),
+        ({"init_from": {"run": "a", "path": "b"}}, "init_from: give exactly one of 'run' or 'path'"),
+    ],
+)
+def test_bad_fields_are_named(patch, expected):
+    with pytest.raises(ConfigError) as info:
+        parse_run_config({**BASE, **patch})
+    assert expected in str(info.value)
+
+
+def test_missing_kind_is_named():
+    with pytest.raises(ConfigError, match="kind: Field required"):
+        parse_run_config({"run_id": "r", "max_steps": 1})
+
+
+def test_sft_data_needs_one_source():
+    with pytest.raises(ConfigError, match="data: give exactly one of 'builtin' or 'path'"):
+        parse_run_config({"run_id": "r", "kind": "sft", "max_steps": 1, "data": {"template": "r1"}})
+
+
+@pytest.mark.parametrize("bad", ["", "A", "-x", "x" * 129, "a/b", "a\x00b", "été", "a..b", "../x"])
+def test_hostile_run_ids(bad):
+    with pytest.raises(ValueError):
+        validate_run_id(bad)
+
+
+def test_load_reports_file_problems(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_run_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("run_id: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_run_config(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_run_config(tmp_path / "list.yaml")
+    (tmp_path / "zero.yaml").write_text("run_id: r\nkind: sft\nmax_steps: 5\ncheckpoint: {every_steps: 0}\n")
+    with pytest.raises(ConfigError, match=r"zero.yaml:\ncheckpoint.every_steps"):
+        load_run_config(tmp_path / "zero.yaml")
+
+
+def test_backoff_doubles_up_to_the_cap():
+    policy = parse_run_config({**BASE, "retry": {"backoff_base_s": 2, "backoff_cap_s": 10}}).retry
+    assert [policy.backoff_s(n) for n in (1, 2, 3, 4, 5)] == [2, 4, 8, 10, 10]
