@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -261,6 +263,126 @@ def cancel(
         console.print(f"{run_id} cancelled")
     else:
         console.print(f"{run_id}: cancel requested; {run.holder} stops it at its next renewal")
+
+
+@app.command()
+def checkpoints(
+    run_id: Annotated[str, typer.Argument(help="The run's id.")],
+    commander: CommanderOpt = DEFAULT_COMMANDER,
+    token: TokenOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List a run's durable checkpoints."""
+    with _client(commander, token) as client:
+        items = client.checkpoints(run_id).items
+    if as_json:
+        console.print_json(json.dumps([c.model_dump() for c in items]))
+        return
+    table = Table("step", "epoch", "manifest sha256", "uri", "committed")
+    for c in items:
+        table.add_row(str(c.step), str(c.epoch), c.manifest_sha256[:16] + "…", c.uri, _when(c.created_at))
+    console.print(table if items else f"{run_id} has no durable checkpoint yet")
+
+
+# -- workers -----------------------------------------------------------------------------------
+
+
+def _parse_labels(labels: list[str]) -> dict[str, str]:
+    parsed = {}
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise fail(f"--label: expected KEY=VALUE, got {item!r}")
+        parsed[key] = value
+    return parsed
+
+
+@app.command()
+def worker(
+    commander: CommanderOpt = DEFAULT_COMMANDER,
+    token: TokenOpt = None,
+    worker_id: Annotated[str, typer.Option("--worker-id", envvar="WORKER_ID", help="Unique id; default: hostname.")]
+    = "",
+    workdir: Annotated[Path, typer.Option(envvar="RELAY_WORKDIR", help="Where runs live on this machine.")]
+    = Path("./relay-work"),
+    label: Annotated[list[str], typer.Option("--label", help="KEY=VALUE a run may require; repeatable.")] = [],  # noqa: B006
+    kind: Annotated[list[str], typer.Option("--kind", help="Serve only these run kinds; repeatable.")] = [],  # noqa: B006
+    max_runs: Annotated[int | None, typer.Option(min=1, help="Exit after this many attempts.")] = None,
+    price_per_hour: Annotated[float | None, typer.Option(min=0, help="What this machine costs, $/hour.")] = None,
+    provider: Annotated[str, typer.Option(help="local, ssh or lium (for the ledger).")] = "local",
+    claim_wait: Annotated[float, typer.Option(min=0, max=60, help="Long-poll seconds per claim.")] = 10.0,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Run a worker: claim runs, supervise their trainers, keep their leases, make checkpoints durable.
+
+    SIGTERM or SIGINT checkpoints the current run, releases it as preempted, and exits.
+    """
+    import logging
+    import socket
+
+    from relaytrain.api.models import WORKER_ID_PATTERN
+    from relaytrain.config import RUN_KINDS
+    from relaytrain.worker import Worker, WorkerSettings
+
+    worker_id = worker_id or socket.gethostname()
+    if not re.fullmatch(WORKER_ID_PATTERN, worker_id):
+        raise fail(f"--worker-id: {worker_id!r} must match {WORKER_ID_PATTERN}")
+    bad = [k for k in kind if k not in RUN_KINDS]
+    if bad:
+        raise fail(f"--kind: unknown kind {bad[0]!r} (one of {', '.join(RUN_KINDS)})")
+    logging.basicConfig(level=log_level.upper(), format=f"%(asctime)s %(levelname)s [{worker_id}] %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    settings = WorkerSettings(
+        commander=commander, token=token, worker_id=worker_id, workdir=workdir.resolve(),
+        labels=_parse_labels(label), kinds=kind or None, max_runs=max_runs, price_per_hour=price_per_hour,
+        provider=provider, claim_wait_s=claim_wait,
+    )
+    raise typer.Exit(Worker(settings).run())
+
+
+@app.command()
+def logs(
+    run_id: Annotated[str, typer.Argument(help="The run's id.")],
+    workdir: Annotated[Path, typer.Option(envvar="RELAY_WORKDIR", help="The worker's workdir.")]
+    = Path("./relay-work"),
+    attempt: Annotated[int | None, typer.Option(help="Epoch of the attempt; default: the newest here.")] = None,
+    stream: Annotated[str, typer.Option(help="stderr or stdout.")] = "stderr",
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing as the log grows.")] = False,
+    lines: Annotated[int, typer.Option(min=1, help="Lines to show from the end.")] = 50,
+) -> None:
+    """Show a trainer's log from a worker's workdir (runs/<run_id>/logs/attempt_<epoch>/)."""
+    from relaytrain.config import validate_run_id
+
+    if stream not in ("stderr", "stdout"):
+        raise fail(f"--stream: must be stderr or stdout, not {stream!r}")
+    try:
+        validate_run_id(run_id)
+    except ValueError as exc:
+        raise fail(f"RUN_ID: {exc}") from exc
+    logs_dir = workdir / "runs" / run_id / "logs"
+    epochs = sorted(int(p.name.split("_")[1]) for p in logs_dir.glob("attempt_*") if p.name.split("_")[1].isdigit())
+    if not epochs:
+        raise fail(f"no logs of {run_id} under {logs_dir}")
+    epoch = attempt if attempt is not None else epochs[-1]
+    if epoch not in epochs:
+        raise fail(f"--attempt: no attempt {epoch} here (have {', '.join(map(str, epochs))})")
+    path = logs_dir / f"attempt_{epoch}" / f"{stream}.log"
+    text = path.read_text(errors="replace") if path.exists() else ""
+    sys.stdout.write("".join(text.splitlines(keepends=True)[-lines:]))
+    sys.stdout.flush()
+    if follow:
+        offset = len(text.encode())
+        try:
+            while True:
+                with open(path, "rb") as handle:
+                    handle.seek(offset)
+                    chunk = handle.read()
+                offset += len(chunk)
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
 
 
 if __name__ == "__main__":  # pragma: no cover

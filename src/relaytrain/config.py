@@ -184,6 +184,9 @@ class GRPOTrainer(_Model):
     loss_type: Literal["dapo", "grpo", "dr_grpo"] = "dapo"
     num_iterations: int = Field(1, ge=1)
     mask_truncated_completions: bool = False
+    skip_zero_variance_groups: bool = Field(
+        False, description="Leave groups whose rewards are all equal out of the loss (no signal, no token count)."
+    )
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="correctness")], min_length=1)
     seed: int = 0
     save_rollout_trajectories: bool = False

@@ -80,4 +80,4 @@ def test_unreachable_commander_is_a_clear_error():
 
 def test_db_upgrade(tmp_path):
     out = relay("db", "upgrade", "--db", str(tmp_path / "fresh.db")).stdout
-    assert "is at revision 0001" in out
+    assert "is at revision 0002" in out

@@ -226,3 +226,19 @@ def test_migrated_schema_matches_the_models(store):
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
+
+
+def test_grant_offers_fallbacks_and_records_the_resume(store):
+    store.submit_run(run("r"), now=0)
+    store.claim_run("w1", now=1)
+    for step in (10, 20, 30):
+        store.commit_checkpoint("r", "w1", 1, step=step, uri=f"u{step}", manifest_sha256=SHA, now=2)
+    store.release_lease("r", "w1", 1, outcome="preempted", now=3)
+    grant = store.claim_run("w2", now=4)
+    assert grant["checkpoint"]["step"] == 30
+    assert [c["step"] for c in grant["fallback_checkpoints"]] == [20, 10]
+    store.record_resume("r", "w2", 2, step=20, note="step 30: model.bin: sha256 mismatch", now=5)
+    attempt = store.get_run("r")["attempts"][-1]
+    assert (attempt["step_start"], attempt["resume_note"]) == (20, "step 30: model.bin: sha256 mismatch")
+    with pytest.raises(LeaseLost):
+        store.record_resume("r", "w1", 1, step=30, now=6)

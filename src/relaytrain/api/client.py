@@ -172,6 +172,9 @@ class RelayClient:
             self.request("POST", f"/api/v1/runs/{run_id}/lease/release", json=req.model_dump())
         )
 
+    def resumed(self, run_id: str, req: m.ResumeReport) -> None:
+        self.request("POST", f"/api/v1/runs/{run_id}/lease/resumed", json=req.model_dump())
+
     def progress(self, run_id: str, req: m.ProgressRequest) -> int:
         return int(self.request("POST", f"/api/v1/runs/{run_id}/progress", json=req.model_dump())["step"])
 

@@ -86,6 +86,9 @@ class Grant(_Wire):
     max_steps: int
     checkpoint: CheckpointRef | None = Field(None, description="The latest durable checkpoint to resume from.")
     init_checkpoint: CheckpointRef | None = Field(None, description="For init_from: {run}, that run's result.")
+    fallback_checkpoints: list[CheckpointRef] = Field(
+        default_factory=list, description="Older durable checkpoints, newest first, if the latest is corrupt."
+    )
 
 
 class ClaimResponse(_Wire):
@@ -95,6 +98,11 @@ class ClaimResponse(_Wire):
 class LeaseRef(_Wire):
     worker_id: str = WorkerId
     epoch: int = Epoch
+
+
+class ResumeReport(LeaseRef):
+    step: int = Step
+    note: str | None = Field(None, max_length=10_000, description="Why not from a newer checkpoint.")
 
 
 class RenewResponse(_Wire):
@@ -152,6 +160,7 @@ class AttemptInfo(_Wire):
     step_start: int
     step_end: int | None
     steps_lost: int | None
+    resume_note: str | None = None
 
 
 class RunSummary(_Wire):

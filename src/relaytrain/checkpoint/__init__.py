@@ -1,1 +1,62 @@
-"""checkpoint"""
+"""Writing, committing, verifying, finding and pruning checkpoints (DESIGN §5).
+
+A checkpoint is a directory ``<output_dir>/step_<N:08d>/`` whose ``manifest.json``, written
+last, lists every file with its size and sha256. It is written into ``.tmp-step_<N>-<random>``,
+fsynced and renamed into place; ``<output_dir>/latest`` then names it. Readers verify before
+they trust: ``verify``, ``find_latest_valid``, ``CheckpointManager.load``.
+
+This package imports nothing of relaytrain but ``relaytrain.errors``, and imports torch only
+inside the functions that handle tensors.
+"""
+
+from relaytrain.checkpoint._fs import publish_dir, remove_tree
+from relaytrain.checkpoint.commit import LatestResult, commit_checkpoint_dir, find_latest_valid, prune
+from relaytrain.checkpoint.layout import (
+    FORMAT_VERSION,
+    LATEST_NAME,
+    MANIFEST_NAME,
+    clean_temp,
+    list_checkpoints,
+    make_temp_dir,
+    parse_step,
+    read_latest,
+    step_dir_name,
+    write_latest,
+)
+from relaytrain.checkpoint.manager import CheckpointManager
+from relaytrain.checkpoint.manifest import (
+    Verification,
+    manifest_sha256,
+    parse_manifest,
+    read_manifest,
+    verify,
+    write_manifest,
+)
+from relaytrain.checkpoint.state import load_checkpoint
+
+__all__ = [
+    "FORMAT_VERSION",
+    "LATEST_NAME",
+    "MANIFEST_NAME",
+    "CheckpointManager",
+    "LatestResult",
+    "Verification",
+    "clean_temp",
+    "commit_checkpoint_dir",
+    "find_latest_valid",
+    "list_checkpoints",
+    "load_checkpoint",
+    "make_temp_dir",
+    "manifest_sha256",
+    "parse_manifest",
+    "parse_step",
+    "prune",
+    "publish_dir",
+    "read_latest",
+    "read_manifest",
+    "remove_tree",
+    "step_dir_name",
+    "verify",
+    "write_latest",
+    "write_manifest",
+]

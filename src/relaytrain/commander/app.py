@@ -314,6 +314,11 @@ def create_app(
         notify()
         return result
 
+    @app.post("/api/v1/runs/{run_id}/lease/resumed", tags=["leases"], dependencies=[Worker])
+    async def resumed(run_id: RunIdPath, req: m.ResumeReport) -> dict:
+        await call(store.record_resume, run_id, req.worker_id, req.epoch, step=req.step, note=req.note)
+        return {"step": req.step}
+
     @app.post("/api/v1/runs/{run_id}/progress", tags=["leases"], dependencies=[Worker])
     async def progress(run_id: RunIdPath, req: m.ProgressRequest) -> dict:
         step = await call(

@@ -228,6 +228,16 @@ class Store(LeaseMixin):
         ).mappings().first()
         return self._checkpoint_ref(row) if row else None
 
+    def _durable_checkpoints(self, conn: sa.Connection, run_id: str, *, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` durable checkpoints of a run, newest first."""
+        rows = conn.execute(
+            sa.select(checkpoints)
+            .where(checkpoints.c.run_id == run_id, checkpoints.c.durable.is_(True))
+            .order_by(checkpoints.c.step.desc(), checkpoints.c.epoch.desc())
+            .limit(limit)
+        ).mappings().all()
+        return [self._checkpoint_ref(r) for r in rows]
+
     @staticmethod
     def _checkpoint_ref(row: Any) -> dict[str, Any]:
         return {k: row[k] for k in ("run_id", "step", "epoch", "uri", "manifest_sha256", "created_at")}

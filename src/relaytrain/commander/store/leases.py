@@ -19,6 +19,7 @@ from relaytrain.errors import LeaseLost, NotFound
 from .schema import attempts, checkpoints, metrics, runs
 
 CLAIM_BATCH = 64
+FALLBACKS = 4  # older durable checkpoints a grant offers in case the newest turns out corrupt
 
 
 def labels_match(wanted: dict[str, str], offered: dict[str, str]) -> bool:
@@ -90,6 +91,7 @@ class LeaseMixin:
             if chosen["depends_on"]:
                 init = self._latest_checkpoint(conn, chosen["depends_on"])
             return {
+                "fallback_checkpoints": self._durable_checkpoints(conn, chosen["run_id"], limit=FALLBACKS + 1)[1:],
                 "run_id": chosen["run_id"],
                 "kind": chosen["kind"],
                 "config": chosen["config"],
@@ -231,6 +233,23 @@ class LeaseMixin:
             self._event(conn, run_id, "checkpoint", f"checkpoint at step {step} is durable: {uri}",
                         {"step": step, "epoch": epoch, "uri": uri}, now)
             return self._latest_checkpoint(conn, run_id, step=step, epoch=epoch)
+
+    def record_resume(
+        self, run_id: str, worker_id: str, epoch: int, *, step: int, note: str | None = None,
+        now: float | None = None,
+    ) -> None:
+        """The holder resumed at ``step`` (0: from scratch); ``note`` says why not from a newer one."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            self._fenced_run(conn, run_id, worker_id, epoch, now)
+            conn.execute(
+                attempts.update()
+                .where(attempts.c.run_id == run_id, attempts.c.epoch == epoch)
+                .values(step_start=step, step_end=step, resume_note=note)
+            )
+            conn.execute(runs.update().where(runs.c.run_id == run_id).values(step=step, updated_at=now))
+            message = f"epoch {epoch} resumed at step {step}" + (f": {note}" if note else "")
+            self._event(conn, run_id, "resumed", message, {"epoch": epoch, "step": step}, now)
 
     # -- end -------------------------------------------------------------------------------
 

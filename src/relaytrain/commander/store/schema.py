@@ -63,6 +63,7 @@ attempts = sa.Table(
     sa.Column("step_start", sa.Integer, nullable=False),
     sa.Column("step_end", sa.Integer, nullable=True),
     sa.Column("steps_lost", sa.Integer, nullable=True),
+    sa.Column("resume_note", sa.Text, nullable=True),
     sa.Column("gpus", sa.Integer, nullable=False),
     sa.Column("price_per_hour", sa.Float, nullable=True),
     sa.UniqueConstraint("run_id", "epoch", name="uq_attempts_run_epoch"),

@@ -1,0 +1,46 @@
+"""``fetch_for_resume``: get the checkpoint a resuming worker was told to start from."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from relaytrain.artifacts.base import ArtifactStore, ProgressFn
+from relaytrain.checkpoint import manifest_sha256 as sha256_of_manifest
+from relaytrain.checkpoint import step_dir_name, verify
+from relaytrain.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+def fetch_for_resume(store: ArtifactStore, run_id: str, step: int, manifest_sha256: str,
+                     local_output_dir: str | os.PathLike[str],
+                     progress: ProgressFn | None = None) -> Path:
+    """Return a verified local copy of the durable checkpoint ``step`` of ``run_id`` whose
+    manifest.json has sha256 ``manifest_sha256`` (what the commander recorded).
+
+    The local ``<local_output_dir>/step_<N>`` is used as is if its manifest is that one and
+    it verifies; otherwise the stored copy is downloaded over it (verified, atomically).
+    Raises ArtifactError if the store does not hold that exact checkpoint. ``latest`` in
+    ``local_output_dir`` is not changed.
+    """
+    local = Path(local_output_dir) / step_dir_name(step)
+    if local.is_dir():
+        reason = _local_mismatch(local, manifest_sha256)
+        if reason is None:
+            log.info("resuming from local copy %s", local)
+            return local
+        log.info("local %s not usable (%s); downloading from the store", local, reason)
+    return store.get_checkpoint(run_id, step, local, progress, expected_manifest_sha256=manifest_sha256)
+
+
+def _local_mismatch(local: Path, expected: str) -> str | None:
+    try:
+        sha = sha256_of_manifest(local)
+    except CheckpointError as exc:
+        return str(exc)
+    if sha != expected:
+        return "its manifest differs from the durable one"
+    check = verify(local)
+    return None if check.ok else check.reason

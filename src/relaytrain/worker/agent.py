@@ -1,0 +1,124 @@
+"""The worker agent (``relay worker``): registers, heartbeats, claims runs by long-poll and
+runs each grant as an :class:`~relaytrain.worker.attempt.Attempt`.
+
+SIGTERM or SIGINT is a preemption notice: the trainer is asked to checkpoint and stop, the
+checkpoint is made durable, the lease is released as ``preempted``, and the worker exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from relaytrain import __version__
+from relaytrain.api import models as m
+from relaytrain.api.client import RelayClient
+from relaytrain.errors import CommanderUnavailable, NotFound, RelayError
+
+from .attempt import Attempt
+from .inventory import gpu_inventory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerSettings:
+    commander: str
+    token: str | None
+    worker_id: str
+    workdir: Path
+    labels: dict[str, str] = field(default_factory=dict)
+    kinds: list[str] | None = None
+    max_runs: int | None = None
+    price_per_hour: float | None = None
+    provider: str = "local"
+    claim_wait_s: float = 10.0
+    heartbeat_s: float = 30.0
+    progress_interval_s: float = 1.0
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.client = RelayClient(settings.commander, settings.token, timeout_s=10, retries=2)
+        self.resources = m.WorkerResources(gpus=gpu_inventory(), labels=settings.labels,
+                                           price_per_hour=settings.price_per_hour)
+        self._stopping = threading.Event()
+        self._current: Attempt | None = None
+        self.outcomes: list[tuple[str, int, str]] = []
+
+    def preempt(self, why: str = "preemption notice") -> None:
+        """Stop after the current attempt is checkpointed and released as preempted."""
+        self._stopping.set()
+        attempt = self._current
+        if attempt is not None:
+            attempt.stop("preempted", why)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.warning("received %s: preempting", signal.Signals(signum).name)
+        self.preempt(f"worker received {signal.Signals(signum).name}")
+
+    def run(self) -> int:
+        """Serve runs until ``max_runs`` are done or a signal arrives. Returns an exit code."""
+        s = self.settings
+        s.workdir.mkdir(parents=True, exist_ok=True)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        self._register()
+        beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        beat.start()
+        done = 0
+        gpus = ", ".join(g.name for g in self.resources.gpus) or "no GPUs"
+        log.info("worker %s serving %s (%s) from %s", s.worker_id, s.commander, gpus, s.workdir)
+        while not self._stopping.is_set() and (s.max_runs is None or done < s.max_runs):
+            asked = time.monotonic()
+            try:
+                grant = self.client.claim(m.ClaimRequest(worker_id=s.worker_id, resources=self.resources,
+                                                         kinds=s.kinds, wait_s=s.claim_wait_s))
+            except CommanderUnavailable as exc:
+                log.warning("%s; retrying", exc)
+                self._stopping.wait(5.0)
+                continue
+            if grant is None:
+                continue
+            attempt = Attempt(self.client, grant, worker_id=s.worker_id, workdir=s.workdir,
+                              granted_at_monotonic=asked, progress_interval_s=s.progress_interval_s)
+            self._current = attempt
+            if self._stopping.is_set():
+                attempt.stop("preempted", "worker is shutting down")
+            outcome = attempt.run()
+            self._current = None
+            self.outcomes.append((grant.run_id, grant.epoch, outcome))
+            done += 1
+        self._stopping.set()
+        self.client.close()
+        return 0
+
+    def _register(self) -> None:
+        s = self.settings
+        req = m.RegisterWorker(worker_id=s.worker_id, provider=s.provider, hostname=socket.gethostname()[:255],
+                               version=__version__, resources=self.resources)
+        while True:
+            try:
+                self.client.register(req)
+                return
+            except CommanderUnavailable as exc:
+                if self._stopping.wait(5.0):
+                    raise
+                log.warning("%s; retrying registration", exc)
+
+    def _heartbeat(self) -> None:
+        while not self._stopping.wait(self.settings.heartbeat_s):
+            try:
+                self.client.heartbeat(self.settings.worker_id)
+            except NotFound:
+                self._register()
+            except RelayError as exc:
+                log.warning("heartbeat failed: %s", exc)

@@ -1,0 +1,247 @@
+"""One attempt: everything a worker does with one grant, from resume to release.
+
+    prepare run root → keep the lease → fetch the checkpoint to resume from → start the
+    trainer under the contract (DESIGN §6) → forward progress, make checkpoints durable →
+    watch for hangs, cancels, fences, preemption → classify the exit → drain → release.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import sys
+import threading
+import time
+from pathlib import Path
+
+from relaytrain.api import models as m
+from relaytrain.api.client import RelayClient
+from relaytrain.artifacts import ArtifactStore, fetch_for_resume, open_store
+from relaytrain.config import RunConfig, parse_run_config, run_config_dict
+from relaytrain.errors import ArtifactError, CheckpointError, ConfigError, LeaseLost, NotFound, RelayError
+
+from .lease import LeaseKeeper
+from .process import Exit, TrainerProcess, classify_exit
+from .reporter import ProgressTailer, Reporter, Uploader
+
+log = logging.getLogger(__name__)
+
+BUILTIN_TRAINER = [sys.executable, "-m", "relaytrain.train.run"]
+STOP_PRIORITY = {"lost": 5, "crashed": 4, "fenced": 3, "preempted": 2, "cancelled": 1}
+
+
+class RunPaths:
+    """Where one run lives on this machine (``<workdir>/runs/<run_id>/``)."""
+
+    def __init__(self, workdir: Path, run_id: str, epoch: int) -> None:
+        self.root = (workdir / "runs" / run_id).resolve()
+        self.checkpoints = self.root / "checkpoints"
+        self.init = self.root / "init"
+        self.logs = self.root / "logs" / f"attempt_{epoch}"
+        self.progress = self.root / "progress" / f"attempt_{epoch}.jsonl"
+        self.stop_file = self.root / "STOP"
+        self.config = self.root / "run_config.json"
+        self.rollouts = self.root / "rollouts"
+
+    def make(self) -> None:
+        for folder in (self.checkpoints, self.logs, self.progress.parent, self.rollouts):
+            folder.mkdir(parents=True, exist_ok=True)
+
+
+class Attempt:
+    """Runs one granted lease to its end. Call :meth:`run` from the worker's main thread (the
+    trainer is bound to that thread's life), :meth:`stop` from anywhere."""
+
+    def __init__(self, client: RelayClient, grant: m.Grant, *, worker_id: str, workdir: Path,
+                 granted_at_monotonic: float, progress_interval_s: float = 1.0) -> None:
+        self.client = client
+        self.grant = grant
+        self.worker_id = worker_id
+        self.paths = RunPaths(workdir, grant.run_id, grant.epoch)
+        self.granted_at = granted_at_monotonic
+        self.progress_interval_s = progress_interval_s
+        self.stop_reason: str | None = None
+        self.stop_message = ""
+        self._wake = threading.Event()
+        self._lock = threading.RLock()  # stop() may run in a signal handler on the main thread
+
+    # -- signals from threads ----------------------------------------------------------------
+
+    def stop(self, reason: str, message: str = "") -> None:
+        """Ask the attempt to end; the most serious reason wins (a lost lease beats a cancel)."""
+        with self._lock:
+            if self.stop_reason is None or STOP_PRIORITY[reason] > STOP_PRIORITY[self.stop_reason]:
+                self.stop_reason, self.stop_message = reason, message or reason
+                log.info("stopping %s (epoch %d): %s", self.grant.run_id, self.grant.epoch, self.stop_message)
+        self._wake.set()
+
+    # -- the attempt -------------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Run the attempt; returns the outcome released (or ``lost`` if none could be)."""
+        grant = self.grant
+        lease = grant.config.get("lease", {})
+        margin_s, grace_s = float(lease.get("margin_s", 15)), float(lease.get("grace_s", 10))
+        keeper = LeaseKeeper(self.client, grant.run_id, self.worker_id, grant.epoch, ttl_s=grant.ttl_s,
+                             margin_s=margin_s, granted_at_monotonic=self.granted_at, on_stop=self.stop).start()
+        try:
+            try:
+                config = parse_run_config(grant.config)
+                self.paths.make()
+                store = open_store(config.store)
+                resume_from = self._resume(store)
+                init_from = self._init_from(config, store)
+            except (ConfigError, ValueError) as exc:
+                return self._release("failed", "permanent", f"bad run: {exc}")
+            except (ArtifactError, CheckpointError, OSError) as exc:
+                return self._release("failed", "transient", f"could not prepare the run: {exc}")
+            except (LeaseLost, NotFound) as exc:
+                self.stop("lost", str(exc))
+                return "lost"
+            if self.stop_reason is not None:  # fenced, cancelled or preempted while downloading
+                return self._release(*self._stop_outcome(None))
+            trainer = self._start_trainer(config, resume_from, init_from)
+            retention = (config.checkpoint.keep_last, config.checkpoint.keep_every)
+            uploader = Uploader(self.client, store, grant.run_id, self.worker_id, grant.epoch, self.stop,
+                                retention=retention).start()
+            reporter = Reporter(self.client, ProgressTailer(self.paths.progress), uploader, self.paths.checkpoints,
+                                grant.run_id, self.worker_id, grant.epoch, self.stop,
+                                interval_s=self.progress_interval_s).start()
+            exit_ = self._supervise(trainer, reporter, config.hang_timeout_s, grace_s)
+            reporter.finish()
+            if self.stop_reason == "lost":
+                uploader.abandon()
+                return "lost"
+            uploader.drain()
+            if uploader.skipped:
+                log.warning("checkpoints not made durable: %s", "; ".join(uploader.skipped))
+            if self.stop_reason == "lost":
+                return "lost"
+            return self._release(*self._outcome(exit_, trainer))
+        finally:
+            keeper.stop()
+
+    def _resume(self, store: ArtifactStore) -> str:
+        """A verified local copy of the newest durable checkpoint that is intact ('' if none)."""
+        candidates = [c for c in [self.grant.checkpoint, *self.grant.fallback_checkpoints] if c is not None]
+        problems = []
+        for ref in candidates:
+            try:
+                path = fetch_for_resume(store, self.grant.run_id, ref.step, ref.manifest_sha256,
+                                        self.paths.checkpoints)
+            except (ArtifactError, CheckpointError) as exc:
+                problems.append(f"step {ref.step}: {exc}")
+                log.warning("cannot resume %s from step %d: %s", self.grant.run_id, ref.step, exc)
+                continue
+            self._report_resume(ref.step, "; ".join(problems) or None)
+            return str(path)
+        if candidates:
+            self._report_resume(0, "no intact durable checkpoint, starting over: " + "; ".join(problems))
+        return ""
+
+    def _report_resume(self, step: int, note: str | None) -> None:
+        self.client.resumed(self.grant.run_id, m.ResumeReport(worker_id=self.worker_id, epoch=self.grant.epoch,
+                                                              step=step, note=note))
+
+    def _init_from(self, config: RunConfig, store: ArtifactStore) -> str:
+        if config.init_from is None:
+            return ""
+        if config.init_from.path is not None:
+            return config.init_from.path
+        ref = self.grant.init_checkpoint
+        if ref is None:
+            raise ArtifactError(f"init_from.run {config.init_from.run}: the commander has no durable checkpoint")
+        dest = self.paths.init / ref.run_id
+        dest.mkdir(parents=True, exist_ok=True)
+        return str(fetch_for_resume(store, ref.run_id, ref.step, ref.manifest_sha256, dest))
+
+    def _start_trainer(self, config: RunConfig, resume_from: str, init_from: str) -> TrainerProcess:
+        grant, paths = self.grant, self.paths
+        paths.config.write_text(json.dumps(run_config_dict(config), indent=1))
+        env = {
+            **os.environ,
+            "RELAY_RUN_ID": grant.run_id,
+            "RELAY_EPOCH": str(grant.epoch),
+            "RELAY_RUN_ROOT": str(paths.root),
+            "RELAY_OUTPUT_DIR": str(paths.checkpoints),
+            "RELAY_RESUME_FROM": resume_from,
+            "RELAY_INIT_FROM": init_from,
+            "RELAY_MAX_STEPS": str(grant.max_steps),
+            "RELAY_PROGRESS_FILE": str(paths.progress),
+            "RELAY_STOP_FILE": str(paths.stop_file),
+            "RELAY_RUN_CONFIG": str(paths.config),
+            "RELAY_ROLLOUT_TRAJECTORY_ROOT": str(paths.rollouts),
+            "RELAY_ROLLOUT_TRAJECTORY_PATTERN": "rollout_{rollout_id:08d}.jsonl",
+            "RELAY_CHECKPOINT_EVERY": str(config.checkpoint.every_steps),
+            "PYTHONUNBUFFERED": "1",
+        }
+        cwd = paths.root
+        if config.kind == "command":
+            command = config.trainer.command
+            argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+            env.update(config.trainer.env)
+            if config.trainer.cwd:
+                cwd = Path(config.trainer.cwd).expanduser()
+        else:
+            argv = list(BUILTIN_TRAINER)
+        log.info("starting trainer for %s epoch %d: %s", grant.run_id, grant.epoch, shlex.join(argv))
+        return TrainerProcess(argv, env=env, cwd=cwd, log_dir=paths.logs, stop_file=paths.stop_file)
+
+    def _supervise(self, trainer: TrainerProcess, reporter: Reporter, hang_timeout_s: float,
+                   grace_s: float) -> Exit:
+        killed_for: str | None = None
+        while trainer.poll() is None:
+            self._wake.wait(0.2)
+            self._wake.clear()
+            reason = self.stop_reason
+            if reason == "lost" and killed_for is None:
+                trainer.kill()  # fenced out: not one more step
+                killed_for = f"lease lost: {self.stop_message}"
+            elif reason is not None and not trainer.stopping:
+                trainer.request_stop(reason)
+            trainer.advance_stop(grace_s)
+            silent = time.monotonic() - reporter.last_activity
+            if killed_for is None and not trainer.stopping and silent > hang_timeout_s:
+                killed_for = f"hung: no progress for {silent:.0f}s (hang_timeout_s={hang_timeout_s:g})"
+                log.warning("%s: %s", self.grant.run_id, killed_for)
+                trainer.kill()
+        trainer.reap_group()
+        code = trainer.wait()
+        return classify_exit(code, trainer.stderr_tail(), stop_requested=trainer.stopping, killed_for=killed_for)
+
+    def _outcome(self, exit_: Exit, trainer: TrainerProcess) -> tuple[str, str | None, str, str | None]:
+        """(outcome, failure class, message, stderr tail) to release with."""
+        if exit_.outcome == "succeeded":
+            return "succeeded", None, exit_.message, None
+        if exit_.outcome == "stopped" or self.stop_reason in ("fenced", "preempted", "cancelled", "crashed"):
+            return self._stop_outcome(trainer)
+        return "failed", exit_.failure_class, exit_.message, trainer.stderr_tail()
+
+    def _stop_outcome(self, trainer: TrainerProcess | None) -> tuple[str, str | None, str, str | None]:
+        reason = self.stop_reason
+        if reason == "cancelled":
+            return "cancelled", None, self.stop_message, None
+        if reason == "crashed":
+            tail = trainer.stderr_tail() if trainer else None
+            return "failed", "transient", self.stop_message, tail
+        return "preempted", None, self.stop_message, None
+
+    def _release(self, outcome: str, failure_class: str | None, message: str,
+                 stderr_tail: str | None = None) -> str:
+        req = m.ReleaseRequest(worker_id=self.worker_id, epoch=self.grant.epoch, outcome=outcome,
+                               failure_class=failure_class, message=message[:10_000],
+                               stderr_tail=stderr_tail[-65_536:] if stderr_tail else None)
+        try:
+            answer = self.client.release(self.grant.run_id, req)
+        except (LeaseLost, NotFound) as exc:
+            log.warning("release of %s refused (%s): the lease was already gone", self.grant.run_id, exc)
+            return "lost"
+        except RelayError as exc:
+            log.error("release of %s failed (%s): the lease will expire instead", self.grant.run_id, exc)
+            return "lost"
+        log.info("released %s epoch %d as %s; run is %s", self.grant.run_id, self.grant.epoch, outcome,
+                 answer.status)
+        return outcome
+

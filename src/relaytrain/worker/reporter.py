@@ -1,0 +1,259 @@
+"""What the worker learns from its trainer: progress lines forwarded to the commander
+(throttled) and checkpoints made durable (verified, uploaded, committed with the epoch)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from relaytrain.api import models as m
+from relaytrain.api.client import RelayClient
+from relaytrain.artifacts import ArtifactStore
+from relaytrain.checkpoint import (
+    MANIFEST_NAME,
+    manifest_sha256,
+    parse_step,
+    prune,
+    read_latest,
+    verify,
+    write_manifest,
+)
+from relaytrain.errors import CheckpointError, LeaseLost, NotFound, RelayError
+
+from .lease import StopFn
+
+log = logging.getLogger(__name__)
+
+
+class ProgressTailer:
+    """Reads the JSON lines a trainer appends to its progress file, a complete line at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+
+    def read_new(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self._offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(data)
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        records = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                log.warning("ignoring a progress line that is not JSON: %r", line[:200])
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
+
+def _metrics(raw: Any) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        return {}
+    out = {}
+    for name, value in list(raw.items())[:256]:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            continue
+        out[str(name)[:128]] = float(value)
+    return out
+
+
+def _latest_name(output_dir: Path) -> str | None:
+    """The step folder ``latest`` names, or None (absent, or mid-write garbage from a trainer)."""
+    try:
+        return read_latest(output_dir)
+    except CheckpointError:
+        return None
+
+
+class Uploader:
+    """Makes each committed local checkpoint durable, in order, on one background thread."""
+
+    def __init__(self, client: RelayClient, store: ArtifactStore, run_id: str, worker_id: str, epoch: int,
+                 on_stop: StopFn, *, retention: tuple[int, int | None] | None = None, attempts: int = 3) -> None:
+        self.client = client
+        self.store = store
+        self.run_id = run_id
+        self.worker_id = worker_id
+        self.epoch = epoch
+        self.on_stop = on_stop
+        self.attempts = attempts
+        self.retention = retention
+        self.durable_step: int | None = None
+        self.skipped: list[str] = []
+        self._queue: queue.Queue[tuple[int, Path] | None] = queue.Queue()
+        self._seen: set[int] = set()
+        self._dead = False
+        self._thread = threading.Thread(target=self._guarded, name=f"upload-{run_id}", daemon=True)
+
+    def start(self) -> Uploader:
+        self._thread.start()
+        return self
+
+    def submit(self, step: int, path: Path) -> None:
+        if step not in self._seen:
+            self._seen.add(step)
+            self._queue.put((step, path))
+
+    def drain(self, timeout_s: float | None = None) -> None:
+        """Upload everything submitted so far, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+
+    def abandon(self) -> None:
+        """Stop after the upload in flight; nothing further is committed (the lease is gone)."""
+        self._dead = True
+        self._queue.put(None)
+
+    def _guarded(self) -> None:
+        try:
+            while (item := self._queue.get()) is not None:
+                if not self._dead:
+                    self._upload(*item)
+        except BaseException as exc:  # a dead uploader must stop the trainer, never die silently
+            log.exception("uploader of %s died", self.run_id)
+            self._dead = True
+            self.on_stop("crashed", f"checkpoint uploader died: {type(exc).__name__}: {exc}")
+
+    def _upload(self, step: int, path: Path) -> None:
+        if not path.is_dir():
+            self.skipped.append(f"step {step}: {path} vanished before upload (pruned by the trainer?)")
+            log.warning(self.skipped[-1])
+            return
+        if not (path / MANIFEST_NAME).exists():
+            write_manifest(path, step, epoch=self.epoch)
+        check = verify(path)
+        if not check.ok:
+            self.skipped.append(f"step {step}: not uploaded, invalid: {check.reason}")
+            log.warning(self.skipped[-1])
+            return
+        for attempt in range(1, self.attempts + 1):
+            try:
+                uri = self.store.put_checkpoint(path, self.run_id, step)
+                break
+            except RelayError as exc:
+                if attempt == self.attempts:
+                    raise
+                log.warning("upload of step %d failed (%s), retrying", step, exc)
+                time.sleep(2.0 * attempt)
+        commit = m.CheckpointCommit(worker_id=self.worker_id, epoch=self.epoch, step=step, uri=uri,
+                                    manifest_sha256=manifest_sha256(path))
+        for attempt in range(1, self.attempts + 1):
+            try:
+                self.client.commit_checkpoint(self.run_id, commit)
+                break
+            except (LeaseLost, NotFound) as exc:
+                self._dead = True
+                self.on_stop("lost", f"checkpoint commit refused: {exc}")
+                return
+            except RelayError as exc:  # the commander is unreachable: the lease keeper decides our fate
+                if attempt == self.attempts:
+                    self.skipped.append(f"step {step}: uploaded to {uri} but not committed: {exc}")
+                    log.warning(self.skipped[-1])
+                    return
+                time.sleep(1.0 * attempt)
+        self.durable_step = step
+        log.info("step %d of %s is durable at %s", step, self.run_id, uri)
+        if self.retention is not None:
+            self._prune(path.parent, step)
+
+    def _prune(self, output_dir: Path, durable: int) -> None:
+        """Apply keep_last / keep_every locally and in the store; never the newest durable."""
+        keep_last, keep_every = self.retention
+        prune(output_dir, keep_last, keep_every, protect={durable}, newest_valid=durable)
+        stored = self.store.list_checkpoints(self.run_id)
+        for step in stored[:-keep_last] if keep_last < len(stored) else []:
+            if step != durable and not (keep_every and step % keep_every == 0):
+                self.store.delete_checkpoint(self.run_id, step)
+
+
+class Reporter:
+    """Tails the progress file: forwards progress (at most every ``interval_s``), hands
+    checkpoint events (or a moved ``latest``) to the uploader, and tracks the last sign of life."""
+
+    def __init__(self, client: RelayClient, tailer: ProgressTailer, uploader: Uploader, output_dir: Path,
+                 run_id: str, worker_id: str, epoch: int, on_stop: StopFn, *, interval_s: float = 1.0,
+                 poll_s: float = 0.2) -> None:
+        self.client = client
+        self.tailer = tailer
+        self.uploader = uploader
+        self.output_dir = output_dir
+        self.run_id = run_id
+        self.worker_id = worker_id
+        self.epoch = epoch
+        self.on_stop = on_stop
+        self.interval_s = interval_s
+        self.poll_s = poll_s
+        self.last_activity = time.monotonic()
+        self.last_step: int | None = None
+        self._pending: list[m.ProgressPoint] = []
+        self._last_sent = 0.0
+        self._latest_seen: str | None = _latest_name(output_dir)
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._guarded, name=f"progress-{run_id}", daemon=True)
+
+    def start(self) -> Reporter:
+        self._thread.start()
+        return self
+
+    def finish(self) -> None:
+        """Read what is left, forward it, and stop."""
+        self._halt.set()
+        self._thread.join()  # every call it makes is bounded by the client's timeouts
+        self._tick(flush=True)
+
+    def _guarded(self) -> None:
+        try:
+            while not self._halt.wait(self.poll_s):
+                self._tick(flush=False)
+        except BaseException as exc:
+            log.exception("progress reporter of %s died", self.run_id)
+            self.on_stop("crashed", f"progress reporter died: {type(exc).__name__}: {exc}")
+
+    def _tick(self, *, flush: bool) -> None:
+        for record in self.tailer.read_new():
+            self.last_activity = time.monotonic()
+            if record.get("event") == "checkpoint":
+                step, path = record.get("step"), record.get("path")
+                if isinstance(step, int) and isinstance(path, str):
+                    self.uploader.submit(step, Path(path))
+            elif isinstance(record.get("step"), int) and record["step"] >= 0:
+                self.last_step = record["step"]
+                self._pending.append(m.ProgressPoint(step=record["step"], metrics=_metrics(record.get("metrics"))))
+        latest = _latest_name(self.output_dir)
+        if latest and latest != self._latest_seen:
+            self._latest_seen = latest
+            self.last_activity = time.monotonic()
+            step = parse_step(latest)
+            if step is not None:
+                self.uploader.submit(step, self.output_dir / latest)
+        if self._pending and (flush or time.monotonic() - self._last_sent >= self.interval_s):
+            self._send()
+
+    def _send(self) -> None:
+        batch, self._pending = self._pending[-1000:], []
+        try:
+            self.client.progress(self.run_id, m.ProgressRequest(worker_id=self.worker_id, epoch=self.epoch,
+                                                                points=batch))
+            self._last_sent = time.monotonic()
+        except (LeaseLost, NotFound) as exc:
+            self.on_stop("lost", f"progress refused: {exc}")
+        except RelayError as exc:
+            log.warning("progress of %s not delivered (%s); will retry", self.run_id, exc)
+            self._pending = batch + self._pending
