@@ -11,62 +11,10 @@ from pathlib import Path
 import pytest
 
 from relaytrain.checkpoint import list_checkpoints, read_latest, verify
-from relaytrain.commander.store import Store
-from tests.support.commander import Commander, wait_until
-from tests.support.relay import Proxy, WorkerProc, counter_final_state, counter_run, process_alive
+from tests.support.commander import wait_until
+from tests.support.relay import Proxy, counter_final_state, counter_run, process_alive
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    """A commander on SQLite and a way to start workers against it (or through a proxy)."""
-    commander = Commander(db=str(tmp_path / "relay.db"), token="admin", workdir=tmp_path).start()
-    client = commander.client()
-    token = client.create_token("workers").token
-    workers: list[WorkerProc] = []
-
-    class Cluster:
-        store = tmp_path / "artifacts"
-
-        def __init__(self) -> None:
-            self.commander, self.client = commander, client
-
-        def worker(self, name: str, url: str | None = None, *extra: str) -> WorkerProc:
-            w = WorkerProc(url or commander.url, token, name, tmp_path / name, list(extra)).start()
-            workers.append(w)
-            return w
-
-        def run(self, run_id: str):
-            return client.run(run_id)
-
-        def wait_status(self, run_id: str, statuses: tuple[str, ...], timeout_s: float = 90):
-            return wait_until(lambda: (r := client.run(run_id)).status in statuses and r, timeout_s,
-                              f"{run_id} to become {statuses} (workers: {self.logs()})")
-
-        def wait_step(self, run_id: str, step: int, timeout_s: float = 60):
-            return wait_until(lambda: (r := client.run(run_id)).step >= step and r.holder and r, timeout_s,
-                              f"{run_id} to reach step {step}")
-
-        def holder(self, run_id: str) -> WorkerProc:
-            name = client.run(run_id).holder
-            return next(w for w in workers if w.worker_id == name)
-
-        def attempts(self) -> list[dict]:
-            store = Store(str(tmp_path / "relay.db"))
-            try:
-                return store.attempts_table()
-            finally:
-                store.close()
-
-        def logs(self) -> str:
-            return "\n".join(f"--- {w.worker_id}\n{w.log()[-3000:]}" for w in workers)
-
-    yield Cluster()
-    for w in workers:
-        w.stop()
-    client.close()
-    commander.stop()
 
 
 def final_state(cluster, run_id: str) -> dict:

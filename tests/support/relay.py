@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -60,8 +61,10 @@ class WorkerProc:
         cmd = [sys.executable, "-m", "relaytrain.cli", "worker", "--commander", self.commander_url,
                "--token", self.token, "--worker-id", self.worker_id, "--workdir", str(self.workdir),
                "--claim-wait", "1", *self.extra]
+        # One thread and no GPU, as the standalone runs the tests compare with: bit-exact is a CPU promise.
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0"}
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         return self
 
     def signal(self, sig: int) -> None:

@@ -1,1 +1,1 @@
-"""evaluate"""
+"""Checkpoint evaluation, always in its own process (DESIGN §9)."""

@@ -1,1 +1,15 @@
-"""train"""
+"""Built-in trainers (SFT, GRPO), data, templates and the tiny model for CPU.
+
+Importing this package is light: no torch, no transformers. Heavy modules import them
+inside their functions:
+
+- ``relaytrain.train.tiny``: the tiny Llama + char tokenizer; ``load_model_and_tokenizer``.
+- ``relaytrain.train.data``: built-in datasets, file loaders, ``DataCursor``.
+- ``relaytrain.train.templates``: ``generic`` / ``r1`` / ``chat`` prompt templates.
+- ``relaytrain.train.rng``: RNG capture/restore.
+- ``relaytrain.train.contract``: the environment contract (DESIGN §6), exit codes.
+- ``relaytrain.train.sft``: ``run_sft(config, contract) -> exit code``.
+- ``relaytrain.train.exact_match``: greedy exact-match evaluation.
+- ``relaytrain.train.standalone``: ``python -m relaytrain.train sft …`` (no commander).
+- ``relaytrain.train.run``: the worker's entry, ``python -m relaytrain.train.run``.
+"""

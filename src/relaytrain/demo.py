@@ -1,0 +1,271 @@
+"""``relay demo``: the whole system on this machine, in a few minutes, on a CPU.
+
+It starts a commander (SQLite, loopback, a random token) and two workers as local processes
+under ``./relay-demo/``, submits an SFT run of the tiny model on 2-digit addition and a GRPO
+run initialised from its result, kills the worker holding the SFT lease partway through (a
+new worker joins in its place), shows live progress, scores the base, SFT and GRPO models
+on held-out problems in a separate process, and stops everything it started.
+It exits 1 if the models did not learn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from relaytrain.api.client import RelayClient
+from relaytrain.api.models import RunDetail
+
+SFT_RUN, GRPO_RUN = "demo-sft", "demo-grpo"
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass
+class DemoSettings:
+    root: Path = Path("./relay-demo")
+    sft_steps: int = 700
+    grpo_steps: int = 150
+    kill_at: float = 0.4
+    eval_samples: int = 300
+    timeout_s: float = 900.0
+    threads: int = 1
+
+
+@dataclass
+class _Procs:
+    """Every process the demo started, stopped by PID at the end."""
+
+    items: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, name: str, argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.items[name] = proc
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.items.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for proc in self.items.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_configs(settings: DemoSettings, store: Path) -> list[dict[str, Any]]:
+    lease = {"ttl_s": 10, "margin_s": 4, "grace_s": 3}
+    return [
+        {
+            "run_id": SFT_RUN, "kind": "sft", "model": "tiny", "data": {"builtin": "arithmetic"},
+            "max_steps": settings.sft_steps, "checkpoint": {"every_steps": 50, "keep_last": 2},
+            "lease": lease, "store": str(store),
+            "trainer": {"learning_rate": 1e-3, "batch_size": 64},
+        },
+        {
+            "run_id": GRPO_RUN, "kind": "grpo", "model": "tiny", "init_from": {"run": SFT_RUN},
+            "data": {"builtin": "arithmetic"}, "max_steps": settings.grpo_steps,
+            "checkpoint": {"every_steps": 50, "keep_last": 2}, "lease": lease, "store": str(store),
+            "trainer": {"learning_rate": 1e-4, "prompts_per_step": 8, "num_generations": 4, "max_new_tokens": 8},
+        },
+    ]
+
+
+class Demo:
+    def __init__(self, settings: DemoSettings, console: Console) -> None:
+        self.s = settings
+        self.console = console
+        self.root = settings.root.resolve()
+        self.procs = _Procs()
+        self.token = secrets.token_urlsafe(24)
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "OMP_NUM_THREADS": str(settings.threads), "MKL_NUM_THREADS": str(settings.threads),
+                    "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+        self.workers: list[str] = []
+        self.killed: tuple[str, int, float] | None = None
+        self.handoffs: list[str] = []
+
+    def run(self) -> int:
+        started = time.monotonic()
+        self._fresh_root()
+        try:
+            client = self._start_commander()
+            worker_token = client.create_token("demo-workers").token
+            for name in ("demo-w1", "demo-w2"):
+                self._start_worker(name, worker_token)
+            for config in _run_configs(self.s, self.root / "artifacts"):
+                client.submit(config)
+            runs = self._watch(client, worker_token, started)
+            scores = self._score(runs)
+        finally:
+            self.procs.stop_all()
+        return self._summary(runs, scores, time.monotonic() - started)
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def _fresh_root(self) -> None:
+        for name in ("relay.db", "relay.db-wal", "relay.db-shm", "artifacts", "workers", "logs"):
+            path = self.root / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _relay(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "relaytrain.cli", *args]
+
+    def _start_commander(self) -> RelayClient:
+        argv = self._relay("serve", "--db", str(self.root / "relay.db"), "--port", str(self.port),
+                           "--token", self.token, "--sweep-interval", "1", "--log-level", "warning")
+        proc = self.procs.start("commander", argv, self.root / "logs" / "commander.log", self.env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the commander exited; see {self.root / 'logs' / 'commander.log'}")
+            try:
+                if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
+                    self.console.print(f"commander on {self.url} (SQLite {self.root / 'relay.db'})")
+                    return RelayClient(self.url, self.token)
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise RuntimeError("the commander did not come up within 60 s")
+
+    def _start_worker(self, name: str, token: str) -> None:
+        argv = self._relay("worker", "--commander", self.url, "--token", token, "--worker-id", name,
+                           "--workdir", str(self.root / "workers" / name), "--claim-wait", "2")
+        self.procs.start(name, argv, self.root / "logs" / f"{name}.log", self.env)
+        self.workers.append(name)
+        self.console.print(f"worker {name} started (log {self.root / 'logs' / f'{name}.log'})")
+
+    # -- watching ----------------------------------------------------------------------------
+
+    def _watch(self, client: RelayClient, worker_token: str, started: float) -> dict[str, RunDetail]:
+        runs: dict[str, RunDetail] = {}
+        last_metrics: dict[str, dict[str, float]] = {}
+        with Live(console=self.console, refresh_per_second=2, transient=False) as live:
+            while time.monotonic() - started < self.s.timeout_s:
+                runs = {r: client.run(r) for r in (SFT_RUN, GRPO_RUN)}
+                for run_id, run in runs.items():
+                    if run.status == "running":
+                        last_metrics[run_id] = self._last_metrics(client, run_id)
+                sft = runs[SFT_RUN]
+                if self.killed is None and sft.holder and sft.step >= self.s.kill_at * self.s.sft_steps:
+                    self._kill_holder(sft, worker_token)
+                live.update(self._table(runs, last_metrics, time.monotonic() - started))
+                if all(r.status in TERMINAL for r in runs.values()):
+                    break
+                time.sleep(0.5)
+        return runs
+
+    def _last_metrics(self, client: RelayClient, run_id: str) -> dict[str, float]:
+        points = client.metrics(run_id).items[-40:]
+        return {p.name: p.value for p in points}
+
+    def _kill_holder(self, sft: RunDetail, worker_token: str) -> None:
+        victim = sft.holder
+        self.procs.items[victim].send_signal(signal.SIGKILL)
+        self.killed = (victim, sft.step, time.monotonic())
+        self.console.print(f"[red]kill -9[/red] {victim}, holding {SFT_RUN} at step {sft.step}: "
+                           "its lease must expire before another worker resumes the run")
+        self._start_worker(f"demo-w{len(self.workers) + 1}", worker_token)
+
+    def _table(self, runs: dict[str, RunDetail], metrics: dict[str, dict[str, float]], elapsed: float) -> Group:
+        table = Table("run", "status", "holder", "step", "epoch", "hand-offs", "loss / reward", title=None)
+        for run_id, run in runs.items():
+            m = metrics.get(run_id, {})
+            shown = next((f"{k} {m[k]:.3f}" for k in ("reward_mean", "loss") if k in m), "-")
+            table.add_row(run_id, run.status, run.holder or "-", f"{run.step}/{run.max_steps}", str(run.epoch),
+                          str(max(0, len(run.attempts) - 1)), shown)
+        return Group(table, f"{elapsed:.0f}s elapsed\n")
+
+    # -- results -----------------------------------------------------------------------------
+
+    def _checkpoint_path(self, run: RunDetail) -> str | None:
+        ref = run.latest_checkpoint
+        return ref.uri.removeprefix("file://") if ref else None
+
+    def _score(self, runs: dict[str, RunDetail]) -> dict[str, float]:
+        models = {"base": "tiny"}
+        for label, run_id in (("SFT", SFT_RUN), ("GRPO", GRPO_RUN)):
+            path = self._checkpoint_path(runs[run_id]) if runs.get(run_id) else None
+            if path:
+                models[label] = path
+        self.console.print(f"scoring {', '.join(models)} on {self.s.eval_samples} held-out problems "
+                           "(in its own process)…")
+        argv = [sys.executable, "-m", "relaytrain.evaluate.score", "--dataset", "arithmetic", "--json",
+                "--samples", str(self.s.eval_samples)]
+        for path in models.values():
+            argv += ["--model", path]
+        result = subprocess.run(argv, capture_output=True, text=True, env=self.env, timeout=600)
+        if result.returncode != 0:
+            self.console.print(f"[red]evaluation failed:[/red] {result.stderr[-2000:]}")
+            return {}
+        scores = json.loads(result.stdout.strip().splitlines()[-1])
+        return {label: s["accuracy"] for label, s in zip(models, scores, strict=True)}
+
+    def _summary(self, runs: dict[str, RunDetail], scores: dict[str, float], wall_s: float) -> int:
+        c = self.console
+        c.rule("relay demo: summary")
+        acc = Table("model", "held-out exact match")
+        for label, value in scores.items():
+            acc.add_row(label, f"{value:.1%}")
+        c.print(acc)
+        attempts = Table("run", "epoch", "worker", "outcome", "steps", "lost")
+        lost_total = 0
+        for run_id, run in runs.items():
+            for a in run.attempts:
+                lost_total += a.steps_lost or 0
+                attempts.add_row(run_id, str(a.epoch), a.worker_id, a.outcome or "running",
+                                 f"{a.step_start}→{a.step_end}", str(a.steps_lost or 0))
+        c.print(attempts)
+        handoffs = sum(max(0, len(r.attempts) - 1) for r in runs.values())
+        c.print(f"hand-offs: {handoffs}; steps lost: {lost_total}; wall time: {wall_s:.0f}s")
+        for run_id, run in runs.items():
+            c.print(f"{run_id}: {run.status}; checkpoints in {self._checkpoint_path(run) or '(none)'}")
+        c.print(f"logs in {self.root / 'logs'}; commander database {self.root / 'relay.db'}")
+        problems = []
+        if any(r.status != "succeeded" for r in runs.values()):
+            problems.append("a run did not succeed: " + ", ".join(f"{k} {r.status}" for k, r in runs.items()))
+        base, sft, grpo = scores.get("base"), scores.get("SFT"), scores.get("GRPO")
+        if sft is None or base is None or sft < base + 0.25:
+            problems.append(f"SFT did not learn (base {base}, SFT {sft})")
+        if grpo is None or sft is None or grpo < sft - 0.03:
+            problems.append(f"GRPO lost accuracy (SFT {sft}, GRPO {grpo})")
+        if self.killed is None:
+            problems.append("no hand-off happened")
+        for problem in problems:
+            c.print(f"[red]FAILED:[/red] {problem}")
+        if not problems:
+            c.print("[green]the models learned, and the run survived its worker's death[/green]")
+        return 1 if problems else 0
+
+
+def run_demo(settings: DemoSettings, console: Console | None = None) -> int:
+    return Demo(settings, console or Console()).run()

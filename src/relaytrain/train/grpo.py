@@ -1,0 +1,550 @@
+"""The built-in GRPO trainer: sample G completions per prompt, score, normalise in groups, optimise.
+
+Usage (the worker and ``python -m relaytrain.train grpo`` do this for you)::
+
+    from relaytrain.config import GRPORun
+    from relaytrain.train.contract import Contract
+    from relaytrain.train.grpo import run_grpo
+    config = GRPORun(run_id="arith-rl", kind="grpo", max_steps=200)
+    contract = Contract.local("runs/arith-rl/checkpoints", init_from="runs/arith/checkpoints/step_00000400")
+    exit_code = run_grpo(config, contract)
+
+One step: take ``prompts_per_step`` prompts from the data cursor, sample ``num_generations``
+completions of each with the current policy (``sampling.sample_completions``, seeded per
+completion by ``(seed, step, prompt position in the data stream, sample index)``), score them with
+the reward functions (``rewards``), turn the scores into group-relative advantages and take
+``num_iterations`` optimizer steps on the clipped objective (``grpo_loss``), with an optional k3
+KL penalty to the frozen initial policy (``beta > 0``; a LoRA run uses the base model with the
+adapter disabled, a full run keeps a frozen copy, saved in the checkpoint as ``reference.safetensors``).
+
+The checkpoint holds the model (or adapter), optimizer, scheduler, data cursor, RNG, step and the
+sampler's seed, so resuming at step N and training to M gives the same weights and optimizer
+state, bit for bit on CPU, as training straight to M — the completions sampled included.
+
+Public API: ``run_grpo(config, contract) -> int``, ``GRPOSession`` (the training state:
+``rollout()``, ``policy_logps()``, ``policy_loss()``, ``train_step()``, ``checkpoint_state()``,
+``load_checkpoint()``), ``Rollout``, ``write_trajectories``, ``config_hash``. The command line
+(``python -m relaytrain.train grpo``) is in ``relaytrain.train.grpo_cli``.
+"""
+
+from __future__ import annotations
+
+import copy as copy_module
+import fnmatch
+import hashlib
+import json
+import logging
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from relaytrain.config import GRPORun, GRPOTrainer
+from relaytrain.errors import CheckpointError, ConfigError
+from relaytrain.train.contract import EX_OK, Contract
+from relaytrain.train.data import DataCursor, Example, load_examples
+from relaytrain.train.model_io import is_lora, load_model_weights, model_files, weights_entry
+from relaytrain.train.rewards import load_rewards, score_completions
+from relaytrain.train.templates import Sample, render_all
+
+log = logging.getLogger(__name__)
+STATE_FORMAT = 1
+MAX_GRAD_NORM = 1.0
+"""Gradients are clipped to this global norm before every optimizer step."""
+REFERENCE_FILE = "reference.safetensors"
+TRAJECTORY_PATTERN = "rollout_{step:08d}.jsonl"
+
+
+def config_hash(config: GRPORun) -> str:
+    """sha256 of what decides the training trajectory: model, data, trainer, init_from."""
+    relevant = config.model_dump(mode="json", include={"model", "data", "trainer", "init_from"})
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class Rollout:
+    """One step's prompts, sampled completions, rewards and advantages."""
+
+    step: int
+    """The training step this batch is for, counted from 1 as in progress lines and checkpoints (its
+    completions are sampled with the 0-based ``step - 1``)."""
+    examples: list[Example]
+    samples: list[Sample]
+    batch: Any
+    """The ``sampling.SampledBatch``."""
+    texts: list[str]
+    """Decoded completions, grouped like the batch rows."""
+    scores: Any
+    """The ``rewards.RewardScores``."""
+    advantages: Any
+    """The ``grpo_loss.Advantages``."""
+    mask: Any
+    """(N, L) float mask of the tokens that count in the loss."""
+    seconds: float
+
+
+class GRPOSession:
+    """Everything a resume needs: model, optimizer, scheduler, data cursor, step, RNG, sampler seed."""
+
+    def __init__(self, config: GRPORun, contract: Contract) -> None:
+        import torch
+
+        from relaytrain.train.rng import seed_everything
+        from relaytrain.train.sft import make_scheduler
+
+        self.config, self.contract, trainer = config, contract, config.trainer
+        self.max_steps = contract.max_steps or config.max_steps
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.rewards = load_rewards(trainer.rewards)
+        self.reward_labels = _reward_labels([r.name for r in self.rewards])
+        seed_everything(trainer.seed)
+        self.resumed: dict[str, Any] | None = None
+        """The verified content of ``contract.resume_from`` (loaded once, before the model)."""
+        if contract.resume_from is not None:
+            self.resumed = _load_verified(contract.resume_from)
+        self.base_model = self.resumed["trainer_state.json"]["base_model"] if self.resumed else self._init_source()
+        self.model, self.tokenizer = self._load_model(trainer)
+        self.reference = self._make_reference(trainer)
+        self.model.train()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=trainer.learning_rate, weight_decay=0.0)
+        self.scheduler = make_scheduler(self.optimizer, "constant", 0, self.max_steps * trainer.num_iterations)
+        self.examples = load_examples(config.data, "train")
+        self.samples = render_all(self.examples, config.data.template, self.tokenizer)
+        self.prompt_ids = self._tokenize_prompts(self.samples)
+        self.cursor = DataCursor(len(self.samples), config.data.seed)
+        self.step = 0
+        self.tokens_generated = 0
+        self.last_metrics: dict[str, Any] = {}
+        self._tokenizer_cache: dict[str, Any] = {}
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _init_source(self) -> str:
+        """The model the run starts from: ``RELAY_INIT_FROM``, ``init_from.path`` or ``model``."""
+        if self.contract.init_from:
+            return self.contract.init_from
+        init = self.config.init_from
+        if init is not None and init.path is not None:
+            return init.path
+        if init is not None and init.run is not None:
+            raise ConfigError(f"init_from.run: {init.run!r} needs the worker to set RELAY_INIT_FROM")
+        return self.config.model
+
+    def _load_model(self, trainer: GRPOTrainer) -> tuple[Any, Any]:
+        from relaytrain.train.tiny import load_model_and_tokenizer
+
+        resume = self.contract.resume_from
+        if resume is not None and self.resumed is not None and not self.resumed["trainer_state.json"].get("lora"):
+            # a verified full-weights checkpoint loads on its own: the init source need not be here
+            model, tokenizer = load_model_and_tokenizer(str(resume), seed=trainer.seed)
+        else:
+            model, tokenizer = load_model_and_tokenizer(self.base_model, seed=trainer.seed, merge_lora=True)
+        if trainer.lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            lora = trainer.lora
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=lora.r,
+                    lora_alpha=lora.alpha,
+                    lora_dropout=lora.dropout,
+                    target_modules=list(lora.target_modules),
+                    task_type="CAUSAL_LM",
+                ),
+            )
+        if tokenizer.eos_token_id is None:
+            raise ConfigError("model: the tokenizer has no end-of-sequence token")
+        return model.to(self.device), tokenizer
+
+    def _make_reference(self, trainer: GRPOTrainer) -> Any:
+        """The frozen reference policy for the KL term: None when ``beta == 0`` or with LoRA."""
+        if trainer.beta == 0 or is_lora(self.model):
+            return None
+        reference = copy_module.deepcopy(self.model)
+        if self.resumed is not None:
+            where = f"{self.contract.resume_from}/{REFERENCE_FILE}"
+            if REFERENCE_FILE not in self.resumed:
+                raise CheckpointError(f"{where}: missing, yet beta > 0")
+            load_model_weights(reference, self.resumed[REFERENCE_FILE], where)
+        reference.eval()
+        for parameter in reference.parameters():
+            parameter.requires_grad_(False)
+        return reference
+
+    def _tokenize_prompts(self, samples: list[Sample]) -> list[list[int]]:
+        ids: list[list[int]] = [[] for _ in samples]
+        for flag in (True, False):
+            chosen = [i for i, s in enumerate(samples) if s.add_special_tokens is flag]
+            if chosen:
+                encoded = self.tokenizer([samples[i].prompt for i in chosen], add_special_tokens=flag)["input_ids"]
+                for i, row in zip(chosen, encoded, strict=True):
+                    ids[i] = list(row)
+        return ids
+
+    @property
+    def pad_id(self) -> int:
+        """The padding token (EOS when the tokenizer has none)."""
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
+
+    # -- one step ---------------------------------------------------------------------------
+
+    def rollout(self) -> Rollout:
+        """Sample, score and normalise the current step's batch; advances the data cursor, not the model."""
+        from relaytrain.train.grpo_loss import group_advantages, loss_mask, rewards_tensor
+        from relaytrain.train.sampling import sample_completions
+
+        started = time.perf_counter()
+        trainer, g = self.config.trainer, self.config.trainer.num_generations
+        first = self.cursor.examples_seen
+        indices = self.cursor.next_indices(trainer.prompts_per_step)
+        batch = sample_completions(
+            self.model,
+            [self.prompt_ids[i] for i in indices],
+            prompt_keys=[first + k for k in range(len(indices))],
+            num_generations=g,
+            seed=trainer.seed,
+            step=self.step,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.pad_id,
+            max_new_tokens=trainer.max_new_tokens,
+            temperature=trainer.temperature,
+            top_p=trainer.top_p,
+        )
+        texts = self.tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
+        examples = [self.examples[i] for i in indices for _ in range(g)]
+        samples = [self.samples[i] for i in indices for _ in range(g)]
+        scores = score_completions(
+            self.rewards,
+            [s.prompt for s in samples],
+            texts,
+            answer=[s.answer for s in samples],
+            reasoning=[e.reasoning for e in examples],
+            template=[self.config.data.template] * len(samples),
+            **_extra_columns(examples),
+        )
+        advantages = group_advantages(rewards_tensor(scores.total), g, trainer.scale_rewards)
+        skip_zero = bool(getattr(trainer, "skip_zero_variance_groups", False))
+        mask = loss_mask(
+            batch.completion_mask,
+            advantages.valid,
+            truncated=batch.truncated,
+            mask_truncated=trainer.mask_truncated_completions,
+            skip=advantages.zero_variance if skip_zero else None,
+        )
+        return Rollout(
+            step=self.step + 1,
+            examples=[self.examples[i] for i in indices],
+            samples=[self.samples[i] for i in indices],
+            batch=batch,
+            texts=texts,
+            scores=scores,
+            advantages=advantages,
+            mask=mask,
+            seconds=time.perf_counter() - started,
+        )
+
+    def policy_logps(self, model: Any, rollout: Rollout) -> Any:
+        """(N, L) log-probs of the sampled completions under ``model`` at the sampling temperature."""
+        import torch
+
+        from relaytrain.train.grpo_loss import token_logps
+        from relaytrain.train.sampling import position_ids_from_mask
+
+        batch = rollout.batch
+        ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1).to(self.device)
+        mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1).to(self.device)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+        width = batch.completion_ids.shape[1]
+        logits = logits[:, -width - 1 : -1, :]
+        return token_logps(logits, batch.completion_ids.to(self.device), self.config.trainer.temperature)
+
+    def reference_logps(self, rollout: Rollout) -> Any:
+        """The reference policy's log-probs (no grad), or None when ``beta == 0``."""
+        import torch
+
+        if self.config.trainer.beta == 0:
+            return None
+        with torch.no_grad():
+            if self.reference is not None:
+                return self.policy_logps(self.reference, rollout)
+            with self.model.disable_adapter():
+                return self.policy_logps(self.model, rollout)
+
+    def policy_loss(self, rollout: Rollout, logps: Any, old_logps: Any, ref_logps: Any = None) -> Any:
+        """The ``grpo_loss.LossOutput`` of ``logps`` (with grad) on ``rollout``: the trainer's loss path."""
+        from relaytrain.train.grpo_loss import grpo_loss
+
+        trainer = self.config.trainer
+        return grpo_loss(
+            logps,
+            old_logps,
+            rollout.advantages.advantages.to(self.device),
+            rollout.mask.to(self.device),
+            epsilon=trainer.epsilon,
+            epsilon_high=trainer.epsilon_high,
+            beta=trainer.beta,
+            ref_logps=ref_logps,
+            loss_type=trainer.loss_type,
+            max_completion_length=trainer.max_new_tokens,
+        )
+
+    def train_step(self) -> tuple[Rollout, dict[str, Any]]:
+        """One GRPO step: a rollout, then ``num_iterations`` optimizer steps on it; returns its metrics."""
+        import torch
+
+        started = time.perf_counter()
+        rollout = self.rollout()
+        ref_logps = self.reference_logps(rollout)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        old_logps, outputs, grad_norms = None, [], []
+        for _ in range(self.config.trainer.num_iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            logps = self.policy_logps(self.model, rollout)
+            if old_logps is None:  # the sampling policy: these weights, before any update on this batch
+                old_logps = logps.detach()
+            out = self.policy_loss(rollout, logps, old_logps, ref_logps)
+            out.loss.backward()
+            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)))
+            self.optimizer.step()
+            self.scheduler.step()
+            outputs.append(out)
+        self.step += 1
+        generated = int(rollout.batch.completion_mask.sum())
+        self.tokens_generated += generated
+        elapsed = time.perf_counter() - started
+        return rollout, self._metrics(rollout, outputs, grad_norms, generated, elapsed)
+
+    def _metrics(self, rollout: Rollout, outputs: list[Any], grad_norms: list[float], generated: int, elapsed: float):
+        scores, adv = rollout.scores, rollout.advantages
+        metrics: dict[str, Any] = {}
+        metrics.update(_mean_std("reward", scores.total))
+        for name, values in scores.per_function.items():
+            metrics.update(_mean_std(f"rewards/{self.reward_labels[name]}", values))
+        n = len(outputs)
+        lengths = rollout.batch.completion_lengths.float()
+        metrics.update(
+            {
+                "loss": sum(float(o.loss.item()) for o in outputs) / n,
+                "kl": sum(o.kl for o in outputs) / n,
+                "clip_low": sum(o.clip_low for o in outputs) / n,
+                "clip_high": sum(o.clip_high for o in outputs) / n,
+                "clip_fraction": sum(o.clip_fraction for o in outputs) / n,
+                "grad_norm": sum(grad_norms) / n,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "completion_length": float(lengths.mean()),
+                "completion_length_max": float(lengths.max()),
+                "truncated_fraction": float(rollout.batch.truncated.float().mean()),
+                "zero_variance_groups": adv.num_zero_variance_groups,
+                "loss_tokens": outputs[0].tokens,
+                "tokens_per_s": generated / max(rollout.seconds, 1e-9),
+                "sample_s": rollout.seconds,
+                "step_s": elapsed,
+                "data_epoch": self.cursor.epoch,
+            }
+        )
+        return metrics
+
+    # -- checkpoint state -------------------------------------------------------------------
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The entries of a checkpoint at the current step (DESIGN §5), live tensors included
+        (an asynchronous save copies them to host memory itself)."""
+        from relaytrain.train.rng import capture_rng_state
+
+        state = model_files(
+            self.model,
+            self.tokenizer,
+            base_model=self.base_model,
+            seed=self.config.trainer.seed,
+            tokenizer_cache=self._tokenizer_cache,
+        )
+        state["optimizer.pt"] = self.optimizer.state_dict()
+        state["scheduler.pt"] = self.scheduler.state_dict()
+        if self.reference is not None:
+            state[REFERENCE_FILE] = _unique_tensors(self.reference)
+        state["trainer_state.json"] = {
+            "format": STATE_FORMAT,
+            "kind": "grpo",
+            "run_id": self.contract.run_id,
+            "lease_epoch": self.contract.epoch,
+            "step": self.step,
+            "max_steps": self.max_steps,
+            "data_epoch": self.cursor.epoch,
+            "cursor": self.cursor.state_dict(),
+            "sampler": {"seed": self.config.trainer.seed, "next_step": self.step},
+            "tokens_generated": self.tokens_generated,
+            "rng": capture_rng_state(),
+            "config_hash": config_hash(self.config),
+            "lora": is_lora(self.model),
+            "base_model": self.base_model,
+            "metrics": self.last_metrics,
+        }
+        return state
+
+    def load_checkpoint(self, folder: str | Path) -> None:
+        """Verify and restore a checkpoint written by ``checkpoint_state``."""
+        from relaytrain.train.rng import restore_rng_state
+
+        folder = Path(folder)
+        same = self.resumed is not None and Path(self.contract.resume_from or "") == folder
+        loaded = self.resumed if same and self.resumed is not None else _load_verified(folder)
+        state = loaded["trainer_state.json"]
+        if bool(state.get("lora")) != is_lora(self.model):
+            raise ConfigError(
+                f"trainer.lora: the checkpoint {folder} was trained {'with' if state.get('lora') else 'without'} "
+                "LoRA; the config must match to resume"
+            )
+        if state.get("config_hash") != config_hash(self.config):
+            log.warning("resuming %s with a changed model/data/trainer config", folder)
+        if int(state["sampler"]["seed"]) != self.config.trainer.seed:
+            log.warning("trainer.seed changed from %s: sampling will differ", state["sampler"]["seed"])
+        entry = weights_entry(self.model)
+        if entry not in loaded:
+            raise CheckpointError(f"{folder}: no {entry}")
+        load_model_weights(self.model, loaded[entry], f"{folder}/{entry}")
+        self.optimizer.load_state_dict(loaded["optimizer.pt"])  # moves the state to the parameters' device
+        self.scheduler.load_state_dict(loaded["scheduler.pt"])
+        self.cursor.load_state_dict(state["cursor"])
+        self.step = int(state["step"])
+        self.tokens_generated = int(state.get("tokens_generated", 0))
+        self.last_metrics = dict(state.get("metrics") or {})
+        restore_rng_state(state["rng"])
+        self.resumed = None  # free the loaded tensors
+
+
+def _load_verified(folder: str | Path) -> dict[str, Any]:
+    """Every file of a GRPO checkpoint, hashed against its manifest first."""
+    from relaytrain.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(folder)
+    state = loaded.get("trainer_state.json")
+    if not isinstance(state, dict) or state.get("kind") != "grpo" or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{folder}: not a GRPO checkpoint of format {STATE_FORMAT}")
+    return loaded
+
+
+def _unique_tensors(model: Any) -> dict[str, Any]:
+    """The state dict without tied duplicates (``lm_head.weight`` tied to the embeddings)."""
+    seen: set[int] = set()
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        pointer = tensor.untyped_storage().data_ptr()
+        if pointer not in seen:
+            seen.add(pointer)
+            tensors[name] = tensor.detach()
+    return tensors
+
+
+def _extra_columns(examples: list[Example]) -> dict[str, list[Any]]:
+    """Any extra record columns (``Example.extra``, when the data layer keeps them) for the rewards."""
+    extras = [getattr(e, "extra", None) or {} for e in examples]
+    names = sorted({k for extra in extras for k in extra} - {"answer", "reasoning", "template"})
+    return {name: [extra.get(name) for extra in extras] for name in names}
+
+
+def _reward_labels(names: list[str]) -> dict[str, str]:
+    """Short metric labels: the function's name (``pkg.mod:brevity`` -> ``brevity``) unless ambiguous."""
+    short = {name: name.rpartition(":")[2] for name in names}
+    taken = list(short.values())
+    return {name: label if taken.count(label) == 1 else name for name, label in short.items()}
+
+
+def _mean_std(prefix: str, values: list[float | None]) -> dict[str, float | None]:
+    """``{prefix}_mean`` and ``{prefix}_std`` (population) over the values that are not None."""
+    present = [v for v in values if v is not None]
+    return {
+        f"{prefix}_mean": statistics.fmean(present) if present else None,
+        f"{prefix}_std": statistics.pstdev(present) if len(present) > 1 else (0.0 if present else None),
+    }
+
+
+def write_trajectories(rollout: Rollout, root: Path) -> Path:
+    """Write ``rollout_{step:08d}.jsonl`` under ``root`` atomically: one line per prompt group."""
+    g = rollout.batch.num_generations
+    path = Path(root) / TRAJECTORY_PATTERN.format(step=rollout.step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for p, (example, sample) in enumerate(zip(rollout.examples, rollout.samples, strict=True)):
+        rows = range(p * g, p * g + g)
+        lines.append(
+            {
+                "step": rollout.step,
+                "prompt": sample.prompt,
+                "answer": example.answer,
+                "completions": [rollout.texts[r] for r in rows],
+                "rewards": [rollout.scores.total[r] for r in rows],
+                "rewards_per_function": {k: [v[r] for r in rows] for k, v in rollout.scores.per_function.items()},
+                "advantages": [float(rollout.advantages.advantages[r]) for r in rows],
+                "truncated": [bool(rollout.batch.truncated[r]) for r in rows],
+            }
+        )
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def run_grpo(config: GRPORun, contract: Contract) -> int:
+    """Train ``config`` under ``contract`` to the target step; return the exit code (0).
+
+    Resumes from ``contract.resume_from`` when set (verified first). Stops early, after a
+    checkpoint, when the stop file appears or a stop was requested (the entry point turns SIGTERM
+    into one). Errors propagate: the entry point maps them to exit codes.
+    """
+    from transformers.utils import logging as hf_logging
+
+    from relaytrain.checkpoint import CheckpointManager
+
+    hf_logging.disable_progress_bar()  # no progress bars or advisory warnings in a trainer's logs
+    hf_logging.set_verbosity_error()
+    session = GRPOSession(config, contract)
+    extra = {"run_id": contract.run_id, "epoch": contract.epoch}
+    if contract.resume_from is not None:
+        session.load_checkpoint(contract.resume_from)
+        contract.report_event("resumed", step=session.step, path=str(Path(contract.resume_from).resolve()))
+        log.info("resumed from %s at step %d", contract.resume_from, session.step, extra=extra)
+    policy = config.checkpoint
+    manager = CheckpointManager(
+        contract.output_dir,
+        async_save=policy.async_save,
+        keep_last=policy.keep_last,
+        keep_every=policy.keep_every,
+        on_commit=lambda path, step: contract.report_checkpoint(step, path),
+    )
+    trajectories = contract.rollout_trajectory_root if config.trainer.save_rollout_trajectories else None
+    if config.trainer.save_rollout_trajectories and trajectories is None:
+        trajectories = (contract.run_root or contract.output_dir.parent) / "rollouts"
+    pattern = contract.rollout_trajectory_pattern
+    if trajectories is not None and pattern and not fnmatch.fnmatch(TRAJECTORY_PATTERN.format(step=0), pattern):
+        log.warning("trajectory files rollout_NNNNNNNN.jsonl do not match RELAY_ROLLOUT_TRAJECTORY_PATTERN %r", pattern)
+    saved_step = session.step if contract.resume_from is not None else None
+    try:
+        while session.step < session.max_steps and not contract.should_stop():
+            rollout, metrics = session.train_step()
+            session.last_metrics = metrics
+            contract.report_progress(session.step, metrics)
+            if trajectories is not None:
+                write_trajectories(rollout, trajectories)
+            if session.step % policy.every_steps == 0 or session.step == session.max_steps:
+                manager.save(session.checkpoint_state(), session.step)
+                saved_step = session.step
+        if saved_step != session.step and session.step > 0:  # stopped between two checkpoints
+            manager.save(session.checkpoint_state(), session.step)
+        if contract.should_stop():
+            log.info("stopped at step %d (%s)", session.step, contract.stop_reason, extra=extra)
+        manager.wait()
+    finally:
+        manager.close()
+        contract.close()
+    return EX_OK

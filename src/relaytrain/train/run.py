@@ -1,0 +1,110 @@
+"""The worker's entry into a built-in trainer: ``python -m relaytrain.train.run``.
+
+The worker writes the run's config (the JSON form of a run file, ``run_config_dict``) to a
+file, points ``RELAY_RUN_CONFIG`` at it, sets the ``RELAY_*`` contract variables (DESIGN §6)
+and starts this module. It dispatches on ``kind`` and exits with the contract's codes:
+
+- 0: finished, or stopped as asked (stop file, SIGTERM) after a checkpoint;
+- 78 (``EX_CONFIG``): bad config, missing dataset or model, unimportable reward — no retry;
+- 75 (``EX_TEMPFAIL``): CUDA out of memory, NCCL or network trouble — retry;
+- anything else: a crash with its traceback on stderr, classified by the worker.
+
+Usage::
+
+    RELAY_RUN_CONFIG=run.json RELAY_OUTPUT_DIR=runs/x/checkpoints python -m relaytrain.train.run
+
+Public API: ``RUNNERS`` (kind → ``"module:function"``, imported lazily), ``load_runner(kind)``,
+``execute(config, contract)``, ``main(argv)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from relaytrain.config import parse_run_config
+from relaytrain.errors import ConfigError
+from relaytrain.train.contract import EX_CONFIG, Contract, exit_code_for
+
+log = logging.getLogger(__name__)
+
+RUNNERS: dict[str, str] = {
+    "sft": "relaytrain.train.sft:run_sft",
+    "grpo": "relaytrain.train.grpo:run_grpo",
+}
+"""Each built-in kind's ``run(config, contract) -> exit code``, as ``module:function``."""
+
+
+def load_runner(kind: str) -> Callable[[Any, Contract], int]:
+    """Import the runner of ``kind``; ``ConfigError`` for a kind with no built-in trainer."""
+    target = RUNNERS.get(kind)
+    if target is None:
+        raise ConfigError(f"kind: {kind!r} has no built-in trainer (built-in: {', '.join(RUNNERS)})")
+    module_name, _, function = target.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, function)
+
+
+def execute(config: Any, contract: Contract) -> int:
+    """Run ``config`` with its built-in trainer; map an escaping error to a contract exit code.
+
+    Configuration errors give ``EX_CONFIG``, transient ones ``EX_TEMPFAIL`` (both logged
+    with their traceback on stderr); any other exception propagates (a crash).
+    """
+    try:
+        return load_runner(config.kind)(config, contract)
+    except Exception as exc:
+        code = exit_code_for(exc)
+        if code is None:
+            raise
+        traceback.print_exc(file=sys.stderr)
+        log.error("%s: %s (exit %d)", type(exc).__name__, exc, code)
+        return code
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Plain log lines on stderr; entry points only."""
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def read_config(path: str | Path) -> Any:
+    """The run config the worker wrote (JSON), validated."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"RELAY_RUN_CONFIG: cannot read {path}: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"RELAY_RUN_CONFIG: {path} is not valid JSON: {exc.msg}") from exc
+    return parse_run_config(data)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Read ``RELAY_RUN_CONFIG`` (or the one argument) and the contract, run, return the exit code."""
+    configure_logging(os.environ.get("RELAY_LOG_LEVEL", "INFO"))
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        path = args[0] if args else os.environ.get("RELAY_RUN_CONFIG", "").strip()
+        if not path:
+            raise ConfigError("RELAY_RUN_CONFIG: required (the path of the run config JSON)")
+        config = read_config(path)
+        contract = Contract.from_env()
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EX_CONFIG
+    if contract.run_id == "local":
+        contract.run_id = config.run_id
+    elif contract.run_id != config.run_id:
+        log.warning("RELAY_RUN_ID %r differs from the config's run_id %r", contract.run_id, config.run_id)
+    contract.install_signal_handlers()
+    return execute(config, contract)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Sampling G completions per prompt, reproducibly, with a KV-cached loop over a causal LM.
+
+Every completion draws its randomness from its own ``torch.Generator`` seeded by a hash of
+``(seed, step, prompt_key, sample_index)``: the uniforms it uses are fixed before the first token,
+so a completion is the same whatever other prompts share its batch, in whatever order — and a run
+resumed at step N samples exactly what the uninterrupted run sampled at step N. The sampler has no
+state of its own beyond ``seed``; the trainer's step counter and data cursor are the rest.
+
+A token is drawn by inverse-CDF sampling over the temperature-scaled, top-p-truncated distribution
+(tokens sorted by probability, stable), one uniform per token. Usage::
+
+    batch = sample_completions(model, prompt_ids, prompt_keys=[17, 18], num_generations=4,
+                               seed=0, step=3, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                               max_new_tokens=8, temperature=1.0, top_p=1.0)
+    batch.completion_ids  # (2 * 4, L) right-padded with pad_token_id, EOS included
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def sample_seed(seed: int, step: int, prompt_key: int, sample_index: int) -> int:
+    """A 63-bit generator seed from the four coordinates of one completion (stable across runs)."""
+    text = f"relaytrain-sample:{seed}:{step}:{prompt_key}:{sample_index}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") & (2**63 - 1)
+
+
+def sample_uniforms(seed: int, step: int, prompt_key: int, sample_index: int, count: int) -> Tensor:
+    """The ``count`` uniforms in [0, 1) that one completion's tokens are drawn with (float64)."""
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(sample_seed(seed, step, prompt_key, sample_index))
+    return torch.rand(count, generator=generator, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class SampledBatch:
+    """G completions for each of P prompts, grouped: rows ``p*G … p*G+G-1`` belong to prompt ``p``."""
+
+    prompt_ids: Tensor
+    """(N, P_max) prompt tokens, left-padded with the pad id."""
+    prompt_mask: Tensor
+    """(N, P_max) 1 on real prompt tokens."""
+    completion_ids: Tensor
+    """(N, L) generated tokens, right-padded with the pad id; L ≤ max_new_tokens."""
+    completion_mask: Tensor
+    """(N, L) 1 on generated tokens up to and including EOS."""
+    truncated: Tensor
+    """(N,) bool: no EOS within max_new_tokens."""
+    sampling_logps: Tensor
+    """(N, L) log-probability of each token under the distribution it was drawn from (0 on padding)."""
+    num_generations: int
+
+    @property
+    def completion_lengths(self) -> Tensor:
+        """(N,) generated tokens per completion, EOS included."""
+        return self.completion_mask.sum(dim=1)
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[Tensor, Tensor]:
+    """Stack token lists into (B, T) ids and mask, padded on the left."""
+    if not sequences or any(len(s) == 0 for s in sequences):
+        raise ValueError("every prompt needs at least one token")
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+def position_ids_from_mask(mask: Tensor) -> Tensor:
+    """Positions counted from each row's first real token (0 on left padding)."""
+    return (mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def draw_tokens(logits: Tensor, uniforms: Tensor, temperature: float, top_p: float) -> tuple[Tensor, Tensor]:
+    """Draw one token per row of ``logits`` (B, V) with ``uniforms`` (B,); return ids and log-probs.
+
+    The distribution is softmax(logits / temperature), restricted to the smallest set of most
+    probable tokens whose mass reaches ``top_p`` (always at least one token), renormalised.
+    """
+    probs = torch.softmax(logits.double() / temperature, dim=-1)
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+    if top_p < 1.0:
+        before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        sorted_probs = torch.where(before < top_p, sorted_probs, torch.zeros_like(sorted_probs))
+    cdf = sorted_probs.cumsum(dim=-1)
+    total = cdf[:, -1:]
+    index = (cdf < uniforms[:, None] * total).sum(dim=-1, keepdim=True)
+    index = index.clamp(max=probs.shape[-1] - 1)
+    while True:  # a uniform landing on a zero-probability tail slot moves back to the last real token
+        picked = sorted_probs.gather(-1, index)
+        if bool((picked > 0).all()):
+            break
+        index = torch.where(picked > 0, index, index - 1)
+    token = order.gather(-1, index).squeeze(-1)
+    logp = (picked / total).log().squeeze(-1).float()
+    return token, logp
+
+
+@torch.no_grad()
+def sample_completions(
+    model: Any,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    prompt_keys: Sequence[int],
+    num_generations: int,
+    seed: int,
+    step: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> SampledBatch:
+    """Generate ``num_generations`` completions for each prompt in one batched, KV-cached loop.
+
+    ``prompt_keys`` identify the prompts for seeding (the trainer passes each prompt's position in
+    the data stream); completion ``g`` of prompt ``p`` uses the uniforms of
+    ``(seed, step, prompt_keys[p], g)``. The model is put in eval mode for the loop and restored.
+    """
+    if len(prompt_keys) != len(prompt_ids):
+        raise ValueError(f"{len(prompt_keys)} prompt keys for {len(prompt_ids)} prompts")
+    if temperature <= 0 or not 0 < top_p <= 1:
+        raise ValueError("temperature must be > 0 and top_p in (0, 1]")
+    rows = [list(p) for p in prompt_ids for _ in range(num_generations)]
+    ids, mask = left_pad(rows, pad_token_id)
+    uniforms = torch.stack(
+        [
+            sample_uniforms(seed, step, int(key), g, max_new_tokens)
+            for key in prompt_keys
+            for g in range(num_generations)
+        ]
+    )
+    device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    try:
+        tokens, logps, done = _generate(
+            model,
+            ids.to(device),
+            mask.to(device),
+            uniforms.to(device),
+            eos_token_id,
+            pad_token_id,
+            max_new_tokens,
+            temperature,
+            top_p,
+        )
+    finally:
+        model.train(was_training)
+    completion_ids = torch.stack(tokens, dim=1).cpu()
+    sampling_logps = torch.stack(logps, dim=1).cpu()
+    is_eos = completion_ids == eos_token_id
+    after_eos = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0
+    completion_mask = (~after_eos).long()
+    completion_ids = torch.where(after_eos, torch.full_like(completion_ids, pad_token_id), completion_ids)
+    sampling_logps = sampling_logps * completion_mask
+    return SampledBatch(
+        prompt_ids=ids,
+        prompt_mask=mask,
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+        truncated=~done.cpu(),
+        sampling_logps=sampling_logps,
+        num_generations=num_generations,
+    )
+
+
+def _device_of(model: Any) -> torch.device:
+    parameter = next(iter(model.parameters()), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _generate(
+    model: Any,
+    ids: Tensor,
+    mask: Tensor,
+    uniforms: Tensor,
+    eos_token_id: int,
+    pad_token_id: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """The decoding loop: returns per-step tokens and log-probs, and which rows reached EOS."""
+    batch = ids.shape[0]
+    done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
+    positions = position_ids_from_mask(mask)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    cache_name = "cache" if "cache" in getattr(type(out), "__dataclass_fields__", {}) else "past_key_values"
+    past = getattr(out, cache_name)
+    logits = out.logits[:, -1, :]
+    next_position = positions[:, -1:] + 1
+    tokens: list[Tensor] = []
+    logps: list[Tensor] = []
+    for t in range(max_new_tokens):
+        token, logp = draw_tokens(logits, uniforms[:, t], temperature, top_p)
+        token = torch.where(done, torch.full_like(token, pad_token_id), token)
+        tokens.append(token)
+        logps.append(torch.where(done, torch.zeros_like(logp), logp))
+        done = done | (token == eos_token_id)
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=1)
+        out = model(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=next_position,
+            use_cache=True,
+            **{cache_name: past},
+        )
+        past = getattr(out, cache_name)
+        logits = out.logits[:, -1, :]
+        next_position = next_position + 1
+    return tokens, logps, done

@@ -1,0 +1,60 @@
+"""Fixtures of the integration tests: a live cluster of a commander and real workers."""
+
+from __future__ import annotations
+
+import pytest
+
+from relaytrain.commander.store import Store
+from tests.support.commander import Commander, wait_until
+from tests.support.relay import WorkerProc
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """A commander on SQLite and a way to start workers against it (or through a proxy)."""
+    commander = Commander(db=str(tmp_path / "relay.db"), token="admin", workdir=tmp_path).start()
+    client = commander.client()
+    token = client.create_token("workers").token
+    workers: list[WorkerProc] = []
+
+    class Cluster:
+        store = tmp_path / "artifacts"
+
+        def __init__(self) -> None:
+            self.commander, self.client = commander, client
+
+        def worker(self, name: str, url: str | None = None, *extra: str) -> WorkerProc:
+            w = WorkerProc(url or commander.url, token, name, tmp_path / name, list(extra)).start()
+            workers.append(w)
+            return w
+
+        def run(self, run_id: str):
+            return client.run(run_id)
+
+        def wait_status(self, run_id: str, statuses: tuple[str, ...], timeout_s: float = 90):
+            return wait_until(lambda: (r := client.run(run_id)).status in statuses and r, timeout_s,
+                              f"{run_id} to become {statuses} (workers: {self.logs()})")
+
+        def wait_step(self, run_id: str, step: int, timeout_s: float = 60):
+            return wait_until(lambda: (r := client.run(run_id)).step >= step and r.holder and r, timeout_s,
+                              f"{run_id} to reach step {step}")
+
+        def holder(self, run_id: str) -> WorkerProc:
+            name = client.run(run_id).holder
+            return next(w for w in workers if w.worker_id == name)
+
+        def attempts(self) -> list[dict]:
+            store = Store(str(tmp_path / "relay.db"))
+            try:
+                return store.attempts_table()
+            finally:
+                store.close()
+
+        def logs(self) -> str:
+            return "\n".join(f"--- {w.worker_id}\n{w.log()[-3000:]}" for w in workers)
+
+    yield Cluster()
+    for w in workers:
+        w.stop()
+    client.close()
+    commander.stop()

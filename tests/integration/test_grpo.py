@@ -1,0 +1,347 @@
+"""The GRPO trainer end to end on the tiny model: its loss path, checkpoints, exact resume, stopping.
+
+The learning test (``slow``) trains the tiny model with the SFT trainer first, then checks that
+GRPO raises the correctness reward and the held-out accuracy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from relaytrain.config import GRPORun, SFTRun  # noqa: E402
+from relaytrain.train.contract import EX_OK, Contract  # noqa: E402
+from relaytrain.train.grpo import GRPOSession, run_grpo  # noqa: E402
+from relaytrain.train.grpo_loss import grpo_loss  # noqa: E402
+
+REWARDS_SOURCE = '''
+from pathlib import Path
+
+STOP_FILE = {stop_file!r}
+STOP_AFTER_CALLS = {stop_after}
+calls = 0
+
+
+def digit_share(prompts, completions, **kwargs):
+    """The share of digits in the completion: a reward the untrained tiny model has variance on."""
+    global calls
+    calls += 1
+    if STOP_FILE and calls == STOP_AFTER_CALLS:
+        Path(STOP_FILE).touch()  # a preemption notice arriving during this step
+    return [sum(ch.isdigit() for ch in c) / len(c) if c else None for c in completions]
+'''
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """The tiny model is fastest on one thread, and the test machine has two shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def reward_file(folder: Path, stop_file: Path | None = None, stop_after: int = 0) -> str:
+    """Write the test reward module into ``folder``; return its ``path.py:function`` name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"test_rewards_{stop_after}.py"
+    path.write_text(REWARDS_SOURCE.format(stop_file=str(stop_file or ""), stop_after=stop_after))
+    return f"{path}:digit_share"
+
+
+def grpo_config(reward: str, **trainer: Any) -> GRPORun:
+    settings: dict[str, Any] = dict(
+        prompts_per_step=4, num_generations=3, max_new_tokens=6, rewards=[{"name": reward}], seed=3
+    )
+    settings.update(trainer)
+    return GRPORun(run_id="grpo-test", kind="grpo", max_steps=4, checkpoint={"every_steps": 2}, trainer=settings)
+
+
+def progress(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def state_digests(checkpoint: Path) -> dict[str, str]:
+    """sha256 of every tensor of the model, reference and optimizer state, and the scalars beside them."""
+    from safetensors.torch import load_file
+
+    digests: dict[str, str] = {}
+
+    def add(name: str, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            digests[name] = hashlib.sha256(data).hexdigest()
+        else:
+            digests[name] = repr(value)
+
+    for file in ("model/model.safetensors", "model/adapter_model.safetensors", "reference.safetensors"):
+        if (checkpoint / file).exists():
+            for key, tensor in load_file(str(checkpoint / file)).items():
+                add(f"{file}:{key}", tensor)
+    optimizer = torch.load(checkpoint / "optimizer.pt")
+    for pid, slots in optimizer["state"].items():
+        for key, value in slots.items():
+            add(f"optimizer:{pid}:{key}", value)
+    add("optimizer:param_groups", optimizer["param_groups"])
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    add("trainer_state", {k: state[k] for k in ("step", "cursor", "sampler", "rng", "tokens_generated")})
+    return digests
+
+
+# ---------------------------------------------------------------- the loss path
+
+
+def test_the_trainers_loss_path_computes_the_hand_written_objective(tmp_path: Path) -> None:
+    config = grpo_config(reward_file(tmp_path), temperature=0.7, prompts_per_step=3)
+    session = GRPOSession(config, Contract.local(tmp_path / "ckpt"))
+    rollout = session.rollout()
+    batch, g = rollout.batch, config.trainer.num_generations
+
+    # the trainer's path
+    logps = session.policy_logps(session.model, rollout)
+    out = session.policy_loss(rollout, logps, logps.detach())
+
+    # by hand: one forward of prompt + completion, log-softmax at the temperature, the token's entry
+    ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
+    attention = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    logits = session.model(input_ids=ids, attention_mask=attention, position_ids=positions).logits
+    width = batch.completion_ids.shape[1]
+    predicted = torch.log_softmax(logits[:, -width - 1 : -1, :].float() / 0.7, dim=-1)
+    hand_logps = predicted.gather(-1, batch.completion_ids[..., None])[..., 0]
+    mask = batch.completion_mask.float()
+    assert torch.allclose(logps, hand_logps, atol=1e-6)
+    # the sampler drew these tokens from the same distribution
+    assert torch.allclose(batch.sampling_logps, hand_logps.detach() * mask, atol=1e-4)
+
+    # advantages by hand: (r - group mean) / (sample std + 1e-4), from the decoded texts
+    texts = session.tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
+    rewards = [sum(ch.isdigit() for ch in t) / len(t) if t else None for t in texts]
+    assert rollout.scores.total == rewards
+    advantages = []
+    for start in range(0, len(rewards), g):
+        group = [r for r in rewards[start : start + g] if r is not None]
+        mean, std = statistics.fmean(group), statistics.stdev(group) if len(group) > 1 else 0.0
+        for r in rewards[start : start + g]:
+            advantages.append(0.0 if r is None or std < 1e-8 else (r - mean) / (std + 1e-4))
+    advantages_t = torch.tensor(advantages)
+    assert torch.allclose(rollout.advantages.advantages, advantages_t, atol=1e-5)
+    assert any(abs(a) > 0.1 for a in advantages)
+
+    # dapo with ratio 1: loss = -Σ_i A_i · n_i / Σ_i n_i, gradient of -Σ A_i Σ_t logp_it / Σ n_i
+    counted = mask * torch.tensor([r is not None for r in rewards], dtype=torch.float32)[:, None]
+    expected = -(advantages_t * counted.sum(1)).sum() / counted.sum()
+    assert out.loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    assert out.tokens == int(counted.sum())
+
+    params = [p for p in session.model.parameters() if p.requires_grad]
+    trainer_grads = torch.autograd.grad(out.loss, params, retain_graph=True)
+    hand_loss = -(advantages_t[:, None] * hand_logps * counted).sum() / counted.sum()
+    hand_grads = torch.autograd.grad(hand_loss, params)
+    for a, b in zip(trainer_grads, hand_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    # and the module function on the same tensors gives the same number
+    direct = grpo_loss(hand_logps, hand_logps.detach(), advantages_t, counted, epsilon=0.2)
+    assert direct.loss.item() == pytest.approx(out.loss.item(), abs=1e-7)
+
+
+# ---------------------------------------------------------------- resume, stop, trajectories
+
+
+def _launch(config: GRPORun, root: Path, max_steps: int, resume: Path | None = None) -> subprocess.Popen[str]:
+    """Start the worker's trainer entry in a fresh process, under the environment contract."""
+    root.mkdir(parents=True, exist_ok=True)
+    config_file = root / f"run-{max_steps}.json"
+    config_file.write_text(json.dumps(config.model_dump(mode="json")))
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "RELAY_RUN_CONFIG": str(config_file),
+        "RELAY_RUN_ID": config.run_id,
+        "RELAY_OUTPUT_DIR": str(root / "checkpoints"),
+        "RELAY_MAX_STEPS": str(max_steps),
+        "RELAY_RESUME_FROM": str(resume or ""),
+        "RELAY_PROGRESS_FILE": str(root / "progress.jsonl"),
+        "RELAY_STOP_FILE": str(root / "STOP"),
+        "RELAY_ROLLOUT_TRAJECTORY_ROOT": str(root / "rollouts"),
+    }
+    return subprocess.Popen([sys.executable, "-m", "relaytrain.train.run"], env=env, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process: subprocess.Popen[str]) -> None:
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode == EX_OK, stderr[-3000:]
+
+
+def test_resume_in_a_new_process_is_bit_identical_to_training_straight(tmp_path: Path) -> None:
+    config = grpo_config(
+        reward_file(tmp_path), beta=0.05, num_iterations=2, epsilon_high=0.28, save_rollout_trajectories=True
+    )
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    first = [_launch(config, straight, 4), _launch(config, interrupted, 2)]
+    for process in first:
+        _finish(process)
+    assert not (interrupted / "checkpoints" / "step_00000004").exists()
+    _finish(_launch(config, interrupted, 4, resume=interrupted / "checkpoints" / "step_00000002"))
+
+    for step in ("step_00000002", "step_00000004"):
+        a = state_digests(straight / "checkpoints" / step)
+        b = state_digests(interrupted / "checkpoints" / step)
+        assert any(key.startswith("reference.safetensors") for key in a)
+        assert a == b, [key for key in a if a[key] != b.get(key)]
+    for step in range(1, 5):  # the resumed process sampled exactly the same completions
+        name = f"rollout_{step:08d}.jsonl"
+        assert (straight / "rollouts" / name).read_bytes() == (interrupted / "rollouts" / name).read_bytes()
+    lines = progress(interrupted / "progress.jsonl")
+    assert {"event": "resumed", "step": 2} in [{k: v for k, v in x.items() if k != "path"} for x in lines]
+    # training moved the weights away from the reference
+    final = state_digests(straight / "checkpoints" / "step_00000004")
+    model_keys = [k for k in final if k.startswith("model/")]
+    assert any(final[k] != final[k.replace("model/model.safetensors", "reference.safetensors")] for k in model_keys)
+
+
+def test_stop_file_mid_run_checkpoints_the_step_and_exits_zero(tmp_path: Path) -> None:
+    output = tmp_path / "checkpoints"
+    contract = Contract.local(output)
+    assert contract.stop_file is not None
+    config = grpo_config(
+        reward_file(tmp_path, stop_file=contract.stop_file, stop_after=2), save_rollout_trajectories=True
+    )
+    config = config.model_copy(
+        update={"max_steps": 50, "checkpoint": config.checkpoint.model_copy(update={"every_steps": 40})}
+    )
+    assert run_grpo(config, contract) == EX_OK
+
+    assert sorted(p.name for p in output.glob("step_*")) == ["step_00000002"]
+    lines = progress(output / "progress.jsonl")
+    steps = [line["step"] for line in lines if "metrics" in line]
+    assert steps == [1, 2]
+    checkpoints = [line for line in lines if line.get("event") == "checkpoint"]
+    assert [c["step"] for c in checkpoints] == [2]
+    metrics = lines[0]["metrics"]
+    for key in (
+        "reward_mean", "reward_std", "rewards/digit_share_mean", "rewards/digit_share_std", "completion_length",
+        "clip_fraction", "clip_low", "clip_high", "kl", "tokens_per_s", "zero_variance_groups", "loss", "step_s",
+    ):  # fmt: skip
+        assert key in metrics, key
+    trajectories = sorted((output / "rollouts").glob("rollout_*.jsonl"))
+    assert [t.name for t in trajectories] == ["rollout_00000001.jsonl", "rollout_00000002.jsonl"]
+    groups = [json.loads(line) for line in trajectories[0].read_text().splitlines()]
+    assert len(groups) == 4
+    for group in groups:
+        assert set(group) >= {"prompt", "completions", "rewards", "advantages", "answer"} and group["step"] == 1
+        assert len(group["completions"]) == len(group["rewards"]) == len(group["advantages"]) == 3
+        assert group["prompt"].endswith("=")
+
+
+def test_lora_with_a_kl_to_the_disabled_adapter_resumes_exactly(tmp_path: Path) -> None:
+    lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    config = grpo_config(reward_file(tmp_path), beta=0.1, lora=lora, learning_rate=1e-3)
+    config = config.model_copy(update={"max_steps": 3})
+    assert run_grpo(config, Contract.local(tmp_path / "straight")) == EX_OK
+    part = tmp_path / "part"
+    assert run_grpo(config, Contract.local(part, max_steps=2)) == EX_OK
+    assert run_grpo(config, Contract.local(part, resume_from=part / "step_00000002")) == EX_OK
+    a = state_digests(tmp_path / "straight" / "step_00000003")
+    b = state_digests(part / "step_00000003")
+    assert any(k.startswith("model/adapter_model.safetensors") for k in a)
+    assert not any(k.startswith("reference") for k in a)  # the base model is the reference
+    assert a == b
+    kl = [line["metrics"]["kl"] for line in progress(part / "progress.jsonl") if "metrics" in line]
+    assert kl[-1] > 0
+
+
+def test_the_standalone_grpo_command_builds_the_run_its_flags_describe(tmp_path: Path) -> None:
+    from relaytrain.train.standalone import build_parser
+
+    parser, available = build_parser()
+    argv = ["grpo", "--max-steps", "7", "--output-dir", str(tmp_path), "--init-from", "runs/sft/step_00000400"]
+    argv += ["--reward", "correctness=2", "--reward", "pkg.mod:brevity", "--beta", "0.04", "--epsilon-high", "0.28"]
+    argv += ["--loss-type", "dr_grpo", "--scale-rewards", "none", "--mask-truncated", "--template", "r1", "--lora"]
+    args = parser.parse_args(argv)
+    config = available["grpo"].build_config(args)
+    assert isinstance(config, GRPORun) and config.max_steps == 7
+    assert [(r.name, r.weight) for r in config.trainer.rewards] == [("correctness", 2.0), ("pkg.mod:brevity", 1.0)]
+    assert (config.trainer.beta, config.trainer.epsilon_high, config.trainer.loss_type) == (0.04, 0.28, "dr_grpo")
+    assert config.trainer.scale_rewards == "none" and config.trainer.mask_truncated_completions
+    assert config.trainer.lora is not None and config.data.template == "r1"
+    assert config.init_from is not None and config.init_from.path == "runs/sft/step_00000400"
+    defaults = available["grpo"].build_config(parser.parse_args(["grpo", "--max-steps", "1", "--output-dir", "x"]))
+    assert defaults.trainer == GRPORun(run_id="x", kind="grpo", max_steps=1).trainer
+
+
+# ---------------------------------------------------------------- learning
+
+
+@pytest.fixture(scope="module")
+def sft_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    """The tiny model taught 2-digit addition by the SFT trainer, until ≥ 40 % held-out exact match.
+
+    Returns the checkpoint and its held-out accuracy. (Around 600 steps at lr 1e-3 on CPU.)
+    """
+    from relaytrain.checkpoint import CheckpointManager
+    from relaytrain.train.data import builtin_dataset
+    from relaytrain.train.exact_match import evaluate_exact_match
+    from relaytrain.train.sft import SFTSession
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    output = tmp_path_factory.mktemp("sft")
+    session = SFTSession(SFTRun(run_id="sft", kind="sft", max_steps=1000), Contract.local(output))
+    test = builtin_dataset("arithmetic", "test")
+    manager = CheckpointManager(output)
+    try:
+        accuracy = 0.0
+        while session.step < 1000:
+            session.train_step()
+            if session.step >= 400 and session.step % 100 == 0:
+                accuracy = evaluate_exact_match(session.model, session.tokenizer, test, 8).accuracy
+                if accuracy >= 0.4:
+                    break
+        assert accuracy >= 0.4, f"SFT reached only {accuracy:.0%} held-out exact match"
+        path = manager.save(session.checkpoint_state(), session.step)
+    finally:
+        manager.close()
+        torch.set_num_threads(before)
+    return Path(path), accuracy
+
+
+@pytest.mark.slow
+def test_grpo_from_an_sft_checkpoint_raises_reward_and_held_out_accuracy(
+    tmp_path: Path, sft_checkpoint: tuple[Path, float]
+) -> None:
+    from relaytrain.train.data import builtin_dataset
+    from relaytrain.train.exact_match import evaluate_exact_match
+    from relaytrain.train.tiny import load_model_and_tokenizer
+
+    init, accuracy_before = sft_checkpoint
+    steps = 150
+    config = GRPORun(
+        run_id="arith-rl",
+        kind="grpo",
+        max_steps=steps,
+        checkpoint={"every_steps": steps},
+        trainer={"learning_rate": 1e-4, "prompts_per_step": 8, "num_generations": 4, "max_new_tokens": 8},
+    )
+    assert run_grpo(config, Contract.local(tmp_path, init_from=str(init))) == EX_OK
+
+    rewards = [line["metrics"]["reward_mean"] for line in progress(tmp_path / "progress.jsonl") if "metrics" in line]
+    assert len(rewards) == steps
+    first, last = statistics.fmean(rewards[:50]), statistics.fmean(rewards[-50:])
+    model, tokenizer = load_model_and_tokenizer(str(tmp_path / f"step_{steps:08d}"))
+    accuracy_after = evaluate_exact_match(model, tokenizer, builtin_dataset("arithmetic", "test"), 8).accuracy
+    print(f"reward {first:.3f} -> {last:.3f}; held-out exact match {accuracy_before:.1%} -> {accuracy_after:.1%}")
+    assert last > first + 0.02
+    assert accuracy_after > accuracy_before + 0.03
