@@ -242,6 +242,15 @@ def _print_run(run: dict[str, Any]) -> None:
             table.add_row(str(a["epoch"]), a["worker_id"], _when(a["granted_at"]), _when(a["ended_at"]), outcome,
                           f"{a['step_start']}→{end}", "-" if a["steps_lost"] is None else str(a["steps_lost"]))
         console.print(table)
+    for ev in run.get("evaluations") or []:
+        names = sorted({k for scores in ev["scores"].values() for k in scores if k != "eval_ok"})
+        table = Table("step", *names, title=f"evaluation {ev['run_id']} on {ev['dataset']} ({ev['status']})")
+        for step in sorted(ev["scores"], key=int):
+            scores = ev["scores"][step]
+            failed = scores.get("eval_ok") == 0
+            table.add_row(str(step), *["failed" if failed else f"{scores[n]:.4g}" if n in scores else "-"
+                                       for n in names])
+        console.print(table)
     if run["last_error"]:
         console.print(f"[red]last error:[/red] {run['last_error']}")
     failed = [a for a in run["attempts"] if a["stderr_tail"]]
@@ -263,6 +272,91 @@ def cancel(
         console.print(f"{run_id} cancelled")
     else:
         console.print(f"{run_id}: cancel requested; {run.holder} stops it at its next renewal")
+
+
+def _parse_steps(steps: str) -> str | list[int]:
+    if steps in ("all", "latest"):
+        return steps
+    try:
+        parsed = sorted({int(s) for s in steps.split(",") if s.strip()})
+    except ValueError:
+        parsed = []
+    if not parsed or parsed[0] < 0:
+        raise fail(f"--steps: expected all, latest or a list of steps like 100,200, got {steps!r}")
+    return parsed
+
+
+@app.command("eval")
+def eval_(
+    run: Annotated[str, typer.Option("--run", help="The run whose checkpoints to score.")],
+    dataset: Annotated[str, typer.Option(help="A built-in dataset or a JSONL/Parquet file.")] = "arithmetic",
+    steps: Annotated[str, typer.Option(help="all, latest, or steps like 100,200.")] = "all",
+    metrics: Annotated[str, typer.Option(help="Comma-separated: exact_match, reward:NAME.")] = "exact_match",
+    subset_frac: Annotated[float | None, typer.Option(min=0.0001, max=1, help="Score this fraction.")] = None,
+    samples: Annotated[int | None, typer.Option(min=1, help="Score at most this many records.")] = None,
+    template: Annotated[str, typer.Option(help="generic, r1, deepseek or chat.")] = "generic",
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds allowed per checkpoint.")] = 900,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the scores and print them.")] = False,
+    commander: CommanderOpt = DEFAULT_COMMANDER,
+    token: TokenOpt = None,
+) -> None:
+    """Score a run's durable checkpoints, each in its own process, on any free worker."""
+    from relaytrain.config import parse_run_config, run_config_dict
+
+    with _client(commander, token) as client:
+        source = client.run(run)
+        eval_id = f"{run[:100]}-eval-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            config = parse_run_config({
+                "run_id": eval_id, "kind": "eval", "priority": source.priority, "store": source.config["store"],
+                "hang_timeout_s": timeout + 60,
+                "trainer": {"source_run": run, "dataset": dataset, "steps": _parse_steps(steps),
+                            "metrics": [m.strip() for m in metrics.split(",") if m.strip()], "samples": samples,
+                            "subset_frac": subset_frac, "template": template, "timeout_s": timeout},
+            })
+        except ConfigError as exc:
+            raise fail(str(exc)) from exc
+        client.submit(run_config_dict(config))
+        console.print(f"queued evaluation [bold]{eval_id}[/bold] of {run} on {dataset}")
+        if not wait:
+            return
+        while (status_ := client.run(eval_id).status) not in ("succeeded", "failed", "cancelled"):
+            time.sleep(1)
+        _print_run(client.run(run).model_dump())
+        if status_ != "succeeded":
+            raise fail(f"evaluation {eval_id} ended {status_}: relay status {eval_id}")
+
+
+@app.command()
+def resume(
+    run_id: Annotated[str, typer.Argument(help="The ended run to continue.")],
+    from_step: Annotated[str, typer.Option(help="latest, or an older durable step to fork from.")] = "latest",
+    additional_steps: Annotated[int, typer.Option(min=0, help="Raise max_steps by this much.")] = 0,
+    commander: CommanderOpt = DEFAULT_COMMANDER,
+    token: TokenOpt = None,
+) -> None:
+    """Continue an ended run from its newest durable checkpoint; from an older step, fork it into
+    <run_id>-from-<N> (the original's checkpoints are never touched). The checkpoint is verified first."""
+    from relaytrain.artifacts import open_store
+    from relaytrain.config import StoreConfig
+
+    if from_step != "latest" and not from_step.isdigit():
+        raise fail(f"--from-step: expected latest or a step number, got {from_step!r}")
+    with _client(commander, token) as client:
+        run = client.run(run_id)
+        durable = {c.step: c for c in client.checkpoints(run_id).items}
+        step = max(durable) if from_step == "latest" and durable else int(from_step) if from_step.isdigit() else None
+        if step is None or step not in durable:
+            raise fail(f"--from-step: {run_id} has no durable checkpoint at {from_step} "
+                       f"(has: {', '.join(map(str, sorted(durable))) or 'none'})")
+        ref = durable[step]
+        check = open_store(StoreConfig(**run.config["store"])).verify_checkpoint(ref.store_run_id, step)
+        if not check.ok:
+            raise fail(f"the checkpoint at step {step} does not verify in the store: {check.reason}")
+        resumed = client.resume(run_id, from_step=None if from_step == "latest" else step,
+                                additional_steps=additional_steps)
+    what = "re-opened" if resumed.run_id == run_id else f"forked into [bold]{resumed.run_id}[/bold]"
+    console.print(f"{run_id} {what}: resumes at step {step}, runs to {resumed.max_steps}; {resumed.status}")
 
 
 @app.command()

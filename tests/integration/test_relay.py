@@ -163,6 +163,6 @@ def test_cancel_stops_the_holder(cluster):
     cluster.wait_step("doomed", 5)
     cluster.client.cancel("doomed")
     run = cluster.wait_status("doomed", ("cancelled",))
-    assert run.attempts[0].outcome == "cancelled" and run.step < 10_000
+    assert run.attempts[0].outcome == "cancelled" and run.step < 10_000, (run.attempts[0], cluster.logs())
     pids = w.trainer_pids("doomed")
     wait_until(lambda: not any(process_alive(p) for p in pids), 10, "the trainer to exit")

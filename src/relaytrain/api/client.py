@@ -131,6 +131,10 @@ class RelayClient:
     def cancel(self, run_id: str) -> m.RunDetail:
         return m.RunDetail.model_validate(self.request("POST", f"/api/v1/runs/{run_id}/cancel"))
 
+    def resume(self, run_id: str, *, from_step: int | None = None, additional_steps: int = 0) -> m.RunDetail:
+        body = m.ResumeRequest(from_step=from_step, additional_steps=additional_steps).model_dump()
+        return m.RunDetail.model_validate(self.request("POST", f"/api/v1/runs/{run_id}/resume", json=body, retries=0))
+
     def events(self, run_id: str, *, after: int = 0, limit: int = 100) -> m.EventList:
         params = {"after": after, "limit": limit}
         return m.EventList.model_validate(self.request("GET", f"/api/v1/runs/{run_id}/events", params=params))

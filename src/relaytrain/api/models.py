@@ -67,6 +67,7 @@ class CheckpointRef(_Wire):
     uri: str
     manifest_sha256: str
     created_at: float
+    store_run_id: str = Field(..., description="The run under which the files live in the store (a fork's origin).")
 
 
 class ClaimRequest(_Wire):
@@ -86,6 +87,9 @@ class Grant(_Wire):
     max_steps: int
     checkpoint: CheckpointRef | None = Field(None, description="The latest durable checkpoint to resume from.")
     init_checkpoint: CheckpointRef | None = Field(None, description="For init_from: {run}, that run's result.")
+    eval_checkpoints: list[CheckpointRef] = Field(
+        default_factory=list, description="For an eval run: the source run's checkpoints to score."
+    )
     fallback_checkpoints: list[CheckpointRef] = Field(
         default_factory=list, description="Older durable checkpoints, newest first, if the latest is corrupt."
     )
@@ -181,13 +185,27 @@ class RunSummary(_Wire):
     last_error: str | None
 
 
+class Evaluation(_Wire):
+    run_id: str
+    status: RunStatus
+    dataset: str
+    scores: dict[int, dict[str, float]] = Field(..., description="step → metric → value")
+
+
 class RunDetail(RunSummary):
     config: dict[str, Any]
     cancel_requested: bool
     not_before: float
     depends_on: str | None
+    source_run: str | None
     attempts: list[AttemptInfo]
     latest_checkpoint: CheckpointRef | None
+    evaluations: list[Evaluation] = Field(default_factory=list)
+
+
+class ResumeRequest(_Wire):
+    from_step: int | None = Field(None, ge=0, description="None: the newest durable checkpoint (re-open).")
+    additional_steps: int = Field(0, ge=0, le=10**9)
 
 
 class RunList(_Wire):

@@ -222,6 +222,12 @@ def create_app(
     async def cancel_run(run_id: RunIdPath) -> dict:
         return await call(store.cancel_run, run_id)
 
+    @app.post("/api/v1/runs/{run_id}/resume", response_model=m.RunDetail, tags=["runs"], dependencies=[Admin])
+    async def resume_run(run_id: RunIdPath, req: m.ResumeRequest) -> dict:
+        run = await call(store.reopen_run, run_id, from_step=req.from_step, additional_steps=req.additional_steps)
+        notify()
+        return run
+
     @app.get("/api/v1/runs/{run_id}/events", response_model=m.EventList, tags=["runs"], dependencies=[Admin])
     async def run_events(
         run_id: RunIdPath,

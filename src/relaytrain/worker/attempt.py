@@ -28,7 +28,11 @@ from .reporter import ProgressTailer, Reporter, Uploader
 
 log = logging.getLogger(__name__)
 
-BUILTIN_TRAINER = [sys.executable, "-m", "relaytrain.train.run"]
+BUILTIN = {
+    "sft": [sys.executable, "-m", "relaytrain.train.run"],
+    "grpo": [sys.executable, "-m", "relaytrain.train.run"],
+    "eval": [sys.executable, "-m", "relaytrain.evaluate.run"],
+}
 STOP_PRIORITY = {"lost": 5, "crashed": 4, "fenced": 3, "preempted": 2, "cancelled": 1}
 
 
@@ -129,7 +133,7 @@ class Attempt:
         problems = []
         for ref in candidates:
             try:
-                path = fetch_for_resume(store, self.grant.run_id, ref.step, ref.manifest_sha256,
+                path = fetch_for_resume(store, ref.store_run_id, ref.step, ref.manifest_sha256,
                                         self.paths.checkpoints)
             except (ArtifactError, CheckpointError) as exc:
                 problems.append(f"step {ref.step}: {exc}")
@@ -155,7 +159,7 @@ class Attempt:
             raise ArtifactError(f"init_from.run {config.init_from.run}: the commander has no durable checkpoint")
         dest = self.paths.init / ref.run_id
         dest.mkdir(parents=True, exist_ok=True)
-        return str(fetch_for_resume(store, ref.run_id, ref.step, ref.manifest_sha256, dest))
+        return str(fetch_for_resume(store, ref.store_run_id, ref.step, ref.manifest_sha256, dest))
 
     def _start_trainer(self, config: RunConfig, resume_from: str, init_from: str) -> TrainerProcess:
         grant, paths = self.grant, self.paths
@@ -185,7 +189,11 @@ class Attempt:
             if config.trainer.cwd:
                 cwd = Path(config.trainer.cwd).expanduser()
         else:
-            argv = list(BUILTIN_TRAINER)
+            argv = list(BUILTIN[config.kind])
+        if config.kind == "eval":
+            targets = paths.root / "eval_checkpoints.json"
+            targets.write_text(json.dumps([ref.model_dump() for ref in grant.eval_checkpoints], indent=1))
+            env["RELAY_EVAL_CHECKPOINTS"] = str(targets)
         log.info("starting trainer for %s epoch %d: %s", grant.run_id, grant.epoch, shlex.join(argv))
         return TrainerProcess(argv, env=env, cwd=cwd, log_dir=paths.logs, stop_file=paths.stop_file)
 

@@ -189,7 +189,7 @@ class Reporter:
 
     def __init__(self, client: RelayClient, tailer: ProgressTailer, uploader: Uploader, output_dir: Path,
                  run_id: str, worker_id: str, epoch: int, on_stop: StopFn, *, interval_s: float = 1.0,
-                 poll_s: float = 0.2) -> None:
+                 poll_s: float = 0.05) -> None:
         self.client = client
         self.tailer = tailer
         self.uploader = uploader

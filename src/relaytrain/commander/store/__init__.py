@@ -22,6 +22,7 @@ from relaytrain.config import RunConfig, run_config_dict
 from relaytrain.errors import InvalidState, NotFound, RunExists, StoreError
 
 from . import engine as _engine
+from .evals import EvalMixin
 from .leases import LeaseMixin
 from .schema import TERMINAL_STATUSES, attempts, checkpoints, events, metrics, runs, tokens, workers
 
@@ -33,7 +34,7 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class Store(LeaseMixin):
+class Store(LeaseMixin, EvalMixin):
     """All of the commander's state, behind named transactional functions."""
 
     def __init__(self, url: str, *, pool_size: int = 20) -> None:
@@ -86,43 +87,61 @@ class Store(LeaseMixin):
 
     # -- runs ------------------------------------------------------------------------------
 
-    def submit_run(self, config: RunConfig, *, now: float | None = None) -> dict[str, Any]:
-        """Queue a validated run. RunExists if the id is taken; NotFound if init_from names no run."""
+    def submit_run(self, config: RunConfig, *, now: float | None = None,
+                   resume_from: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Queue a validated run. RunExists if the id is taken; NotFound if init_from names no run.
+
+        ``resume_from`` (a checkpoint ref of another run) makes a fork: the new run's first
+        attempt resumes the full training state from that checkpoint.
+        """
         now = time.time() if now is None else now
-        depends_on = config.init_from.run if config.init_from else None
         with self._write() as conn:
-            if conn.execute(sa.select(runs.c.run_id).where(runs.c.run_id == config.run_id)).first():
-                raise RunExists(f"a run named {config.run_id!r} already exists")
-            if depends_on is not None:
-                parent = conn.execute(sa.select(runs.c.status).where(runs.c.run_id == depends_on)).first()
-                if parent is None:
-                    raise NotFound(f"init_from.run: no run named {depends_on!r}")
-                if parent.status in ("failed", "cancelled"):
-                    raise InvalidState(f"init_from.run: run {depends_on!r} ended {parent.status}")
-            conn.execute(
-                runs.insert().values(
-                    run_id=config.run_id,
-                    kind=config.kind,
-                    config=run_config_dict(config),
-                    status="queued",
-                    priority=config.priority,
-                    gpus=config.resources.gpus,
-                    labels=dict(config.resources.labels),
-                    depends_on=depends_on,
-                    max_steps=config.max_steps,
-                    step=0,
-                    epoch=0,
-                    lease_ttl_s=config.lease.ttl_s,
-                    retries_used=0,
-                    max_retries=config.retry.max_retries,
-                    not_before=now,
-                    cancel_requested=False,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-            self._event(conn, config.run_id, "submitted", f"{config.kind} run submitted", None, now)
+            self._insert_run(conn, config, now, resume_from=resume_from)
         return self.get_run(config.run_id)
+
+    def _insert_run(self, conn: sa.Connection, config: RunConfig, now: float, *,
+                    resume_from: dict[str, Any] | None = None) -> None:
+        depends_on = config.init_from.run if config.init_from else None
+        source_run = config.trainer.source_run if config.kind == "eval" else None
+        if conn.execute(sa.select(runs.c.run_id).where(runs.c.run_id == config.run_id)).first():
+            raise RunExists(f"a run named {config.run_id!r} already exists")
+        for field, name in (("init_from.run", depends_on), ("trainer.source_run", source_run)):
+            if name is None:
+                continue
+            parent = conn.execute(sa.select(runs.c.status).where(runs.c.run_id == name)).first()
+            if parent is None:
+                raise NotFound(f"{field}: no run named {name!r}")
+            if field == "init_from.run" and parent.status in ("failed", "cancelled"):
+                raise InvalidState(f"init_from.run: run {name!r} ended {parent.status}")
+        conn.execute(
+            runs.insert().values(
+                run_id=config.run_id,
+                kind=config.kind,
+                config=run_config_dict(config),
+                status="queued",
+                priority=config.priority,
+                gpus=config.resources.gpus,
+                labels=dict(config.resources.labels),
+                depends_on=depends_on,
+                source_run=source_run,
+                max_steps=config.max_steps,
+                step=0,
+                epoch=0,
+                lease_ttl_s=config.lease.ttl_s,
+                retries_used=0,
+                max_retries=config.retry.max_retries,
+                not_before=now,
+                cancel_requested=False,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        if resume_from is not None:
+            conn.execute(checkpoints.insert().values(
+                run_id=config.run_id, step=resume_from["step"], epoch=0, uri=resume_from["uri"],
+                manifest_sha256=resume_from["manifest_sha256"], store_run_id=resume_from["store_run_id"],
+                durable=True, created_at=now))
+        self._event(conn, config.run_id, "submitted", f"{config.kind} run submitted", None, now)
 
     def cancel_run(self, run_id: str, *, now: float | None = None) -> dict[str, Any]:
         """Cancel a queued run at once; ask the holder of a running one to stop (seen on renew)."""
@@ -158,6 +177,7 @@ class Store(LeaseMixin):
                 for a in tries
             ]
             detail["latest_checkpoint"] = self._latest_checkpoint(conn, run_id)
+            detail["evaluations"] = self._evaluations(conn, run_id)
             for key in ("gpus", "labels", "lease_ttl_s"):
                 detail.pop(key)
             return detail
@@ -165,7 +185,7 @@ class Store(LeaseMixin):
     def list_runs(self, *, status: str | None = None, limit: int = 100, offset: int = 0) -> dict[str, Any]:
         """A page of runs, newest first."""
         columns = [c for c in runs.c if c.name not in ("config", "gpus", "labels", "lease_ttl_s", "not_before",
-                                                       "cancel_requested", "depends_on")]
+                                                       "cancel_requested", "depends_on", "source_run")]
         query = sa.select(*columns)
         count = sa.select(sa.func.count()).select_from(runs)
         if status is not None:
@@ -240,7 +260,9 @@ class Store(LeaseMixin):
 
     @staticmethod
     def _checkpoint_ref(row: Any) -> dict[str, Any]:
-        return {k: row[k] for k in ("run_id", "step", "epoch", "uri", "manifest_sha256", "created_at")}
+        ref = {k: row[k] for k in ("run_id", "step", "epoch", "uri", "manifest_sha256", "created_at")}
+        ref["store_run_id"] = row["store_run_id"] or row["run_id"]
+        return ref
 
     # -- workers ---------------------------------------------------------------------------
 

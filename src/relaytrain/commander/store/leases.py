@@ -91,6 +91,7 @@ class LeaseMixin:
             if chosen["depends_on"]:
                 init = self._latest_checkpoint(conn, chosen["depends_on"])
             return {
+                "eval_checkpoints": self._eval_checkpoints(conn, chosen) if chosen["kind"] == "eval" else [],
                 "fallback_checkpoints": self._durable_checkpoints(conn, chosen["run_id"], limit=FALLBACKS + 1)[1:],
                 "run_id": chosen["run_id"],
                 "kind": chosen["kind"],
@@ -214,7 +215,7 @@ class LeaseMixin:
         """Record a checkpoint that is durable in the store. Idempotent for the same epoch and step."""
         now = time.time() if now is None else now
         with self._write() as conn:
-            self._fenced_run(conn, run_id, worker_id, epoch, now)
+            run = self._fenced_run(conn, run_id, worker_id, epoch, now)
             key = (checkpoints.c.run_id == run_id, checkpoints.c.step == step, checkpoints.c.epoch == epoch)
             if conn.execute(sa.select(checkpoints.c.id).where(*key)).first():
                 conn.execute(checkpoints.update().where(*key).values(uri=uri, manifest_sha256=manifest_sha256))
@@ -232,6 +233,7 @@ class LeaseMixin:
                 )
             self._event(conn, run_id, "checkpoint", f"checkpoint at step {step} is durable: {uri}",
                         {"step": step, "epoch": epoch, "uri": uri}, now)
+            self._auto_eval(conn, run, step, now)
             return self._latest_checkpoint(conn, run_id, step=step, epoch=epoch)
 
     def record_resume(

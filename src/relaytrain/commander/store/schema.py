@@ -28,6 +28,7 @@ runs = sa.Table(
     sa.Column("gpus", sa.Integer, nullable=False),
     sa.Column("labels", sa.JSON, nullable=False),
     sa.Column("depends_on", sa.String(128), nullable=True),
+    sa.Column("source_run", sa.String(128), nullable=True),
     sa.Column("max_steps", sa.Integer, nullable=False),
     sa.Column("step", sa.Integer, nullable=False),
     sa.Column("epoch", sa.Integer, nullable=False),
@@ -44,6 +45,7 @@ runs = sa.Table(
     sa.Column("finished_at", sa.Float, nullable=True),
     sa.Index("ix_runs_queue", "status", "priority", "created_at"),
     sa.Index("ix_runs_depends_on", "depends_on"),
+    sa.Index("ix_runs_source_run", "source_run"),
 )
 
 attempts = sa.Table(
@@ -92,6 +94,7 @@ checkpoints = sa.Table(
     sa.Column("epoch", sa.Integer, nullable=False),
     sa.Column("uri", sa.Text, nullable=False),
     sa.Column("manifest_sha256", sa.String(64), nullable=False),
+    sa.Column("store_run_id", sa.String(128), nullable=True),
     sa.Column("durable", sa.Boolean, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.UniqueConstraint("run_id", "step", "epoch", name="uq_checkpoints_run_step_epoch"),
@@ -132,4 +135,30 @@ tokens = sa.Table(
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("revoked_at", sa.Float, nullable=True),
+)
+
+# Machines the commander reaches over SSH (DESIGN §10): polled for GPUs, used by the autoscaler.
+# ``gpus`` is the last poll (GpuStatus dicts with ``idle``); ``assignments`` are the workers the
+# autoscaler started there, each with the GPU indices it holds.
+hosts = sa.Table(
+    "hosts",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("address", sa.String(255), nullable=False),
+    sa.Column("port", sa.Integer, nullable=False),
+    sa.Column("username", sa.String(64), nullable=False),
+    sa.Column("key_path", sa.Text, nullable=False),
+    sa.Column("known_hosts", sa.Text, nullable=True),
+    sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("price_per_hour", sa.Float, nullable=True),
+    sa.Column("python", sa.Text, nullable=False),
+    sa.Column("workdir", sa.Text, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("reachable", sa.Boolean, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("gpus", sa.JSON, nullable=False),
+    sa.Column("assignments", sa.JSON, nullable=False),
+    sa.Column("polled_at", sa.Float, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
 )

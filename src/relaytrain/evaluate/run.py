@@ -1,0 +1,134 @@
+"""An eval run under the worker (kind ``eval``): score each of a source run's durable
+checkpoints in its own subprocess, with a timeout, and keep going past a failing one.
+
+The worker starts ``python -m relaytrain.evaluate.run`` with the contract of DESIGN §6 and
+``RELAY_EVAL_CHECKPOINTS`` (a JSON list of checkpoint refs). For each step it writes::
+
+    <run_root>/evals/<dataset>/step_<N:08d>/{metrics.json, completions.jsonl, summary.json}
+    <run_root>/evals/<dataset>/consolidated_metrics.csv     one row per step, one column per metric
+
+uploads them to the store under the SOURCE run (``<source>/evals/<dataset>/…``), and reports
+each step's metrics as a progress line (``{"step": N, "metrics": {...}}``), which the
+commander shows under the source run (``relay status SOURCE``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from relaytrain.artifacts import fetch_for_resume, open_store
+from relaytrain.checkpoint import step_dir_name
+from relaytrain.config import EvalRun, parse_run_config
+from relaytrain.errors import RelayError
+
+log = logging.getLogger("relaytrain.evaluate")
+EX_CONFIG = 78
+
+
+def dataset_label(dataset: str) -> str:
+    """A folder name for a dataset: its built-in name, or the file's stem."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", Path(dataset).stem if ("/" in dataset or "." in dataset) else dataset)
+
+
+def write_consolidated(folder: Path, rows: dict[int, dict[str, Any]]) -> Path:
+    """``consolidated_metrics.csv``: one row per step (sorted), one column per metric, plus status."""
+    names = sorted({k for row in rows.values() for k in row if k not in ("status", "error")})
+    path = folder / "consolidated_metrics.csv"
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", *names, "status"])
+        for step in sorted(rows):
+            writer.writerow([step, *[rows[step].get(n, "") for n in names], rows[step]["status"]])
+    os.replace(tmp, path)
+    return path
+
+
+def score_step(checkpoint: Path, trainer: Any, out: Path) -> dict[str, Any]:
+    """Score one checkpoint in a subprocess; a failure or timeout is recorded in summary.json."""
+    argv = [sys.executable, "-m", "relaytrain.evaluate.score", "--model", str(checkpoint),
+            "--dataset", trainer.dataset, "--template", trainer.template, "--metrics", ",".join(trainer.metrics),
+            "--max-new-tokens", str(trainer.max_new_tokens), "--out", str(out)]
+    if trainer.samples:
+        argv += ["--samples", str(trainer.samples)]
+    if trainer.subset_frac:
+        argv += ["--subset-frac", str(trainer.subset_frac)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=trainer.timeout_s)
+    except subprocess.TimeoutExpired:
+        return _failed(out, f"timed out after {trainer.timeout_s:g}s")
+    if done.returncode != 0:
+        tail = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:] or ["(no stderr)"]
+        return _failed(out, f"exit {done.returncode}: {tail[0][:500]}")
+    return {"status": "ok", **json.loads((out / "metrics.json").read_text())}
+
+
+def _failed(out: Path, error: str) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps({"status": "failed", "error": error}, indent=1) + "\n")
+    return {"status": "failed", "error": error}
+
+
+def run_eval(config: EvalRun, refs: list[dict[str, Any]], run_root: Path, progress: Path, stop_file: Path) -> int:
+    trainer = config.trainer
+    store = open_store(config.store)
+    folder = run_root / "evals" / dataset_label(trainer.dataset)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows: dict[int, dict[str, Any]] = {}
+    for ref in sorted(refs, key=lambda r: r["step"]):
+        if stop_file.exists():
+            log.info("stop file: leaving %d steps unscored", len(refs) - len(rows))
+            break
+        step = ref["step"]
+        out = folder / step_dir_name(step)
+        try:
+            path = fetch_for_resume(store, ref["store_run_id"], step, ref["manifest_sha256"], run_root / "sources")
+        except RelayError as exc:
+            rows[step] = _failed(out, f"checkpoint unusable: {exc}")
+        else:
+            start = time.monotonic()
+            rows[step] = score_step(path, trainer, out)
+            log.info("step %d: %s in %.1fs", step, rows[step], time.monotonic() - start)
+        consolidated = write_consolidated(folder, rows)
+        numbers = {k: v for k, v in rows[step].items() if isinstance(v, float | int) and not isinstance(v, bool)}
+        numbers["eval_ok"] = 1.0 if rows[step]["status"] == "ok" else 0.0
+        with open(progress, "a") as handle:
+            handle.write(json.dumps({"step": step, "metrics": numbers}) + "\n")
+        prefix = f"evals/{folder.name}"
+        for file in sorted(out.iterdir()):
+            store.put_file(file, trainer.source_run, f"{prefix}/{out.name}/{file.name}")
+        store.put_file(consolidated, trainer.source_run, f"{prefix}/consolidated_metrics.csv")
+    failed = [s for s, row in rows.items() if row["status"] != "ok"]
+    if failed:
+        log.warning("failed steps: %s", ", ".join(map(str, failed)))
+    if rows and len(failed) == len(rows):
+        return 1  # nothing could be scored: a transient failure, retried
+    return 0
+
+
+def main() -> int:
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = parse_run_config(json.loads(Path(os.environ["RELAY_RUN_CONFIG"]).read_text()))
+        refs = json.loads(Path(os.environ["RELAY_EVAL_CHECKPOINTS"]).read_text())
+    except (KeyError, OSError, ValueError, RelayError) as exc:
+        print(f"ConfigError: eval run: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    if config.kind != "eval":
+        print(f"ConfigError: kind: expected 'eval', got {config.kind!r}", file=sys.stderr)
+        return EX_CONFIG
+    return run_eval(config, refs, Path(os.environ["RELAY_RUN_ROOT"]), Path(os.environ["RELAY_PROGRESS_FILE"]),
+                    Path(os.environ["RELAY_STOP_FILE"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
