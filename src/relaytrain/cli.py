@@ -214,10 +214,25 @@ def status(
     """Show a run: status, step, lease, attempts and the latest durable checkpoint."""
     with _client(commander, token) as client:
         run = client.run(run_id)
+        ledger = client.ledger(run_id)
     if as_json:
-        console.print_json(run.model_dump_json())
+        console.print_json(json.dumps({**run.model_dump(mode="json"), "ledger": ledger.model_dump(mode="json")}))
         return
     _print_run(run.model_dump())
+    _print_ledger(ledger.model_dump())
+
+
+def _print_ledger(ledger: dict[str, Any]) -> None:
+    if not ledger["attempts"]:
+        return
+    table = Table("", "wall", "ETTR", "GPU-h", "$", "steps lost", "failover", title="ledger")
+    rows = [("run", ledger["total"])] + ([(f"provider {k}", v) for k, v in ledger["providers"].items()]
+                                         if len(ledger["providers"]) > 1 else [])
+    for label, s in rows:
+        failover = f"{s['failover_mean_s']:.1f}s mean of {len(s['failover_s'])}" if s["failover_s"] else "-"
+        table.add_row(label, f"{s['wall_s']:.0f}s", "-" if s["ettr"] is None else f"{s['ettr']:.2f}",
+                      f"{s['gpu_hours']:.3f}", f"{s['dollars']:.2f}", str(s["steps_lost"]), failover)
+    console.print(table)
 
 
 def _print_run(run: dict[str, Any]) -> None:

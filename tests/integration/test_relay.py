@@ -26,8 +26,8 @@ def final_state(cluster, run_id: str) -> dict:
 
 def test_kill_9_hands_the_run_to_another_worker(cluster):
     cluster.client.submit(counter_run("relay", cluster.store, max_steps=80, every=10))
-    cluster.worker("a")
-    cluster.worker("b")
+    cluster.worker("a", None, "--price-per-hour", "2.5")
+    cluster.worker("b", None, "--price-per-hour", "2.5")
     # Kill right after a checkpoint becomes durable, as a machine dies at a random point past one.
     wait_until(lambda: (c := cluster.run("relay").latest_checkpoint) and c.step >= 30, 60, "step 30 durable")
     victim = cluster.holder("relay")
@@ -43,6 +43,23 @@ def test_kill_9_hands_the_run_to_another_worker(cluster):
     assert attempts[0]["steps_lost"] <= 10
     assert attempts[1]["step_start"] >= 20 and attempts[1]["granted_at"] >= attempts[0]["ended_at"]
     assert trainer_pids and not any(process_alive(pid) for pid in trainer_pids), "the trainer outlived its worker"
+
+    # The ledger agrees with the attempts' own timestamps.
+    ledger = cluster.client.ledger("relay")
+    for entry, attempt in zip(ledger.attempts, attempts, strict=True):
+        wall = attempt["ended_at"] - attempt["granted_at"]
+        assert entry.wall_s == pytest.approx(wall)
+        assert entry.dollars == pytest.approx(wall / 3600 * 2.5)
+        assert (entry.gpu_hours, entry.provider) == (0, "local")
+        assert entry.steps_gained == attempt["step_end"] - attempt["step_start"]
+        assert entry.steps_lost == attempt["steps_lost"]
+    failover = ledger.attempts[0].failover_s
+    assert attempts[1]["granted_at"] - attempts[0]["ended_at"] <= failover
+    assert failover <= attempts[1]["ended_at"] - attempts[0]["granted_at"]
+    total = ledger.total
+    assert total.wall_s == pytest.approx(sum(a["ended_at"] - a["granted_at"] for a in attempts))
+    assert 0 < total.ettr <= 1 and total.failover_s == [failover]
+    assert list(ledger.providers) == ["local"]
 
 
 def test_sigterm_is_a_graceful_preemption(cluster):

@@ -135,6 +135,12 @@ class RelayClient:
         body = m.ResumeRequest(from_step=from_step, additional_steps=additional_steps).model_dump()
         return m.RunDetail.model_validate(self.request("POST", f"/api/v1/runs/{run_id}/resume", json=body, retries=0))
 
+    def ledger(self, run_id: str) -> m.RunLedger:
+        return m.RunLedger.model_validate(self.request("GET", f"/api/v1/runs/{run_id}/ledger"))
+
+    def providers_ledger(self) -> m.ProviderLedger:
+        return m.ProviderLedger.model_validate(self.request("GET", "/api/v1/ledger"))
+
     def events(self, run_id: str, *, after: int = 0, limit: int = 100) -> m.EventList:
         params = {"after": after, "limit": limit}
         return m.EventList.model_validate(self.request("GET", f"/api/v1/runs/{run_id}/events", params=params))

@@ -243,6 +243,48 @@ class MetricList(_Wire):
     items: list[MetricPoint]
 
 
+class AttemptLedger(_Wire):
+    epoch: int
+    worker_id: str
+    provider: str
+    outcome: str | None
+    wall_s: float
+    steps_gained: int
+    steps_lost: int = Field(..., description="For a killed holder, a lower bound: only reported steps are known.")
+    seconds_per_step: float | None
+    useful_s: float
+    gpus: int
+    price_per_hour: float | None
+    gpu_hours: float
+    dollars: float
+    failover_s: float | None = Field(..., description="Last progress of this attempt → first of the next.")
+
+
+class LedgerSummary(_Wire):
+    attempts: int
+    wall_s: float
+    useful_s: float
+    ettr: float | None = Field(..., description="Useful training time ÷ wall time.")
+    gpu_hours: float
+    dollars: float
+    steps_gained: int
+    steps_lost: int
+    failover_s: list[float]
+    failover_mean_s: float | None
+
+
+class RunLedger(_Wire):
+    run_id: str
+    attempts: list[AttemptLedger]
+    total: LedgerSummary
+    providers: dict[str, LedgerSummary]
+
+
+class ProviderLedger(_Wire):
+    total: LedgerSummary
+    providers: dict[str, LedgerSummary]
+
+
 class TokenCreate(_Wire):
     name: str = Field(..., min_length=1, max_length=128)
     scope: TokenScope = "worker"

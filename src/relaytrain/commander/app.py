@@ -228,6 +228,14 @@ def create_app(
         notify()
         return run
 
+    @app.get("/api/v1/runs/{run_id}/ledger", response_model=m.RunLedger, tags=["runs"], dependencies=[Admin])
+    async def run_ledger(run_id: RunIdPath) -> dict:
+        return await call(store.run_ledger, run_id)
+
+    @app.get("/api/v1/ledger", response_model=m.ProviderLedger, tags=["runs"], dependencies=[Admin])
+    async def ledger() -> dict:
+        return await call(store.provider_ledger)
+
     @app.get("/api/v1/runs/{run_id}/events", response_model=m.EventList, tags=["runs"], dependencies=[Admin])
     async def run_events(
         run_id: RunIdPath,

@@ -24,6 +24,7 @@ from relaytrain.errors import InvalidState, NotFound, RunExists, StoreError
 from . import engine as _engine
 from .evals import EvalMixin
 from .leases import LeaseMixin
+from .ledger import LedgerMixin
 from .schema import TERMINAL_STATUSES, attempts, checkpoints, events, metrics, runs, tokens, workers
 
 __all__ = ["Store", "hash_token"]
@@ -34,7 +35,7 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class Store(LeaseMixin, EvalMixin):
+class Store(LeaseMixin, EvalMixin, LedgerMixin):
     """All of the commander's state, behind named transactional functions."""
 
     def __init__(self, url: str, *, pool_size: int = 20) -> None:

@@ -233,6 +233,13 @@ class LeaseMixin:
                 )
             self._event(conn, run_id, "checkpoint", f"checkpoint at step {step} is durable: {uri}",
                         {"step": step, "epoch": epoch, "uri": uri}, now)
+            # A durable checkpoint proves training reached its step, whatever progress has said so far.
+            reached = sa.case((attempts.c.step_end < step, step), else_=attempts.c.step_end)
+            conn.execute(
+                attempts.update()
+                .where(attempts.c.run_id == run_id, attempts.c.epoch == epoch)
+                .values(step_end=sa.func.coalesce(reached, step))
+            )
             self._auto_eval(conn, run, step, now)
             return self._latest_checkpoint(conn, run_id, step=step, epoch=epoch)
 
