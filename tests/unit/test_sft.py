@@ -22,6 +22,8 @@ from relaytrain.train.tiny import build_char_tokenizer, load_model_and_tokenizer
 
 CPU = "cpu"  # bit-exact comparisons are a CPU guarantee
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # peft → transformers
+
 
 @pytest.fixture(autouse=True)
 def one_thread() -> Any:
@@ -207,3 +209,18 @@ def test_corrupt_resume_checkpoint_is_refused(tmp_path: Path) -> None:
     optimizer.write_bytes(bytes(data))
     with pytest.raises(CheckpointError):
         run_sft(sft(tmp_path, max_steps=4), Contract.local(tmp_path / "out", resume_from=path), CPU)
+
+
+@pytest.mark.parametrize("template", ["r1", "chat"])
+def test_templates_train_end_to_end(tmp_path: Path, template: str) -> None:
+    base = sft(tmp_path, max_steps=2).model_dump()
+    config = SFTRun.model_validate({**base, "data": {**base["data"], "template": template}})
+    session = SFTSession(config, Contract.local(tmp_path / "out"), CPU)
+    ids, prompt_len = session.rows[0]
+    completion = session.tokenizer.decode(ids[prompt_len:], skip_special_tokens=True)
+    prompt = session.tokenizer.decode(ids[:prompt_len], skip_special_tokens=True)
+    if template == "r1":
+        assert completion == "<think></think><answer>1</answer>" and "<answer>" in prompt
+    else:
+        assert prompt == "user: 0+1=\nassistant: " and completion == "1"
+    assert session.train_step()["loss"] > 0

@@ -13,6 +13,8 @@ pytest.importorskip("transformers")
 import torch  # noqa: E402
 
 from relaytrain.errors import ConfigError  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # peft → transformers
 from relaytrain.train.tiny import (  # noqa: E402
     CHARACTERS,
     MODEL_META_FILE,

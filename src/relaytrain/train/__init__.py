@@ -7,6 +7,7 @@ inside their functions:
 - ``relaytrain.train.data``: built-in datasets, file loaders, ``DataCursor``.
 - ``relaytrain.train.templates``: ``generic`` / ``r1`` / ``chat`` prompt templates.
 - ``relaytrain.train.rng``: RNG capture/restore.
+- ``relaytrain.train.model_io``: the ``model/`` part of a checkpoint (full weights or LoRA).
 - ``relaytrain.train.contract``: the environment contract (DESIGN §6), exit codes.
 - ``relaytrain.train.sft``: ``run_sft(config, contract) -> exit code``.
 - ``relaytrain.train.exact_match``: greedy exact-match evaluation.

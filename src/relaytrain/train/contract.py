@@ -189,7 +189,10 @@ class Contract:
         self._append({"event": "checkpoint", "step": int(step), "path": str(Path(path).resolve())})
 
     def report_event(self, event: str, **fields: Any) -> None:
-        """Append any other event line, e.g. ``{"event": "resumed", "step": 200}``."""
+        """Append any other event line, e.g. ``{"event": "resumed", "step": 200, "path": …}``.
+
+        Event lines always carry ``"event"``; only progress lines carry ``"metrics"``.
+        """
         self._append({"event": event, **fields})
 
     def _append(self, record: dict[str, Any]) -> None:

@@ -14,7 +14,8 @@ Public API:
 
 - ``TINY_MODEL``: the name ``"tiny"``.
 - ``build_char_tokenizer()``: the character-level tokenizer (a ``PreTrainedTokenizerFast``).
-- ``tiny_config(tokenizer)`` / ``build_tiny_model(seed, tokenizer)``: the tiny Llama.
+- ``tiny_config(tokenizer)`` / ``build_tiny_model(seed, tokenizer)``: the tiny Llama
+  (weights drawn with std ``TINY_INIT_STD`` = 0.1, not Llama's 0.02: it learns much faster).
 - ``load_model_and_tokenizer(model, *, seed, device)``: ``"tiny"``, a model folder, a
   relaytrain checkpoint folder (its ``model/`` subfolder, full weights or a LoRA adapter) or
   a hub id.
@@ -47,6 +48,10 @@ TINY_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}assistant: {% endif %}"
 )
 TINY_MAX_LENGTH = 1024
+TINY_INIT_STD = 0.1
+"""Initial weight std (≈ 1/√hidden). With the Llama default, 0.02, attention stays nearly
+uniform for hundreds of steps: on 2-digit addition (batch 64, lr 1e-3, seeds 0–3) held-out
+exact match after 500 steps was 18–82 %; with 0.1 it is 70–88 %."""
 
 
 def build_char_tokenizer() -> PreTrainedTokenizerFast:
@@ -97,6 +102,7 @@ def tiny_config(tokenizer: PreTrainedTokenizerBase | None = None) -> LlamaConfig
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         attention_dropout=0.0,
+        initializer_range=TINY_INIT_STD,
     )
 
 

@@ -233,7 +233,7 @@ class Reporter:
                 step, path = record.get("step"), record.get("path")
                 if isinstance(step, int) and isinstance(path, str):
                     self.uploader.submit(step, Path(path))
-            elif isinstance(record.get("step"), int) and record["step"] >= 0:
+            elif "event" not in record and isinstance(record.get("step"), int) and record["step"] >= 0:
                 self.last_step = record["step"]
                 self._pending.append(m.ProgressPoint(step=record["step"], metrics=_metrics(record.get("metrics"))))
         latest = _latest_name(self.output_dir)
