@@ -19,6 +19,7 @@ from rich.table import Table
 
 from relaytrain import __version__
 from relaytrain.errors import ConfigError, RelayError
+from relaytrain.providers.cli import hosts_app, launch_stack_command, print_lium_command, stack_app
 
 if TYPE_CHECKING:
     from relaytrain.api.client import RelayClient
@@ -113,6 +114,13 @@ def serve(
     ] = None,
     sweep_interval: Annotated[float, typer.Option(min=0.05, help="Seconds between lease-expiry sweeps.")] = 5.0,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+    poll_hosts: Annotated[bool, typer.Option("--poll-hosts", help="Poll SSH hosts' GPUs and start workers on them.")]
+    = False,
+    public_url: Annotated[str | None, typer.Option(help="URL workers started over SSH reach this commander at.")]
+    = None,
+    poll_interval: Annotated[float, typer.Option(min=0.2, help="Seconds between GPU polls.")] = 30.0,
+    autoscale: Annotated[bool, typer.Option("--autoscale/--no-autoscale",
+                                            help="With --poll-hosts: start workers for queued runs.")] = True,
 ) -> None:
     """Run the commander: migrate the database, then serve the API under /api/v1."""
     if not token and not _is_loopback(host):
@@ -130,7 +138,14 @@ def serve(
     if not token:
         err_console.print("[yellow]warning:[/yellow] no --token: the API is open to anyone on this machine")
     err_console.print(f"commander on http://{host}:{port} over {store.describe()}")
-    api = create_app(store, admin_token=token or None, sweep_interval_s=sweep_interval)
+    hosts = None
+    if poll_hosts:
+        from relaytrain.commander.hosts import serve_settings
+
+        url = public_url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        hosts = serve_settings(store, public_url=url, admin_token=token or None, poll_interval_s=poll_interval,
+                               autoscale=autoscale)
+    api = create_app(store, admin_token=token or None, sweep_interval_s=sweep_interval, hosts=hosts)
     uvicorn.run(api, host=host, port=port, log_level=log_level.lower(), access_log=False)
 
 
@@ -513,7 +528,7 @@ def train(ctx: typer.Context) -> None:
 def demo(
     root: Annotated[Path, typer.Option(help="Folder for the demo's database, workers, checkpoints and logs.")]
     = Path("./relay-demo"),
-    sft_steps: Annotated[int, typer.Option(min=10, help="SFT steps.")] = 700,
+    sft_steps: Annotated[int, typer.Option(min=10, help="SFT steps.")] = 500,
     grpo_steps: Annotated[int, typer.Option(min=10, help="GRPO steps.")] = 150,
     kill_at: Annotated[float, typer.Option(min=0.05, max=0.95, help="Kill the SFT holder at this fraction.")]
     = 0.4,
@@ -527,6 +542,13 @@ def demo(
                             eval_samples=eval_samples)
     raise typer.Exit(run_demo(settings, console))
 
+
+# -- deployment (relaytrain.providers) ----------------------------------------------------------
+
+app.command("launch-stack")(launch_stack_command)
+app.add_typer(stack_app, name="stack")
+app.add_typer(hosts_app, name="hosts")
+app.command("print-lium-command")(print_lium_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -38,7 +38,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 @dataclass
 class DemoSettings:
     root: Path = Path("./relay-demo")
-    sft_steps: int = 700
+    sft_steps: int = 500
     grpo_steps: int = 150
     kill_at: float = 0.4
     eval_samples: int = 300

@@ -36,6 +36,8 @@ from relaytrain.errors import (
 )
 
 from .auth import Authenticator
+from .hosts import HostsSettings, start_host_tasks, stop_host_tasks
+from .hosts_api import make_router
 from .store import Store
 from .telemetry import Telemetry
 
@@ -121,8 +123,10 @@ def create_app(
     sweep_interval_s: float = 5.0,
     claim_poll_s: float = 0.5,
     max_body_bytes: int = MAX_BODY_BYTES,
+    hosts: HostsSettings | None = None,
 ) -> FastAPI:
-    """The commander as an ASGI app over ``store`` (already migrated)."""
+    """The commander as an ASGI app over ``store`` (already migrated). With ``hosts``, it also
+    polls SSH hosts' GPUs and starts workers on them (``relay serve --poll-hosts``)."""
     auth = Authenticator(store, admin_token)
     telemetry = Telemetry(store)
     wakeup: list[_Wakeup] = []
@@ -135,9 +139,11 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         wakeup.append(_Wakeup())
         sweeper = asyncio.create_task(_sweep(store, sweep_interval_s, notify))
+        host_tasks = start_host_tasks(store, hosts) if hosts is not None else []
         try:
             yield
         finally:
+            await stop_host_tasks(host_tasks)
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
@@ -159,6 +165,7 @@ def create_app(
 
     Admin = Depends(admin)
     Worker = Depends(worker)
+    app.include_router(make_router(store, Admin))
 
     @app.exception_handler(RelayError)
     async def relay_error(_request: Request, exc: RelayError) -> JSONResponse:

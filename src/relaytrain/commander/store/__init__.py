@@ -23,6 +23,7 @@ from relaytrain.errors import InvalidState, NotFound, RunExists, StoreError
 
 from . import engine as _engine
 from .evals import EvalMixin
+from .hosts import HostsMixin
 from .leases import LeaseMixin
 from .ledger import LedgerMixin
 from .schema import TERMINAL_STATUSES, attempts, checkpoints, events, metrics, runs, tokens, workers
@@ -35,7 +36,7 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class Store(LeaseMixin, EvalMixin, LedgerMixin):
+class Store(LeaseMixin, EvalMixin, LedgerMixin, HostsMixin):
     """All of the commander's state, behind named transactional functions."""
 
     def __init__(self, url: str, *, pool_size: int = 20) -> None:

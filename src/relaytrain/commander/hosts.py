@@ -1,0 +1,233 @@
+"""The commander's SSH hosts at work: a GPU poller and an autoscaler, run as background tasks
+of the commander (``relay serve --poll-hosts``).
+
+- The **poller** reaches every host concurrently, runs ``nvidia-smi`` there, and records each
+  GPU and whether it is idle; a host that cannot be reached is marked so, with the error. It
+  also checks that the workers started there are still alive, and frees the GPUs of those
+  that are gone.
+- The **autoscaler** looks at the queued runs that could start now. A run already covered by
+  an idle worker the autoscaler started is left to it; otherwise the autoscaler reserves free
+  GPUs on a reachable, enabled host whose labels satisfy the run (one transaction, so never
+  twice the same GPU) and starts ``relay worker`` there over SSH, pinned to those GPUs with
+  ``CUDA_VISIBLE_DEVICES``. A worker that does not register in time is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from relaytrain.providers.base import ProviderError, WorkerHandle, WorkerLaunch, alive_script, parse_alive
+from relaytrain.providers.gpu import (
+    FREE_MEMORY_USED_MB,
+    FREE_UTILIZATION_PCT,
+    NVIDIA_SMI_QUERY,
+    GpuParseError,
+    parse_nvidia_smi,
+)
+from relaytrain.providers.ssh import SshProvider, SshTarget, host_config, require_asyncssh, ssh_run_many
+
+from .store import Store
+from .store.leases import labels_match
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HostsSettings:
+    """How the commander polls its hosts and starts workers on them."""
+
+    commander_url: str
+    """URL the workers started over SSH use to reach this commander."""
+    worker_token: str | None = None
+    """Worker-scope token for those workers; None when the API is open."""
+    poll_interval_s: float = 30.0
+    """Seconds between two polls of every host."""
+    scale_interval_s: float = 5.0
+    """Seconds between two looks at the queue by the autoscaler."""
+    autoscale: bool = True
+    """Start workers for queued runs (else only poll)."""
+    connect_timeout_s: float = 10.0
+    command_timeout_s: float = 60.0
+    min_gpus_per_worker: int = 1
+    """A worker started by the autoscaler holds at least this many GPUs (runs that ask for none too)."""
+    max_used_mb: int = FREE_MEMORY_USED_MB
+    max_util_pct: int = FREE_UTILIZATION_PCT
+    register_timeout_s: float = 180.0
+    """A started worker not registered after this long is stopped and its GPUs freed."""
+    claim_wait_s: float | None = None
+
+
+# -- the poller --------------------------------------------------------------------------------
+
+
+async def poll_host(store: Store, host: dict[str, Any], settings: HostsSettings) -> dict[str, Any]:
+    """Poll one host and record the result; never raises for an unreachable or odd host."""
+    name = host["name"]
+    pids = sorted({a["pid"] for a in host["assignments"] if a.get("pid")})
+    commands = [NVIDIA_SMI_QUERY] + ([alive_script(pids)] if pids else [])
+    try:
+        results = await ssh_run_many(SshTarget.of(host_config(host)), list(commands),
+                                     connect_timeout_s=settings.connect_timeout_s,
+                                     timeout_s=settings.command_timeout_s)
+    except ProviderError as exc:
+        log.warning("host %s unreachable: %s", name, exc)
+        await asyncio.to_thread(store.record_poll, name, gpus=None, error=str(exc))
+        return {"host": name, "reachable": False, "error": str(exc)}
+    smi, error, gpus = results[0], None, []
+    if smi.ok:
+        try:
+            gpus = [{**g.to_dict(), "idle": g.is_idle(max_used_mb=settings.max_used_mb,
+                                                       max_util_pct=settings.max_util_pct)}
+                    for g in parse_nvidia_smi(smi.stdout)]
+        except GpuParseError as exc:
+            error = str(exc)
+    else:
+        error = f"nvidia-smi failed: {smi.describe()}"
+    alive = parse_alive(results[1].stdout) if pids else set()
+    gone = await asyncio.to_thread(store.record_poll, name, gpus=gpus, error=error, checked_pids=set(pids),
+                                   alive_pids=alive)
+    for worker in gone:
+        log.info("worker %s on %s is gone; GPUs %s are free again", worker["worker_id"], name, worker["gpus"])
+    return {"host": name, "reachable": True, "gpus": len(gpus), "error": error}
+
+
+async def poll_once(store: Store, settings: HostsSettings) -> list[dict[str, Any]]:
+    """Poll every host concurrently."""
+    hosts = await asyncio.to_thread(store.list_hosts)
+    return list(await asyncio.gather(*(poll_host(store, h, settings) for h in hosts)))
+
+
+# -- the autoscaler ----------------------------------------------------------------------------
+
+
+def _start_worker(host: dict[str, Any], worker_id: str, gpus: list[int], settings: HostsSettings) -> dict[str, Any]:
+    provider = SshProvider([host_config(host)], connect_timeout_s=settings.connect_timeout_s)
+    machine = provider.create(host["name"])
+    launch = WorkerLaunch(worker_id=worker_id, commander_url=settings.commander_url, token=settings.worker_token,
+                          labels=dict(host["labels"]), gpus=gpus, price_per_hour=host["price_per_hour"],
+                          claim_wait_s=settings.claim_wait_s)
+    return provider.start_worker(machine, launch).to_dict()
+
+
+def _stop_worker(host: dict[str, Any], assignment: dict[str, Any], settings: HostsSettings) -> str:
+    provider = SshProvider([host_config(host)], connect_timeout_s=settings.connect_timeout_s)
+    machine = provider.create(host["name"])
+    fields = {k: assignment[k] for k in WorkerHandle.__dataclass_fields__ if k in assignment}
+    return provider.stop_worker(machine, WorkerHandle(**{"machine": host["name"], **fields}), grace_s=30)
+
+
+async def _reap_unregistered(store: Store, hosts: list[dict[str, Any]], activity: dict[str, str],
+                             settings: HostsSettings, now: float) -> None:
+    """Stop workers that never registered, and free their GPUs."""
+    for host in hosts:
+        for a in host["assignments"]:
+            since = a.get("started_at") or a["reserved_at"]
+            if activity.get(a["worker_id"]) != "absent" or now - since < settings.register_timeout_s:
+                continue
+            error = (f"worker {a['worker_id']} did not register within {settings.register_timeout_s:.0f}s"
+                     + (f"; see {a['log_path']} on {host['name']}" if a.get("log_path") else ""))
+            log.warning("%s: stopping it", error)
+            if a.get("pid"):
+                with contextlib.suppress(ProviderError):
+                    await asyncio.to_thread(_stop_worker, host, a, settings)
+            await asyncio.to_thread(store.release_gpus, host["name"], a["worker_id"], error=error)
+
+
+async def scale_once(store: Store, settings: HostsSettings, *, now: float | None = None) -> list[dict[str, Any]]:
+    """Start the workers the queue needs now; returns ``{host, worker_id, gpus, run_id, pid}`` of each."""
+    now = time.time() if now is None else now
+    hosts = await asyncio.to_thread(store.list_hosts)
+    ids = [a["worker_id"] for h in hosts for a in h["assignments"]]
+    activity = await asyncio.to_thread(store.worker_activity, ids)
+    await _reap_unregistered(store, hosts, activity, settings, now)
+    demand = await asyncio.to_thread(store.gpu_demand, now=now)
+    if not demand:
+        return []
+    hosts = await asyncio.to_thread(store.list_hosts)
+    # Workers that will claim a queued run soon: idle or starting, on a host we can still reach.
+    spare = [(h, a) for h in hosts if h["reachable"] for a in h["assignments"]
+             if activity.get(a["worker_id"], "absent") != "busy"]
+    started = []
+    for run in demand:
+        cover = next((i for i, (h, a) in enumerate(spare)
+                      if len(a["gpus"]) >= run["gpus"] and labels_match(run["labels"] or {}, h["labels"])), None)
+        if cover is not None:
+            spare.pop(cover)  # an idle or starting worker will claim it
+            continue
+        need = max(run["gpus"], settings.min_gpus_per_worker)
+        for host in hosts:
+            if not (host["enabled"] and host["reachable"] and len(host["free_gpus"]) >= need
+                    and labels_match(run["labels"] or {}, host["labels"])):
+                continue
+            gpus = host["free_gpus"][:need]
+            worker_id = f"{host['name']}-gpu{'_'.join(map(str, gpus))}-{secrets.token_hex(3)}"
+            if not await asyncio.to_thread(store.reserve_gpus, host["name"], worker_id=worker_id, gpus=gpus,
+                                           run_id=run["run_id"]):
+                continue  # taken meanwhile (another replica): try the next host
+            host["free_gpus"] = [g for g in host["free_gpus"] if g not in gpus]
+            try:
+                handle = await asyncio.to_thread(_start_worker, host, worker_id, gpus, settings)
+            except ProviderError as exc:
+                log.warning("cannot start a worker on %s: %s", host["name"], exc)
+                await asyncio.to_thread(store.release_gpus, host["name"], worker_id, error=str(exc))
+                continue
+            await asyncio.to_thread(store.assign_worker, host["name"], worker_id, handle)
+            log.info("started %s on %s (GPUs %s) for %s", worker_id, host["name"], gpus, run["run_id"])
+            started.append({"host": host["name"], "worker_id": worker_id, "gpus": gpus, "run_id": run["run_id"],
+                            "pid": handle["pid"]})
+            break
+    return started
+
+
+# -- background tasks --------------------------------------------------------------------------
+
+
+async def _every(interval_s: float, what: str, step: Callable[[], Awaitable[Any]]) -> None:
+    """Run ``step`` every ``interval_s``; an error is logged and the loop goes on (never dies silently)."""
+    while True:
+        try:
+            await step()
+        except Exception:  # a database or SSH hiccup must not end the loop; it is logged and retried
+            log.exception("%s failed; retrying in %.1f s", what, interval_s)
+        await asyncio.sleep(interval_s)
+
+
+async def run_poller(store: Store, settings: HostsSettings) -> None:
+    """Poll every host every ``poll_interval_s``, forever (cancel the task to stop)."""
+    await _every(settings.poll_interval_s, "GPU poll", lambda: poll_once(store, settings))
+
+
+async def run_autoscaler(store: Store, settings: HostsSettings) -> None:
+    """Start the workers the queue needs every ``scale_interval_s``, forever (cancel the task to stop)."""
+    await _every(settings.scale_interval_s, "autoscaler", lambda: scale_once(store, settings))
+
+
+def start_host_tasks(store: Store, settings: HostsSettings) -> list[asyncio.Task]:
+    """The poller (and, when enabled, the autoscaler) as tasks of the running event loop."""
+    tasks = [asyncio.create_task(run_poller(store, settings), name="gpu-poller")]
+    if settings.autoscale:
+        tasks.append(asyncio.create_task(run_autoscaler(store, settings), name="autoscaler"))
+    return tasks
+
+
+async def stop_host_tasks(tasks: list[asyncio.Task]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def serve_settings(store: Store, *, public_url: str, admin_token: str | None, poll_interval_s: float,
+                   autoscale: bool) -> HostsSettings:
+    """Settings for ``relay serve --poll-hosts``: workers it starts get a fresh worker token when the
+    API needs one. ProviderError at once when asyncssh is missing."""
+    require_asyncssh()
+    token = store.create_token("autoscaler", "worker") if admin_token else None
+    return HostsSettings(commander_url=public_url.rstrip("/"), worker_token=token, poll_interval_s=poll_interval_s,
+                         scale_interval_s=min(5.0, poll_interval_s), autoscale=autoscale)
