@@ -148,6 +148,10 @@ class Uploader:
                 uri = self.store.put_checkpoint(path, self.run_id, step)
                 break
             except RelayError as exc:
+                if not path.is_dir():  # the trainer pruned it mid-upload; a newer one follows
+                    self.skipped.append(f"step {step}: {path} vanished during upload (pruned by the trainer?)")
+                    log.warning(self.skipped[-1])
+                    return
                 if attempt == self.attempts:
                     raise
                 log.warning("upload of step %d failed (%s), retrying", step, exc)
