@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from relaytrain import __version__
+from relaytrain.artifacts.sync_cli import push_latest_command, sync_app
 from relaytrain.errors import ConfigError, RelayError
 from relaytrain.providers.cli import hosts_app, launch_stack_command, print_lium_command, stack_app
 
@@ -545,6 +546,8 @@ def demo(
 
 # -- deployment (relaytrain.providers) ----------------------------------------------------------
 
+app.add_typer(sync_app, name="sync")
+app.command("push-latest")(push_latest_command)
 app.command("launch-stack")(launch_stack_command)
 app.add_typer(stack_app, name="stack")
 app.add_typer(hosts_app, name="hosts")

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from relaytrain.checkpoint import Verification
+from relaytrain.errors import ArtifactError
 
 ProgressFn = Callable[[int, int], None]
 """``progress(bytes_done, bytes_total)``, called as a transfer advances."""
@@ -77,3 +78,14 @@ class ArtifactStore(ABC):
     def get_file(self, run_id: str, name: str, dest: str | os.PathLike[str],
                  progress: ProgressFn | None = None) -> Path:
         """Fetch a file stored with ``put_file`` into ``dest`` (atomically) and return it."""
+
+    def list_runs(self) -> list[str]:
+        """Run ids the store holds anything for, sorted (used by ``relay sync list-backups``).
+        Stores that cannot enumerate their runs raise ArtifactError."""
+        raise ArtifactError(f"{self!r} cannot list its runs")
+
+    def read_manifest(self, run_id: str, step: int) -> bytes:
+        """The stored ``manifest.json`` bytes of a checkpoint, unchanged (their sha256 is the
+        checkpoint's identity). ArtifactError if the store does not hold the checkpoint, or
+        cannot read a manifest alone."""
+        raise ArtifactError(f"{self!r} cannot read a stored manifest on its own")

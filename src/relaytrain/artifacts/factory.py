@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Protocol
@@ -27,12 +28,19 @@ def store_uri(uri_or_config: str | os.PathLike[str] | _HasUri) -> str:
     return uri
 
 
+def _require(module: str, extra: str, uri: str) -> None:
+    """ArtifactError unless ``module`` (the ``[extra]`` dependency) can be imported."""
+    if importlib.util.find_spec(module) is None:
+        raise ArtifactError(f"{uri}: this store needs {module}: pip install 'relaytrain[{extra}]'")
+
+
 def open_store(uri_or_config: str | os.PathLike[str] | _HasUri) -> ArtifactStore:
     """Open the artifact store at a URI: a path or ``file:///abs/path`` (``LocalStore``),
-    ``s3://bucket/prefix`` or ``hf://user/repo`` (not available yet).
+    ``s3://bucket/prefix`` (``S3Store``; the config's ``endpoint_url`` and ``region`` apply)
+    or ``hf://user/repo[@branch]`` (``HFStore``; the config's ``dry_run`` applies).
 
-    Accepts a string, a path, or any object with a ``.uri`` attribute. Raises ArtifactError
-    for unknown or unavailable schemes.
+    Accepts a string, a path, or any object with a ``.uri`` attribute (``StoreConfig``).
+    Raises ArtifactError for unknown schemes, or when the scheme's extra is not installed.
     """
     uri = store_uri(uri_or_config)
     if not uri:
@@ -46,7 +54,16 @@ def open_store(uri_or_config: str | os.PathLike[str] | _HasUri) -> ArtifactStore
             raise ArtifactError(f"{uri}: file:// URIs must name a local path (file:///abs/path)")
         return LocalStore(Path(unquote(parsed.path)))
     if scheme == "s3":
-        raise ArtifactError(f"{uri}: s3:// stores need the [s3] extra (boto3) and are not implemented yet")
+        if getattr(uri_or_config, "dry_run", False):
+            raise ArtifactError(f"{uri}: dry_run is supported by hf:// stores only")
+        _require("boto3", "s3", uri)
+        from relaytrain.artifacts.s3 import S3Store
+
+        return S3Store.from_uri(uri, endpoint_url=getattr(uri_or_config, "endpoint_url", None),
+                                region=getattr(uri_or_config, "region", None))
     if scheme == "hf":
-        raise ArtifactError(f"{uri}: hf:// stores need the [hf] extra (huggingface_hub) and are not implemented yet")
+        _require("huggingface_hub", "hf", uri)
+        from relaytrain.artifacts.hf import HFStore
+
+        return HFStore.from_uri(uri, dry_run=bool(getattr(uri_or_config, "dry_run", False)))
     raise ArtifactError(f"{uri}: unknown store scheme {scheme!r}; use a path, file://, s3:// or hf://")

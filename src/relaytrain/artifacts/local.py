@@ -135,6 +135,21 @@ class LocalStore(ArtifactStore):
     def _checkpoints_dir(self, run_id: str) -> Path:
         return self.root / check_run_id(run_id) / "checkpoints"
 
+    def list_runs(self) -> list[str]:
+        """Run ids with a ``checkpoints`` folder under the root, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if (p / "checkpoints").is_dir() and not p.name.startswith("."))
+
+    def read_manifest(self, run_id: str, step: int) -> bytes:
+        """The stored ``manifest.json`` bytes of a checkpoint."""
+        path = self._checkpoint_dir(run_id, step) / MANIFEST_NAME
+        try:
+            return path.read_bytes()
+        except FileNotFoundError as exc:
+            raise ArtifactError(f"{path.parent.as_uri()}: no such checkpoint in the store") from exc
+
     def _checkpoint_dir(self, run_id: str, step: int) -> Path:
         return self._checkpoints_dir(run_id) / step_dir_name(step)
 

@@ -105,6 +105,12 @@ class StoreConfig(_Model):
             raise ValueError("must be a path, file://, s3:// or hf:// URI")
         return value
 
+    @model_validator(mode="after")
+    def _dry_run_hf_only(self) -> StoreConfig:
+        if self.dry_run and not self.uri.startswith("hf://"):
+            raise ValueError("dry_run is supported by hf:// stores only")
+        return self
+
 
 class DataConfig(_Model):
     """Training data: a built-in synthetic dataset or a file."""

@@ -1,0 +1,511 @@
+"""``HFStore``: checkpoints in a Hugging Face Hub repository, one commit per checkpoint.
+
+URI: ``hf://user/repo[@branch]`` (branch ``main`` by default). The repository is created,
+private, on the first upload. One repository (or branch) holds one run::
+
+    relaytrain.json                            {"run_id": …}: the run this repo holds
+    checkpoints/step_<N:08d>/<files>           model files, optimizer, trainer state, …
+    checkpoints/step_<N:08d>/manifest.json     the checkpoint's manifest, in the same commit
+    checkpoints/step_<N:08d>/trajectories/…    rollout trajectories, when given (not in the manifest)
+    files/<name>                               ``put_file`` / ``get_file``
+
+A commit is atomic, so a checkpoint appears whole or not at all.
+
+Stale writers. ``put_checkpoint(..., parent_commit=C)`` commits only if the branch's head is
+still ``C`` (the Hub refuses otherwise); give it the last commit recorded for the run. Without
+the argument the store uses ``store.parent_commit``: None at first (no check), then the commit
+this store made last. ``store.last_commit`` is the commit the last upload made: record it with
+the checkpoint. A refused commit raises ArtifactError and uploads nothing visible.
+
+The token comes from ``HF_TOKEN`` or the local Hugging Face login (``huggingface_hub.get_token``)
+unless given. It is never logged, and is removed from every error message (errors are raised
+``from None`` so the library's own text, which might hold it, is not chained).
+
+``dry_run=True`` does everything but the network calls: it hashes the checkpoint, builds the
+commit, and writes ``hf_upload_plan.json`` (files, sizes, sha256, repo, branch, commit message,
+parent commit) into ``plan_dir``, or next to the checkpoint (its parent folder).
+
+huggingface_hub is imported when needed: this module imports without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from relaytrain.artifacts._transfer import (
+    TransferProgress,
+    assemble_checkpoint,
+    local_manifest,
+    sha256_file,
+    stored_files,
+)
+from relaytrain.artifacts.base import ArtifactStore, ProgressFn, check_run_id
+from relaytrain.checkpoint import MANIFEST_NAME, Verification, parse_manifest, step_dir_name
+from relaytrain.errors import ArtifactError, CheckpointError
+
+log = logging.getLogger(__name__)
+
+PLAN_NAME = "hf_upload_plan.json"
+"""The file a dry run writes."""
+RUN_MARKER = "relaytrain.json"
+"""The file at the repo's root naming the run it holds."""
+_REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+_MANIFEST_PATH_RE = re.compile(r"checkpoints/step_(\d{8,})/manifest\.json")
+_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{8,}")
+_GIT_BLOB_LIMIT = 10 << 20
+_MISSING_ERRORS = frozenset({"EntryNotFoundError", "RemoteEntryNotFoundError"})
+
+
+class _Missing(ArtifactError):
+    """The file is not in the repository."""
+
+
+def parse_hf_uri(uri: str) -> tuple[str, str]:
+    """``hf://user/repo@branch`` -> ``("user/repo", "branch")`` (branch ``main`` if absent)."""
+    if not uri.lower().startswith("hf://"):
+        raise ArtifactError(f"{uri}: not a Hugging Face URI; expected hf://user/repo[@branch]")
+    rest = uri[len("hf://"):]
+    repo_id, _, branch = rest.partition("@")
+    if not _REPO_RE.fullmatch(repo_id) or (_ and not branch):
+        raise ArtifactError(f"{uri}: expected hf://user/repo[@branch]")
+    return repo_id, branch or "main"
+
+
+class HFStore(ArtifactStore):
+    """An artifact store in the Hub repository ``repo_id`` on ``branch``.
+
+    Args:
+        repo_id: ``user/repo`` (a model repository; created private if missing).
+        branch: the branch commits go to (created from ``main`` if missing).
+        api: an ``HfApi``-like object; default ``huggingface_hub.HfApi(token=token)``.
+        token: the Hub token; default ``HF_TOKEN`` or the local login.
+        dry_run: plan uploads (``hf_upload_plan.json``) without any network call.
+        plan_dir: where a dry run writes its plan; default the checkpoint's parent folder.
+        parent_commit: the commit the next commit must follow (see the module doc).
+    """
+
+    def __init__(self, repo_id: str, branch: str = "main", *, api: Any = None, token: str | None = None,
+                 dry_run: bool = False, plan_dir: str | os.PathLike[str] | None = None,
+                 parent_commit: str | None = None) -> None:
+        if not _REPO_RE.fullmatch(repo_id or ""):
+            raise ArtifactError(f"repo id must look like 'user/repo', got {repo_id!r}")
+        if not branch:
+            raise ArtifactError("branch must not be empty")
+        self.repo_id = repo_id
+        self.branch = branch
+        self.dry_run = dry_run
+        self.plan_dir = Path(plan_dir) if plan_dir is not None else None
+        self.parent_commit = parent_commit
+        """The commit the next commit must follow, or None for no check."""
+        self.last_commit: str | None = None
+        """The commit the last upload or deletion of this store made."""
+        self._token = token
+        self._api = api
+        self._run_id: str | None = None
+        if not dry_run and token is None:
+            from huggingface_hub import get_token
+
+            self._token = get_token()
+
+    @classmethod
+    def from_uri(cls, uri: str, **options: Any) -> HFStore:
+        """The store at ``hf://user/repo[@branch]``; ``options`` as for the constructor."""
+        repo_id, branch = parse_hf_uri(uri)
+        return cls(repo_id, branch, **options)
+
+    def __repr__(self) -> str:
+        return f"HFStore({self.uri!r}, dry_run={self.dry_run})"
+
+    @property
+    def uri(self) -> str:
+        """``hf://user/repo`` (``@branch`` unless main)."""
+        return f"hf://{self.repo_id}" + (f"@{self.branch}" if self.branch != "main" else "")
+
+    @property
+    def api(self) -> Any:
+        """The Hub client (created on first use; never in a dry run)."""
+        if self.dry_run:
+            raise ArtifactError(f"{self.uri}: dry run: no network calls")
+        if self._api is None:
+            from huggingface_hub import HfApi
+
+            self._api = HfApi(token=self._token)
+        return self._api
+
+    @staticmethod
+    def _prefix(step: int) -> str:
+        return f"checkpoints/{step_dir_name(step)}/"
+
+    def uri_for(self, run_id: str, step: int) -> str:
+        """``hf://user/repo[@branch]/checkpoints/step_<N>``."""
+        check_run_id(run_id)
+        return f"{self.uri}/{self._prefix(step).rstrip('/')}"
+
+    # -- calls, with the token kept out of every message --------------------------------------
+
+    def redact(self, text: str) -> str:
+        """``text`` without the token (or anything that looks like a Hub token)."""
+        if self._token:
+            text = text.replace(self._token, "***")
+        return _TOKEN_RE.sub("hf_***", text)
+
+    def _describe(self, exc: Exception) -> str:
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if "RepositoryNotFoundError" in names:
+            return (f"repository {self.repo_id} not found, or not accessible with this token "
+                    "(set HF_TOKEN or run `hf auth login`)")
+        if "RevisionNotFoundError" in names:
+            return f"branch {self.branch!r} not found in {self.repo_id}"
+        if names & _MISSING_ERRORS:
+            return "no such file in the repository"
+        if status in (401, 403):
+            return f"not authorized for {self.repo_id} (HTTP {status}); check HF_TOKEN"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return f"{type(exc).__name__}: {first_line}"
+
+    def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return getattr(self.api, method)(*args, **kwargs)
+        except ArtifactError:
+            raise
+        except Exception as exc:
+            kind = _Missing if {c.__name__ for c in type(exc).__mro__} & _MISSING_ERRORS else ArtifactError
+            raise kind(self.redact(f"{what}: {self._describe(exc)}")) from None
+
+    def _files(self) -> list[str]:
+        return list(self._call(f"listing {self.uri}", "list_repo_files", self.repo_id, revision=self.branch,
+                               repo_type="model"))
+
+    def _download(self, path_in_repo: str, folder: Path, revision: str | None = None) -> Path:
+        return Path(self._call(f"downloading {self.uri}/{path_in_repo}", "hf_hub_download", self.repo_id,
+                               path_in_repo, revision=revision or self.branch, repo_type="model",
+                               local_dir=str(folder)))
+
+    def _bound_run(self, files: list[str]) -> str | None:
+        """The run id in the repo's ``relaytrain.json``, or None if the repo has none."""
+        if self._run_id is None and RUN_MARKER in files:
+            folder = Path(tempfile.mkdtemp(prefix="relay-hf-"))
+            try:
+                marker = json.loads(self._download(RUN_MARKER, folder).read_bytes())
+            except (ValueError, OSError) as exc:
+                raise ArtifactError(f"{self.uri}: {RUN_MARKER} is unreadable: {exc}") from None
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            self._run_id = str(marker.get("run_id")) if isinstance(marker, dict) else None
+        return self._run_id
+
+    def _check_run(self, run_id: str, files: list[str]) -> bool:
+        """Whether ``run_id`` is the repo's run (True) or the repo holds none yet (False)."""
+        bound = self._bound_run(files)
+        if bound is not None and bound != check_run_id(run_id):
+            raise ArtifactError(f"{self.uri} holds run {bound!r}, not {run_id!r}: use one repository "
+                                "(or branch) per run")
+        return bound is not None
+
+    # -- upload -------------------------------------------------------------------------------
+
+    def put_checkpoint(self, local_dir: str | os.PathLike[str], run_id: str, step: int,
+                       progress: ProgressFn | None = None, *, parent_commit: str | None = None,
+                       trajectories_dir: str | os.PathLike[str] | None = None) -> str:
+        """Upload the checkpoint at ``local_dir`` as one commit on the branch and verify it.
+
+        ``parent_commit``: commit only if the branch head is this commit (default
+        ``self.parent_commit``); a stale writer's commit is refused with ArtifactError.
+        ``trajectories_dir``: a folder of rollout trajectories to add under
+        ``checkpoints/step_<N>/trajectories/`` in the same commit. Afterwards
+        ``self.last_commit`` (and ``self.parent_commit``) is the new commit. A checkpoint the
+        branch already holds with the same manifest is not committed again.
+        """
+        src = Path(local_dir)
+        check_run_id(run_id)
+        manifest_data, manifest = local_manifest(src, step)
+        sha = hashlib.sha256(manifest_data).hexdigest()
+        prefix = self._prefix(step)
+        uploads = _hash_sources(src, manifest, prefix)
+        if trajectories_dir is not None:
+            uploads += _hash_folder(Path(trajectories_dir), f"{prefix}trajectories/")
+        uploads.append({"path_in_repo": prefix + MANIFEST_NAME, "local_path": str(src / MANIFEST_NAME),
+                        "size": len(manifest_data), "sha256": sha})
+        parent = parent_commit if parent_commit is not None else self.parent_commit
+        message = f"relaytrain: {run_id} step {step} (epoch {manifest.get('epoch')})"
+        uri = self.uri_for(run_id, step)
+        total = sum(item["size"] for item in uploads)
+        if self.dry_run:
+            self._write_plan(src, run_id, step, sha, message, parent, uploads)
+            TransferProgress(total, progress).advance(total)
+            return uri
+        tracker = TransferProgress(total, progress)
+        self._call(f"creating {self.repo_id}", "create_repo", self.repo_id, private=True, exist_ok=True,
+                   repo_type="model")
+        if self.branch != "main":
+            self._call(f"creating branch {self.branch}", "create_branch", self.repo_id, branch=self.branch,
+                       exist_ok=True, repo_type="model")
+        files = self._files()
+        bound = self._check_run(run_id, files)
+        if prefix + MANIFEST_NAME in files and self._same_manifest(run_id, step, sha):
+            if not self._check_paths({item["path_in_repo"]: item for item in uploads}, None):
+                log.info("%s already holds this checkpoint; not committing again", uri)
+                return uri
+            log.warning("%s holds this checkpoint damaged; committing it again", uri)
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+        wanted = {item["path_in_repo"] for item in uploads}
+        operations: list[Any] = [CommitOperationDelete(path_in_repo=path) for path in files
+                                 if path.startswith(prefix) and path not in wanted]
+        if not bound:
+            operations.append(CommitOperationAdd(path_in_repo=RUN_MARKER,
+                                                 path_or_fileobj=json.dumps({"run_id": run_id}).encode()))
+        operations += [CommitOperationAdd(path_in_repo=item["path_in_repo"], path_or_fileobj=item["local_path"])
+                       for item in uploads]
+        oid = self._commit(operations, message, {"run_id": run_id, "step": step, "manifest_sha256": sha,
+                                                 "epoch": manifest.get("epoch")}, parent, uri)
+        self._run_id = run_id
+        problems = self._check_paths({item["path_in_repo"]: item for item in uploads}, oid)
+        if problems:
+            raise ArtifactError(f"{uri}: verification of commit {oid} failed: {'; '.join(problems)}")
+        tracker.advance(total)
+        log.info("uploaded %s to %s (commit %s)", src, uri, oid)
+        return uri
+
+    def _commit(self, operations: list[Any], message: str, description: Mapping[str, Any],
+                parent: str | None, uri: str) -> str:
+        """Create the commit; on success remember it as ``last_commit`` and ``parent_commit``."""
+        try:
+            info = self.api.create_commit(self.repo_id, operations, commit_message=message,
+                                          commit_description=json.dumps(dict(description)), revision=self.branch,
+                                          parent_commit=parent, repo_type="model")
+        except Exception as exc:
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            if parent is not None and status in (409, 412):
+                raise ArtifactError(self.redact(
+                    f"{uri}: commit refused: branch {self.branch!r} of {self.repo_id} has moved past parent "
+                    f"commit {parent} (another writer committed since; this writer is stale)")) from None
+            raise ArtifactError(self.redact(f"committing {uri}: {self._describe(exc)}")) from None
+        oid = str(getattr(info, "oid", "") or "")
+        self.last_commit = self.parent_commit = oid or None
+        return oid
+
+    def _same_manifest(self, run_id: str, step: int, sha: str) -> bool:
+        return hashlib.sha256(self.read_manifest(run_id, step)).hexdigest() == sha
+
+    def _check_paths(self, expected: Mapping[str, Mapping[str, Any]], revision: str | None) -> list[str]:
+        """Problems of the files at ``revision`` against ``expected`` (size, and the LFS sha256
+        or the git blob id; a small file with neither known is downloaded and hashed)."""
+        infos = self._call(f"verifying {self.uri}", "get_paths_info", self.repo_id, sorted(expected),
+                           revision=revision or self.branch, repo_type="model")
+        found = {info.path: info for info in infos if hasattr(info, "size")}
+        problems = []
+        for path in sorted(expected):
+            entry, info = expected[path], found.get(path)
+            name = path.split("/", 2)[2] if path.startswith("checkpoints/") else path
+            if info is None:
+                problems.append(f"{name}: missing")
+            elif info.size != entry["size"]:
+                problems.append(f"{name}: size {info.size} != {entry['size']}")
+            elif getattr(info, "lfs", None) is not None:
+                if info.lfs.sha256 != entry["sha256"]:
+                    problems.append(f"{name}: sha256 mismatch")
+            elif entry.get("git_sha1") is not None:
+                if info.blob_id != entry["git_sha1"]:
+                    problems.append(f"{name}: sha256 mismatch (git blob {info.blob_id})")
+            else:
+                folder = Path(tempfile.mkdtemp(prefix="relay-hf-"))
+                try:
+                    if sha256_file(self._download(path, folder, revision))[1] != entry["sha256"]:
+                        problems.append(f"{name}: sha256 mismatch")
+                finally:
+                    shutil.rmtree(folder, ignore_errors=True)
+        return problems
+
+    def _write_plan(self, src: Path, run_id: str, step: int, sha: str, message: str, parent: str | None,
+                    uploads: list[dict[str, Any]]) -> Path:
+        folder = self.plan_dir or src.resolve().parent
+        plan = {"repo_id": self.repo_id, "repo_type": "model", "private": True, "branch": self.branch,
+                "run_id": run_id, "step": step, "commit_message": message, "parent_commit": parent,
+                "manifest_sha256": sha, "total_bytes": sum(item["size"] for item in uploads),
+                "files": [{key: item[key] for key in ("path_in_repo", "local_path", "size", "sha256")}
+                          for item in uploads],
+                "run_marker": {"path_in_repo": RUN_MARKER, "content": {"run_id": run_id},
+                               "added": "if the repository does not have one yet"},
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / PLAN_NAME
+        tmp = folder / f".tmp-{PLAN_NAME}-{os.urandom(4).hex()}"
+        tmp.write_text(json.dumps(plan, indent=2) + "\n")
+        os.replace(tmp, path)
+        log.info("dry run: wrote the upload plan for %s to %s", self.uri_for(run_id, step), path)
+        return path
+
+    # -- download and the rest of the interface -----------------------------------------------
+
+    def read_manifest(self, run_id: str, step: int, revision: str | None = None) -> bytes:
+        """The stored ``manifest.json`` bytes of a checkpoint (ArtifactError if absent)."""
+        check_run_id(run_id)
+        folder = Path(tempfile.mkdtemp(prefix="relay-hf-"))
+        try:
+            return self._download(self._prefix(step) + MANIFEST_NAME, folder, revision).read_bytes()
+        except _Missing:
+            raise _Missing(f"{self.uri_for(run_id, step)}: no such checkpoint in the store") from None
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def get_checkpoint(self, run_id: str, step: int, dest_dir: str | os.PathLike[str],
+                       progress: ProgressFn | None = None, *, expected_manifest_sha256: str | None = None,
+                       revision: str | None = None) -> Path:
+        """Download the checkpoint (at ``revision``, default the branch) into ``dest_dir``:
+        files already there with the right size and sha256 are kept, every other file is
+        downloaded and re-hashed, and the folder is renamed into place when complete."""
+        uri = self.uri_for(run_id, step)
+        manifest_data = self.read_manifest(run_id, step, revision)
+        sha, files = stored_files(uri, manifest_data, expected_manifest_sha256)
+        dest = Path(dest_dir)
+        downloads = dest.parent / f".tmp-{step_dir_name(step)}-hf-download"
+
+        def fetch(name: str, part: Path, resume: bool, tracker: TransferProgress) -> None:
+            os.replace(self._download(self._prefix(step) + name, downloads, revision), part)
+            tracker.advance(part.stat().st_size)
+
+        staging = dest.parent / f".tmp-{step_dir_name(step)}-hf-{sha[:16]}"
+        assemble_checkpoint(uri, manifest_data, files, dest, staging, fetch, progress)
+        shutil.rmtree(downloads, ignore_errors=True)
+        return dest
+
+    def list_checkpoints(self, run_id: str) -> list[int]:
+        """Steps whose manifest is on the branch (none if the repo holds another run)."""
+        check_run_id(run_id)
+        files = self._files()
+        if self._bound_run(files) not in (None, run_id):
+            return []
+        return sorted(int(m.group(1)) for path in files if (m := _MANIFEST_PATH_RE.fullmatch(path)))
+
+    def list_runs(self) -> list[str]:
+        """The run this repository holds (``relaytrain.json``), or none."""
+        bound = self._bound_run(self._files())
+        return [bound] if bound else []
+
+    def head_commit(self) -> str:
+        """The commit at the head of the branch now."""
+        return str(self._call(f"reading {self.uri}", "repo_info", self.repo_id, revision=self.branch,
+                              repo_type="model").sha)
+
+    def verify_checkpoint(self, run_id: str, step: int) -> Verification:
+        """Check the stored copy without downloading large files: manifest, sizes, and the
+        LFS sha256 (small files are downloaded and hashed)."""
+        try:
+            manifest = parse_manifest(self.read_manifest(run_id, step))
+        except CheckpointError as exc:
+            return Verification(False, str(exc))
+        except _Missing:
+            return Verification(False, f"{step_dir_name(step)}: no such checkpoint in the store")
+        expected = {self._prefix(step) + name: entry for name, entry in manifest["files"].items()}
+        problems = self._check_paths(expected, None)
+        return Verification(not problems, problems[0] if problems else None, manifest["step"], manifest)
+
+    def delete_checkpoint(self, run_id: str, step: int, *, parent_commit: str | None = None) -> None:
+        """Delete the checkpoint's folder in one commit (no-op if absent)."""
+        prefix = self._prefix(step)
+        check_run_id(run_id)
+        if not any(path.startswith(prefix) for path in self._files()):
+            return
+        from huggingface_hub import CommitOperationDelete
+
+        parent = parent_commit if parent_commit is not None else self.parent_commit
+        self._commit([CommitOperationDelete(path_in_repo=prefix, is_folder=True)],
+                     f"relaytrain: {run_id} delete step {step}", {"run_id": run_id, "deleted_step": step},
+                     parent, self.uri_for(run_id, step))
+
+    def _file_path(self, run_id: str, name: str) -> str:
+        check_run_id(run_id)
+        if not name or name.startswith("/") or any(part in ("", ".", "..") for part in name.split("/")):
+            raise ValueError(f"file name must be a plain relative path, got {name!r}")
+        return f"files/{name}"
+
+    def put_file(self, local_path: str | os.PathLike[str], run_id: str, name: str,
+                 progress: ProgressFn | None = None) -> str:
+        """Commit one file as ``files/<name>``."""
+        path_in_repo = self._file_path(run_id, name)
+        path = Path(local_path)
+        if not path.is_file():
+            raise ArtifactError(f"{path}: no such file")
+        size = path.stat().st_size
+        uri = f"{self.uri}/{path_in_repo}"
+        if self.dry_run:
+            TransferProgress(size, progress).advance(size)
+            return uri
+        from huggingface_hub import CommitOperationAdd
+
+        self._call(f"creating {self.repo_id}", "create_repo", self.repo_id, private=True, exist_ok=True,
+                   repo_type="model")
+        self._commit([CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=str(path))],
+                     f"relaytrain: {run_id} {name}", {"run_id": run_id, "file": name}, self.parent_commit, uri)
+        TransferProgress(size, progress).advance(size)
+        return uri
+
+    def get_file(self, run_id: str, name: str, dest: str | os.PathLike[str],
+                 progress: ProgressFn | None = None) -> Path:
+        """Download ``files/<name>`` to ``dest`` atomically."""
+        path_in_repo = self._file_path(run_id, name)
+        target = Path(dest)
+        folder = target.parent / f".tmp-{target.name}-hf-{os.urandom(4).hex()}"
+        try:
+            fetched = self._download(path_in_repo, folder)
+            size = fetched.stat().st_size
+            os.replace(fetched, target)
+        except _Missing:
+            raise _Missing(f"{self.uri}/{path_in_repo}: no such file in the store") from None
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        TransferProgress(size, progress).advance(size)
+        return target
+
+
+def _hash(path: Path) -> tuple[int, str, str | None]:
+    """``(size, sha256, git blob sha1 or None for large files)`` in one pass."""
+    size = path.stat().st_size
+    sha256 = hashlib.sha256()
+    git = hashlib.sha1(f"blob {size}\0".encode(), usedforsecurity=False) if size <= _GIT_BLOB_LIMIT else None
+    with open(path, "rb") as handle:
+        while chunk := handle.read(8 << 20):
+            sha256.update(chunk)
+            if git is not None:
+                git.update(chunk)
+    return size, sha256.hexdigest(), git.hexdigest() if git is not None else None
+
+
+def _hash_sources(src: Path, manifest: Mapping[str, Any], prefix: str) -> list[dict[str, Any]]:
+    """Every file of the manifest, hashed and checked against it (the local copy is verified)."""
+    uploads = []
+    for name in sorted(manifest["files"]):
+        entry, path = manifest["files"][name], src / name
+        if not path.is_file():
+            raise ArtifactError(f"{src}: {name}: missing")
+        size, sha, git = _hash(path)
+        if size != entry["size"]:
+            raise ArtifactError(f"{src}: {name}: size {size} != {entry['size']}")
+        if sha != entry["sha256"]:
+            raise ArtifactError(f"{src}: {name}: sha256 mismatch")
+        uploads.append({"path_in_repo": prefix + name, "local_path": str(path), "size": size, "sha256": sha,
+                        "git_sha1": git})
+    return uploads
+
+
+def _hash_folder(folder: Path, prefix: str) -> list[dict[str, Any]]:
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder}: trajectories folder not found")
+    uploads = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        size, sha, git = _hash(path)
+        uploads.append({"path_in_repo": prefix + path.relative_to(folder).as_posix(), "local_path": str(path),
+                        "size": size, "sha256": sha, "git_sha1": git})
+    return uploads

@@ -1,0 +1,369 @@
+"""HFStore: dry-run plans, the calls it makes to the Hub, stale writers, and the token.
+
+The Hub cannot be reached from tests, so ``HfApi`` is replaced at its boundary by
+``FakeHfApi``: a small in-memory repository host implementing only the methods the store
+calls, and raising the library's own exceptions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import traceback
+from pathlib import Path
+from typing import Any
+
+import huggingface_hub
+import pytest
+import typer
+from huggingface_hub import errors as hub_errors
+from huggingface_hub.hf_api import RepoFile
+from typer.testing import CliRunner
+
+from relaytrain.artifacts import HFStore, open_store
+from relaytrain.artifacts.hf import PLAN_NAME, RUN_MARKER, parse_hf_uri
+from relaytrain.artifacts.sync import push_latest
+from relaytrain.artifacts.sync_cli import push_latest_command
+from relaytrain.checkpoint import CheckpointManager, manifest_sha256, read_manifest, verify
+from relaytrain.config import StoreConfig
+from relaytrain.errors import ArtifactError
+
+TOKEN = "hf_SeCrEtT0kenValue1234567890"
+STATE = {"model/model.bin": b"w" * 5000, "optimizer.bin": b"o" * 300, "trainer_state.json": {"step": 1}}
+
+
+def http_error(cls: type[Exception], status: int, message: str) -> Exception:
+    """One of huggingface_hub's HTTP errors, as the library raises it."""
+    try:
+        import httpx2 as http
+    except ImportError:  # older huggingface_hub: httpx
+        import httpx as http
+    request = http.Request("POST", "https://huggingface.co/api/models/x")
+    return cls(message, response=http.Response(status, request=request))
+
+
+class FakeHfApi:
+    """In-memory Hub: repos -> branches -> commits (oid, {path: bytes}). Files over 1 KB are LFS."""
+
+    instances: list[FakeHfApi] = []
+
+    def __init__(self, token: str | None = None, repos: dict[str, Any] | None = None) -> None:
+        self.token = token
+        self.repos: dict[str, dict[str, Any]] = {} if repos is None else repos
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        FakeHfApi.instances.append(self)
+
+    def _record(self, name: str, **kwargs: Any) -> None:
+        self.calls.append((name, kwargs))
+
+    def _branch(self, repo_id: str, revision: str | None) -> list[tuple[str, dict[str, bytes]]]:
+        if repo_id not in self.repos:
+            raise http_error(hub_errors.RepositoryNotFoundError, 404, f"404 Repository Not Found for url: {repo_id}")
+        for commits in self.repos[repo_id]["branches"].values():
+            for index, (oid, _files) in enumerate(commits):
+                if oid == revision:
+                    return commits[: index + 1]
+        branch = self.repos[repo_id]["branches"].get(revision or "main")
+        if branch is None:
+            raise http_error(hub_errors.RevisionNotFoundError, 404, f"404 Revision Not Found: {revision}")
+        return branch
+
+    def head(self, repo_id: str, branch: str = "main") -> tuple[str, dict[str, bytes]]:
+        return self.repos[repo_id]["branches"][branch][-1]
+
+    def create_repo(self, repo_id: str, *, private: bool | None = None, exist_ok: bool = False,
+                    repo_type: str | None = None) -> str:
+        self._record("create_repo", repo_id=repo_id, private=private, exist_ok=exist_ok, repo_type=repo_type)
+        if repo_id not in self.repos:
+            self.repos[repo_id] = {"private": private, "branches": {"main": [("c0", {})]}}
+        return f"https://huggingface.co/{repo_id}"
+
+    def create_branch(self, repo_id: str, *, branch: str, exist_ok: bool = False, repo_type: str | None = None) -> None:
+        self._record("create_branch", repo_id=repo_id, branch=branch)
+        branches = self.repos[repo_id]["branches"]
+        branches.setdefault(branch, list(branches["main"]))
+
+    def list_repo_files(self, repo_id: str, *, revision: str | None = None, repo_type: str | None = None) -> list[str]:
+        self._record("list_repo_files", repo_id=repo_id, revision=revision)
+        return sorted(self._branch(repo_id, revision)[-1][1])
+
+    def create_commit(self, repo_id: str, operations: list[Any], *, commit_message: str,
+                      commit_description: str | None = None, revision: str | None = None,
+                      parent_commit: str | None = None, repo_type: str | None = None) -> Any:
+        self._record("create_commit", repo_id=repo_id, operations=operations, commit_message=commit_message,
+                     revision=revision, parent_commit=parent_commit)
+        commits = self._branch(repo_id, revision)
+        if parent_commit is not None and commits[-1][0] != parent_commit:
+            raise http_error(hub_errors.HfHubHTTPError, 412, "412 Client Error: Precondition Failed "
+                             f"(parent commit {parent_commit} is not the head)")
+        files = dict(commits[-1][1])
+        for op in operations:
+            if isinstance(op, huggingface_hub.CommitOperationDelete):
+                doomed = [p for p in files if p == op.path_in_repo or p.startswith(op.path_in_repo.rstrip("/") + "/")]
+                for path in doomed:
+                    del files[path]
+            else:
+                source = op.path_or_fileobj
+                files[op.path_in_repo] = source if isinstance(source, bytes) else Path(source).read_bytes()
+        oid = hashlib.sha1(f"{len(commits)}{commit_message}{sorted(files)}".encode()).hexdigest()
+        commits.append((oid, files))
+        return type("CommitInfo", (), {"oid": oid, "commit_url": f"https://hf.co/{repo_id}/commit/{oid}"})()
+
+    def hf_hub_download(self, repo_id: str, filename: str, *, revision: str | None = None,
+                        repo_type: str | None = None, local_dir: str | None = None) -> str:
+        self._record("hf_hub_download", repo_id=repo_id, filename=filename, revision=revision)
+        files = self._branch(repo_id, revision)[-1][1]
+        if filename not in files:
+            raise http_error(hub_errors.RemoteEntryNotFoundError, 404, f"404 Entry Not Found: {filename}")
+        assert local_dir is not None
+        target = Path(local_dir) / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(files[filename])
+        return str(target)
+
+    def get_paths_info(self, repo_id: str, paths: list[str], *, revision: str | None = None,
+                       repo_type: str | None = None) -> list[RepoFile]:
+        self._record("get_paths_info", repo_id=repo_id, paths=paths, revision=revision)
+        files = self._branch(repo_id, revision)[-1][1]
+        found = []
+        for path in paths:
+            if path in files:
+                data = files[path]
+                blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+                lfs = {"size": len(data), "oid": hashlib.sha256(data).hexdigest(), "pointerSize": 130}
+                found.append(RepoFile(path=path, size=len(data), oid=blob, lfs=lfs if len(data) > 1024 else None))
+        return found
+
+    def repo_info(self, repo_id: str, *, revision: str | None = None, repo_type: str | None = None) -> Any:
+        return type("Info", (), {"sha": self._branch(repo_id, revision)[-1][0]})()
+
+
+def checkpoint(out: Path, step: int, epoch: int = 1, **changes: object) -> Path:
+    path = CheckpointManager(out).save({**STATE, **changes}, step, epoch=epoch)
+    assert path is not None
+    return path
+
+
+@pytest.fixture
+def api() -> FakeHfApi:
+    return FakeHfApi(token=TOKEN)
+
+
+@pytest.fixture
+def store(api: FakeHfApi) -> HFStore:
+    return HFStore("me/relay-run", api=api, token=TOKEN)
+
+
+def test_uri_parsing_and_factory(monkeypatch) -> None:
+    assert parse_hf_uri("hf://me/repo") == ("me/repo", "main")
+    assert parse_hf_uri("hf://me/repo@exp-1") == ("me/repo", "exp-1")
+    for bad in ("hf://repo", "hf://me/repo@", "hf://me/re po", "s3://me/repo"):
+        with pytest.raises(ArtifactError):
+            parse_hf_uri(bad)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    opened = open_store(StoreConfig(uri="hf://me/repo@exp", dry_run=True))
+    assert isinstance(opened, HFStore) and opened.dry_run and opened.branch == "exp"
+    assert isinstance(open_store("hf://me/repo"), HFStore)
+
+
+def test_put_is_one_commit_with_every_file_then_verified(tmp_path, api, store) -> None:
+    local = checkpoint(tmp_path / "run" / "checkpoints", 100, epoch=3)
+    progress: list[tuple[int, int]] = []
+    uri = store.put_checkpoint(local, "run-1", 100, progress=lambda d, t: progress.append((d, t)))
+    assert uri == "hf://me/relay-run/checkpoints/step_00000100" == store.uri_for("run-1", 100)
+    commits = [kw for name, kw in api.calls if name == "create_commit"]
+    assert len(commits) == 1
+    paths = [op.path_in_repo for op in commits[0]["operations"]]
+    assert paths[-1] == "checkpoints/step_00000100/manifest.json"  # the manifest goes last
+    assert sorted(paths) == sorted([RUN_MARKER, "checkpoints/step_00000100/manifest.json",
+                                    "checkpoints/step_00000100/model/model.bin",
+                                    "checkpoints/step_00000100/optimizer.bin",
+                                    "checkpoints/step_00000100/trainer_state.json"])
+    assert commits[0]["revision"] == "main" and commits[0]["parent_commit"] is None
+    assert commits[0]["commit_message"] == "relaytrain: run-1 step 100 (epoch 3)"
+    assert ("create_repo", {"repo_id": "me/relay-run", "private": True, "exist_ok": True, "repo_type": "model"}) \
+        in api.calls
+    head, files = api.head("me/relay-run")
+    assert store.last_commit == store.parent_commit == head
+    assert files["checkpoints/step_00000100/manifest.json"] == (local / "manifest.json").read_bytes()
+    assert any(name == "get_paths_info" and kw["revision"] == head for name, kw in api.calls)
+    assert progress[0] == (0, progress[-1][1]) and progress[-1][0] == progress[-1][1]
+
+    assert store.list_checkpoints("run-1") == [100]
+    assert store.list_runs() == ["run-1"]
+    assert store.verify_checkpoint("run-1", 100).ok
+    dest = tmp_path / "restore" / "step_00000100"
+    assert store.get_checkpoint("run-1", 100, dest, expected_manifest_sha256=manifest_sha256(local)) == dest
+    assert verify(dest).ok and manifest_sha256(dest) == manifest_sha256(local)
+
+    api.calls.clear()
+    store.put_checkpoint(local, "run-1", 100)  # already there: no second commit
+    assert not [name for name, _ in api.calls if name == "create_commit"]
+
+
+def test_next_commit_follows_the_last_one_and_a_stale_parent_is_refused(tmp_path, api) -> None:
+    first = HFStore("me/relay-run", api=api, token=TOKEN)
+    first.put_checkpoint(checkpoint(tmp_path / "a", 100), "run-1", 100)
+    recorded = first.last_commit
+    second = HFStore("me/relay-run", api=api, token=TOKEN)  # a new worker, told the recorded commit
+    second.put_checkpoint(checkpoint(tmp_path / "b", 200, epoch=2), "run-1", 200, parent_commit=recorded)
+    assert [kw["parent_commit"] for n, kw in api.calls if n == "create_commit"] == [None, recorded]
+    head_before = api.head("me/relay-run")[0]
+
+    # The first (stale) worker still believes `recorded` is the head.
+    with pytest.raises(ArtifactError, match=f"moved past parent commit {recorded}.*stale"):
+        first.put_checkpoint(checkpoint(tmp_path / "a", 300), "run-1", 300)
+    assert api.head("me/relay-run")[0] == head_before
+    assert first.list_checkpoints("run-1") == [100, 200]
+    assert first.last_commit == recorded  # unchanged by the refused commit
+
+    second.put_checkpoint(checkpoint(tmp_path / "b", 300, epoch=2), "run-1", 300)  # follows its own commit
+    assert second.list_checkpoints("run-1") == [100, 200, 300]
+    assert second.head_commit() == second.last_commit
+
+
+def test_dry_run_writes_the_plan_and_makes_no_call(tmp_path, monkeypatch) -> None:
+    def no_network(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a dry run must not create an HfApi")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", no_network)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    out = tmp_path / "run" / "checkpoints"
+    local = checkpoint(out, 100, epoch=2)
+    trajectories = tmp_path / "run" / "rollouts"
+    trajectories.mkdir()
+    (trajectories / "rollout_00000100.jsonl").write_text('{"prompt": "1+1", "completion": "2"}\n')
+    store = open_store(StoreConfig(uri="hf://me/relay-run@exp", dry_run=True))
+    assert isinstance(store, HFStore)
+    uri = store.put_checkpoint(local, "run-1", 100, parent_commit="abc123", trajectories_dir=trajectories)
+    assert uri == "hf://me/relay-run@exp/checkpoints/step_00000100"
+
+    plan = json.loads((out / PLAN_NAME).read_text())  # next to the checkpoint
+    assert verify(local).ok  # the checkpoint itself is untouched
+    assert plan["repo_id"] == "me/relay-run" and plan["branch"] == "exp" and plan["private"] is True
+    assert plan["parent_commit"] == "abc123"
+    assert plan["commit_message"] == "relaytrain: run-1 step 100 (epoch 2)"
+    assert plan["manifest_sha256"] == manifest_sha256(local)
+    manifest = read_manifest(local)
+    by_path = {f["path_in_repo"]: f for f in plan["files"]}
+    for name, entry in manifest["files"].items():
+        planned = by_path[f"checkpoints/step_00000100/{name}"]
+        assert (planned["size"], planned["sha256"]) == (entry["size"], entry["sha256"])
+        assert Path(planned["local_path"]) == local / name
+    assert "checkpoints/step_00000100/trajectories/rollout_00000100.jsonl" in by_path
+    assert plan["files"][-1]["path_in_repo"] == "checkpoints/step_00000100/manifest.json"
+    assert plan["total_bytes"] == sum(f["size"] for f in plan["files"])
+    assert TOKEN not in (out / PLAN_NAME).read_text()
+
+    elsewhere = HFStore("me/relay-run", dry_run=True, plan_dir=tmp_path / "plans")
+    elsewhere.put_checkpoint(local, "run-1", 100)
+    assert json.loads((tmp_path / "plans" / PLAN_NAME).read_text())["parent_commit"] is None
+
+
+def test_push_latest_command_dry_run_end_to_end(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(huggingface_hub, "HfApi", None)  # any network use would fail
+    run_root = tmp_path / "runs" / "run-1"
+    checkpoint(run_root / "checkpoints", 100)
+    newest = checkpoint(run_root / "checkpoints", 200)
+    app = typer.Typer()
+    app.command("push-latest")(push_latest_command)
+    app.command("unused")(lambda: None)
+    result = CliRunner().invoke(app, ["push-latest", "--run-root", str(run_root), "--repo-id", "me/relay-run",
+                                      "--dry-run"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads((run_root / "checkpoints" / PLAN_NAME).read_text())
+    assert plan["step"] == 200 and plan["run_id"] == "run-1"
+    assert plan["manifest_sha256"] == manifest_sha256(newest)
+    bad = CliRunner().invoke(app, ["push-latest", "--run-root", str(tmp_path / "nope"), "--repo-id", "me/r"])
+    assert bad.exit_code == 2 and "--run-root" in bad.output
+    bad = CliRunner().invoke(app, ["push-latest", "--run-root", str(run_root), "--repo-id", "no-slash"])
+    assert bad.exit_code == 2 and "--repo-id" in bad.output
+
+
+def test_push_latest_commits_the_newest_valid_checkpoint(tmp_path, api) -> None:
+    run_root = tmp_path / "run-7"
+    checkpoint(run_root / "checkpoints", 100)
+    result = push_latest(run_root, "me/relay-run", "exp", api=api)
+    assert result.step == 100 and result.commit == api.head("me/relay-run", "exp")[0]
+    assert ("create_branch", {"repo_id": "me/relay-run", "branch": "exp"}) in api.calls
+    assert result.uri == "hf://me/relay-run@exp/checkpoints/step_00000100"
+
+
+def test_the_token_never_appears_in_logs_or_errors(tmp_path, monkeypatch, caplog) -> None:
+    class LeakyApi(FakeHfApi):
+        """Errors that quote the token, as a careless HTTP layer might."""
+
+        def create_commit(self, *args: Any, **kwargs: Any) -> Any:
+            raise http_error(hub_errors.HfHubHTTPError, 500,
+                             f"500 Server Error for url https://huggingface.co/api?token={self.token} "
+                             f"(Authorization: Bearer {self.token})")
+
+        def list_repo_files(self, repo_id: str, **kwargs: Any) -> list[str]:
+            raise http_error(hub_errors.HfHubHTTPError, 401, f"401 Unauthorized: invalid token {self.token}")
+
+    FakeHfApi.instances.clear()
+    monkeypatch.setattr(huggingface_hub, "HfApi", LeakyApi)  # replaced at its boundary
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    caplog.set_level(logging.DEBUG)
+    store = open_store("hf://me/relay-run")
+    assert TOKEN not in repr(store)
+    local = checkpoint(tmp_path / "run", 100)
+    texts = []
+    for action in (lambda: store.put_checkpoint(local, "run-1", 100), lambda: store.list_checkpoints("run-1")):
+        with pytest.raises(ArtifactError) as caught:
+            action()
+        texts.append("".join(traceback.format_exception(caught.value)))
+    assert FakeHfApi.instances[-1].token == TOKEN  # the store did use it
+    assert "not authorized" in texts[1] and "HF_TOKEN" in texts[1]
+    for text in [*texts, caplog.text]:
+        assert TOKEN not in text
+        assert TOKEN[3:12] not in text
+
+
+def test_one_repo_holds_one_run_and_trajectories_ride_along(tmp_path, api, store) -> None:
+    trajectories = tmp_path / "rollouts"
+    trajectories.mkdir()
+    (trajectories / "rollout_00000100.jsonl").write_text("{}\n")
+    store.put_checkpoint(checkpoint(tmp_path / "a", 100), "run-1", 100, trajectories_dir=trajectories)
+    assert "checkpoints/step_00000100/trajectories/rollout_00000100.jsonl" in api.head("me/relay-run")[1]
+    assert store.verify_checkpoint("run-1", 100).ok  # trajectories are not part of the manifest
+    dest = tmp_path / "restore" / "step_00000100"
+    store.get_checkpoint("run-1", 100, dest)
+    assert verify(dest).ok
+    other = HFStore("me/relay-run", api=api, token=TOKEN)
+    with pytest.raises(ArtifactError, match="holds run 'run-1', not 'run-2'"):
+        other.put_checkpoint(checkpoint(tmp_path / "b", 200), "run-2", 200)
+    assert other.list_checkpoints("run-2") == []
+
+
+def test_corrupt_file_in_the_repo_is_caught_naming_it(tmp_path, api, store) -> None:
+    store.put_checkpoint(checkpoint(tmp_path / "a", 100), "run-1", 100)
+    files = api.head("me/relay-run")[1]
+    files["checkpoints/step_00000100/model/model.bin"] = b"x" * 5000
+    files["checkpoints/step_00000100/optimizer.bin"] = b"o" * 299
+    assert store.verify_checkpoint("run-1", 100).reason == "model/model.bin: sha256 mismatch"
+    dest = tmp_path / "restore" / "step_00000100"
+    with pytest.raises(ArtifactError, match="model/model.bin: sha256 mismatch"):
+        store.get_checkpoint("run-1", 100, dest)
+    assert not dest.exists()
+    with pytest.raises(ArtifactError, match="no such checkpoint"):
+        store.get_checkpoint("run-1", 999, tmp_path / "x")
+    assert not store.verify_checkpoint("run-1", 999).ok
+
+
+def test_missing_repo_and_delete(tmp_path, api, store) -> None:
+    with pytest.raises(ArtifactError, match="me/relay-run not found, or not accessible"):
+        store.list_checkpoints("run-1")
+    store.put_checkpoint(checkpoint(tmp_path / "a", 100), "run-1", 100)
+    store.put_checkpoint(checkpoint(tmp_path / "a", 200), "run-1", 200)
+    store.delete_checkpoint("run-1", 100)
+    assert store.list_checkpoints("run-1") == [200]
+    assert not [p for p in api.head("me/relay-run")[1] if p.startswith("checkpoints/step_00000100/")]
+    store.delete_checkpoint("run-1", 100)  # absent: no commit
+    source = tmp_path / "metrics.json"
+    source.write_text('{"acc": 1}')
+    assert store.put_file(source, "run-1", "evals/a/metrics.json") == "hf://me/relay-run/files/evals/a/metrics.json"
+    assert store.get_file("run-1", "evals/a/metrics.json", tmp_path / "m.json").read_text() == '{"acc": 1}'
+    with pytest.raises(ArtifactError, match="no such file"):
+        store.get_file("run-1", "missing.json", tmp_path / "n.json")
