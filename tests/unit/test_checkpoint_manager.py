@@ -184,3 +184,26 @@ def test_manager_rejects_bad_retention(tmp_path) -> None:
         CheckpointManager(tmp_path, keep_last=0)
     with pytest.raises(ValueError):
         CheckpointManager(tmp_path, keep_every=0)
+
+
+def test_async_snapshots_reusing_memory_write_what_each_save_saw(tmp_path) -> None:
+    """Later async saves copy into the previous snapshot's buffers: every file must still hold
+    the state as it was at its own save, including when tensors alias one another."""
+    torch = pytest.importorskip("torch")
+    weights = torch.zeros(64, 32)
+    state = {"model.safetensors": {"w": weights, "tied": weights}, "optimizer.pt": {"m": torch.zeros(8)}}
+    with CheckpointManager(tmp_path, async_save=True) as manager:
+        for step in range(1, 6):
+            weights.add_(step)
+            state["optimizer.pt"]["m"].fill_(step * 10)
+            manager.save(state, step)
+            weights.mul_(-1)  # mutate right away: the snapshot, not the live tensor, must be written
+        manager.wait()
+    expected = 0.0
+    for step in range(1, 6):
+        expected = expected + step
+        loaded = load_checkpoint(tmp_path / f"step_{step:08d}")
+        assert torch.equal(loaded["model.safetensors"]["w"], torch.full((64, 32), expected))
+        assert torch.equal(loaded["model.safetensors"]["tied"], loaded["model.safetensors"]["w"])
+        assert torch.equal(loaded["optimizer.pt"]["m"], torch.full((8,), float(step * 10)))
+        expected = -expected

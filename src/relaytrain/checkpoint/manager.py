@@ -73,6 +73,7 @@ class CheckpointManager:
         self._error: tuple[int, BaseException] | None = None
         self._last: Path | None = None
         self._closed = False
+        self._spare: dict[str, Any] | None = None  # the last snapshot, written: its tensors are reused
 
     @property
     def last_committed(self) -> Path | None:
@@ -99,7 +100,9 @@ class CheckpointManager:
             writers = [name for name, value in state.items() if is_writer(value)]
             if writers:
                 raise ValueError(f"{writers[0]}: callable values are only allowed in synchronous saves")
-            snapshot = to_host(dict(state))
+            spare, self._spare = self._spare, None
+            snapshot = to_host(dict(state), reuse=spare)
+            del spare
             meta = to_host(dict(metadata or {}))
             self._writer = threading.Thread(
                 target=self._write_in_background, args=(snapshot, step, epoch, meta),
@@ -121,6 +124,7 @@ class CheckpointManager:
         with self._lock:
             self._closed = True
             self._join_writer()
+            self._spare = None
             self._raise_writer_error()
 
     def load(self, path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -163,6 +167,8 @@ class CheckpointManager:
                              metadata: dict[str, Any]) -> None:
         try:
             self._write_and_commit(state, step, epoch, metadata)
+            if not self._closed:
+                self._spare = state  # written and committed: the next snapshot can reuse its memory
         except BaseException as exc:  # handed to the next save()/wait()/close()
             log.error("asynchronous save of step %d failed: %s", step, exc)
             self._error = (step, exc)

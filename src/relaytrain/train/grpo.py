@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy as copy_module
 import fnmatch
-import hashlib
 import json
 import logging
 import os
@@ -45,22 +44,33 @@ from relaytrain.config import GRPORun, GRPOTrainer
 from relaytrain.errors import CheckpointError, ConfigError
 from relaytrain.train.contract import EX_OK, Contract
 from relaytrain.train.data import DataCursor, Example, load_examples
-from relaytrain.train.model_io import is_lora, load_model_weights, model_files, weights_entry
+from relaytrain.train.model_io import is_lora, load_model_weights, unique_tensors
 from relaytrain.train.rewards import load_rewards, score_completions
+from relaytrain.train.session import (
+    checkpoint_entries,
+    config_hash,
+    init_source,
+    load_verified,
+    make_optimizer,
+    make_scheduler,
+    open_manager,
+    pad_token_id,
+    pick_device,
+    quiet_transformers,
+    restore,
+    resume,
+    train_steps,
+    with_lora,
+)
 from relaytrain.train.templates import Sample, render_all
 
+__all__ = ["GRPOSession", "Rollout", "config_hash", "run_grpo", "write_trajectories"]
+
 log = logging.getLogger(__name__)
-STATE_FORMAT = 1
 MAX_GRAD_NORM = 1.0
 """Gradients are clipped to this global norm before every optimizer step."""
 REFERENCE_FILE = "reference.safetensors"
 TRAJECTORY_PATTERN = "rollout_{step:08d}.jsonl"
-
-
-def config_hash(config: GRPORun) -> str:
-    """sha256 of what decides the training trajectory: model, data, trainer, init_from."""
-    relevant = config.model_dump(mode="json", include={"model", "data", "trainer", "init_from"})
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
@@ -89,27 +99,25 @@ class GRPOSession:
     """Everything a resume needs: model, optimizer, scheduler, data cursor, step, RNG, sampler seed."""
 
     def __init__(self, config: GRPORun, contract: Contract) -> None:
-        import torch
-
         from relaytrain.train.rng import seed_everything
-        from relaytrain.train.sft import make_scheduler
 
         self.config, self.contract, trainer = config, contract, config.trainer
         self.max_steps = contract.max_steps or config.max_steps
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = pick_device()
         self.rewards = load_rewards(trainer.rewards)
         self.reward_labels = _reward_labels([r.name for r in self.rewards])
         seed_everything(trainer.seed)
         self.resumed: dict[str, Any] | None = None
         """The verified content of ``contract.resume_from`` (loaded once, before the model)."""
         if contract.resume_from is not None:
-            self.resumed = _load_verified(contract.resume_from)
-        self.base_model = self.resumed["trainer_state.json"]["base_model"] if self.resumed else self._init_source()
+            self.resumed = load_verified(contract.resume_from, "grpo")
+        self.base_model = (
+            self.resumed["trainer_state.json"]["base_model"] if self.resumed else init_source(config, contract)
+        )
         self.model, self.tokenizer = self._load_model(trainer)
         self.reference = self._make_reference(trainer)
         self.model.train()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=trainer.learning_rate, weight_decay=0.0)
+        self.optimizer = make_optimizer(self.model, trainer.learning_rate, 0.0)
         self.scheduler = make_scheduler(self.optimizer, "constant", 0, self.max_steps * trainer.num_iterations)
         self.examples = load_examples(config.data, "train")
         self.samples = render_all(self.examples, config.data.template, self.tokenizer)
@@ -122,17 +130,6 @@ class GRPOSession:
 
     # -- set-up -----------------------------------------------------------------------------
 
-    def _init_source(self) -> str:
-        """The model the run starts from: ``RELAY_INIT_FROM``, ``init_from.path`` or ``model``."""
-        if self.contract.init_from:
-            return self.contract.init_from
-        init = self.config.init_from
-        if init is not None and init.path is not None:
-            return init.path
-        if init is not None and init.run is not None:
-            raise ConfigError(f"init_from.run: {init.run!r} needs the worker to set RELAY_INIT_FROM")
-        return self.config.model
-
     def _load_model(self, trainer: GRPOTrainer) -> tuple[Any, Any]:
         from relaytrain.train.tiny import load_model_and_tokenizer
 
@@ -142,20 +139,7 @@ class GRPOSession:
             model, tokenizer = load_model_and_tokenizer(str(resume), seed=trainer.seed)
         else:
             model, tokenizer = load_model_and_tokenizer(self.base_model, seed=trainer.seed, merge_lora=True)
-        if trainer.lora is not None:
-            from peft import LoraConfig, get_peft_model
-
-            lora = trainer.lora
-            model = get_peft_model(
-                model,
-                LoraConfig(
-                    r=lora.r,
-                    lora_alpha=lora.alpha,
-                    lora_dropout=lora.dropout,
-                    target_modules=list(lora.target_modules),
-                    task_type="CAUSAL_LM",
-                ),
-            )
+        model = with_lora(model, trainer.lora)
         if tokenizer.eos_token_id is None:
             raise ConfigError("model: the tokenizer has no end-of-sequence token")
         return model.to(self.device), tokenizer
@@ -188,8 +172,7 @@ class GRPOSession:
     @property
     def pad_id(self) -> int:
         """The padding token (EOS when the tokenizer has none)."""
-        pad = self.tokenizer.pad_token_id
-        return pad if pad is not None else self.tokenizer.eos_token_id
+        return pad_token_id(self.tokenizer)
 
     # -- one step ---------------------------------------------------------------------------
 
@@ -354,90 +337,23 @@ class GRPOSession:
     def checkpoint_state(self) -> dict[str, Any]:
         """The entries of a checkpoint at the current step (DESIGN §5), live tensors included
         (an asynchronous save copies them to host memory itself)."""
-        from relaytrain.train.rng import capture_rng_state
-
-        state = model_files(
-            self.model,
-            self.tokenizer,
-            base_model=self.base_model,
-            seed=self.config.trainer.seed,
-            tokenizer_cache=self._tokenizer_cache,
-        )
-        state["optimizer.pt"] = self.optimizer.state_dict()
-        state["scheduler.pt"] = self.scheduler.state_dict()
-        if self.reference is not None:
-            state[REFERENCE_FILE] = _unique_tensors(self.reference)
-        state["trainer_state.json"] = {
-            "format": STATE_FORMAT,
-            "kind": "grpo",
-            "run_id": self.contract.run_id,
-            "lease_epoch": self.contract.epoch,
-            "step": self.step,
-            "max_steps": self.max_steps,
-            "data_epoch": self.cursor.epoch,
-            "cursor": self.cursor.state_dict(),
+        counters = {
             "sampler": {"seed": self.config.trainer.seed, "next_step": self.step},
             "tokens_generated": self.tokens_generated,
-            "rng": capture_rng_state(),
-            "config_hash": config_hash(self.config),
-            "lora": is_lora(self.model),
-            "base_model": self.base_model,
-            "metrics": self.last_metrics,
         }
-        return state
+        reference = {REFERENCE_FILE: unique_tensors(self.reference)} if self.reference is not None else None
+        return checkpoint_entries(self, "grpo", counters, reference)
 
     def load_checkpoint(self, folder: str | Path) -> None:
         """Verify and restore a checkpoint written by ``checkpoint_state``."""
-        from relaytrain.train.rng import restore_rng_state
-
         folder = Path(folder)
         same = self.resumed is not None and Path(self.contract.resume_from or "") == folder
-        loaded = self.resumed if same and self.resumed is not None else _load_verified(folder)
-        state = loaded["trainer_state.json"]
-        if bool(state.get("lora")) != is_lora(self.model):
-            raise ConfigError(
-                f"trainer.lora: the checkpoint {folder} was trained {'with' if state.get('lora') else 'without'} "
-                "LoRA; the config must match to resume"
-            )
-        if state.get("config_hash") != config_hash(self.config):
-            log.warning("resuming %s with a changed model/data/trainer config", folder)
+        loaded = self.resumed if same and self.resumed is not None else load_verified(folder, "grpo")
+        state = restore(self, folder, loaded, loaded["optimizer.pt"])  # moves the state to the parameters' device
         if int(state["sampler"]["seed"]) != self.config.trainer.seed:
             log.warning("trainer.seed changed from %s: sampling will differ", state["sampler"]["seed"])
-        entry = weights_entry(self.model)
-        if entry not in loaded:
-            raise CheckpointError(f"{folder}: no {entry}")
-        load_model_weights(self.model, loaded[entry], f"{folder}/{entry}")
-        self.optimizer.load_state_dict(loaded["optimizer.pt"])  # moves the state to the parameters' device
-        self.scheduler.load_state_dict(loaded["scheduler.pt"])
-        self.cursor.load_state_dict(state["cursor"])
-        self.step = int(state["step"])
         self.tokens_generated = int(state.get("tokens_generated", 0))
-        self.last_metrics = dict(state.get("metrics") or {})
-        restore_rng_state(state["rng"])
         self.resumed = None  # free the loaded tensors
-
-
-def _load_verified(folder: str | Path) -> dict[str, Any]:
-    """Every file of a GRPO checkpoint, hashed against its manifest first."""
-    from relaytrain.checkpoint import load_checkpoint
-
-    loaded = load_checkpoint(folder)
-    state = loaded.get("trainer_state.json")
-    if not isinstance(state, dict) or state.get("kind") != "grpo" or state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{folder}: not a GRPO checkpoint of format {STATE_FORMAT}")
-    return loaded
-
-
-def _unique_tensors(model: Any) -> dict[str, Any]:
-    """The state dict without tied duplicates (``lm_head.weight`` tied to the embeddings)."""
-    seen: set[int] = set()
-    tensors = {}
-    for name, tensor in model.state_dict().items():
-        pointer = tensor.untyped_storage().data_ptr()
-        if pointer not in seen:
-            seen.add(pointer)
-            tensors[name] = tensor.detach()
-    return tensors
 
 
 def _extra_columns(examples: list[Example]) -> dict[str, list[Any]]:
@@ -502,49 +418,36 @@ def run_grpo(config: GRPORun, contract: Contract) -> int:
     checkpoint, when the stop file appears or a stop was requested (the entry point turns SIGTERM
     into one). Errors propagate: the entry point maps them to exit codes.
     """
-    from transformers.utils import logging as hf_logging
-
-    from relaytrain.checkpoint import CheckpointManager
-
-    hf_logging.disable_progress_bar()  # no progress bars or advisory warnings in a trainer's logs
-    hf_logging.set_verbosity_error()
+    quiet_transformers()
     session = GRPOSession(config, contract)
-    extra = {"run_id": contract.run_id, "epoch": contract.epoch}
-    if contract.resume_from is not None:
-        session.load_checkpoint(contract.resume_from)
-        contract.report_event("resumed", step=session.step, path=str(Path(contract.resume_from).resolve()))
-        log.info("resumed from %s at step %d", contract.resume_from, session.step, extra=extra)
+    resume(session, contract)
     policy = config.checkpoint
-    manager = CheckpointManager(
-        contract.output_dir,
-        async_save=policy.async_save,
-        keep_last=policy.keep_last,
-        keep_every=policy.keep_every,
-        on_commit=lambda path, step: contract.report_checkpoint(step, path),
-    )
+    meta = {"run_id": contract.run_id, "kind": "grpo"}
     trajectories = contract.rollout_trajectory_root if config.trainer.save_rollout_trajectories else None
     if config.trainer.save_rollout_trajectories and trajectories is None:
         trajectories = (contract.run_root or contract.output_dir.parent) / "rollouts"
     pattern = contract.rollout_trajectory_pattern
     if trajectories is not None and pattern and not fnmatch.fnmatch(TRAJECTORY_PATTERN.format(step=0), pattern):
         log.warning("trajectory files rollout_NNNNNNNN.jsonl do not match RELAY_ROLLOUT_TRAJECTORY_PATTERN %r", pattern)
-    saved_step = session.step if contract.resume_from is not None else None
+
+    def report(result: tuple[Rollout, dict[str, Any]], at_checkpoint: bool) -> None:
+        rollout, session.last_metrics = result
+        contract.report_progress(session.step, session.last_metrics)
+        if trajectories is not None:
+            write_trajectories(rollout, trajectories)
+
     try:
-        while session.step < session.max_steps and not contract.should_stop():
-            rollout, metrics = session.train_step()
-            session.last_metrics = metrics
-            contract.report_progress(session.step, metrics)
-            if trajectories is not None:
-                write_trajectories(rollout, trajectories)
-            if session.step % policy.every_steps == 0 or session.step == session.max_steps:
-                manager.save(session.checkpoint_state(), session.step)
-                saved_step = session.step
-        if saved_step != session.step and session.step > 0:  # stopped between two checkpoints
-            manager.save(session.checkpoint_state(), session.step)
-        if contract.should_stop():
-            log.info("stopped at step %d (%s)", session.step, contract.stop_reason, extra=extra)
-        manager.wait()
+        with open_manager(contract, policy) as manager:  # closing waits for an asynchronous save in flight
+
+            def save() -> None:
+                manager.save(session.checkpoint_state(), session.step, epoch=contract.epoch, metadata=meta)
+
+            train_steps(session, contract, policy.every_steps, report, save)
     finally:
-        manager.close()
         contract.close()
+    extra = {"run_id": contract.run_id, "epoch": contract.epoch}
+    if contract.stop_reason is not None:
+        log.info("stopped at step %d (%s)", session.step, contract.stop_reason, extra=extra)
+    else:
+        log.info("finished at step %d", session.step, extra=extra)
     return EX_OK

@@ -13,6 +13,7 @@ Public API:
 - ``weights_entry(model)``: which entry holds the weights (full or adapter).
 - ``load_model_weights(model, tensors, where)``: put those weights (as loaded by
   ``relaytrain.checkpoint.load_checkpoint``) into a live model of the same shape, exactly.
+- ``unique_tensors(model)``: the state dict without tied duplicates, as a full-weights file holds it.
 - ``is_lora(model)``.
 """
 
@@ -43,7 +44,7 @@ def is_lora(model: Any) -> bool:
     return hasattr(model, "peft_config")
 
 
-def _unique_tensors(model: Any) -> dict[str, Any]:
+def unique_tensors(model: Any) -> dict[str, Any]:
     """The state dict without tied duplicates (``lm_head.weight`` when tied to the embeddings)."""
     seen: set[int] = set()
     tensors = {}
@@ -104,7 +105,7 @@ def model_files(
         files[f"model/{ADAPTER_WEIGHTS}"] = adapter
         files["model/adapter_config.json"] = config
         return files
-    files[f"model/{FULL_WEIGHTS}"] = _unique_tensors(model)
+    files[f"model/{FULL_WEIGHTS}"] = unique_tensors(model)
     files["model/config.json"] = json.loads(model.config.to_json_string())
     generation = getattr(model, "generation_config", None)
     if generation is not None:
@@ -132,7 +133,7 @@ def load_model_weights(model: Any, tensors: Mapping[str, Any], where: str = "che
             )
         set_peft_model_state_dict(model, dict(tensors))
         return
-    tied = set(model.state_dict()) - set(_unique_tensors(model))
+    tied = set(model.state_dict()) - set(unique_tensors(model))
     try:
         with torch.no_grad():
             result = model.load_state_dict(dict(tensors), strict=False)

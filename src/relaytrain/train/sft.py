@@ -16,14 +16,13 @@ cursor, RNG. Resuming from ``contract.resume_from`` at step N and training to M 
 same weights and optimizer state, bit for bit on CPU, as training straight to M.
 
 Public API: ``run_sft(config, contract) -> int``, ``SFTSession`` (the training state, for
-tests and tools), ``tokenize_samples``, ``collate``, ``make_scheduler``, ``config_hash``,
-``quiet_transformers`` and, re-exported, ``evaluate_exact_match``.
+tests and tools), ``tokenize_samples``, ``collate`` and, re-exported, ``evaluate_exact_match``
+and (from ``session``, shared with the GRPO trainer) ``make_scheduler``, ``config_hash`` and
+``quiet_transformers``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import time
@@ -32,11 +31,26 @@ from pathlib import Path
 from typing import Any
 
 from relaytrain.config import SFTRun
-from relaytrain.errors import CheckpointError, ConfigError
+from relaytrain.errors import ConfigError
 from relaytrain.train.contract import EX_OK, Contract
 from relaytrain.train.data import DataCursor, load_examples
 from relaytrain.train.exact_match import evaluate_exact_match
-from relaytrain.train.model_io import is_lora, load_model_weights, model_files, weights_entry
+from relaytrain.train.session import (
+    checkpoint_entries,
+    config_hash,
+    init_source,
+    load_verified,
+    make_optimizer,
+    make_scheduler,
+    open_manager,
+    pad_token_id,
+    pick_device,
+    quiet_transformers,
+    restore,
+    resume,
+    train_steps,
+    with_lora,
+)
 from relaytrain.train.templates import Sample, render_all
 
 __all__ = [
@@ -51,15 +65,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-STATE_FORMAT = 1
 REPORT_INTERVAL_S = 0.5
 """Progress lines are at most this often (plus at every checkpoint and the last step)."""
-
-
-def config_hash(config: SFTRun) -> str:
-    """sha256 of what decides the training trajectory: model, data, trainer, init_from."""
-    relevant = config.model_dump(mode="json", include={"model", "data", "trainer", "init_from"})
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
 def tokenize_samples(samples: Sequence[Sample], tokenizer: Any, max_length: int) -> list[tuple[list[int], int]]:
@@ -97,23 +104,6 @@ def collate(rows: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, Any
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def make_scheduler(optimizer: Any, schedule: str, warmup_steps: int, total_steps: int) -> Any:
-    """A ``LambdaLR``: linear warmup over ``warmup_steps``, then constant, linear or cosine decay to 0."""
-    import torch
-
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        if schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 class SFTSession:
     """Everything a resume needs: model, optimizer, scheduler, data cursor, step, RNG.
 
@@ -125,36 +115,19 @@ class SFTSession:
     """
 
     def __init__(self, config: SFTRun, contract: Contract, device: str | None = None) -> None:
-        import torch
-
         from relaytrain.train.rng import seed_everything
         from relaytrain.train.tiny import load_model_and_tokenizer
 
         self.config, self.contract, trainer = config, contract, config.trainer
         self.max_steps = contract.max_steps or config.max_steps
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = pick_device(device)
         seed_everything(trainer.seed)
         examples = load_examples(config.data, "train")  # a missing dataset fails before the model loads
-        self.base_model = self._init_source()
+        self.base_model = init_source(config, contract)
         model, self.tokenizer = load_model_and_tokenizer(self.base_model, seed=trainer.seed, merge_lora=True)
-        if trainer.lora is not None:
-            from peft import LoraConfig, get_peft_model
-
-            lora = trainer.lora
-            model = get_peft_model(
-                model,
-                LoraConfig(
-                    r=lora.r,
-                    lora_alpha=lora.alpha,
-                    lora_dropout=lora.dropout,
-                    target_modules=list(lora.target_modules),
-                    task_type="CAUSAL_LM",
-                ),
-            )
-        self.model = model.to(self.device)
+        self.model = with_lora(model, trainer.lora).to(self.device)
         self.model.train()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=trainer.learning_rate, weight_decay=trainer.weight_decay)
+        self.optimizer = make_optimizer(self.model, trainer.learning_rate, trainer.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, trainer.schedule, trainer.warmup_steps, self.max_steps)
         samples = render_all(examples, config.data.template, self.tokenizer)
         max_length = min(int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048), 8192)
@@ -164,17 +137,6 @@ class SFTSession:
         self.tokens_seen = 0
         self.last_metrics: dict[str, Any] = {}
         self._tokenizer_cache: dict[str, Any] = {}
-
-    def _init_source(self) -> str:
-        """The model the run starts from: ``RELAY_INIT_FROM``, ``init_from.path`` or ``model``."""
-        if self.contract.init_from:
-            return self.contract.init_from
-        init = self.config.init_from
-        if init is not None and init.path is not None:
-            return init.path
-        if init is not None and init.run is not None:
-            raise ConfigError(f"init_from.run: {init.run!r} needs the worker to set RELAY_INIT_FROM")
-        return self.config.model
 
     # -- one step ---------------------------------------------------------------------------
 
@@ -189,7 +151,8 @@ class SFTSession:
         total_loss, tokens = 0.0, 0
         self.optimizer.zero_grad(set_to_none=True)
         for indices in micro:
-            batch = {k: v.to(self.device) for k, v in collate([self.rows[i] for i in indices], self._pad_id).items()}
+            padded = collate([self.rows[i] for i in indices], pad_token_id(self.tokenizer))
+            batch = {k: v.to(self.device) for k, v in padded.items()}
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             loss_sum = torch.nn.functional.cross_entropy(
@@ -211,72 +174,18 @@ class SFTSession:
         self.tokens_seen += tokens
         return {"loss": total_loss / denominator, "lr": lr, "grad_norm": grad_norm, "tokens": tokens}
 
-    @property
-    def _pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return pad if pad is not None else self.tokenizer.eos_token_id
-
     # -- checkpoint state -------------------------------------------------------------------
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The entries of a checkpoint at the current step (DESIGN §5), live tensors included."""
-        from relaytrain.train.rng import capture_rng_state
-
-        state = model_files(
-            self.model,
-            self.tokenizer,
-            base_model=self.base_model,
-            seed=self.config.trainer.seed,
-            tokenizer_cache=self._tokenizer_cache,
-        )
-        state["optimizer.pt"] = self.optimizer.state_dict()
-        state["scheduler.pt"] = self.scheduler.state_dict()
-        state["trainer_state.json"] = {
-            "format": STATE_FORMAT,
-            "kind": "sft",
-            "run_id": self.contract.run_id,
-            "lease_epoch": self.contract.epoch,
-            "step": self.step,
-            "max_steps": self.max_steps,
-            "data_epoch": self.cursor.epoch,
-            "cursor": self.cursor.state_dict(),
-            "tokens_seen": self.tokens_seen,
-            "rng": capture_rng_state(),
-            "config_hash": config_hash(self.config),
-            "lora": is_lora(self.model),
-            "base_model": self.base_model,
-            "metrics": self.last_metrics,
-        }
-        return state
+        return checkpoint_entries(self, "sft", {"tokens_seen": self.tokens_seen})
 
     def load_checkpoint(self, folder: str | Path) -> None:
         """Verify and restore a checkpoint written by ``checkpoint_state``."""
-        from relaytrain.checkpoint import load_checkpoint
-        from relaytrain.train.rng import restore_rng_state
-
         folder = Path(folder)
-        loaded = load_checkpoint(folder)  # hashes every file against the manifest first
-        state = loaded.get("trainer_state.json")
-        if not isinstance(state, dict) or state.get("kind") != "sft" or state.get("format") != STATE_FORMAT:
-            raise CheckpointError(f"{folder}: not an SFT checkpoint of format {STATE_FORMAT}")
-        if bool(state.get("lora")) != is_lora(self.model):
-            raise ConfigError(
-                f"trainer.lora: the checkpoint {folder} was trained {'with' if state.get('lora') else 'without'} "
-                "LoRA; the config must match to resume"
-            )
-        if state.get("config_hash") != config_hash(self.config):
-            log.warning("resuming %s with a changed model/data/trainer config", folder)
-        entry = weights_entry(self.model)
-        if entry not in loaded:
-            raise CheckpointError(f"{folder}: no {entry}")
-        load_model_weights(self.model, loaded[entry], f"{folder}/{entry}")
-        self.optimizer.load_state_dict(_to_device(loaded["optimizer.pt"], self.device))
-        self.scheduler.load_state_dict(loaded["scheduler.pt"])
-        self.cursor.load_state_dict(state["cursor"])
-        self.step = int(state["step"])
+        loaded = load_verified(folder, "sft")  # hashes every file against the manifest first
+        state = restore(self, folder, loaded, _to_device(loaded["optimizer.pt"], self.device))
         self.tokens_seen = int(state.get("tokens_seen", 0))
-        self.last_metrics = dict(state.get("metrics") or {})
-        restore_rng_state(state["rng"])
 
 
 def _to_device(value: Any, device: Any) -> Any:
@@ -301,43 +210,23 @@ def run_sft(config: SFTRun, contract: Contract, device: str | None = None) -> in
     stop file appears or a stop was requested (the entry point turns SIGTERM into one).
     Errors propagate: the entry point maps them to exit codes (``contract.exit_code_for``).
     """
-    from relaytrain.checkpoint import CheckpointManager
-
     quiet_transformers()
     session = SFTSession(config, contract, device)
-    extra = {"run_id": contract.run_id, "epoch": contract.epoch}
-    if contract.resume_from is not None:
-        session.load_checkpoint(contract.resume_from)
-        contract.report_event("resumed", step=session.step, path=str(Path(contract.resume_from).resolve()))
-        log.info("resumed from %s at step %d", contract.resume_from, session.step, extra=extra)
+    resume(session, contract)
     policy = config.checkpoint
     meta = {"run_id": contract.run_id, "kind": "sft"}
-    saved_step = session.step if contract.resume_from is not None else None
     try:
-        with CheckpointManager(  # closing waits for an asynchronous save in flight
-            contract.output_dir,
-            async_save=policy.async_save,
-            keep_last=policy.keep_last,
-            keep_every=policy.keep_every,
-            on_commit=lambda path, step: contract.report_checkpoint(step, path),
-        ) as manager:
-            window = _Window()
-            while session.step < session.max_steps and not contract.should_stop():
-                window.add(session.train_step())
-                boundary = session.step % policy.every_steps == 0 or session.step == session.max_steps
-                if boundary or window.due():
-                    session.last_metrics = window.flush(session)
-                    contract.report_progress(session.step, session.last_metrics)
-                if boundary:
-                    manager.save(session.checkpoint_state(), session.step, epoch=contract.epoch, metadata=meta)
-                    saved_step = session.step
-            if saved_step != session.step and session.step > 0:  # stopped between two checkpoints
-                if window.steps:
-                    session.last_metrics = window.flush(session)
-                    contract.report_progress(session.step, session.last_metrics)
+        with open_manager(contract, policy) as manager:  # closing waits for an asynchronous save in flight
+            window = _Window(session, contract)
+
+            def save() -> None:
+                window.report()  # the steps since the last progress line, when stopped between two
                 manager.save(session.checkpoint_state(), session.step, epoch=contract.epoch, metadata=meta)
+
+            train_steps(session, contract, policy.every_steps, window.add, save)
     finally:
         contract.close()
+    extra = {"run_id": contract.run_id, "epoch": contract.epoch}
     if contract.stop_reason is not None:
         log.info("stopped at step %d (%s)", session.step, contract.stop_reason, extra=extra)
     else:
@@ -346,30 +235,35 @@ def run_sft(config: SFTRun, contract: Contract, device: str | None = None) -> in
 
 
 class _Window:
-    """Metrics accumulated between two progress lines."""
+    """Metrics accumulated between two progress lines: at most every ``REPORT_INTERVAL_S``, and at checkpoints."""
 
-    def __init__(self) -> None:
+    def __init__(self, session: SFTSession, contract: Contract) -> None:
+        self.session, self.contract = session, contract
         self.steps, self.loss, self.grad_norm, self.tokens, self.lr = 0, 0.0, 0.0, 0, 0.0
         self.started = time.monotonic()
         self.last_report = self.started
 
-    def add(self, metrics: dict[str, float]) -> None:
+    def add(self, metrics: dict[str, float], at_checkpoint: bool) -> None:
+        """Count one step's ``metrics``; report when due or ``at_checkpoint``."""
         self.steps += 1
         self.loss += metrics["loss"]
         self.grad_norm += metrics["grad_norm"]
         self.tokens += int(metrics["tokens"])
         self.lr = metrics["lr"]
+        if at_checkpoint or time.monotonic() - self.last_report >= REPORT_INTERVAL_S:
+            self.report()
 
-    def due(self) -> bool:
-        return time.monotonic() - self.last_report >= REPORT_INTERVAL_S
-
-    def flush(self, session: SFTSession) -> dict[str, Any]:
+    def report(self) -> None:
+        """Write the progress line of the steps since the last one (none: nothing) and start a new window."""
+        if not self.steps:
+            return
+        session = self.session
         now = time.monotonic()
         elapsed = max(now - self.started, 1e-9)
-        metrics = {
-            "loss": self.loss / max(1, self.steps),
+        session.last_metrics = {
+            "loss": self.loss / self.steps,
             "lr": self.lr,
-            "grad_norm": self.grad_norm / max(1, self.steps),
+            "grad_norm": self.grad_norm / self.steps,
             "tokens_per_s": self.tokens / elapsed,
             "steps_per_s": self.steps / elapsed,
             "data_epoch": session.cursor.epoch,
@@ -377,19 +271,4 @@ class _Window:
         }
         self.steps, self.loss, self.grad_norm, self.tokens = 0, 0.0, 0.0, 0
         self.started = self.last_report = now
-        return metrics
-
-
-def quiet_transformers() -> None:
-    """No progress bars or advisory warnings from transformers in a trainer's logs (entry points)."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
-_quiet_transformers = quiet_transformers  # the name the GRPO trainer imports
+        self.contract.report_progress(session.step, session.last_metrics)
