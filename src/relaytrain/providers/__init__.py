@@ -2,9 +2,24 @@
 (:class:`~relaytrain.providers.base.Provider`), one factory
 (:func:`~relaytrain.providers.factory.make_provider`), and ``relay launch-stack``
 (:mod:`relaytrain.providers.stack`).
+
+The names below load on first use, so that ``relay --help`` (which imports
+:mod:`relaytrain.providers.cli`) does not pay for the config models and the providers.
 """
 
-from .base import CommandResult, Machine, Provider, ProviderError, WorkerHandle, WorkerLaunch
-from .factory import make_provider
+from __future__ import annotations
 
-__all__ = ["CommandResult", "Machine", "Provider", "ProviderError", "WorkerHandle", "WorkerLaunch", "make_provider"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CommandResult": "base", "Machine": "base", "Provider": "base", "ProviderError": "base",
+    "WorkerHandle": "base", "WorkerLaunch": "base", "make_provider": "factory",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
