@@ -54,15 +54,21 @@ first through ``Store.submit_run``, the rest as copies of its ``runs`` and ``eve
 run_id and config.run_id, created_at 1 us apart) in one transaction: what ``submit_run``
 writes, faster. Then ``--claimers`` (32) asyncio claimers, each a registered worker on its own
 lane, claim with ``wait_s=0`` in a loop until every run is granted or ``--claim-seconds``
-(20) have passed; an empty answer while runs are still queued is counted ("empty answers")
-and retried after 5 ms. Double grants: a (run_id, epoch) answered to two claimers, a run
-granted twice, an epoch other than 1, or, read from the database after the server stops, a
-run with more than one attempt (and the database must hold exactly the runs the API granted).
+(20) have passed. An empty answer before every run is granted is counted ("empty answers")
+and retried after 5 ms: on PostgreSQL a claim skips the rows that concurrent claims hold
+(``FOR UPDATE SKIP LOCKED`` over a batch of 64), so near the end of a queue it can find
+nothing while runs remain; up to claimers - 1 of them can also be the race at the very end.
+Double grants: a (run_id, epoch) answered to two claimers, a run granted twice, an epoch
+other than 1, or, read from the database after the server stops, a run with more than one
+attempt (and the database must hold exactly the runs the API granted).
 
 CPU. Over each window, from /proc: the server process (all threads), this client process,
 every ``postgres`` process on the machine, and the rest of the machine ("other"; over
-0.25 cores marks the row as disturbed). On a 2-core machine the server and the client share
-the cores, so the CPU columns and the per-request CPU show which side saturates.
+0.25 cores marks the row as disturbed). A process that exits within the window takes its
+CPU time along, so it lands in "other": PostgreSQL backends of connections that the
+commander's pool opens and closes do (the ceiling slices, interleaved, tell that apart from
+other load). On a 2-core machine the server and the client share the cores, so the CPU
+columns and the per-request CPU show which side saturates.
 
 Only 127.0.0.1 (and the PostgreSQL server given) is contacted. The server is stopped, the
 databases dropped and the temporary files removed on every exit path.
