@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from relaytrain.artifacts._transfer import TransferProgress
 from relaytrain.artifacts.base import ArtifactStore, ProgressFn, check_run_id
 from relaytrain.checkpoint import (
     MANIFEST_NAME,
@@ -32,22 +33,6 @@ from relaytrain.errors import ArtifactError, CheckpointError
 log = logging.getLogger(__name__)
 
 _CHUNK = 8 << 20
-
-
-class _Progress:
-    """Counts bytes moved and reports ``(done, total)`` to an optional callback."""
-
-    def __init__(self, total: int, callback: ProgressFn | None) -> None:
-        self.done = 0
-        self.total = total
-        self._callback = callback
-        if callback is not None:
-            callback(0, total)
-
-    def advance(self, count: int) -> None:
-        self.done += count
-        if self._callback is not None:
-            self._callback(self.done, self.total)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -69,7 +54,7 @@ def _make_dirs(path: Path) -> None:
         _fsync_dir(folder.parent)
 
 
-def _copy_file(src: Path, dst: Path, progress: _Progress) -> tuple[int, str]:
+def _copy_file(src: Path, dst: Path, progress: TransferProgress) -> tuple[int, str]:
     """Copy ``src`` to the new file ``dst`` (fsynced), hashing the bytes on the way."""
     digest = hashlib.sha256()
     size = 0
@@ -92,7 +77,7 @@ def _copy_checkpoint(src: Path, dst: Path, manifest_data: bytes, manifest: Mappi
     """Copy every file listed in ``manifest`` from ``src`` into the empty ``dst``, checking
     each against the manifest as it is copied, then write the manifest bytes last."""
     files = manifest["files"]
-    tracker = _Progress(sum(entry["size"] for entry in files.values()) + len(manifest_data), progress)
+    tracker = TransferProgress(sum(entry["size"] for entry in files.values()) + len(manifest_data), progress)
     made: set[Path] = {dst}
     for name in sorted(files):
         target = dst / name
@@ -281,7 +266,7 @@ def _atomic_copy(src: Path, dst: Path, progress: ProgressFn | None) -> None:
     _make_dirs(dst.parent)
     tmp = dst.with_name(f".tmp-{dst.name}-{os.urandom(4).hex()}")
     try:
-        _copy_file(src, tmp, _Progress(total, progress))
+        _copy_file(src, tmp, TransferProgress(total, progress))
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
