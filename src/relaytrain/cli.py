@@ -519,7 +519,7 @@ def logs(
 )
 def train(ctx: typer.Context) -> None:
     """Train without a commander: relay train sft|grpo --model tiny --dataset arithmetic --max-steps N
-    --output-dir DIR [--resume-from auto|none|DIR] [--lora] … (relay train --help for every flag)."""
+    --output-dir DIR [--resume-from auto|none|DIR] [--lora] [--use-unsloth] … (relay train sft --help: every flag)."""
     from relaytrain.train.standalone import main as train_main
 
     raise typer.Exit(train_main(ctx.args, prog="relay train"))

@@ -163,6 +163,9 @@ class SFTTrainer(_Model):
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 0
     lora: LoraConfig | None = None
+    use_unsloth: bool = Field(
+        False, description="Load the model (and LoRA adapter) with unsloth; the run fails at start if it is missing."
+    )
 
 
 class RewardSpec(_Model):
@@ -197,6 +200,9 @@ class GRPOTrainer(_Model):
     seed: int = 0
     save_rollout_trajectories: bool = False
     lora: LoraConfig | None = None
+    use_unsloth: bool = Field(
+        False, description="Load the model (and LoRA adapter) with unsloth; the run fails at start if it is missing."
+    )
 
 
 class CommandTrainer(_Model):

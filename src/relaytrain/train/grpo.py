@@ -50,6 +50,7 @@ from relaytrain.train.session import (
     checkpoint_entries,
     config_hash,
     init_source,
+    load_policy,
     load_verified,
     make_optimizer,
     make_scheduler,
@@ -60,7 +61,6 @@ from relaytrain.train.session import (
     restore,
     resume,
     train_steps,
-    with_lora,
 )
 from relaytrain.train.templates import Sample, render_all
 
@@ -131,15 +131,13 @@ class GRPOSession:
     # -- set-up -----------------------------------------------------------------------------
 
     def _load_model(self, trainer: GRPOTrainer) -> tuple[Any, Any]:
-        from relaytrain.train.tiny import load_model_and_tokenizer
-
         resume = self.contract.resume_from
         if resume is not None and self.resumed is not None and not self.resumed["trainer_state.json"].get("lora"):
             # a verified full-weights checkpoint loads on its own: the init source need not be here
-            model, tokenizer = load_model_and_tokenizer(str(resume), seed=trainer.seed)
-        else:
-            model, tokenizer = load_model_and_tokenizer(self.base_model, seed=trainer.seed, merge_lora=True)
-        model = with_lora(model, trainer.lora)
+            return self._checked(*load_policy(str(resume), trainer))
+        return self._checked(*load_policy(self.base_model, trainer))
+
+    def _checked(self, model: Any, tokenizer: Any) -> tuple[Any, Any]:
         if tokenizer.eos_token_id is None:
             raise ConfigError("model: the tokenizer has no end-of-sequence token")
         return model.to(self.device), tokenizer

@@ -86,6 +86,7 @@ def grpo_from_args(args: argparse.Namespace) -> GRPORun:
         "seed": args.seed,
         "save_rollout_trajectories": args.save_rollout_trajectories,
         "lora": lora_from_args(args),
+        "use_unsloth": args.use_unsloth,
     }
     return GRPORun.model_validate({**common_fields(args, "grpo"), "trainer": trainer})
 

@@ -7,8 +7,8 @@ functions here work on those and leave the rest (what one step does, its metrics
 checkpoint holds) to the trainer.
 
 Public API: ``config_hash``, ``make_scheduler``, ``quiet_transformers`` (re-exported by ``sft``),
-``STATE_FORMAT``, ``pick_device``, ``init_source``, ``with_lora``, ``make_optimizer``, ``pad_token_id``,
-``load_verified``, ``checkpoint_entries``, ``restore``, ``open_manager``, ``resume``, ``train_steps``.
+``STATE_FORMAT``, ``pick_device``, ``init_source``, ``load_policy``, ``with_lora``, ``make_optimizer``,
+``pad_token_id``, ``load_verified``, ``checkpoint_entries``, ``restore``, ``open_manager``, ``resume``, ``train_steps``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from relaytrain.config import CheckpointPolicy, GRPORun, LoraConfig, SFTRun
+from relaytrain.config import CheckpointPolicy, GRPORun, GRPOTrainer, LoraConfig, SFTRun, SFTTrainer
 from relaytrain.errors import CheckpointError, ConfigError
 from relaytrain.train.contract import Contract
 from relaytrain.train.model_io import is_lora, load_model_weights, model_files, weights_entry
@@ -88,6 +88,48 @@ def init_source(config: SFTRun | GRPORun, contract: Contract) -> str:
     if init is not None and init.run is not None:
         raise ConfigError(f"init_from.run: {init.run!r} needs the worker to set RELAY_INIT_FROM")
     return config.model
+
+
+def load_policy(source: str, trainer: SFTTrainer | GRPOTrainer) -> tuple[Any, Any]:
+    """The model to train and its tokenizer: ``source`` loaded (LoRA adapters merged), then wrapped
+    in a fresh adapter when ``trainer.lora`` is set; through unsloth with ``trainer.use_unsloth``."""
+    if trainer.use_unsloth:
+        return _load_with_unsloth(source, trainer)
+    from relaytrain.train.tiny import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(source, seed=trainer.seed, merge_lora=True)
+    return with_lora(model, trainer.lora), tokenizer
+
+
+def _load_with_unsloth(source: str, trainer: SFTTrainer | GRPOTrainer) -> tuple[Any, Any]:
+    """unsloth's ``FastLanguageModel`` (fp weights, no quantisation) and, with LoRA, its adapter.
+
+    A missing or unusable unsloth is a ``ConfigError`` (a permanent failure at start) naming it."""
+    from relaytrain.train.tiny import TINY_MODEL, model_folder
+
+    if source == TINY_MODEL:
+        raise ConfigError("trainer.use_unsloth: unsloth loads a model folder or hub id, not the built-in 'tiny' "
+                          "model; drop --use-unsloth for it")
+    try:
+        from unsloth import FastLanguageModel
+    except ImportError as exc:
+        raise ConfigError(f"trainer.use_unsloth: unsloth is not installed ({exc}); install it on a machine with an "
+                          "NVIDIA GPU (pip install unsloth) or drop --use-unsloth") from None
+    except Exception as exc:  # unsloth refuses to import without a supported GPU
+        raise ConfigError(f"trainer.use_unsloth: unsloth cannot be used here: {type(exc).__name__}: {exc}") from None
+    path = Path(source)
+    name = str(model_folder(path)) if path.exists() else source
+    model, tokenizer = FastLanguageModel.from_pretrained(model_name=name, max_seq_length=2048, dtype=None,
+                                                         load_in_4bit=False)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    lora = trainer.lora
+    if lora is not None:
+        model = FastLanguageModel.get_peft_model(model, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                 target_modules=list(lora.target_modules), bias="none",
+                                                 random_state=trainer.seed)
+    return model, tokenizer
 
 
 def with_lora(model: Any, lora: LoraConfig | None) -> Any:

@@ -39,6 +39,7 @@ from relaytrain.train.session import (
     checkpoint_entries,
     config_hash,
     init_source,
+    load_policy,
     load_verified,
     make_optimizer,
     make_scheduler,
@@ -49,7 +50,6 @@ from relaytrain.train.session import (
     restore,
     resume,
     train_steps,
-    with_lora,
 )
 from relaytrain.train.templates import Sample, render_all
 
@@ -116,7 +116,6 @@ class SFTSession:
 
     def __init__(self, config: SFTRun, contract: Contract, device: str | None = None) -> None:
         from relaytrain.train.rng import seed_everything
-        from relaytrain.train.tiny import load_model_and_tokenizer
 
         self.config, self.contract, trainer = config, contract, config.trainer
         self.max_steps = contract.max_steps or config.max_steps
@@ -124,8 +123,8 @@ class SFTSession:
         seed_everything(trainer.seed)
         examples = load_examples(config.data, "train")  # a missing dataset fails before the model loads
         self.base_model = init_source(config, contract)
-        model, self.tokenizer = load_model_and_tokenizer(self.base_model, seed=trainer.seed, merge_lora=True)
-        self.model = with_lora(model, trainer.lora).to(self.device)
+        model, self.tokenizer = load_policy(self.base_model, trainer)
+        self.model = model.to(self.device)
         self.model.train()
         self.optimizer = make_optimizer(self.model, trainer.learning_rate, trainer.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, trainer.schedule, trainer.warmup_steps, self.max_steps)

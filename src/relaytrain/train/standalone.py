@@ -85,12 +85,14 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--lora``, ``--lora-r``, ``--lora-alpha``, ``--lora-dropout``, ``--lora-targets``."""
+    """``--lora``, ``--lora-r``, ``--lora-alpha``, ``--lora-dropout``, ``--lora-targets``, ``--use-unsloth``."""
     parser.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of all weights")
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--lora-alpha", type=int, default=16)
     parser.add_argument("--lora-dropout", type=float, default=0.0)
     parser.add_argument("--lora-targets", default="q_proj,v_proj", help="comma-separated module names")
+    parser.add_argument("--use-unsloth", action="store_true",
+                        help="load the model (and adapter) with unsloth; fails at start if unsloth is not installed")
 
 
 def lora_from_args(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -148,6 +150,7 @@ def _sft_config(args: argparse.Namespace) -> SFTRun:
         "weight_decay": args.weight_decay,
         "seed": args.seed,
         "lora": lora_from_args(args),
+        "use_unsloth": args.use_unsloth,
     }
     return SFTRun.model_validate({**common_fields(args, "sft"), "trainer": trainer})
 
