@@ -64,3 +64,8 @@ class CheckpointError(RelayError):
 
 class ArtifactError(RelayError):
     """An artifact store operation failed."""
+
+
+class StaleWriter(ArtifactError):
+    """The store refused a write because a newer epoch (lease holder) has written since: the
+    writer has lost its lease, whether or not it knows yet."""

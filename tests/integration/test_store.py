@@ -242,3 +242,30 @@ def test_grant_offers_fallbacks_and_records_the_resume(store):
     assert (attempt["step_start"], attempt["resume_note"]) == (20, "step 30: model.bin: sha256 mismatch")
     with pytest.raises(LeaseLost):
         store.record_resume("r", "w1", 1, step=30, now=6)
+
+
+def test_checkpoint_revisions_are_recorded_and_granted(store):
+    store.submit_run(run("r"), now=0)
+    store.claim_run("w1", now=1)
+    for step, revision in ((10, None), (20, "c20"), (30, "c30")):
+        ref = store.commit_checkpoint("r", "w1", 1, step=step, uri=f"u{step}", manifest_sha256=SHA,
+                                      revision=revision, now=2)
+        assert ref["revision"] == revision
+    assert [c["revision"] for c in store.list_checkpoints("r")] == [None, "c20", "c30"]
+    assert store.get_run("r")["latest_checkpoint"]["revision"] == "c30"
+    store.release_lease("r", "w1", 1, outcome="preempted", now=3)
+    grant = store.claim_run("w2", now=4)
+    assert grant["checkpoint"]["revision"] == "c30"
+    assert [c["revision"] for c in grant["fallback_checkpoints"]] == ["c20", None]
+    store.commit_checkpoint("r", "w2", 2, step=40, uri="u40", manifest_sha256=SHA, revision="c40", now=5)
+    store.commit_checkpoint("r", "w2", 2, step=40, uri="u40", manifest_sha256=SHA, revision="c40b", now=5)
+    assert store.list_checkpoints("r")[-1]["revision"] == "c40b"  # a re-commit records the store's answer
+    store.release_lease("r", "w2", 2, outcome="succeeded", now=6)
+
+    store.submit_run(run("child", init_from={"run": "r"}), now=7)
+    store.submit_run(parse_run_config({"run_id": "ev", "kind": "eval", "trainer": {"source_run": "r"}}), now=8)
+    grants = {g["run_id"]: g for g in (store.claim_run("w3", now=9), store.claim_run("w4", now=9))}
+    assert grants["child"]["init_checkpoint"]["revision"] == "c40b"
+    assert [c["revision"] for c in grants["ev"]["eval_checkpoints"]] == [None, "c20", "c30", "c40b"]
+    fork = store.reopen_run("r", from_step=20, now=10)["run_id"]
+    assert store.list_checkpoints(fork)[0]["revision"] == "c20"  # a fork resumes the recorded commit

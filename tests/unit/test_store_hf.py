@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import traceback
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,10 @@ import huggingface_hub
 import pytest
 import typer
 from huggingface_hub import errors as hub_errors
-from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.hf_api import GitCommitInfo, RepoFile
 from typer.testing import CliRunner
 
-from relaytrain.artifacts import HFStore, open_store
+from relaytrain.artifacts import HFStore, fetch_for_resume, open_store
 from relaytrain.artifacts.hf import PLAN_NAME, RUN_MARKER, parse_hf_uri
 from relaytrain.artifacts.sync import push_latest
 from relaytrain.artifacts.sync_cli import push_latest_command
@@ -44,7 +45,8 @@ def http_error(cls: type[Exception], status: int, message: str) -> Exception:
 
 
 class FakeHfApi:
-    """In-memory Hub: repos -> branches -> commits (oid, {path: bytes}). Files over 1 KB are LFS."""
+    """In-memory Hub: repos -> branches -> commits (oid, {path: bytes}), and each commit's title
+    and description by oid. Files over 1 KB are LFS."""
 
     instances: list[FakeHfApi] = []
 
@@ -76,7 +78,8 @@ class FakeHfApi:
                     repo_type: str | None = None) -> str:
         self._record("create_repo", repo_id=repo_id, private=private, exist_ok=exist_ok, repo_type=repo_type)
         if repo_id not in self.repos:
-            self.repos[repo_id] = {"private": private, "branches": {"main": [("c0", {})]}}
+            self.repos[repo_id] = {"private": private, "branches": {"main": [("c0", {})]},
+                                   "log": {"c0": ("initial commit", "")}}
         return f"https://huggingface.co/{repo_id}"
 
     def create_branch(self, repo_id: str, *, branch: str, exist_ok: bool = False, repo_type: str | None = None) -> None:
@@ -108,7 +111,19 @@ class FakeHfApi:
                 files[op.path_in_repo] = source if isinstance(source, bytes) else Path(source).read_bytes()
         oid = hashlib.sha1(f"{len(commits)}{commit_message}{sorted(files)}".encode()).hexdigest()
         commits.append((oid, files))
+        self.repos[repo_id]["log"][oid] = (commit_message, commit_description or "")
         return type("CommitInfo", (), {"oid": oid, "commit_url": f"https://hf.co/{repo_id}/commit/{oid}"})()
+
+    def list_repo_commits(self, repo_id: str, *, repo_type: str | None = None, token: bool | str | None = None,
+                          revision: str | None = None, formatted: bool = False) -> list[GitCommitInfo]:
+        """The commits of ``revision``, newest first, as the library returns them."""
+        self._record("list_repo_commits", repo_id=repo_id, revision=revision)
+        commits = self._branch(repo_id, revision)
+        start = datetime(2025, 1, 1, tzinfo=UTC)
+        return [GitCommitInfo(commit_id=oid, authors=["relay"], created_at=start + timedelta(minutes=index),
+                              title=self.repos[repo_id]["log"][oid][0], message=self.repos[repo_id]["log"][oid][1],
+                              formatted_title=None, formatted_message=None)
+                for index, (oid, _files) in reversed(list(enumerate(commits)))]
 
     def hf_hub_download(self, repo_id: str, filename: str, *, revision: str | None = None,
                         repo_type: str | None = None, local_dir: str | None = None) -> str:
@@ -180,7 +195,7 @@ def test_put_is_one_commit_with_every_file_then_verified(tmp_path, api, store) -
                                     "checkpoints/step_00000100/model/model.bin",
                                     "checkpoints/step_00000100/optimizer.bin",
                                     "checkpoints/step_00000100/trainer_state.json"])
-    assert commits[0]["revision"] == "main" and commits[0]["parent_commit"] is None
+    assert commits[0]["revision"] == "main" and commits[0]["parent_commit"] == "c0"  # the head it read
     assert commits[0]["commit_message"] == "relaytrain: run-1 step 100 (epoch 3)"
     assert ("create_repo", {"repo_id": "me/relay-run", "private": True, "exist_ok": True, "repo_type": "model"}) \
         in api.calls
@@ -202,25 +217,135 @@ def test_put_is_one_commit_with_every_file_then_verified(tmp_path, api, store) -
     assert not [name for name, _ in api.calls if name == "create_commit"]
 
 
-def test_next_commit_follows_the_last_one_and_a_stale_parent_is_refused(tmp_path, api) -> None:
+def test_a_stale_writer_is_refused_after_a_newer_epoch_committed(tmp_path, api) -> None:
     first = HFStore("me/relay-run", api=api, token=TOKEN)
-    first.put_checkpoint(checkpoint(tmp_path / "a", 100), "run-1", 100)
+    mine = checkpoint(tmp_path / "a", 100)
+    first.put_checkpoint(mine, "run-1", 100)
     recorded = first.last_commit
     second = HFStore("me/relay-run", api=api, token=TOKEN)  # a new worker, told the recorded commit
     second.put_checkpoint(checkpoint(tmp_path / "b", 200, epoch=2), "run-1", 200, parent_commit=recorded)
-    assert [kw["parent_commit"] for n, kw in api.calls if n == "create_commit"] == [None, recorded]
+    newer = second.last_commit
+    assert [kw["parent_commit"] for n, kw in api.calls if n == "create_commit"] == ["c0", recorded]
     head_before = api.head("me/relay-run")[0]
+    assert head_before == newer
 
-    # The first (stale) worker still believes `recorded` is the head.
-    with pytest.raises(ArtifactError, match=f"moved past parent commit {recorded}.*stale"):
-        first.put_checkpoint(checkpoint(tmp_path / "a", 300), "run-1", 300)
+    # The first (stale) worker, anchored at its own commit, and fresh epoch-1 stores, anchored or not.
+    late = checkpoint(tmp_path / "a", 300)
+    refused = f"commit {newer} .*by epoch 2, newer than this checkpoint's \\(epoch 1\\): this writer is stale"
+    for stale in (first, HFStore("me/relay-run", api=api, token=TOKEN, parent_commit=recorded),
+                  HFStore("me/relay-run", api=api, token=TOKEN)):
+        with pytest.raises(ArtifactError, match=refused):
+            stale.put_checkpoint(late, "run-1", 300)
     assert api.head("me/relay-run")[0] == head_before
     assert first.list_checkpoints("run-1") == [100, 200]
-    assert first.last_commit == recorded  # unchanged by the refused commit
+    assert first.last_commit == first.parent_commit == recorded  # unchanged by the refused commit
+
+    source = tmp_path / "notes.txt"
+    source.write_text("x")
+    first.put_file(source, "run-1", "notes.txt")  # files and deletions are not fenced, nor move the anchor
+    first.put_checkpoint(mine, "run-1", 100)  # already held: nothing written, the anchor stays
+    assert first.parent_commit == recorded and first.last_commit == api.head("me/relay-run")[0]
+    with pytest.raises(ArtifactError, match=refused):
+        first.put_checkpoint(late, "run-1", 300)
 
     second.put_checkpoint(checkpoint(tmp_path / "b", 300, epoch=2), "run-1", 300)  # follows its own commit
     assert second.list_checkpoints("run-1") == [100, 200, 300]
     assert second.head_commit() == second.last_commit
+
+
+def test_an_anchored_store_commits_after_eval_files_and_deletions(tmp_path, api) -> None:
+    def other() -> HFStore:
+        return HFStore("me/relay-run", api=api, token=TOKEN)
+
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text('{"acc": 1}')
+    first = other()
+    first.put_checkpoint(checkpoint(tmp_path / "a", 100), "run-1", 100)
+    first.put_checkpoint(checkpoint(tmp_path / "a", 200), "run-1", 200)
+    other().put_file(metrics, "run-1", "evals/a/step_00000200/metrics.json")  # an eval run
+    other().delete_checkpoint("run-1", 100)  # retention
+    first.put_checkpoint(checkpoint(tmp_path / "a", 300), "run-1", 300)  # the same holder goes on
+    recorded = first.last_commit
+    assert recorded == api.head("me/relay-run")[0]
+
+    other().put_file(metrics, "run-1", "evals/a/step_00000300/metrics.json")
+    other().delete_checkpoint("run-1", 200)
+    before = api.head("me/relay-run")[0]
+    successor = other()
+    successor.anchor(recorded)  # a new holder, anchored at what the commander recorded
+    successor.put_checkpoint(checkpoint(tmp_path / "b", 400, epoch=2), "run-1", 400)
+    assert [kw["parent_commit"] for n, kw in api.calls if n == "create_commit"][-1] == before
+    assert successor.last_commit == successor.parent_commit == api.head("me/relay-run")[0]
+    assert successor.list_checkpoints("run-1") == [300, 400]
+    assert "files/evals/a/step_00000300/metrics.json" in api.head("me/relay-run")[1]
+
+
+def test_a_new_holder_is_not_blocked_by_a_late_stale_commit(tmp_path, api) -> None:
+    stale = HFStore("me/relay-run", api=api, token=TOKEN)
+    stale.put_checkpoint(checkpoint(tmp_path / "a", 100), "run-1", 100)
+    recorded = stale.last_commit
+    stale.put_checkpoint(checkpoint(tmp_path / "a", 200), "run-1", 200)  # lands after the new grant
+    holder = HFStore("me/relay-run", api=api, token=TOKEN, parent_commit=recorded)
+    mine = checkpoint(tmp_path / "b", 200, epoch=2, **{"optimizer.bin": b"p" * 300})
+    holder.put_checkpoint(mine, "run-1", 200)  # commits over the stale step 200
+    stored = api.head("me/relay-run")[1]["checkpoints/step_00000200/manifest.json"]
+    assert hashlib.sha256(stored).hexdigest() == manifest_sha256(mine)
+    assert holder.verify_checkpoint("run-1", 200).manifest["epoch"] == 2
+    with pytest.raises(ArtifactError, match="this writer is stale"):
+        stale.put_checkpoint(checkpoint(tmp_path / "a", 300), "run-1", 300)
+
+
+def test_an_anchor_missing_from_the_history_is_refused(tmp_path, api, store) -> None:
+    store.put_checkpoint(checkpoint(tmp_path / "a", 100), "run-1", 100)
+    head = api.head("me/relay-run")[0]
+    lost = "f" * 40
+    elsewhere = HFStore("me/relay-run", api=api, token=TOKEN, parent_commit=lost)
+    with pytest.raises(ArtifactError, match=f"recorded commit {lost} is not in the history of branch 'main'"):
+        elsewhere.put_checkpoint(checkpoint(tmp_path / "b", 200, epoch=2), "run-1", 200)
+    assert api.head("me/relay-run")[0] == head and elsewhere.last_commit is None
+
+
+def test_a_commit_landing_while_committing_is_refused_by_the_hub(tmp_path) -> None:
+    class RacingApi(FakeHfApi):
+        """Another writer commits right after the store has read the branch's commits."""
+
+        racer: HFStore | None = None
+
+        def list_repo_commits(self, repo_id: str, **kwargs: Any) -> list[GitCommitInfo]:
+            commits = super().list_repo_commits(repo_id, **kwargs)
+            if self.racer is not None:
+                racer, self.racer = self.racer, None
+                racer.put_file(source, "run-1", "evals/x.json")
+            return commits
+
+    source = tmp_path / "x.json"
+    source.write_text("{}")
+    api = RacingApi(token=TOKEN)
+    store = HFStore("me/relay-run", api=api, token=TOKEN)
+    store.put_checkpoint(checkpoint(tmp_path / "a", 100), "run-1", 100)
+    read = api.head("me/relay-run")[0]
+    api.racer = HFStore("me/relay-run", api=api, token=TOKEN)
+    with pytest.raises(ArtifactError, match=f"moved past parent commit {read}"):
+        store.put_checkpoint(checkpoint(tmp_path / "a", 200), "run-1", 200)
+    assert store.list_checkpoints("run-1") == [100]
+    store.put_checkpoint(checkpoint(tmp_path / "a", 200), "run-1", 200)  # a retry reads the branch again
+    assert store.list_checkpoints("run-1") == [100, 200]
+
+
+def test_fetch_for_resume_reads_the_recorded_revision(tmp_path, api, store) -> None:
+    durable = checkpoint(tmp_path / "a", 100)
+    store.put_checkpoint(durable, "run-1", 100)
+    recorded, sha = store.last_commit, manifest_sha256(durable)
+    overwrite = checkpoint(tmp_path / "b", 100, **{"optimizer.bin": b"z" * 300})  # same epoch, unanchored
+    HFStore("me/relay-run", api=api, token=TOKEN).put_checkpoint(overwrite, "run-1", 100)
+    assert api.head("me/relay-run")[0] != recorded
+
+    reader = HFStore("me/relay-run", api=api, token=TOKEN)
+    with pytest.raises(ArtifactError, match="manifest"):  # the head holds another checkpoint now
+        fetch_for_resume(reader, "run-1", 100, sha, tmp_path / "head")
+    path = fetch_for_resume(reader, "run-1", 100, sha, tmp_path / "resume", revision=recorded)
+    assert verify(path).ok and manifest_sha256(path) == sha
+    assert (path / "optimizer.bin").read_bytes() == b"o" * 300
 
 
 def test_dry_run_writes_the_plan_and_makes_no_call(tmp_path, monkeypatch) -> None:

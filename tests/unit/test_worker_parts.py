@@ -1,13 +1,22 @@
-"""The worker's pure parts: exit classification and the progress tailer."""
+"""The worker's parts: exit classification, the progress tailer, and the uploader's commits."""
 
 from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
+from fastapi.testclient import TestClient
 
+from relaytrain.api.client import RelayClient
+from relaytrain.artifacts import HFStore
+from relaytrain.checkpoint import CheckpointManager
+from relaytrain.commander.app import create_app
+from relaytrain.commander.store import Store
+from relaytrain.config import parse_run_config
 from relaytrain.worker.process import classify_exit
-from relaytrain.worker.reporter import ProgressTailer
+from relaytrain.worker.reporter import ProgressTailer, Uploader
+from tests.unit.test_store_hf import FakeHfApi
 
 
 @pytest.mark.parametrize(
@@ -55,3 +64,57 @@ def test_tailer_reads_whole_lines_only(tmp_path):
     assert tailer.read_new() == [{"step": 2, "metrics": {"loss": 0.5}},
                                  {"event": "checkpoint", "step": 2, "path": "/x"}]
     assert tailer.read_new() == []
+
+
+def test_uploader_records_the_store_commit_of_each_checkpoint(tmp_path):
+    """Through the commander's real API on SQLite, to a Hub faked at its boundary: each durable
+    checkpoint is recorded with the commit holding it, and the uploader's own retention deletes
+    (commits too) do not stop its next checkpoint."""
+    db = Store(str(tmp_path / "relay.db"))
+    db.upgrade()
+    db.submit_run(parse_run_config({"run_id": "r", "kind": "command", "max_steps": 100,
+                                    "trainer": {"command": "true"}}), now=0)
+    assert db.claim_run("w1")["epoch"] == 1
+    api = FakeHfApi()
+    hub = HFStore("me/relay-run", api=api, token="hf_x")
+    stops: list[tuple[str, str]] = []
+    with TestClient(create_app(db, admin_token="admin")) as http:
+        def forward(request: httpx.Request) -> httpx.Response:
+            answer = http.request(request.method, str(request.url), content=request.read(),
+                                  headers=dict(request.headers))
+            return httpx.Response(answer.status_code, headers=answer.headers.raw, content=answer.content)
+
+        client = RelayClient("http://testserver", db.create_token("w", "worker"),
+                             transport=httpx.MockTransport(forward))
+        for step in (10, 20, 30):
+            path = CheckpointManager(tmp_path / "out").save({"model.bin": b"w" * 2000, "step.json": {"step": step}},
+                                                           step, epoch=1)
+            uploader = Uploader(client, hub, "r", "w1", 1, lambda *why: stops.append(why), retention=(1, None))
+            uploader.start().submit(step, path)
+            uploader.drain()
+            assert uploader.durable_step == step and not uploader.skipped, uploader.skipped
+            recorded = db.list_checkpoints("r")[-1]
+            assert recorded["step"] == step and recorded["revision"] == hub.last_commit
+            files = api.list_repo_files("me/relay-run", revision=recorded["revision"])
+            assert f"checkpoints/step_{step:08d}/manifest.json" in files  # the recorded commit holds it
+        assert not stops
+        assert hub.list_checkpoints("r") == [30]  # retention deleted 10 and 20 on the Hub, in commits of their own
+
+        # A newer holder (epoch 2), anchored at the recorded commit, commits step 40; the epoch-1
+        # uploader's next upload is refused by the store as stale and stops its attempt as lost.
+        newer = HFStore("me/relay-run", api=api, token="hf_x")
+        newer.anchor(db.list_checkpoints("r")[-1]["revision"])
+        newer.put_checkpoint(CheckpointManager(tmp_path / "out2").save({"model.bin": b"v" * 2000}, 40, epoch=2),
+                             "r", 40)
+        path = CheckpointManager(tmp_path / "out").save({"model.bin": b"w" * 2000, "step.json": {"step": 50}},
+                                                       50, epoch=1)
+        uploader = Uploader(client, hub, "r", "w1", 1, lambda *why: stops.append(why), retention=(1, None))
+        uploader.start().submit(50, path)
+        uploader.drain()
+        assert uploader.durable_step is None and [why for why, _ in stops] == ["lost"]
+        assert "epoch 2" in stops[0][1] and "stale" in stops[0][1]
+        assert [c["step"] for c in db.list_checkpoints("r")][-1] == 30
+        assert hub.list_checkpoints("r") == [30, 40]
+        client.close()
+    assert [c["revision"] is not None for c in db.list_checkpoints("r")] == [True, True, True]
+    db.close()

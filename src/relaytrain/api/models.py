@@ -18,6 +18,7 @@ TokenScope = Literal["admin", "worker"]
 WorkerId = Field(..., pattern=WORKER_ID_PATTERN, description="The worker's unique id.")
 Epoch = Field(..., ge=1, le=2**31 - 1, description="The fencing token of the lease.")
 Step = Field(..., ge=0, le=10**9)
+REVISION_DOC = "The store's commit of this checkpoint (Hugging Face Hub), when the store keeps history."
 
 
 class _Wire(BaseModel):
@@ -68,6 +69,7 @@ class CheckpointRef(_Wire):
     manifest_sha256: str
     created_at: float
     store_run_id: str = Field(..., description="The run under which the files live in the store (a fork's origin).")
+    revision: str | None = Field(None, description=REVISION_DOC)
 
 
 class ClaimRequest(_Wire):
@@ -150,6 +152,7 @@ class CheckpointCommit(LeaseRef):
     step: int = Step
     uri: str = Field(..., min_length=1, max_length=4096)
     manifest_sha256: str = Field(..., pattern=SHA256_PATTERN)
+    revision: str | None = Field(None, min_length=1, max_length=256, description=REVISION_DOC)
 
 
 class AttemptInfo(_Wire):

@@ -38,6 +38,15 @@ def check_run_id(run_id: str) -> str:
 class ArtifactStore(ABC):
     """Where checkpoints (and other run files) become durable."""
 
+    last_commit: str | None = None
+    """The store's commit holding the checkpoint the last ``put_checkpoint`` stored, for the
+    worker to record with it (``CheckpointCommit.revision``); None for stores without history."""
+
+    def anchor(self, revision: str | None) -> None:
+        """Start from ``revision``, the commit the commander recorded for the run's newest
+        durable checkpoint (see ``HFStore``). A no-op for stores without history."""
+        return
+
     @abstractmethod
     def uri_for(self, run_id: str, step: int) -> str:
         """The URI of the checkpoint of ``step`` of ``run_id`` in this store."""

@@ -11,11 +11,22 @@ private, on the first upload. One repository (or branch) holds one run::
 
 A commit is atomic, so a checkpoint appears whole or not at all.
 
-Stale writers. ``put_checkpoint(..., parent_commit=C)`` commits only if the branch's head is
-still ``C`` (the Hub refuses otherwise); give it the last commit recorded for the run. Without
-the argument the store uses ``store.parent_commit``: None at first (no check), then the commit
-this store made last. ``store.last_commit`` is the commit the last upload made: record it with
-the checkpoint. A refused commit raises ArtifactError and uploads nothing visible.
+Stale writers. A checkpoint commit's title is ``relaytrain: <run> step <N> (epoch <E>)``, ``E``
+the manifest's epoch (the lease's fencing token). ``store.last_commit`` is the commit holding
+the checkpoint the last ``put_checkpoint`` stored: the worker records it with the checkpoint,
+and the next holder anchors its store there (``store.anchor(C)``, or ``parent_commit=C``).
+``put_checkpoint`` reads the branch's commits from the head back to the anchor and refuses
+(ArtifactError, nothing committed) if one of them is a checkpoint commit of this run by a newer
+epoch than the manifest's (this writer is stale; a manifest without an epoch counts as older
+than any), or if the anchor is not in the branch's history at all (history rewritten, or the
+wrong branch). Commits by older epochs, deletions and ``put_file`` commits in between do not
+block it. Without an anchor (the run's first checkpoint) the whole history is read. It then
+commits with the head it read as ``parent_commit``, so a commit landing in between makes the
+Hub refuse it atomically. After each checkpoint commit the anchor moves to it. ``put_file``
+and ``delete_checkpoint`` commit on the current head without these checks, and move neither
+the anchor nor ``last_commit``. A checkpoint the branch already holds intact is not committed
+again, nor checked (nothing is written): ``last_commit`` is then the head holding it, and the
+anchor stays.
 
 The token comes from ``HF_TOKEN`` or the local Hugging Face login (``huggingface_hub.get_token``)
 unless given. It is never logged, and is removed from every error message (errors are raised
@@ -51,7 +62,7 @@ from relaytrain.artifacts._transfer import (
 )
 from relaytrain.artifacts.base import ArtifactStore, ProgressFn, check_run_id
 from relaytrain.checkpoint import MANIFEST_NAME, Verification, parse_manifest, step_dir_name
-from relaytrain.errors import ArtifactError, CheckpointError
+from relaytrain.errors import ArtifactError, CheckpointError, StaleWriter
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +72,7 @@ RUN_MARKER = "relaytrain.json"
 """The file at the repo's root naming the run it holds."""
 _REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 _MANIFEST_PATH_RE = re.compile(r"checkpoints/step_(\d{8,})/manifest\.json")
+_CHECKPOINT_TITLE_RE = re.compile(r"relaytrain: (?P<run>\S+) step (?P<step>\d+) \(epoch (?P<epoch>\d+|None)\)")
 _TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{8,}")
 _GIT_BLOB_LIMIT = 10 << 20
 _MISSING_ERRORS = frozenset({"EntryNotFoundError", "RemoteEntryNotFoundError"})
@@ -91,7 +103,8 @@ class HFStore(ArtifactStore):
         token: the Hub token; default ``HF_TOKEN`` or the local login.
         dry_run: plan uploads (``hf_upload_plan.json``) without any network call.
         plan_dir: where a dry run writes its plan; default the checkpoint's parent folder.
-        parent_commit: the commit the next commit must follow (see the module doc).
+        parent_commit: the anchor, the commit recorded for the run's newest durable checkpoint
+            (see the module doc); None: no anchor.
     """
 
     def __init__(self, repo_id: str, branch: str = "main", *, api: Any = None, token: str | None = None,
@@ -106,9 +119,9 @@ class HFStore(ArtifactStore):
         self.dry_run = dry_run
         self.plan_dir = Path(plan_dir) if plan_dir is not None else None
         self.parent_commit = parent_commit
-        """The commit the next commit must follow, or None for no check."""
+        """The anchor: the commit after which no newer epoch may have committed a checkpoint."""
         self.last_commit: str | None = None
-        """The commit the last upload or deletion of this store made."""
+        """The commit holding the checkpoint the last ``put_checkpoint`` stored."""
         self._token = token
         self._api = api
         self._run_id: str | None = None
@@ -125,6 +138,11 @@ class HFStore(ArtifactStore):
 
     def __repr__(self) -> str:
         return f"HFStore({self.uri!r}, dry_run={self.dry_run})"
+
+    def anchor(self, revision: str | None) -> None:
+        """Anchor the next checkpoint commit at ``revision`` (kept as is when None)."""
+        if revision is not None:
+            self.parent_commit = revision
 
     @property
     def uri(self) -> str:
@@ -166,7 +184,7 @@ class HFStore(ArtifactStore):
             return (f"repository {self.repo_id} not found, or not accessible with this token "
                     "(set HF_TOKEN or run `hf auth login`)")
         if "RevisionNotFoundError" in names:
-            return f"branch {self.branch!r} not found in {self.repo_id}"
+            return f"branch {self.branch!r} (or the requested commit) not found in {self.repo_id}"
         if names & _MISSING_ERRORS:
             return "no such file in the repository"
         if status in (401, 403):
@@ -183,21 +201,21 @@ class HFStore(ArtifactStore):
             kind = _Missing if {c.__name__ for c in type(exc).__mro__} & _MISSING_ERRORS else ArtifactError
             raise kind(self.redact(f"{what}: {self._describe(exc)}")) from None
 
-    def _files(self) -> list[str]:
-        return list(self._call(f"listing {self.uri}", "list_repo_files", self.repo_id, revision=self.branch,
-                               repo_type="model"))
+    def _files(self, revision: str | None = None) -> list[str]:
+        return list(self._call(f"listing {self.uri}", "list_repo_files", self.repo_id,
+                               revision=revision or self.branch, repo_type="model"))
 
     def _download(self, path_in_repo: str, folder: Path, revision: str | None = None) -> Path:
         return Path(self._call(f"downloading {self.uri}/{path_in_repo}", "hf_hub_download", self.repo_id,
                                path_in_repo, revision=revision or self.branch, repo_type="model",
                                local_dir=str(folder)))
 
-    def _bound_run(self, files: list[str]) -> str | None:
+    def _bound_run(self, files: list[str], revision: str | None = None) -> str | None:
         """The run id in the repo's ``relaytrain.json``, or None if the repo has none."""
         if self._run_id is None and RUN_MARKER in files:
             folder = Path(tempfile.mkdtemp(prefix="relay-hf-"))
             try:
-                marker = json.loads(self._download(RUN_MARKER, folder).read_bytes())
+                marker = json.loads(self._download(RUN_MARKER, folder, revision).read_bytes())
             except (ValueError, OSError) as exc:
                 raise ArtifactError(f"{self.uri}: {RUN_MARKER} is unreadable: {exc}") from None
             finally:
@@ -205,9 +223,9 @@ class HFStore(ArtifactStore):
             self._run_id = str(marker.get("run_id")) if isinstance(marker, dict) else None
         return self._run_id
 
-    def _check_run(self, run_id: str, files: list[str]) -> bool:
+    def _check_run(self, run_id: str, files: list[str], revision: str | None = None) -> bool:
         """Whether ``run_id`` is the repo's run (True) or the repo holds none yet (False)."""
-        bound = self._bound_run(files)
+        bound = self._bound_run(files, revision)
         if bound is not None and bound != check_run_id(run_id):
             raise ArtifactError(f"{self.uri} holds run {bound!r}, not {run_id!r}: use one repository "
                                 "(or branch) per run")
@@ -220,12 +238,13 @@ class HFStore(ArtifactStore):
                        trajectories_dir: str | os.PathLike[str] | None = None) -> str:
         """Upload the checkpoint at ``local_dir`` as one commit on the branch and verify it.
 
-        ``parent_commit``: commit only if the branch head is this commit (default
-        ``self.parent_commit``); a stale writer's commit is refused with ArtifactError.
-        ``trajectories_dir``: a folder of rollout trajectories to add under
-        ``checkpoints/step_<N>/trajectories/`` in the same commit. Afterwards
-        ``self.last_commit`` (and ``self.parent_commit``) is the new commit. A checkpoint the
-        branch already holds with the same manifest is not committed again.
+        ``parent_commit``: the anchor (default ``self.parent_commit``); the commit is refused
+        with ArtifactError if a newer epoch committed a checkpoint of this run since, or if the
+        anchor is not in the branch's history (see the module doc). ``trajectories_dir``: a
+        folder of rollout trajectories to add under ``checkpoints/step_<N>/trajectories/`` in
+        the same commit. Afterwards ``self.last_commit`` and ``self.parent_commit`` are the
+        new commit. A checkpoint the branch already holds with the same manifest, intact, is
+        not committed again (nor fenced); ``self.last_commit`` is then the head holding it.
         """
         src = Path(local_dir)
         check_run_id(run_id)
@@ -237,12 +256,13 @@ class HFStore(ArtifactStore):
             uploads += _hash_folder(Path(trajectories_dir), f"{prefix}trajectories/")
         uploads.append({"path_in_repo": prefix + MANIFEST_NAME, "local_path": str(src / MANIFEST_NAME),
                         "size": len(manifest_data), "sha256": sha})
-        parent = parent_commit if parent_commit is not None else self.parent_commit
-        message = f"relaytrain: {run_id} step {step} (epoch {manifest.get('epoch')})"
+        anchor = parent_commit if parent_commit is not None else self.parent_commit
+        epoch = manifest.get("epoch")
+        message = f"relaytrain: {run_id} step {step} (epoch {epoch})"
         uri = self.uri_for(run_id, step)
         total = sum(item["size"] for item in uploads)
         if self.dry_run:
-            self._write_plan(src, run_id, step, sha, message, parent, uploads)
+            self._write_plan(src, run_id, step, sha, message, anchor, uploads)
             TransferProgress(total, progress).advance(total)
             return uri
         tracker = TransferProgress(total, progress)
@@ -251,13 +271,17 @@ class HFStore(ArtifactStore):
         if self.branch != "main":
             self._call(f"creating branch {self.branch}", "create_branch", self.repo_id, branch=self.branch,
                        exist_ok=True, repo_type="model")
-        files = self._files()
-        bound = self._check_run(run_id, files)
-        if prefix + MANIFEST_NAME in files and self._same_manifest(run_id, step, sha):
-            if not self._check_paths({item["path_in_repo"]: item for item in uploads}, None):
-                log.info("%s already holds this checkpoint; not committing again", uri)
+        commits = self._commits()
+        head = commits[0].commit_id
+        files = self._files(head)
+        bound = self._check_run(run_id, files, head)
+        if prefix + MANIFEST_NAME in files and self._same_manifest(run_id, step, sha, head):
+            if not self._check_paths({item["path_in_repo"]: item for item in uploads}, head):
+                log.info("%s already holds this checkpoint (commit %s); not committing again", uri, head)
+                self.last_commit = head  # the anchor stays: nothing was checked
                 return uri
             log.warning("%s holds this checkpoint damaged; committing it again", uri)
+        self._fence(commits, run_id, epoch, anchor, uri)
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
         wanted = {item["path_in_repo"] for item in uploads}
@@ -269,18 +293,46 @@ class HFStore(ArtifactStore):
         operations += [CommitOperationAdd(path_in_repo=item["path_in_repo"], path_or_fileobj=item["local_path"])
                        for item in uploads]
         oid = self._commit(operations, message, {"run_id": run_id, "step": step, "manifest_sha256": sha,
-                                                 "epoch": manifest.get("epoch")}, parent, uri)
+                                                 "epoch": epoch}, head, uri)
         self._run_id = run_id
         problems = self._check_paths({item["path_in_repo"]: item for item in uploads}, oid)
         if problems:
             raise ArtifactError(f"{uri}: verification of commit {oid} failed: {'; '.join(problems)}")
+        self.last_commit = self.parent_commit = oid
         tracker.advance(total)
         log.info("uploaded %s to %s (commit %s)", src, uri, oid)
         return uri
 
+    def _commits(self) -> list[Any]:
+        """The branch's commits, newest first (``GitCommitInfo``: ``commit_id``, ``title``, …)."""
+        commits = list(self._call(f"listing the commits of {self.uri}", "list_repo_commits", self.repo_id,
+                                  revision=self.branch, repo_type="model"))
+        if not commits:
+            raise ArtifactError(f"{self.uri}: branch {self.branch!r} has no commits")
+        return commits
+
+    def _fence(self, commits: list[Any], run_id: str, epoch: Any, anchor: str | None, uri: str) -> None:
+        """Refuse (ArtifactError) if a commit after ``anchor`` holds a checkpoint of ``run_id`` by
+        an epoch newer than ``epoch``, or if ``anchor`` is not in the history (module doc)."""
+        for commit in commits:
+            if anchor is not None and commit.commit_id == anchor:
+                return
+            theirs = _checkpoint_epoch(commit.title, run_id)
+            if theirs is not None and (not isinstance(epoch, int) or theirs > epoch):
+                since = f"after commit {anchor}" if anchor is not None else "already"
+                ours = f"epoch {epoch}" if isinstance(epoch, int) else "no epoch"
+                raise StaleWriter(
+                    f"{uri}: commit refused: branch {self.branch!r} of {self.repo_id} {since} holds commit "
+                    f"{commit.commit_id} ({commit.title!r}) by epoch {theirs}, newer than this checkpoint's "
+                    f"({ours}): this writer is stale")
+        if anchor is not None:
+            raise ArtifactError(
+                f"{uri}: commit refused: the recorded commit {anchor} is not in the history of branch "
+                f"{self.branch!r} of {self.repo_id} (history rewritten, or the wrong branch)")
+
     def _commit(self, operations: list[Any], message: str, description: Mapping[str, Any],
                 parent: str | None, uri: str) -> str:
-        """Create the commit; on success remember it as ``last_commit`` and ``parent_commit``."""
+        """Create the commit (only on ``parent`` when given) and return its id."""
         try:
             info = self.api.create_commit(self.repo_id, operations, commit_message=message,
                                           commit_description=json.dumps(dict(description)), revision=self.branch,
@@ -290,14 +342,15 @@ class HFStore(ArtifactStore):
             if parent is not None and status in (409, 412):
                 raise ArtifactError(self.redact(
                     f"{uri}: commit refused: branch {self.branch!r} of {self.repo_id} has moved past parent "
-                    f"commit {parent} (another writer committed since; this writer is stale)")) from None
+                    f"commit {parent} (another writer committed in between)")) from None
             raise ArtifactError(self.redact(f"committing {uri}: {self._describe(exc)}")) from None
         oid = str(getattr(info, "oid", "") or "")
-        self.last_commit = self.parent_commit = oid or None
+        if not oid:
+            raise ArtifactError(f"committing {uri}: the Hub returned no commit id")
         return oid
 
-    def _same_manifest(self, run_id: str, step: int, sha: str) -> bool:
-        return hashlib.sha256(self.read_manifest(run_id, step)).hexdigest() == sha
+    def _same_manifest(self, run_id: str, step: int, sha: str, revision: str) -> bool:
+        return hashlib.sha256(self.read_manifest(run_id, step, revision)).hexdigest() == sha
 
     def _check_paths(self, expected: Mapping[str, Mapping[str, Any]], revision: str | None) -> list[str]:
         """Problems of the files at ``revision`` against ``expected`` (size, and the LFS sha256
@@ -413,17 +466,18 @@ class HFStore(ArtifactStore):
         return Verification(not problems, problems[0] if problems else None, manifest["step"], manifest)
 
     def delete_checkpoint(self, run_id: str, step: int, *, parent_commit: str | None = None) -> None:
-        """Delete the checkpoint's folder in one commit (no-op if absent)."""
+        """Delete the checkpoint's folder in one commit on the current head (no-op if absent;
+        with ``parent_commit``, only if the head is that commit). No epoch check; the anchor
+        and ``last_commit`` stay as they are."""
         prefix = self._prefix(step)
         check_run_id(run_id)
         if not any(path.startswith(prefix) for path in self._files()):
             return
         from huggingface_hub import CommitOperationDelete
 
-        parent = parent_commit if parent_commit is not None else self.parent_commit
         self._commit([CommitOperationDelete(path_in_repo=prefix, is_folder=True)],
                      f"relaytrain: {run_id} delete step {step}", {"run_id": run_id, "deleted_step": step},
-                     parent, self.uri_for(run_id, step))
+                     parent_commit, self.uri_for(run_id, step))
 
     def _file_path(self, run_id: str, name: str) -> str:
         check_run_id(run_id)
@@ -433,7 +487,8 @@ class HFStore(ArtifactStore):
 
     def put_file(self, local_path: str | os.PathLike[str], run_id: str, name: str,
                  progress: ProgressFn | None = None) -> str:
-        """Commit one file as ``files/<name>``."""
+        """Commit one file as ``files/<name>`` on the current head (no epoch check; the anchor
+        and ``last_commit`` stay as they are)."""
         path_in_repo = self._file_path(run_id, name)
         path = Path(local_path)
         if not path.is_file():
@@ -448,7 +503,7 @@ class HFStore(ArtifactStore):
         self._call(f"creating {self.repo_id}", "create_repo", self.repo_id, private=True, exist_ok=True,
                    repo_type="model")
         self._commit([CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=str(path))],
-                     f"relaytrain: {run_id} {name}", {"run_id": run_id, "file": name}, self.parent_commit, uri)
+                     f"relaytrain: {run_id} {name}", {"run_id": run_id, "file": name}, None, uri)
         TransferProgress(size, progress).advance(size)
         return uri
 
@@ -468,6 +523,15 @@ class HFStore(ArtifactStore):
             shutil.rmtree(folder, ignore_errors=True)
         TransferProgress(size, progress).advance(size)
         return target
+
+
+def _checkpoint_epoch(title: str, run_id: str) -> int | None:
+    """The epoch of a checkpoint commit of ``run_id`` (its title), or None for any other commit
+    (another run's, a deletion, a file, or a checkpoint written without an epoch)."""
+    match = _CHECKPOINT_TITLE_RE.fullmatch((title or "").strip())
+    if match is None or match["run"] != run_id or match["epoch"] == "None":
+        return None
+    return int(match["epoch"])
 
 
 def _hash(path: Path) -> tuple[int, str, str | None]:

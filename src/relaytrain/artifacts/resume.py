@@ -16,13 +16,15 @@ log = logging.getLogger(__name__)
 
 def fetch_for_resume(store: ArtifactStore, run_id: str, step: int, manifest_sha256: str,
                      local_output_dir: str | os.PathLike[str],
-                     progress: ProgressFn | None = None) -> Path:
+                     progress: ProgressFn | None = None, *, revision: str | None = None) -> Path:
     """Return a verified local copy of the durable checkpoint ``step`` of ``run_id`` whose
     manifest.json has sha256 ``manifest_sha256`` (what the commander recorded).
 
     The local ``<local_output_dir>/step_<N>`` is used as is if its manifest is that one and
-    it verifies; otherwise the stored copy is downloaded over it (verified, atomically).
-    Raises ArtifactError if the store does not hold that exact checkpoint. ``latest`` in
+    it verifies; otherwise the stored copy is downloaded over it (verified, atomically), read
+    at ``revision`` when given: the store's commit the commander recorded (stores with
+    history, ``HFStore``), so a later overwrite of the step's folder cannot change what is
+    read. Raises ArtifactError if the store does not hold that exact checkpoint. ``latest`` in
     ``local_output_dir`` is not changed.
     """
     local = Path(local_output_dir) / step_dir_name(step)
@@ -32,7 +34,8 @@ def fetch_for_resume(store: ArtifactStore, run_id: str, step: int, manifest_sha2
             log.info("resuming from local copy %s", local)
             return local
         log.info("local %s not usable (%s); downloading from the store", local, reason)
-    return store.get_checkpoint(run_id, step, local, progress, expected_manifest_sha256=manifest_sha256)
+    at = {"revision": revision} if revision is not None else {}  # stores without history take none
+    return store.get_checkpoint(run_id, step, local, progress, expected_manifest_sha256=manifest_sha256, **at)
 
 
 def _local_mismatch(local: Path, expected: str) -> str | None:

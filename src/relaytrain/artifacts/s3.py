@@ -59,7 +59,7 @@ from relaytrain.artifacts._transfer import (
 )
 from relaytrain.artifacts.base import ArtifactStore, ProgressFn, check_run_id
 from relaytrain.checkpoint import MANIFEST_NAME, Verification, parse_manifest, step_dir_name
-from relaytrain.errors import ArtifactError, CheckpointError
+from relaytrain.errors import ArtifactError, CheckpointError, StaleWriter
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,8 @@ class S3Store(ArtifactStore):
             if held.get("manifest_sha256") == sha:
                 return
             if not _newer(epoch, held.get("epoch")):
-                raise ArtifactError(
+                stale = _newer(held.get("epoch"), epoch)
+                raise (StaleWriter if stale else ArtifactError)(
                     f"{uri}: step {step} is claimed by another writer (manifest sha256 "
                     f"{str(held.get('manifest_sha256'))[:12]}…, epoch {held.get('epoch')}); refusing to overwrite it "
                     "(delete that checkpoint from the store first if it was abandoned)")
@@ -304,7 +305,7 @@ class S3Store(ArtifactStore):
         current = self._get_bytes(key, f"checking the claim of {uri}")
         held = _json_object(current[0]) if current else {}
         if held.get("manifest_sha256") != sha:
-            raise ArtifactError(f"{uri}: another writer took this step over (manifest sha256 "
+            raise StaleWriter(f"{uri}: another writer took this step over (manifest sha256 "
                                 f"{str(held.get('manifest_sha256'))[:12]}…, epoch {held.get('epoch')}); "
                                 "upload abandoned")
 

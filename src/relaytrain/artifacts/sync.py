@@ -366,7 +366,8 @@ class PushResult:
     step: int
     uri: str
     commit: str | None
-    """The new commit (None in a dry run or when the repo already held the checkpoint)."""
+    """The commit holding the checkpoint (the new one, or the head that already held it; None in
+    a dry run)."""
 
 
 def push_latest(run_root: str | os.PathLike[str], repo_id: str, branch: str = "main", *,
@@ -374,7 +375,8 @@ def push_latest(run_root: str | os.PathLike[str], repo_id: str, branch: str = "m
                 dry_run: bool = False, progress: ProgressFn | None = None, api: Any = None) -> PushResult:
     """Push the newest valid checkpoint of the run at ``run_root`` (``<run_root>/checkpoints``)
     to the Hub repository ``repo_id`` on ``branch`` as one commit (``HFStore``; the run id is
-    the folder's name). ``parent_commit`` refuses the commit if the branch has moved since."""
+    the folder's name). ``parent_commit``: the anchor (``HFStore``): refuse the commit if a
+    newer lease epoch committed a checkpoint of the run after it, or if it is not on the branch."""
     from relaytrain.artifacts.hf import HFStore
 
     root = Path(run_root)

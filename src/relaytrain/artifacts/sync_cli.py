@@ -280,7 +280,8 @@ def push_latest_command(
     repo_id: Annotated[str, typer.Option("--repo-id", help="Hub repository USER/REPO (created private).")],
     branch: Annotated[str, typer.Option("--branch", help="Branch to commit to.")] = "main",
     parent_commit: Annotated[str | None, typer.Option(
-        "--parent-commit", help="Refuse to commit unless the branch head is this commit.")] = None,
+        "--parent-commit", help="The run's recorded commit: refuse if it is not on the branch, or if a newer "
+                                "lease epoch committed a checkpoint after it.")] = None,
     trajectories: Annotated[Path | None, typer.Option(
         "--trajectories", help="A folder of rollout trajectories to include.")] = None,
     dry_run: Annotated[bool, typer.Option(

@@ -358,6 +358,7 @@ def create_app(
             step=req.step,
             uri=req.uri,
             manifest_sha256=req.manifest_sha256,
+            revision=req.revision,
         )
 
     app.add_middleware(_MiddlewareAdapter, wrap=lambda inner: _body_limit(inner, max_body_bytes))

@@ -91,7 +91,8 @@ def run_eval(config: EvalRun, refs: list[dict[str, Any]], run_root: Path, progre
         step = ref["step"]
         out = folder / step_dir_name(step)
         try:
-            path = fetch_for_resume(store, ref["store_run_id"], step, ref["manifest_sha256"], run_root / "sources")
+            path = fetch_for_resume(store, ref["store_run_id"], step, ref["manifest_sha256"], run_root / "sources",
+                                    revision=ref.get("revision"))
         except RelayError as exc:
             rows[step] = _failed(out, f"checkpoint unusable: {exc}")
         else:

@@ -95,6 +95,8 @@ class Attempt:
                 config = parse_run_config(grant.config)
                 self.paths.make()
                 store = open_store(config.store)
+                if grant.checkpoint is not None:  # fence the store's commits at what was recorded (HFStore)
+                    store.anchor(grant.checkpoint.revision)
                 resume_from = self._resume(store)
                 init_from = self._init_from(config, store)
             except (ConfigError, ValueError) as exc:
@@ -134,7 +136,7 @@ class Attempt:
         for ref in candidates:
             try:
                 path = fetch_for_resume(store, ref.store_run_id, ref.step, ref.manifest_sha256,
-                                        self.paths.checkpoints)
+                                        self.paths.checkpoints, revision=ref.revision)
             except (ArtifactError, CheckpointError) as exc:
                 problems.append(f"step {ref.step}: {exc}")
                 log.warning("cannot resume %s from step %d: %s", self.grant.run_id, ref.step, exc)
@@ -159,7 +161,8 @@ class Attempt:
             raise ArtifactError(f"init_from.run {config.init_from.run}: the commander has no durable checkpoint")
         dest = self.paths.init / ref.run_id
         dest.mkdir(parents=True, exist_ok=True)
-        return str(fetch_for_resume(store, ref.store_run_id, ref.step, ref.manifest_sha256, dest))
+        return str(fetch_for_resume(store, ref.store_run_id, ref.step, ref.manifest_sha256, dest,
+                                    revision=ref.revision))
 
     def _start_trainer(self, config: RunConfig, resume_from: str, init_from: str) -> TrainerProcess:
         grant, paths = self.grant, self.paths

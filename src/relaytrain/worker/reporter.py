@@ -24,7 +24,7 @@ from relaytrain.checkpoint import (
     verify,
     write_manifest,
 )
-from relaytrain.errors import CheckpointError, LeaseLost, NotFound, RelayError
+from relaytrain.errors import CheckpointError, LeaseLost, NotFound, RelayError, StaleWriter
 
 from .lease import StopFn
 
@@ -147,6 +147,10 @@ class Uploader:
             try:
                 uri = self.store.put_checkpoint(path, self.run_id, step)
                 break
+            except StaleWriter as exc:  # a newer holder has written: this lease is gone
+                self._dead = True
+                self.on_stop("lost", f"checkpoint upload refused: {exc}")
+                return
             except RelayError as exc:
                 if not path.is_dir():  # the trainer pruned it mid-upload; a newer one follows
                     self.skipped.append(f"step {step}: {path} vanished during upload (pruned by the trainer?)")
@@ -157,7 +161,7 @@ class Uploader:
                 log.warning("upload of step %d failed (%s), retrying", step, exc)
                 time.sleep(2.0 * attempt)
         commit = m.CheckpointCommit(worker_id=self.worker_id, epoch=self.epoch, step=step, uri=uri,
-                                    manifest_sha256=manifest_sha256(path))
+                                    manifest_sha256=manifest_sha256(path), revision=self.store.last_commit)
         for attempt in range(1, self.attempts + 1):
             try:
                 self.client.commit_checkpoint(self.run_id, commit)

@@ -142,7 +142,7 @@ class Store(LeaseMixin, EvalMixin, LedgerMixin, HostsMixin):
             conn.execute(checkpoints.insert().values(
                 run_id=config.run_id, step=resume_from["step"], epoch=0, uri=resume_from["uri"],
                 manifest_sha256=resume_from["manifest_sha256"], store_run_id=resume_from["store_run_id"],
-                durable=True, created_at=now))
+                revision=resume_from["revision"], durable=True, created_at=now))
         self._event(conn, config.run_id, "submitted", f"{config.kind} run submitted", None, now)
 
     def cancel_run(self, run_id: str, *, now: float | None = None) -> dict[str, Any]:
@@ -262,7 +262,7 @@ class Store(LeaseMixin, EvalMixin, LedgerMixin, HostsMixin):
 
     @staticmethod
     def _checkpoint_ref(row: Any) -> dict[str, Any]:
-        ref = {k: row[k] for k in ("run_id", "step", "epoch", "uri", "manifest_sha256", "created_at")}
+        ref = {k: row[k] for k in ("run_id", "step", "epoch", "uri", "manifest_sha256", "created_at", "revision")}
         ref["store_run_id"] = row["store_run_id"] or row["run_id"]
         return ref
 

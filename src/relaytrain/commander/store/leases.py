@@ -210,15 +210,18 @@ class LeaseMixin:
         step: int,
         uri: str,
         manifest_sha256: str,
+        revision: str | None = None,
         now: float | None = None,
     ) -> dict[str, Any]:
-        """Record a checkpoint that is durable in the store. Idempotent for the same epoch and step."""
+        """Record a checkpoint that is durable in the store. Idempotent for the same epoch and step.
+        ``revision``: the store's commit holding it, for stores with history (the Hub)."""
         now = time.time() if now is None else now
         with self._write() as conn:
             run = self._fenced_run(conn, run_id, worker_id, epoch, now)
             key = (checkpoints.c.run_id == run_id, checkpoints.c.step == step, checkpoints.c.epoch == epoch)
             if conn.execute(sa.select(checkpoints.c.id).where(*key)).first():
-                conn.execute(checkpoints.update().where(*key).values(uri=uri, manifest_sha256=manifest_sha256))
+                conn.execute(checkpoints.update().where(*key).values(uri=uri, manifest_sha256=manifest_sha256,
+                                                                      revision=revision))
             else:
                 conn.execute(
                     checkpoints.insert().values(
@@ -227,6 +230,7 @@ class LeaseMixin:
                         epoch=epoch,
                         uri=uri,
                         manifest_sha256=manifest_sha256,
+                        revision=revision,
                         durable=True,
                         created_at=now,
                     )

@@ -95,6 +95,7 @@ checkpoints = sa.Table(
     sa.Column("uri", sa.Text, nullable=False),
     sa.Column("manifest_sha256", sa.String(64), nullable=False),
     sa.Column("store_run_id", sa.String(128), nullable=True),
+    sa.Column("revision", sa.Text, nullable=True),  # the store's commit of the checkpoint (Hub), if any
     sa.Column("durable", sa.Boolean, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.UniqueConstraint("run_id", "step", "epoch", name="uq_checkpoints_run_step_epoch"),
