@@ -157,6 +157,58 @@ def test_the_trainers_loss_path_computes_the_hand_written_objective(tmp_path: Pa
     assert direct.loss.item() == pytest.approx(out.loss.item(), abs=1e-7)
 
 
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "dr_grpo"])
+def test_completions_that_cannot_move_the_weights_are_skipped_without_changing_the_step(
+    tmp_path: Path, loss_type: str
+) -> None:
+    import dataclasses
+
+    config = grpo_config(reward_file(tmp_path), prompts_per_step=4, loss_type=loss_type, epsilon_high=0.3)
+    session = GRPOSession(config, Contract.local(tmp_path / "ckpt"))
+    rollout = session.rollout()
+    g = config.trainer.num_generations
+    # two groups that teach nothing (as all-right / all-wrong groups do), two that do
+    adv = rollout.advantages.advantages.clone()
+    adv[:g] = 0
+    adv[2 * g : 3 * g] = 0
+    adv[g] = adv[g] if adv[g] != 0 else 0.5
+    rollout = dataclasses.replace(rollout, advantages=dataclasses.replace(rollout.advantages, advantages=adv))
+    rows = session.active_rows(rollout)
+    assert rows is not None and 0 < rows.numel() <= 2 * g and all(adv[r] != 0 for r in rows.tolist())
+
+    params = [p for p in session.model.parameters() if p.requires_grad]
+    results = []
+    for subset in (None, rows):
+        logps = session.policy_logps(session.model, rollout, subset)
+        # old log-probs off by a little, so both clip sides are exercised
+        old = logps.detach() + 0.4 * torch.sin(torch.arange(logps.numel()).reshape(logps.shape).float())
+        out = session.policy_loss(rollout, logps, old)
+        results.append((out, torch.autograd.grad(out.loss, params)))
+    (full, full_grads), (skipped, skipped_grads) = results
+    assert skipped.loss.item() == pytest.approx(full.loss.item(), abs=1e-6)
+    assert (skipped.clip_low, skipped.clip_high, skipped.tokens) == (full.clip_low, full.clip_high, full.tokens)
+    assert full.clip_low > 0 or full.clip_high > 0
+    for a, b in zip(full_grads, skipped_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+    # with a KL term every completion counts: nothing is skipped
+    kl = GRPOSession(grpo_config(reward_file(tmp_path), beta=0.05), Contract.local(tmp_path / "kl"))
+    assert kl.active_rows(rollout) is None
+
+
+def test_a_step_with_nothing_to_learn_still_steps_the_optimizer(tmp_path: Path) -> None:
+    # the untrained model never answers right: every group is all-wrong, every advantage 0
+    config = GRPORun(run_id="flat", kind="grpo", max_steps=2, trainer={"prompts_per_step": 2, "max_new_tokens": 4})
+    session = GRPOSession(config, Contract.local(tmp_path / "ckpt"))
+    before = {name: p.detach().clone() for name, p in session.model.named_parameters()}
+    _rollout, metrics = session.train_step()
+    assert session.active_rows(_rollout).numel() == 0
+    states = [session.optimizer.state[p] for p in session.model.parameters()]
+    assert states and all(float(s["step"]) == 1 for s in states)  # as a computed zero gradient does
+    assert all(p.equal(before[name]) for name, p in session.model.named_parameters())
+    assert metrics["grad_norm"] == 0
+
+
 # ---------------------------------------------------------------- resume, stop, trajectories
 
 

@@ -131,8 +131,8 @@ def sample_completions(
         raise ValueError(f"{len(prompt_keys)} prompt keys for {len(prompt_ids)} prompts")
     if temperature <= 0 or not 0 < top_p <= 1:
         raise ValueError("temperature must be > 0 and top_p in (0, 1]")
-    rows = [list(p) for p in prompt_ids for _ in range(num_generations)]
-    ids, mask = left_pad(rows, pad_token_id)
+    prompts, mask = left_pad([list(p) for p in prompt_ids], pad_token_id)
+    ids, mask = prompts.repeat_interleave(num_generations, dim=0), mask.repeat_interleave(num_generations, dim=0)
     uniforms = torch.stack(
         [
             sample_uniforms(seed, step, int(key), g, max_new_tokens)
@@ -148,6 +148,7 @@ def sample_completions(
             model,
             ids.to(device),
             mask.to(device),
+            num_generations,
             uniforms.to(device),
             eos_token_id,
             pad_token_id,
@@ -175,6 +176,13 @@ def sample_completions(
     )
 
 
+def model_cache(out: Any) -> tuple[str, Any]:
+    """The keyword a model's forward takes its KV cache by (``cache`` in newer transformers,
+    ``past_key_values`` before), and the cache in its output ``out``."""
+    name = "cache" if "cache" in getattr(type(out), "__dataclass_fields__", {}) else "past_key_values"
+    return name, getattr(out, name, None)
+
+
 def _device_of(model: Any) -> torch.device:
     parameter = next(iter(model.parameters()), None)
     return parameter.device if parameter is not None else torch.device("cpu")
@@ -184,6 +192,7 @@ def _generate(
     model: Any,
     ids: Tensor,
     mask: Tensor,
+    repeats: int,
     uniforms: Tensor,
     eos_token_id: int,
     pad_token_id: int,
@@ -191,14 +200,22 @@ def _generate(
     temperature: float,
     top_p: float,
 ) -> tuple[list[Tensor], list[Tensor], Tensor]:
-    """The decoding loop: returns per-step tokens and log-probs, and which rows reached EOS."""
+    """The decoding loop: returns per-step tokens and log-probs, and which rows reached EOS.
+
+    Rows come in runs of ``repeats`` copies of one prompt: the prompt is read once (the prefill
+    runs on one copy) and its cache is repeated, when the model's cache can be."""
     batch = ids.shape[0]
     done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
     positions = position_ids_from_mask(mask)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    cache_name = "cache" if "cache" in getattr(type(out), "__dataclass_fields__", {}) else "past_key_values"
-    past = getattr(out, cache_name)
-    logits = out.logits[:, -1, :]
+    once = slice(None, None, repeats)
+    out = model(input_ids=ids[once], attention_mask=mask[once], position_ids=positions[once], use_cache=True)
+    cache_name, past = model_cache(out)
+    if hasattr(past, "batch_repeat_interleave"):
+        past.batch_repeat_interleave(repeats)
+        logits = out.logits[:, -1, :].repeat_interleave(repeats, dim=0)
+    else:  # a cache that cannot be repeated: read every copy
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        past, logits = getattr(out, cache_name), out.logits[:, -1, :]
     next_position = positions[:, -1:] + 1
     tokens: list[Tensor] = []
     logps: list[Tensor] = []
