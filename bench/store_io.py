@@ -9,7 +9,7 @@ by raw boto3 ``upload_file`` / ``download_file`` of the same files in the same r
 | ratio    | ours                                          | divided by                             | target |
 |----------|-----------------------------------------------|----------------------------------------|--------|
 | upload   | ``put_checkpoint``: bucket check, claim,      | ``upload_file`` of every file of the   | >= 0.9 |
-|          | hashing every byte as it is read, multipart,  | checkpoint (manifest included)         |        |
+|          | multipart, every file hashed meanwhile,       | checkpoint (manifest included)         |        |
 |          | HEAD of every object, conditional manifest    |                                        |        |
 | download | ``get_checkpoint``: manifest, multipart GETs, | ``download_file`` of every file into a | >= 0.9 |
 |          | re-hash of every byte, fsync, rename          | fresh folder                           |        |

@@ -154,6 +154,18 @@ def test_corrupt_object_is_detected_on_get_naming_the_file(tmp_path, moto, bucke
     assert verify(store.get_checkpoint("run-1", 100, dest)).ok
 
 
+def test_a_local_file_that_no_longer_matches_its_manifest_is_not_uploaded(tmp_path, moto, bucket, store) -> None:
+    local = checkpoint(tmp_path / "run", 100, big=3 * MB)  # multipart: the transfer threads read the parts
+    target = local / "model" / "model.safetensors"
+    data = bytearray(target.read_bytes())
+    data[2 * MB] ^= 1  # bit rot on the local disk after the checkpoint was written: same size
+    target.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="model.safetensors: sha256 mismatch"):
+        store.put_checkpoint(local, "run-1", 100)
+    assert store.list_checkpoints("run-1") == []  # nothing committed
+    assert not any(k.endswith("model.safetensors") for k in keys(moto, bucket))  # the bad object is gone too
+
+
 def test_download_resumes_from_partial_files(tmp_path, moto, bucket, store) -> None:
     local = checkpoint(tmp_path / "run", 100, big=12 * MB)
     store.put_checkpoint(local, "run-1", 100)

@@ -41,24 +41,6 @@ class TransferProgress:
                 self._callback(self.done, self.total)
 
 
-class HashingReader:
-    """A non-seekable reader that hashes what passes through it (s3transfer reads it in order)."""
-
-    def __init__(self, handle: BinaryIO) -> None:
-        self._handle = handle
-        self._hash = hashlib.sha256()
-        self.size = 0
-
-    def read(self, amount: int = -1) -> bytes:
-        data = self._handle.read(amount)
-        self._hash.update(data)
-        self.size += len(data)
-        return data
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
-
-
 class OffsetWriter:
     """A seekable writer (s3transfer writes each part at its offset, from one thread) that
     remembers what it wrote, so an interrupted download can be cut back to its complete prefix."""
@@ -94,14 +76,17 @@ class OffsetWriter:
         return end
 
 
-def sha256_file(path: Path) -> tuple[int, str]:
-    """``(size, sha256 hex)`` of a local file."""
+def sha256_file(path: Path, *, sync: bool = False) -> tuple[int, str]:
+    """``(size, sha256 hex)`` of a local file; with ``sync``, its bytes are on disk afterwards
+    (fsync), so a fetcher need not wait for that itself."""
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as handle:
         while chunk := handle.read(8 * MB):
             digest.update(chunk)
             size += len(chunk)
+        if sync:
+            os.fsync(handle.fileno())
     return size, digest.hexdigest()
 
 
@@ -171,7 +156,8 @@ def assemble_checkpoint(uri: str, manifest_data: bytes, files: Mapping[str, Any]
 
     A file already in ``staging`` (an earlier, interrupted attempt) or in ``dest`` with the
     manifest's size and sha256 is kept; any other is fetched into ``<name>.part``, continuing a
-    partial one. Each fetched file is hashed on a helper thread while the next one downloads;
+    partial one. Each fetched file is hashed and flushed to disk (fsync) on a helper thread
+    while the next one downloads, so a fetcher need not fsync;
     a resumed file that does not verify is fetched once more from the start. Files that verify
     are kept in ``staging`` even when another does not: then ArtifactError names the bad file
     and the next attempt fetches only what is missing. The manifest is written last.
@@ -199,7 +185,7 @@ def assemble_checkpoint(uri: str, manifest_data: bytes, files: Mapping[str, Any]
                 fresh = have == 0
             else:
                 tracker.advance(have)
-            checks.append((name, part, fresh, hasher.submit(sha256_file, part)))
+            checks.append((name, part, fresh, hasher.submit(sha256_file, part, sync=True)))
         problems = []
         for name, part, fresh, future in checks:
             entry = files[name]
@@ -208,7 +194,7 @@ def assemble_checkpoint(uri: str, manifest_data: bytes, files: Mapping[str, Any]
                 part.unlink()
                 log.warning("%s: %s (resumed) did not verify; fetching it again from the start", uri, name)
                 fetch(name, part, False, tracker)
-                size, digest = sha256_file(part)
+                size, digest = sha256_file(part, sync=True)
             if (size, digest) == (entry["size"], entry["sha256"]):
                 os.replace(part, staging / name)
                 continue

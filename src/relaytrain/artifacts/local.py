@@ -19,6 +19,7 @@ from relaytrain.artifacts.base import ArtifactStore, ProgressFn, check_run_id
 from relaytrain.checkpoint import (
     MANIFEST_NAME,
     Verification,
+    fsync_path,
     list_checkpoints,
     make_temp_dir,
     manifest_sha256,
@@ -35,14 +36,6 @@ log = logging.getLogger(__name__)
 _CHUNK = 8 << 20
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _make_dirs(path: Path) -> None:
     """``mkdir -p path``, fsyncing the parent of every directory it creates."""
     missing = []
@@ -51,7 +44,7 @@ def _make_dirs(path: Path) -> None:
         path = path.parent
     for folder in reversed(missing):
         folder.mkdir(exist_ok=True)
-        _fsync_dir(folder.parent)
+        fsync_path(folder.parent)
 
 
 def _copy_file(src: Path, dst: Path, progress: TransferProgress) -> tuple[int, str]:
@@ -100,7 +93,7 @@ def _copy_checkpoint(src: Path, dst: Path, manifest_data: bytes, manifest: Mappi
         os.fsync(handle.fileno())
     tracker.advance(len(manifest_data))
     for folder in sorted(made, key=lambda path: len(path.parts), reverse=True):
-        _fsync_dir(folder)
+        fsync_path(folder)
 
 
 class LocalStore(ArtifactStore):
@@ -271,4 +264,4 @@ def _atomic_copy(src: Path, dst: Path, progress: ProgressFn | None) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(dst.parent)
+    fsync_path(dst.parent)

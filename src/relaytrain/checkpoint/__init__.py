@@ -9,7 +9,7 @@ This package imports nothing of relaytrain but ``relaytrain.errors``, and import
 inside the functions that handle tensors.
 """
 
-from relaytrain.checkpoint._fs import publish_dir, remove_tree
+from relaytrain.checkpoint._fs import fsync_path, publish_dir, remove_tree
 from relaytrain.checkpoint.commit import LatestResult, commit_checkpoint_dir, find_latest_valid, prune
 from relaytrain.checkpoint.layout import (
     FORMAT_VERSION,
@@ -44,6 +44,7 @@ __all__ = [
     "clean_temp",
     "commit_checkpoint_dir",
     "find_latest_valid",
+    "fsync_path",
     "list_checkpoints",
     "load_checkpoint",
     "make_temp_dir",
