@@ -10,15 +10,21 @@ import collections
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from relaytrain.commander.store import Store
-from tests.support.commander import Commander
+from tests.support.commander import Commander, wait_until
 
 CLAIMERS = 16
 DURATION_S = 10
+"""The claimers hammer for at least this long ..."""
+MIN_GRANTS = 100
+"""... and until this many grants were made (a slow machine takes longer), ..."""
+MAX_S = 90
+"""... but no longer than this."""
 RUNS = 6
 
 
@@ -34,6 +40,11 @@ def _run_config(i: int) -> dict:
     }
 
 
+def granted(admin) -> int:
+    """Grants so far: a run's epoch counts the grants it has had."""
+    return sum(run.epoch for run in admin.runs(limit=RUNS).items)
+
+
 def hammer(db: str, tmp_path: Path, replicas: int) -> None:
     commanders = [Commander(db=db, token="admin", workdir=tmp_path).start() for _ in range(replicas)]
     try:
@@ -42,14 +53,20 @@ def hammer(db: str, tmp_path: Path, replicas: int) -> None:
             for i in range(RUNS):
                 admin.submit(_run_config(i))
         procs = []
+        stop = tmp_path / "STOP"
         for i in range(CLAIMERS):
             target = commanders[i % replicas]
             out = tmp_path / f"claimer-{i}.jsonl"
             cmd = [sys.executable, "-m", "tests.support.claimer", target.url, worker_tokens[i], f"w{i}",
-                   str(DURATION_S), str(i), str(out)]
+                   str(MAX_S), str(i), str(out), str(stop)]
             procs.append(subprocess.Popen(cmd, stderr=subprocess.PIPE))
+        started = time.monotonic()
+        with commanders[0].client() as admin:
+            wait_until(lambda: time.monotonic() - started >= DURATION_S and granted(admin) >= MIN_GRANTS,
+                       MAX_S, f"{MIN_GRANTS} grants", interval_s=0.5)
+        stop.touch()
         for proc in procs:
-            _, stderr = proc.communicate(timeout=DURATION_S + 90)
+            _, stderr = proc.communicate(timeout=MAX_S + 90)
             assert proc.returncode == 0, stderr.decode()[-2000:]
     finally:
         for c in commanders:
@@ -82,7 +99,7 @@ def hammer(db: str, tmp_path: Path, replicas: int) -> None:
     assert events["stale_write_refused"] > 0
     outcomes = collections.Counter(a["outcome"] for a in attempts)
     assert outcomes["lost"] > 0 and outcomes["preempted"] > 0 and outcomes["failed"] > 0, outcomes
-    assert len(attempts) >= 100, f"only {len(attempts)} grants in {DURATION_S}s: the test did not contend"
+    assert len(attempts) >= MIN_GRANTS, f"only {len(attempts)} grants: the test did not contend"
 
 
 @pytest.mark.slow

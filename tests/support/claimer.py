@@ -1,10 +1,11 @@
 """A hostile claimer for the lease-safety tests: one process, one worker id.
 
-Claims for ``duration`` seconds and, with each grant, renews a random number of times, then
-releases with a random outcome, or abandons the lease to expire. After every release it
-tries a stale renew, which must be refused. Writes one JSON line per event to ``out``.
+Claims until the file ``STOP`` exists (or for at most ``MAX_S`` seconds) and, with each grant,
+renews a random number of times, then releases with a random outcome, or abandons the lease to
+expire. After every release it tries a stale renew, which must be refused. Writes one JSON
+line per event to ``out``.
 
-    python -m tests.support.claimer URL TOKEN WORKER_ID DURATION_S SEED OUT
+    python -m tests.support.claimer URL TOKEN WORKER_ID MAX_S SEED OUT STOP
 """
 
 from __future__ import annotations
@@ -13,23 +14,24 @@ import json
 import random
 import sys
 import time
+from pathlib import Path
 
 from relaytrain.api import models as m
 from relaytrain.api.client import RelayClient
 from relaytrain.errors import LeaseLost
 
 
-def main(url: str, token: str, worker_id: str, duration_s: float, seed: int, out_path: str) -> None:
+def main(url: str, token: str, worker_id: str, max_s: float, seed: int, out_path: str, stop: Path) -> None:
     rng = random.Random(seed)
     client = RelayClient(url, token, timeout_s=60, retries=0)
     client.register(m.RegisterWorker(worker_id=worker_id))
-    deadline = time.monotonic() + duration_s
+    deadline = time.monotonic() + max_s
     with open(out_path, "w") as out:
 
         def log(**record) -> None:
             out.write(json.dumps({"t": time.time(), "worker": worker_id, **record}) + "\n")
 
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stop.exists():
             grant = client.claim(m.ClaimRequest(worker_id=worker_id, wait_s=0.5))
             if grant is None:
                 continue
@@ -64,5 +66,5 @@ def main(url: str, token: str, worker_id: str, duration_s: float, seed: int, out
 
 
 if __name__ == "__main__":
-    url, token, worker_id, duration, seed, out = sys.argv[1:7]
-    main(url, token, worker_id, float(duration), int(seed), out)
+    url, token, worker_id, max_s, seed, out, stop = sys.argv[1:8]
+    main(url, token, worker_id, float(max_s), int(seed), out, Path(stop))
