@@ -8,7 +8,7 @@ import pytest
 from relaytrain.api import models as m
 from relaytrain.commander.store import Store
 from relaytrain.errors import AuthError, Forbidden, LeaseLost
-from tests.support.commander import Commander
+from tests.support.commander import Commander, wait_until
 
 RUN = {"run_id": "api-run", "kind": "command", "max_steps": 50, "trainer": {"command": ["python", "train.py"]}}
 SHA = "cd" * 32
@@ -54,6 +54,55 @@ def test_tokens_and_scopes(commander):
         assert grant.run_id == "api-run" and grant.config["trainer"]["command"] == ["python", "train.py"]
     for path in ("/api/v1/runs", "/metrics", "/api/v1/workers"):
         assert httpx.get(commander.url + path).status_code == 401
+
+
+
+def test_token_scopes_are_cached_until_their_ttl(tmp_path):
+    """A worker token is looked up once per ``cache_s``; a revoked one stops working within it."""
+    import asyncio
+
+    import sqlalchemy as sa
+
+    from relaytrain.commander.auth import Authenticator
+    from relaytrain.commander.store.schema import tokens
+
+    store = Store(str(tmp_path / "relay.db"))
+    store.upgrade()
+    try:
+        worker_token = store.create_token("w1", "worker")
+        lookups = []
+        by_hash = store.token_scope_by_hash
+        store.token_scope_by_hash = lambda digest: lookups.append(digest) or by_hash(digest)
+        auth = Authenticator(store, "admin", cache_s=3.0, cache_size=2)
+
+        def scope(token: str, needs: str = "worker") -> str:
+            return asyncio.run(auth.require_async(f"Bearer {token}", needs))
+
+        assert scope("admin") == "admin" and lookups == []  # the admin token never reaches the database
+        assert [scope(worker_token) for _ in range(3)] == ["worker"] * 3
+        assert len(lookups) == 1
+        with pytest.raises(Forbidden):
+            scope(worker_token, "admin")
+        with pytest.raises(AuthError, match="unknown"):
+            scope("wrong")
+        with store.engine.begin() as conn:
+            conn.execute(sa.update(tokens).values(revoked_at=1.0))
+        assert scope(worker_token) == "worker"  # still cached: revocation takes up to cache_s
+        wait_until(lambda: _refused(scope, worker_token), 10, "the revoked token to be refused")
+        for i in range(3):
+            with pytest.raises(AuthError):
+                scope(f"stranger-{i}")
+        assert len(auth._cache) == 2  # bounded: the oldest entries were evicted
+    finally:
+        store.close()
+
+
+def _refused(scope, token: str) -> bool:
+    try:
+        scope(token)
+    except AuthError:
+        return True
+    return False
 
 
 def test_fencing_over_http(commander):

@@ -269,3 +269,43 @@ def test_checkpoint_revisions_are_recorded_and_granted(store):
     assert [c["revision"] for c in grants["ev"]["eval_checkpoints"]] == [None, "c20", "c30", "c40b"]
     fork = store.reopen_run("r", from_step=20, now=10)["run_id"]
     assert store.list_checkpoints(fork)[0]["revision"] == "c20"  # a fork resumes the recorded commit
+
+
+@pytest.mark.postgres
+def test_concurrent_claim_locks_only_the_run_it_takes(pg_url):
+    """While one claim is inside its transaction, a second claim still gets the other queued run
+    (before the fix, the first claim held locks on its whole batch of candidates, and the second
+    skipped them all and answered empty)."""
+    import threading
+
+    from relaytrain.commander.store import Store
+
+    store = Store(pg_url)
+    store.upgrade()
+    try:
+        store.submit_run(run("first"), now=1)
+        store.submit_run(run("second"), now=2)
+        inside, finish = threading.Event(), threading.Event()
+        event = store._event
+
+        def pausing_event(conn, run_id, kind, *args):  # pause claimer A's transaction at its grant
+            event(conn, run_id, kind, *args)
+            if kind == "granted" and threading.current_thread().name == "claimer-a":
+                inside.set()
+                assert finish.wait(30), "the test never let claimer A finish"
+
+        store._event = pausing_event
+        grants: dict[str, object] = {}
+        a = threading.Thread(target=lambda: grants.update(a=store.claim_run("a", now=10)), name="claimer-a")
+        a.start()
+        try:
+            assert inside.wait(30), "claimer A never reached its grant"
+            grants["b"] = store.claim_run("b", now=10)  # A's transaction is still open
+        finally:
+            finish.set()
+            a.join(30)
+        assert grants["a"]["run_id"] == "first"
+        assert grants["b"] is not None and grants["b"]["run_id"] == "second"
+        assert store.claim_run("c", now=10) is None
+    finally:
+        store.close()

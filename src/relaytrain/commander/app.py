@@ -157,11 +157,12 @@ def create_app(
     app.state.store = store
     app.state.telemetry = telemetry
 
-    def admin(authorization: Annotated[str | None, Header()] = None) -> str:
-        return auth.require(authorization, "admin")
+    # async: a cached token is checked on the event loop, without a hop to the thread pool
+    async def admin(authorization: Annotated[str | None, Header()] = None) -> str:
+        return await auth.require_async(authorization, "admin")
 
-    def worker(authorization: Annotated[str | None, Header()] = None) -> str:
-        return auth.require(authorization, "worker")
+    async def worker(authorization: Annotated[str | None, Header()] = None) -> str:
+        return await auth.require_async(authorization, "worker")
 
     Admin = Depends(admin)
     Worker = Depends(worker)

@@ -31,6 +31,16 @@ from .schema import TERMINAL_STATUSES, attempts, checkpoints, events, metrics, r
 __all__ = ["Store", "hash_token"]
 
 
+# Built once: run on every grant, release and checkpoint (see leases.py on why).
+_INSERT_EVENT = events.insert()
+_DURABLE_CHECKPOINTS = (
+    sa.select(checkpoints)
+    .where(checkpoints.c.run_id == sa.bindparam("run_id"), checkpoints.c.durable.is_(True))
+    .order_by(checkpoints.c.step.desc(), checkpoints.c.epoch.desc())
+    .limit(sa.bindparam("limit"))
+)
+
+
 def hash_token(token: str) -> str:
     """Tokens are random and long, so a plain sha256 is a safe way to store them."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -39,7 +49,7 @@ def hash_token(token: str) -> str:
 class Store(LeaseMixin, EvalMixin, LedgerMixin, HostsMixin):
     """All of the commander's state, behind named transactional functions."""
 
-    def __init__(self, url: str, *, pool_size: int = 20) -> None:
+    def __init__(self, url: str, *, pool_size: int = 40) -> None:
         self.url = _engine.normalise_url(url)
         self.engine = _engine.make_engine(self.url, pool_size=pool_size)
         self.dialect = self.engine.dialect.name
@@ -85,7 +95,7 @@ class Store(LeaseMixin, EvalMixin, LedgerMixin, HostsMixin):
 
     def _event(self, conn: sa.Connection, run_id: str | None, kind: str, message: str,
                data: dict | None, now: float) -> None:
-        conn.execute(events.insert().values(run_id=run_id, ts=now, kind=kind, message=message, data=data))
+        conn.execute(_INSERT_EVENT, {"run_id": run_id, "ts": now, "kind": kind, "message": message, "data": data})
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -242,22 +252,18 @@ class Store(LeaseMixin, EvalMixin, LedgerMixin, HostsMixin):
         self, conn: sa.Connection, run_id: str, *, step: int | None = None, epoch: int | None = None
     ) -> dict[str, Any] | None:
         """The newest durable checkpoint of a run (or the one at ``step``/``epoch``)."""
-        query = sa.select(checkpoints).where(checkpoints.c.run_id == run_id, checkpoints.c.durable.is_(True))
-        if step is not None:
-            query = query.where(checkpoints.c.step == step, checkpoints.c.epoch == epoch)
+        if step is None:
+            newest = self._durable_checkpoints(conn, run_id, limit=1)
+            return newest[0] if newest else None
         row = conn.execute(
-            query.order_by(checkpoints.c.step.desc(), checkpoints.c.epoch.desc()).limit(1)
+            sa.select(checkpoints).where(checkpoints.c.run_id == run_id, checkpoints.c.durable.is_(True),
+                                         checkpoints.c.step == step, checkpoints.c.epoch == epoch)
         ).mappings().first()
         return self._checkpoint_ref(row) if row else None
 
     def _durable_checkpoints(self, conn: sa.Connection, run_id: str, *, limit: int) -> list[dict[str, Any]]:
         """The newest ``limit`` durable checkpoints of a run, newest first."""
-        rows = conn.execute(
-            sa.select(checkpoints)
-            .where(checkpoints.c.run_id == run_id, checkpoints.c.durable.is_(True))
-            .order_by(checkpoints.c.step.desc(), checkpoints.c.epoch.desc())
-            .limit(limit)
-        ).mappings().all()
+        rows = conn.execute(_DURABLE_CHECKPOINTS, {"run_id": run_id, "limit": limit}).mappings().all()
         return [self._checkpoint_ref(r) for r in rows]
 
     @staticmethod
@@ -343,9 +349,13 @@ class Store(LeaseMixin, EvalMixin, LedgerMixin, HostsMixin):
 
     def token_scope(self, token: str) -> str | None:
         """The scope of a live token, or None."""
+        return self.token_scope_by_hash(hash_token(token))
+
+    def token_scope_by_hash(self, token_hash: str) -> str | None:
+        """The scope of the live token whose sha256 is ``token_hash``, or None."""
         with self._read() as conn:
             return conn.execute(
-                sa.select(tokens.c.scope).where(tokens.c.token_hash == hash_token(token), tokens.c.revoked_at.is_(None))
+                sa.select(tokens.c.scope).where(tokens.c.token_hash == token_hash, tokens.c.revoked_at.is_(None))
             ).scalar()
 
     # -- inspection ------------------------------------------------------------------------

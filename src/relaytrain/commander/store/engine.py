@@ -23,8 +23,12 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, pool_size: int = 20) -> sa.Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` writes."""
+def make_engine(url: str, *, pool_size: int = 40) -> sa.Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` writes.
+
+    PostgreSQL gets ``pool_size`` connections and no overflow: the commander runs its store calls
+    on anyio's thread pool (40 threads), and overflow connections are closed when returned, so
+    under load they were reopened dozens of times a second (a new backend process each)."""
     url = normalise_url(url)
     try:
         parsed = sa.engine.make_url(url)
@@ -33,7 +37,7 @@ def make_engine(url: str, *, pool_size: int = 20) -> sa.Engine:
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed)
     if parsed.get_backend_name() == "postgresql":
-        return sa.create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        return sa.create_engine(parsed, pool_size=pool_size, max_overflow=0, pool_pre_ping=True)
     raise ConfigError(f"--db: unsupported database {parsed.get_backend_name()!r} (use sqlite or postgresql)")
 
 

@@ -4,12 +4,16 @@ renews, fences or ends a lease lives here.
 Each public method is one transaction. On SQLite writers take the database lock at
 ``BEGIN IMMEDIATE``; on PostgreSQL the run row is locked (``FOR UPDATE``, ``SKIP LOCKED`` for
 the queue), so two claims can never both win and a stale epoch can never write.
+
+The statements of the claim, the fence and the renewal are built once, here, with bind
+parameters: building and cache-keying a statement costs more CPU than SQLite takes to run it,
+and a renewal runs thousands of times a second.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -18,8 +22,85 @@ from relaytrain.errors import LeaseLost, NotFound
 
 from .schema import attempts, checkpoints, metrics, runs
 
-CLAIM_BATCH = 64
+CLAIM_BATCH = 64  # candidates read per page, without locks
 FALLBACKS = 4  # older durable checkpoints a grant offers in case the newest turns out corrupt
+
+# What the fence needs of a run; calls that need the rest (config, retries) ask for the whole row.
+_LEASE_COLUMNS = (runs.c.run_id, runs.c.epoch, runs.c.status, runs.c.holder, runs.c.lease_expires_at,
+                  runs.c.lease_ttl_s, runs.c.cancel_requested)
+_FENCE_ROW = sa.select(runs).where(runs.c.run_id == sa.bindparam("run_id")).with_for_update()
+_FENCE_LEASE = sa.select(*_LEASE_COLUMNS).where(runs.c.run_id == sa.bindparam("run_id")).with_for_update()
+_EXTEND_LEASE = (
+    runs.update()
+    .where(runs.c.run_id == sa.bindparam("b_run_id"))
+    .values(lease_expires_at=sa.bindparam("b_expires_at"), updated_at=sa.bindparam("b_now"))
+)
+_MARK_RENEWED = (
+    attempts.update()
+    .where(attempts.c.run_id == sa.bindparam("b_run_id"), attempts.c.epoch == sa.bindparam("b_epoch"))
+    .values(last_renewed_at=sa.bindparam("b_now"))
+)
+
+
+class _ClaimStatements(NamedTuple):
+    first_page: sa.Select  # candidates in queue order, unlocked: run_id, labels and the order's keys
+    next_page: sa.Select  # the same past ``after_*`` (keyset pagination)
+    lock: sa.Select  # the first still claimable of ``candidates``, locked; SKIP LOCKED: only that row
+
+
+def _claim_statements(with_kinds: bool) -> _ClaimStatements:
+    """Parameters: ``now``, ``gpus``, with ``kinds`` a list of kinds; ``after_priority``,
+    ``after_created``, ``after_run_id`` for the next page; ``candidates`` for the lock."""
+    parent = runs.alias("parent")
+    ready_parent = (
+        sa.select(parent.c.run_id).where(parent.c.run_id == runs.c.depends_on, parent.c.status == "succeeded")
+    ).exists()
+    claimable = [
+        runs.c.status == "queued",
+        runs.c.not_before <= sa.bindparam("now"),
+        runs.c.gpus <= sa.bindparam("gpus"),
+        sa.or_(runs.c.depends_on.is_(None), ready_parent),
+    ]
+    if with_kinds:
+        claimable.append(runs.c.kind.in_(sa.bindparam("kinds", expanding=True)))
+    queue_order = (runs.c.priority.desc(), runs.c.created_at, runs.c.run_id)
+    first_page = (
+        sa.select(runs.c.run_id, runs.c.labels, runs.c.priority, runs.c.created_at)
+        .where(*claimable)
+        .order_by(*queue_order)
+        .limit(CLAIM_BATCH)
+    )
+    prio, created = sa.bindparam("after_priority"), sa.bindparam("after_created")
+    after = sa.or_(
+        runs.c.priority < prio,
+        sa.and_(runs.c.priority == prio, runs.c.created_at > created),
+        sa.and_(runs.c.priority == prio, runs.c.created_at == created, runs.c.run_id > sa.bindparam("after_run_id")),
+    )
+    lock = (
+        sa.select(runs)
+        .where(runs.c.run_id.in_(sa.bindparam("candidates", expanding=True)), *claimable)
+        .order_by(*queue_order)
+        .limit(1)
+        .with_for_update(skip_locked=True, of=runs)
+    )
+    return _ClaimStatements(first_page, first_page.where(after), lock)
+
+
+_CLAIM = {with_kinds: _claim_statements(with_kinds) for with_kinds in (False, True)}
+_EXPIRED = (
+    sa.select(runs)
+    .where(runs.c.status == "running", runs.c.lease_expires_at <= sa.bindparam("now"))
+    .with_for_update(skip_locked=True)
+)
+_GRANT = (
+    runs.update()
+    .where(runs.c.run_id == sa.bindparam("b_run_id"), runs.c.epoch == sa.bindparam("b_epoch"),
+           runs.c.status == "queued")
+    .values(status="running", holder=sa.bindparam("b_holder"), epoch=sa.bindparam("b_new_epoch"),
+            lease_expires_at=sa.bindparam("b_expires_at"), step=sa.bindparam("b_step"),
+            updated_at=sa.bindparam("b_now"))
+)
+_OPEN_ATTEMPT = attempts.insert()
 
 
 def labels_match(wanted: dict[str, str], offered: dict[str, str]) -> bool:
@@ -52,33 +133,18 @@ class LeaseMixin:
                 return None
             epoch = chosen["epoch"] + 1
             expires_at = now + chosen["lease_ttl_s"]
-            latest = self._latest_checkpoint(conn, chosen["run_id"])
+            durable = self._durable_checkpoints(conn, chosen["run_id"], limit=FALLBACKS + 1)
+            latest = durable[0] if durable else None
             resume_step = latest["step"] if latest else 0
-            updated = conn.execute(
-                runs.update()
-                .where(runs.c.run_id == chosen["run_id"], runs.c.epoch == chosen["epoch"], runs.c.status == "queued")
-                .values(
-                    status="running",
-                    holder=worker_id,
-                    epoch=epoch,
-                    lease_expires_at=expires_at,
-                    step=resume_step,
-                    updated_at=now,
-                )
-            ).rowcount
+            updated = conn.execute(_GRANT, {
+                "b_run_id": chosen["run_id"], "b_epoch": chosen["epoch"], "b_holder": worker_id, "b_new_epoch": epoch,
+                "b_expires_at": expires_at, "b_step": resume_step, "b_now": now,
+            }).rowcount
             assert updated == 1, "the queue row changed under its lock"
-            conn.execute(
-                attempts.insert().values(
-                    run_id=chosen["run_id"],
-                    epoch=epoch,
-                    worker_id=worker_id,
-                    granted_at=now,
-                    last_renewed_at=now,
-                    step_start=resume_step,
-                    gpus=gpus,
-                    price_per_hour=price_per_hour,
-                )
-            )
+            conn.execute(_OPEN_ATTEMPT, {
+                "run_id": chosen["run_id"], "epoch": epoch, "worker_id": worker_id, "granted_at": now,
+                "last_renewed_at": now, "step_start": resume_step, "gpus": gpus, "price_per_hour": price_per_hour,
+            })
             self._event(
                 conn,
                 chosen["run_id"],
@@ -92,7 +158,7 @@ class LeaseMixin:
                 init = self._latest_checkpoint(conn, chosen["depends_on"])
             return {
                 "eval_checkpoints": self._eval_checkpoints(conn, chosen) if chosen["kind"] == "eval" else [],
-                "fallback_checkpoints": self._durable_checkpoints(conn, chosen["run_id"], limit=FALLBACKS + 1)[1:],
+                "fallback_checkpoints": durable[1:],
                 "run_id": chosen["run_id"],
                 "kind": chosen["kind"],
                 "config": chosen["config"],
@@ -107,51 +173,43 @@ class LeaseMixin:
     def _pick(
         self, conn: sa.Connection, *, gpus: int, labels: dict[str, str], kinds: list[str] | None, now: float
     ) -> dict[str, Any] | None:
-        """The highest-priority, oldest queued run this worker can serve, locked for update."""
-        parent = runs.alias("parent")
-        ready_parent = (
-            sa.select(parent.c.run_id).where(parent.c.run_id == runs.c.depends_on, parent.c.status == "succeeded")
-        ).exists()
-        query = (
-            sa.select(runs)
-            .where(
-                runs.c.status == "queued",
-                runs.c.not_before <= now,
-                runs.c.gpus <= gpus,
-                sa.or_(runs.c.depends_on.is_(None), ready_parent),
-            )
-            .order_by(runs.c.priority.desc(), runs.c.created_at, runs.c.run_id)
-            .limit(CLAIM_BATCH)
-            .with_for_update(skip_locked=True, of=runs)
-        )
+        """The highest-priority, oldest queued run this worker can serve, locked for update.
+
+        Candidates are read in queue order a page at a time, without locks. Among those whose
+        labels the worker carries, the first still claimable is then locked, every condition
+        checked again (PostgreSQL: ``ORDER BY … LIMIT 1 FOR UPDATE SKIP LOCKED``, which locks only
+        the row it returns). A claim so locks only the run it takes, and a concurrent claim skips
+        that one run, not a whole page of them. On SQLite the transaction already holds the
+        database lock, so the first candidate is always free.
+        """
+        statements = _CLAIM[bool(kinds)]
+        params: dict[str, Any] = {"now": now, "gpus": gpus}
         if kinds:
-            query = query.where(runs.c.kind.in_(kinds))
-        after = None
+            params["kinds"] = list(kinds)
+        page = statements.first_page
         while True:
-            page = query
-            if after is not None:  # keyset pagination past runs whose labels did not match
-                prio, created, run_id = after
-                page = page.where(
-                    sa.or_(
-                        runs.c.priority < prio,
-                        sa.and_(runs.c.priority == prio, runs.c.created_at > created),
-                        sa.and_(runs.c.priority == prio, runs.c.created_at == created, runs.c.run_id > run_id),
-                    )
-                )
-            rows = conn.execute(page).mappings().all()
-            for row in rows:
-                if labels_match(row["labels"] or {}, labels):
-                    return dict(row)
+            rows = conn.execute(page, params).all()
+            matching = [row.run_id for row in rows if labels_match(row.labels or {}, labels)]
+            if matching:
+                # None: concurrent claims hold them all, or took them since the page was read
+                taken = conn.execute(statements.lock, {**params, "candidates": matching}).mappings().first()
+                if taken is not None:
+                    return dict(taken)
             if len(rows) < CLAIM_BATCH:
                 return None
             last = rows[-1]
-            after = (last["priority"], last["created_at"], last["run_id"])
+            page = statements.next_page
+            params.update(after_priority=last.priority, after_created=last.created_at, after_run_id=last.run_id)
 
     # -- fence -----------------------------------------------------------------------------
 
-    def _fenced_run(self, conn: sa.Connection, run_id: str, worker_id: str, epoch: int, now: float) -> dict:
-        """The run row, locked, if ``(worker_id, epoch)`` holds its live lease; else LeaseLost."""
-        row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id).with_for_update()).mappings().first()
+    def _fenced_run(
+        self, conn: sa.Connection, run_id: str, worker_id: str, epoch: int, now: float, *, whole: bool = True
+    ) -> dict:
+        """The run row, locked, if ``(worker_id, epoch)`` holds its live lease; else LeaseLost.
+        Without ``whole``, only the lease's columns (``_LEASE_COLUMNS``)."""
+        fence = _FENCE_ROW if whole else _FENCE_LEASE
+        row = conn.execute(fence, {"run_id": run_id}).mappings().first()
         if row is None:
             raise NotFound(f"no run named {run_id!r}")
         if row["epoch"] != epoch:
@@ -166,16 +224,10 @@ class LeaseMixin:
         """Extend a live lease by its ttl. Returns ``expires_at``, ``ttl_s``, ``cancel_requested``."""
         now = time.time() if now is None else now
         with self._write() as conn:
-            row = self._fenced_run(conn, run_id, worker_id, epoch, now)
+            row = self._fenced_run(conn, run_id, worker_id, epoch, now, whole=False)
             expires_at = now + row["lease_ttl_s"]
-            conn.execute(
-                runs.update().where(runs.c.run_id == run_id).values(lease_expires_at=expires_at, updated_at=now)
-            )
-            conn.execute(
-                attempts.update()
-                .where(attempts.c.run_id == run_id, attempts.c.epoch == epoch)
-                .values(last_renewed_at=now)
-            )
+            conn.execute(_EXTEND_LEASE, {"b_run_id": run_id, "b_expires_at": expires_at, "b_now": now})
+            conn.execute(_MARK_RENEWED, {"b_run_id": run_id, "b_epoch": epoch, "b_now": now})
             return {"expires_at": expires_at, "ttl_s": row["lease_ttl_s"], "cancel_requested": row["cancel_requested"]}
 
     def record_progress(
@@ -184,7 +236,7 @@ class LeaseMixin:
         """Store progress points ``{step, metrics}`` under a live lease; returns the run's step."""
         now = time.time() if now is None else now
         with self._write() as conn:
-            self._fenced_run(conn, run_id, worker_id, epoch, now)
+            self._fenced_run(conn, run_id, worker_id, epoch, now, whole=False)
             rows = [
                 {"run_id": run_id, "epoch": epoch, "step": p["step"], "name": name, "value": value, "ts": now}
                 for p in points
@@ -254,7 +306,7 @@ class LeaseMixin:
         """The holder resumed at ``step`` (0: from scratch); ``note`` says why not from a newer one."""
         now = time.time() if now is None else now
         with self._write() as conn:
-            self._fenced_run(conn, run_id, worker_id, epoch, now)
+            self._fenced_run(conn, run_id, worker_id, epoch, now, whole=False)
             conn.execute(
                 attempts.update()
                 .where(attempts.c.run_id == run_id, attempts.c.epoch == epoch)
@@ -318,11 +370,7 @@ class LeaseMixin:
             return self._expire(conn, now)
 
     def _expire(self, conn: sa.Connection, now: float) -> int:
-        rows = conn.execute(
-            sa.select(runs)
-            .where(runs.c.status == "running", runs.c.lease_expires_at <= now)
-            .with_for_update(skip_locked=True)
-        ).mappings().all()
+        rows = conn.execute(_EXPIRED, {"now": now}).mappings().all()
         for row in rows:
             row = dict(row)
             message = f"lease expired: no renewal from {row['holder']}"

@@ -43,10 +43,14 @@ runs = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float, nullable=True),
-    sa.Index("ix_runs_queue", "status", "priority", "created_at"),
+    sa.Index("ix_runs_expiry", "status", "lease_expires_at"),  # the expiry check inside every claim
+    sa.Index("ix_runs_holder", "holder"),  # a worker's current run (register, heartbeat, the autoscaler)
     sa.Index("ix_runs_depends_on", "depends_on"),
     sa.Index("ix_runs_source_run", "source_run"),
 )
+# The claim's order (DESIGN §4: highest priority, then oldest), so a claim reads the queue's head
+# instead of sorting the whole queue.
+sa.Index("ix_runs_claim", runs.c.status, runs.c.priority.desc(), runs.c.created_at, runs.c.run_id)
 
 attempts = sa.Table(
     "attempts",
