@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from relaytrain.artifacts._transfer import TransferProgress
+from relaytrain.artifacts._transfer import TransferProgress, local_manifest
 from relaytrain.artifacts.base import ArtifactStore, ProgressFn, check_run_id
 from relaytrain.checkpoint import (
     MANIFEST_NAME,
@@ -143,15 +143,7 @@ class LocalStore(ArtifactStore):
         src = Path(local_dir)
         target = self._checkpoint_dir(run_id, step)
         uri = target.as_uri()
-        try:
-            manifest_data = (src / MANIFEST_NAME).read_bytes()
-            manifest = parse_manifest(manifest_data)
-        except FileNotFoundError as exc:
-            raise ArtifactError(f"{src}: cannot upload: {MANIFEST_NAME} missing") from exc
-        except CheckpointError as exc:
-            raise ArtifactError(f"{src}: cannot upload: {exc}") from exc
-        if manifest["step"] != step:
-            raise ArtifactError(f"{src}: manifest says step {manifest['step']}, asked to upload step {step}")
+        manifest_data, manifest = local_manifest(src, step)
         local_sha = hashlib.sha256(manifest_data).hexdigest()
         if target.is_dir() and self._holds(target, local_sha):
             log.info("%s already holds this checkpoint; not uploading again", uri)
