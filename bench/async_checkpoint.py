@@ -119,7 +119,7 @@ def state_bytes(value: Any) -> int:
 
 def tiny_session(root: Path) -> Any:
     from relaytrain.config import SFTRun
-    from relaytrain.train.contract import Contract
+    from relaytrain.contract import Contract
     from relaytrain.train.sft import SFTSession, quiet_transformers
 
     quiet_transformers()

@@ -70,7 +70,7 @@ def held_out_accuracy(model: Any, tokenizer: Any) -> float:
 def run_relaytrain(init: str | None, stop: Callable[[int, float], bool]) -> dict[str, Any]:
     """Train with ``GRPOSession.train_step`` (the trainer's own loop body) until ``stop(steps, elapsed)``."""
     from relaytrain.config import GRPORun
-    from relaytrain.train.contract import Contract
+    from relaytrain.contract import Contract
     from relaytrain.train.grpo import GRPOSession
 
     config = GRPORun(

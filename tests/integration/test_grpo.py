@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from relaytrain.config import GRPORun, SFTRun  # noqa: E402
-from relaytrain.train.contract import EX_OK, Contract  # noqa: E402
+from relaytrain.contract import Contract, ExitCode  # noqa: E402
 from relaytrain.train.grpo import GRPOSession, run_grpo  # noqa: E402
 from relaytrain.train.grpo_loss import grpo_loss  # noqa: E402
 
@@ -234,7 +234,7 @@ def _launch(config: GRPORun, root: Path, max_steps: int, resume: Path | None = N
 
 def _finish(process: subprocess.Popen[str]) -> None:
     _, stderr = process.communicate(timeout=240)
-    assert process.returncode == EX_OK, stderr[-3000:]
+    assert process.returncode == ExitCode.OK, stderr[-3000:]
 
 
 def test_resume_in_a_new_process_is_bit_identical_to_training_straight(tmp_path: Path) -> None:
@@ -274,7 +274,7 @@ def test_stop_file_mid_run_checkpoints_the_step_and_exits_zero(tmp_path: Path) -
     config = config.model_copy(
         update={"max_steps": 50, "checkpoint": config.checkpoint.model_copy(update={"every_steps": 40})}
     )
-    assert run_grpo(config, contract) == EX_OK
+    assert run_grpo(config, contract) == ExitCode.OK
 
     assert sorted(p.name for p in output.glob("step_*")) == ["step_00000002"]
     lines = progress(output / "progress.jsonl")
@@ -302,10 +302,10 @@ def test_lora_with_a_kl_to_the_disabled_adapter_resumes_exactly(tmp_path: Path) 
     lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
     config = grpo_config(reward_file(tmp_path), beta=0.1, lora=lora, learning_rate=1e-3)
     config = config.model_copy(update={"max_steps": 3})
-    assert run_grpo(config, Contract.local(tmp_path / "straight")) == EX_OK
+    assert run_grpo(config, Contract.local(tmp_path / "straight")) == ExitCode.OK
     part = tmp_path / "part"
-    assert run_grpo(config, Contract.local(part, max_steps=2)) == EX_OK
-    assert run_grpo(config, Contract.local(part, resume_from=part / "step_00000002")) == EX_OK
+    assert run_grpo(config, Contract.local(part, max_steps=2)) == ExitCode.OK
+    assert run_grpo(config, Contract.local(part, resume_from=part / "step_00000002")) == ExitCode.OK
     a = state_digests(tmp_path / "straight" / "step_00000003")
     b = state_digests(part / "step_00000003")
     assert any(k.startswith("model/adapter_model.safetensors") for k in a)
@@ -387,7 +387,7 @@ def test_grpo_from_an_sft_checkpoint_raises_reward_and_held_out_accuracy(
         checkpoint={"every_steps": steps},
         trainer={"learning_rate": 1e-4, "prompts_per_step": 8, "num_generations": 4, "max_new_tokens": 8},
     )
-    assert run_grpo(config, Contract.local(tmp_path, init_from=str(init))) == EX_OK
+    assert run_grpo(config, Contract.local(tmp_path, init_from=str(init))) == ExitCode.OK
 
     rewards = [line["metrics"]["reward_mean"] for line in progress(tmp_path / "progress.jsonl") if "metrics" in line]
     assert len(rewards) == steps

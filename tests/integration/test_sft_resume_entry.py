@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from relaytrain.config import parse_run_config, run_config_dict
-from relaytrain.train.contract import EX_CONFIG
+from relaytrain.contract import ExitCode
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -92,7 +92,7 @@ def test_worker_entry_trains_resumes_and_reports(tmp_path: Path) -> None:
 )
 def test_worker_entry_exits_78_on_permanent_errors(tmp_path: Path, config: dict[str, Any], message: str) -> None:
     result = run_worker_entry(worker_env(tmp_path, config))
-    assert result.returncode == EX_CONFIG
+    assert result.returncode == ExitCode.CONFIG
     assert message in result.stderr
 
 
@@ -104,5 +104,5 @@ def test_standalone_rejects_bad_flags_with_78(tmp_path: Path) -> None:
         text=True,
         timeout=120,
     )
-    assert result.returncode == EX_CONFIG
+    assert result.returncode == ExitCode.CONFIG
     assert "checkpoint.every_steps" in result.stderr

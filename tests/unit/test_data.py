@@ -134,3 +134,36 @@ def test_cursor_resumes_exactly_across_an_epoch_boundary() -> None:
 def test_cursor_refuses_a_different_dataset() -> None:
     with pytest.raises(ConfigError, match="dataset changed"):
         DataCursor(8, seed=1).load_state_dict(DataCursor(7, seed=1).state_dict())
+
+
+def test_a_json_array_file_loads_like_json_lines(tmp_path: Path) -> None:
+    records = [{"prompt": "1+1=", "completion": "2"}]
+    (tmp_path / "one.json").write_text(json.dumps(records))
+    (tmp_path / "lines.json").write_text(json.dumps(records[0]) + "\n")
+    (tmp_path / "pretty.json").write_text("\n  " + json.dumps(records * 3, indent=2))
+    assert read_records(tmp_path / "one.json") == records
+    assert read_records(tmp_path / "lines.json") == records
+    assert read_records(tmp_path / "pretty.json") == records * 3
+    (tmp_path / "broken.json").write_text('[{"prompt": 1,\n')
+    with pytest.raises(ConfigError, match="broken.json:2: not valid JSON"):
+        read_records(tmp_path / "broken.json")
+    (tmp_path / "scalars.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="record 0: a record must be an object, got int"):
+        load_examples(DataConfig(path=str(tmp_path / "scalars.json")))
+
+
+@pytest.mark.parametrize("column", ["answer", "solution", "ground_truth"])
+def test_trl_grpo_records_keep_their_extra_columns(column: str) -> None:
+    example = normalize_record({"prompt": "12+7=", column: "19", "difficulty": 2, "source": "synthetic"})
+    assert (example.prompt, example.answer, example.completion) == ("12+7=", "19", "19")
+    expected = {"difficulty": 2, "source": "synthetic"} | ({} if column == "answer" else {column: "19"})
+    assert dict(example.extra) == expected
+
+
+def test_a_trl_conversational_prompt_becomes_messages() -> None:
+    example = normalize_record({"prompt": [{"role": "system", "content": "be brief"},
+                                           {"role": "user", "content": "2+2?"}], "solution": "so #### 4"})
+    assert example.prompt == "2+2?" and example.answer == "4" and example.reasoning == "so"
+    assert example.messages == ({"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"})
+    with pytest.raises(ConfigError, match="'prompt' must be a list of"):
+        normalize_record({"prompt": [{"content": "no role"}], "answer": "1"}, "record 0")

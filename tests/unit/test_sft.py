@@ -14,8 +14,8 @@ pytest.importorskip("peft")
 
 from relaytrain.checkpoint import CheckpointManager, find_latest_valid, load_checkpoint  # noqa: E402
 from relaytrain.config import SFTRun  # noqa: E402
+from relaytrain.contract import Contract  # noqa: E402
 from relaytrain.errors import CheckpointError, ConfigError  # noqa: E402
-from relaytrain.train.contract import Contract  # noqa: E402
 from relaytrain.train.sft import SFTSession, collate, make_scheduler, run_sft, tokenize_samples  # noqa: E402
 from relaytrain.train.templates import Sample  # noqa: E402
 from relaytrain.train.tiny import build_char_tokenizer, load_model_and_tokenizer  # noqa: E402

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from relaytrain.config import SFTRun
+from relaytrain.contract import ExitCode
 from relaytrain.errors import ConfigError
-from relaytrain.train.contract import EX_CONFIG
 from relaytrain.train.run import RUNNERS, load_runner, main, read_config
 from relaytrain.train.standalone import build_parser, resolve_resume
 
@@ -54,10 +54,24 @@ def test_runner_registry() -> None:
 def test_worker_entry_config_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("RELAY_RUN_CONFIG", "RELAY_OUTPUT_DIR"):
         monkeypatch.delenv(name, raising=False)
-    assert main([]) == EX_CONFIG  # no RELAY_RUN_CONFIG
+    assert main([]) == ExitCode.CONFIG  # no RELAY_RUN_CONFIG
     bad = tmp_path / "run.json"
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         read_config(bad)
     bad.write_text(json.dumps({"run_id": "x", "kind": "sft", "max_steps": 1}))
-    assert main([str(bad)]) == EX_CONFIG  # RELAY_OUTPUT_DIR missing
+    assert main([str(bad)]) == ExitCode.CONFIG  # RELAY_OUTPUT_DIR missing
+
+
+def test_a_configuration_error_is_one_line_without_traceback(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A dataset that does not exist fails the run at start: exit 78, one line naming the field."""
+    from relaytrain.train.standalone import main as train_main
+
+    missing = tmp_path / "nope.jsonl"
+    with caplog.at_level("INFO"):
+        code = train_main(["sft", "--dataset", str(missing), "--max-steps", "2", "--output-dir", str(tmp_path / "o")])
+    assert code == ExitCode.CONFIG
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "data.path: no such file or folder" in errors[0].getMessage()
+    assert errors[0].exc_info is None and "Traceback" not in capsys.readouterr().err

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from relaytrain.contract import Contract, ExitCode, exit_code_for
 from relaytrain.errors import ConfigError
-from relaytrain.train.contract import EX_CONFIG, EX_TEMPFAIL, Contract, exit_code_for
 
 
 def test_from_env_reads_every_variable(tmp_path: Path) -> None:
@@ -26,13 +26,13 @@ def test_from_env_reads_every_variable(tmp_path: Path) -> None:
         "RELAY_PROGRESS_FILE": str(tmp_path / "progress.jsonl"),
         "RELAY_STOP_FILE": str(tmp_path / "STOP"),
         "RELAY_ROLLOUT_TRAJECTORY_ROOT": str(tmp_path / "traj"),
-        "RELAY_ROLLOUT_TRAJECTORY_PATTERN": "step_{step}.jsonl",
+        "RELAY_ROLLOUT_TRAJECTORY_PATTERN": "step_{rollout_id}.jsonl",
     }
     contract = Contract.from_env(env)
     assert contract.run_id == "arith" and contract.epoch == 4 and contract.max_steps == 50
     assert contract.resume_from == tmp_path / "checkpoints" / "step_00000010"
     assert contract.init_from is None  # empty means unset
-    assert contract.rollout_trajectory_pattern == "step_{step}.jsonl"
+    assert contract.rollout_trajectory_pattern == "step_{rollout_id}.jsonl"
 
 
 @pytest.mark.parametrize(
@@ -72,10 +72,10 @@ def test_stop_file_and_signals(tmp_path: Path) -> None:
 
 
 def test_exit_codes() -> None:
-    assert exit_code_for(ConfigError("data.path: missing")) == EX_CONFIG
-    assert exit_code_for(ModuleNotFoundError("rewards")) == EX_CONFIG
-    assert exit_code_for(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")) == EX_TEMPFAIL
-    assert exit_code_for(RuntimeError("NCCL watchdog timeout")) == EX_TEMPFAIL
+    assert exit_code_for(ConfigError("data.path: missing")) == ExitCode.CONFIG
+    assert exit_code_for(ModuleNotFoundError("rewards")) == ExitCode.CONFIG
+    assert exit_code_for(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")) == ExitCode.TEMPFAIL
+    assert exit_code_for(RuntimeError("NCCL watchdog timeout")) == ExitCode.TEMPFAIL
     assert exit_code_for(KeyError("x")) is None
 
 

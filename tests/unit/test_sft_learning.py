@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from relaytrain.config import SFTRun  # noqa: E402
-from relaytrain.train.contract import Contract  # noqa: E402
+from relaytrain.contract import Contract  # noqa: E402
 from relaytrain.train.data import builtin_dataset  # noqa: E402
 from relaytrain.train.exact_match import evaluate_exact_match  # noqa: E402
 from relaytrain.train.sft import run_sft  # noqa: E402

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from relaytrain.config import GRPORun, SFTRun
+from relaytrain.contract import Contract, ExitCode
 from relaytrain.errors import ConfigError
-from relaytrain.train.contract import EX_CONFIG, Contract
 from relaytrain.train.model_io import is_lora
 from relaytrain.train.sft import SFTSession
 from relaytrain.train.standalone import build_parser
@@ -78,7 +78,7 @@ def test_without_unsloth_the_run_fails_at_start_naming_it(tmp_path: Path, model_
     out = tmp_path / "out"
     code = standalone_main(["sft", "--model", str(model_dir), "--max-steps", "3", "--output-dir", str(out),
                             "--use-unsloth"])
-    assert code == EX_CONFIG  # permanent: the worker does not retry it
+    assert code == ExitCode.CONFIG  # permanent: the worker does not retry it
     assert "trainer.use_unsloth: unsloth is not installed" in caplog.text
     assert not any(out.glob("step_*")), "nothing is trained or saved"
     with pytest.raises(ConfigError, match="not the built-in 'tiny'"):

@@ -14,7 +14,7 @@ from relaytrain.checkpoint import CheckpointManager
 from relaytrain.commander.app import create_app
 from relaytrain.commander.store import Store
 from relaytrain.config import parse_run_config
-from relaytrain.worker.process import classify_exit
+from relaytrain.contract import Event, Progress, classify_exit
 from relaytrain.worker.reporter import ProgressTailer, Uploader
 from tests.unit.test_store_hf import FakeHfApi
 
@@ -58,11 +58,10 @@ def test_tailer_reads_whole_lines_only(tmp_path):
     assert tailer.read_new() == []  # no file yet
     with open(path, "w") as f:
         f.write(json.dumps({"step": 1}) + "\n" + '{"step": 2, "met')
-    assert tailer.read_new() == [{"step": 1}]
+    assert tailer.read_new() == [Progress(1, {})]
     with open(path, "a") as f:
         f.write('rics": {"loss": 0.5}}\nnot json\n[1, 2]\n{"event": "checkpoint", "step": 2, "path": "/x"}\n')
-    assert tailer.read_new() == [{"step": 2, "metrics": {"loss": 0.5}},
-                                 {"event": "checkpoint", "step": 2, "path": "/x"}]
+    assert tailer.read_new() == [Progress(2, {"loss": 0.5}), Event("checkpoint", {"step": 2, "path": "/x"})]
     assert tailer.read_new() == []
 
 

@@ -12,7 +12,8 @@ from relaytrain.artifacts.base import ArtifactStore, ProgressFn
 from relaytrain.artifacts.factory import open_store
 from relaytrain.artifacts.hf import HFStore
 from relaytrain.artifacts.local import LocalStore
-from relaytrain.artifacts.resume import fetch_for_resume
+from relaytrain.artifacts.resume import fetch_for_resume, verify_durable
 from relaytrain.artifacts.s3 import S3Store
 
-__all__ = ["ArtifactStore", "HFStore", "LocalStore", "ProgressFn", "S3Store", "fetch_for_resume", "open_store"]
+__all__ = ["ArtifactStore", "HFStore", "LocalStore", "ProgressFn", "S3Store", "fetch_for_resume", "open_store",
+           "verify_durable"]

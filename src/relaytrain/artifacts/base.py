@@ -83,6 +83,11 @@ class ArtifactStore(ABC):
         """Store one file as ``name`` (a relative path) under ``run_id``; return its URI.
         Atomic: readers see the old file or the new one."""
 
+    def put_files(self, files: list[tuple[str | os.PathLike[str], str]], run_id: str) -> list[str]:
+        """Store several ``(local_path, name)`` files under ``run_id`` (each as ``put_file``
+        does); stores with commits make it one commit. Returns their URIs."""
+        return [self.put_file(path, run_id, name) for path, name in files]
+
     @abstractmethod
     def get_file(self, run_id: str, name: str, dest: str | os.PathLike[str],
                  progress: ProgressFn | None = None) -> Path:

@@ -507,6 +507,25 @@ class HFStore(ArtifactStore):
         TransferProgress(size, progress).advance(size)
         return uri
 
+    def put_files(self, files: list[tuple[str | os.PathLike[str], str]], run_id: str) -> list[str]:
+        """Commit several files as ``files/<name>`` in one commit on the current head."""
+        if not files:
+            return []
+        adds = [(Path(path), self._file_path(run_id, name)) for path, name in files]
+        for path, _ in adds:
+            if not path.is_file():
+                raise ArtifactError(f"{path}: no such file")
+        uris = [f"{self.uri}/{in_repo}" for _, in_repo in adds]
+        if self.dry_run:
+            return uris
+        from huggingface_hub import CommitOperationAdd
+
+        self._call(f"creating {self.repo_id}", "create_repo", self.repo_id, private=True, exist_ok=True,
+                   repo_type="model")
+        self._commit([CommitOperationAdd(path_in_repo=in_repo, path_or_fileobj=str(path)) for path, in_repo in adds],
+                     f"relaytrain: {run_id} {len(adds)} files", {"run_id": run_id, "files": len(adds)}, None, uris[0])
+        return uris
+
     def get_file(self, run_id: str, name: str, dest: str | os.PathLike[str],
                  progress: ProgressFn | None = None) -> Path:
         """Download ``files/<name>`` to ``dest`` atomically."""

@@ -1,14 +1,17 @@
-"""``fetch_for_resume``: get the checkpoint a resuming worker was told to start from."""
+"""``fetch_for_resume``: get the checkpoint a resuming worker was told to start from;
+``verify_durable``: check a durable checkpoint from anywhere (``relay resume``)."""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from relaytrain.artifacts.base import ArtifactStore, ProgressFn
+from relaytrain.artifacts.factory import open_store
+from relaytrain.checkpoint import Verification, step_dir_name, verify
 from relaytrain.checkpoint import manifest_sha256 as sha256_of_manifest
-from relaytrain.checkpoint import step_dir_name, verify
 from relaytrain.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -47,3 +50,18 @@ def _local_mismatch(local: Path, expected: str) -> str | None:
         return "its manifest differs from the durable one"
     check = verify(local)
     return None if check.ok else check.reason
+
+
+def verify_durable(store_uri: str, run_id: str, step: int, recorded_uri: str) -> tuple[Verification, str]:
+    """Check a durable checkpoint in its store, from anywhere: ``(verification, where)``.
+
+    A local store given as a relative path was resolved against the worker's working folder,
+    not the caller's; the checkpoint's recorded URI (``file:///abs/…``, what the worker
+    stored) is then the path checked. ``where`` names what was checked, for the message.
+    """
+    parsed = urlparse(recorded_uri)
+    if "://" not in store_uri and not Path(store_uri).is_absolute() and parsed.scheme == "file":
+        path = Path(unquote(parsed.path))
+        return verify(path), str(path)
+    store = open_store(store_uri)
+    return store.verify_checkpoint(run_id, step), store.uri_for(run_id, step)

@@ -2,7 +2,8 @@
 
 A bad file fails at ``relay submit`` with the path of the offending field, for example
 ``checkpoint.every_steps: Input should be greater than or equal to 1 (got 0)`` — never
-deep inside a worker an hour later. This module imports nothing of ours but the errors.
+deep inside a worker an hour later. This module imports nothing of ours but the errors and
+the trainer contract's rules (both leaves).
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from relaytrain.contract import (
+    DEFAULT_TRAJECTORY_PATTERN,
+    DEFAULT_TRAJECTORY_SUBDIR,
+    check_trajectory_pattern,
+    check_trajectory_subdir,
+)
 from relaytrain.errors import ConfigError
 
 RUN_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
@@ -256,6 +263,26 @@ class AutoEval(_EvalSettings):
     every_steps: int = Field(..., ge=1, description="Evaluate checkpoints at multiples of this step.")
 
 
+class Trajectories(_Model):
+    """RL rollout trajectories kept for audit: written by the trainer under the run root and
+    uploaded by the worker with each durable checkpoint (``<store>/<run_id>/<subdir>/…``)."""
+
+    save: bool = Field(False, description="Keep trajectories (sets RELAY_SAVE_ROLLOUT_TRAJECTORIES=1).")
+    subdir: str = Field(DEFAULT_TRAJECTORY_SUBDIR, description="Their folder, relative to the run root.")
+    pattern: str = Field(DEFAULT_TRAJECTORY_PATTERN,
+                         description="A file's name: a Python format with one integer field, rollout_id.")
+
+    @field_validator("subdir")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        return check_trajectory_subdir(value)
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        return check_trajectory_pattern(value)
+
+
 class _RunBase(_Model):
     run_id: str = Field(..., description="Unique name of the run; it becomes a folder name.")
     priority: int = Field(0, ge=-1000, le=1000, description="Higher runs are granted first.")
@@ -268,6 +295,7 @@ class _RunBase(_Model):
     hang_timeout_s: float = Field(600.0, ge=1, description="A trainer silent this long is killed as hung.")
     init_from: InitFrom | None = None
     eval: AutoEval | None = Field(None, description="Automatic evaluation of durable checkpoints.")
+    trajectories: Trajectories = Field(default_factory=Trajectories)
 
     @field_validator("run_id")
     @classmethod
@@ -292,6 +320,13 @@ class GRPORun(_RunBase):
     model: str = Field("tiny", min_length=1)
     data: DataConfig = Field(default_factory=lambda: DataConfig(builtin="arithmetic"))
     trainer: GRPOTrainer = Field(default_factory=GRPOTrainer)
+
+    @model_validator(mode="after")
+    def _trainer_saves_trajectories(self) -> GRPORun:
+        """``trainer.save_rollout_trajectories: true`` (the older spelling) keeps them too."""
+        if self.trainer.save_rollout_trajectories and not self.trajectories.save:
+            object.__setattr__(self, "trajectories", self.trajectories.model_copy(update={"save": True}))
+        return self
 
 
 class CommandRun(_RunBase):

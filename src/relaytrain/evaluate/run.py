@@ -28,10 +28,10 @@ from typing import Any
 from relaytrain.artifacts import fetch_for_resume, open_store
 from relaytrain.checkpoint import step_dir_name
 from relaytrain.config import EvalRun, parse_run_config
-from relaytrain.errors import RelayError
+from relaytrain.contract import ExitCode, TrainerEnv, progress_line
+from relaytrain.errors import ConfigError, RelayError
 
 log = logging.getLogger("relaytrain.evaluate")
-EX_CONFIG = 78
 
 
 def dataset_label(dataset: str) -> str:
@@ -103,7 +103,7 @@ def run_eval(config: EvalRun, refs: list[dict[str, Any]], run_root: Path, progre
         numbers = {k: v for k, v in rows[step].items() if isinstance(v, float | int) and not isinstance(v, bool)}
         numbers["eval_ok"] = 1.0 if rows[step]["status"] == "ok" else 0.0
         with open(progress, "a") as handle:
-            handle.write(json.dumps({"step": step, "metrics": numbers}) + "\n")
+            handle.write(progress_line(step, numbers))
         prefix = f"evals/{folder.name}"
         for file in sorted(out.iterdir()):
             store.put_file(file, trainer.source_run, f"{prefix}/{out.name}/{file.name}")
@@ -112,23 +112,25 @@ def run_eval(config: EvalRun, refs: list[dict[str, Any]], run_root: Path, progre
     if failed:
         log.warning("failed steps: %s", ", ".join(map(str, failed)))
     if rows and len(failed) == len(rows):
-        return 1  # nothing could be scored: a transient failure, retried
-    return 0
+        return ExitCode.TEMPFAIL  # nothing could be scored: retried
+    return ExitCode.OK
 
 
 def main() -> int:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = parse_run_config(json.loads(Path(os.environ["RELAY_RUN_CONFIG"]).read_text()))
-        refs = json.loads(Path(os.environ["RELAY_EVAL_CHECKPOINTS"]).read_text())
-    except (KeyError, OSError, ValueError, RelayError) as exc:
+        env = TrainerEnv.from_env()
+        if env.run_config is None or env.eval_checkpoints is None:
+            raise ConfigError("RELAY_RUN_CONFIG and RELAY_EVAL_CHECKPOINTS: required for an eval run")
+        config = parse_run_config(json.loads(env.run_config.read_text()))
+        refs = json.loads(env.eval_checkpoints.read_text())
+    except (OSError, ValueError, RelayError) as exc:
         print(f"ConfigError: eval run: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return ExitCode.CONFIG
     if config.kind != "eval":
         print(f"ConfigError: kind: expected 'eval', got {config.kind!r}", file=sys.stderr)
-        return EX_CONFIG
-    return run_eval(config, refs, Path(os.environ["RELAY_RUN_ROOT"]), Path(os.environ["RELAY_PROGRESS_FILE"]),
-                    Path(os.environ["RELAY_STOP_FILE"]))
+        return ExitCode.CONFIG
+    return run_eval(config, refs, Path(env.run_root), env.progress_file, env.stop_file)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from relaytrain.config import DataConfig, RewardSpec
+from relaytrain.contract import ExitCode
 from relaytrain.errors import ConfigError
 
 
@@ -126,14 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "correct": None if accuracy is None else round(accuracy * len(rows))})
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 78
+        return ExitCode.CONFIG
     if args.json:
         print(json.dumps(results))
     else:
         for r in results:
             shown = "  ".join(f"{k} {r[k]:.3f}" for k in metrics if k in r)
             print(f"{shown}  ({r['total']} records)  {r['model']}")
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@ inside their functions:
 - ``relaytrain.train.templates``: ``generic`` / ``r1`` / ``chat`` prompt templates.
 - ``relaytrain.train.rng``: RNG capture/restore.
 - ``relaytrain.train.model_io``: the ``model/`` part of a checkpoint (full weights or LoRA).
-- ``relaytrain.train.contract``: the environment contract (DESIGN §6), exit codes.
 - ``relaytrain.train.sft``: ``run_sft(config, contract) -> exit code``.
 - ``relaytrain.train.exact_match``: greedy exact-match evaluation.
 - ``relaytrain.train.standalone``: ``python -m relaytrain.train sft …`` (no commander).
 - ``relaytrain.train.run``: the worker's entry, ``python -m relaytrain.train.run``.
+
+The contract they honour (environment, exit codes, progress lines) is ``relaytrain.contract``.
 """

@@ -6,10 +6,14 @@ Built-in datasets (deterministic by seed, train and test splits disjoint by cons
   pairs ``a+b`` with ``0 ≤ a, b ≤ 99``; 500 held out for test).
 - ``reverse``: reverse a short lowercase string, prompt ``"rev abc="``, completion ``"cba"``.
 
-Files (``DataConfig.path``): JSONL, Parquet (needs ``pyarrow``) or a folder saved by
-``datasets`` (needs ``datasets``), holding records of one of three shapes: ``prompt`` /
-``completion``; ``messages`` (chat; the last assistant message is the completion);
-``question`` / ``answer`` (a GSM8K-style ``#### 42`` tail becomes the short answer).
+Files (``DataConfig.path``): JSON Lines (``.jsonl``, or ``.json``), a JSON array of records
+(``.json``), Parquet (needs ``pyarrow``) or a folder saved by ``datasets`` (needs
+``datasets``), holding records of one of these shapes: ``prompt`` / ``completion``;
+``messages`` (chat; the last assistant message is the completion); ``question`` /
+``answer`` (a GSM8K-style ``#### 42`` tail becomes the short answer); and TRL's GRPO shape,
+``prompt`` (text or chat messages) with an answer column (``answer``, ``solution`` or
+``ground_truth``). Every other column is kept (``Example.extra``) and handed to reward
+functions as a keyword argument, as TRL does.
 
 Public API:
 
@@ -26,7 +30,8 @@ from __future__ import annotations
 import json
 import random
 import string
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,7 +54,7 @@ class Example:
     ``answer`` the short ground truth (what exact match and rewards compare with),
     ``reasoning`` an optional worked solution (used as the r1 ``<think>`` part),
     ``messages`` the chat messages of the prompt (no final assistant turn), when the
-    record was chat-shaped.
+    record was chat-shaped, ``extra`` the record's other columns (for reward functions).
     """
 
     prompt: str
@@ -57,42 +62,66 @@ class Example:
     answer: str
     reasoning: str = ""
     messages: tuple[dict[str, str], ...] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+ANSWER_COLUMNS = ("answer", "solution", "ground_truth")
+"""The columns a prompt-only (GRPO, TRL-style) record may hold its ground truth in, in order."""
+_SHAPE_COLUMNS = frozenset({"prompt", "completion", "messages", "question", "answer", "reasoning"})
+
+
+def _messages(value: Any, where: str, field_name: str) -> tuple[dict[str, str], ...]:
+    if not isinstance(value, list) or not value or not all(
+            isinstance(m, dict) and "role" in m and "content" in m for m in value):
+        raise ConfigError(f"{where}: {field_name!r} must be a list of {{role, content}} messages")
+    return tuple({"role": str(m["role"]), "content": str(m["content"])} for m in value)
+
+
+def _short_answer(full: str) -> str:
+    """A GSM8K-style ``… #### 42`` answer's tail; any other answer stripped."""
+    return full.rsplit("####", 1)[1].strip() if "####" in full else full.strip()
 
 
 def normalize_record(record: dict[str, Any], where: str = "record") -> Example:
-    """Turn a raw record (prompt/completion, messages, or question/answer) into an ``Example``.
+    """Turn a raw record (prompt/completion, messages, question/answer, or a prompt with an
+    answer column) into an ``Example``; columns beyond its shape go to ``Example.extra``.
 
     Raises ``ConfigError`` naming ``where`` when the record has none of the known shapes.
     """
     if not isinstance(record, dict):
         raise ConfigError(f"{where}: a record must be an object, got {type(record).__name__}")
     reasoning = str(record.get("reasoning") or "")
+    extra = {k: v for k, v in record.items() if k not in _SHAPE_COLUMNS}
     if "prompt" in record and "completion" in record:
         completion = str(record["completion"])
         answer = str(record.get("answer", completion))
-        return Example(str(record["prompt"]), completion, answer, reasoning)
+        return Example(str(record["prompt"]), completion, answer, reasoning, extra=extra)
     if "messages" in record:
-        messages = record["messages"]
-        if (
-            not isinstance(messages, list)
-            or len(messages) < 2
-            or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages)
-            or messages[-1]["role"] != "assistant"
-        ):
+        messages = _messages(record["messages"], where, "messages")
+        if len(messages) < 2 or messages[-1]["role"] != "assistant":
             raise ConfigError(
                 f"{where}: 'messages' must be a list of {{role, content}} ending with an assistant message"
             )
-        prompt_messages = tuple({"role": str(m["role"]), "content": str(m["content"])} for m in messages[:-1])
-        completion = str(messages[-1]["content"])
-        prompt = "\n".join(m["content"] for m in prompt_messages if m["role"] != "system")
-        return Example(prompt, completion, str(record.get("answer", completion)), reasoning, prompt_messages)
+        completion = messages[-1]["content"]
+        prompt = "\n".join(m["content"] for m in messages[:-1] if m["role"] != "system")
+        return Example(prompt, completion, str(record.get("answer", completion)), reasoning, messages[:-1], extra)
     if "question" in record and "answer" in record:
         full = str(record["answer"])
-        short = full.rsplit("####", 1)[1].strip() if "####" in full else full.strip()
         if "####" in full and not reasoning:
             reasoning = full.rsplit("####", 1)[0].strip()
-        return Example(str(record["question"]), full, short, reasoning)
-    raise ConfigError(f"{where}: expected fields prompt/completion, messages, or question/answer; got {sorted(record)}")
+        return Example(str(record["question"]), full, _short_answer(full), reasoning, extra=extra)
+    column = next((c for c in ANSWER_COLUMNS if c in record), None)
+    if "prompt" in record and column is not None:
+        full, prompt = str(record[column]), record["prompt"]
+        if "####" in full and not reasoning:
+            reasoning = full.rsplit("####", 1)[0].strip()
+        if isinstance(prompt, list):  # TRL's conversational prompt
+            messages = _messages(prompt, where, "prompt")
+            text = "\n".join(m["content"] for m in messages if m["role"] != "system")
+            return Example(text, full, _short_answer(full), reasoning, messages, extra)
+        return Example(str(prompt), full, _short_answer(full), reasoning, extra=extra)
+    raise ConfigError(f"{where}: expected fields prompt/completion, messages, question/answer, or prompt with "
+                      f"one of {'/'.join(ANSWER_COLUMNS)}; got {sorted(record)}")
 
 
 def builtin_dataset(name: str, split: Split = "train", seed: int = 0, size: int | None = None) -> list[Example]:
@@ -136,6 +165,8 @@ def read_records(path: str | Path, split: Split = "train") -> list[dict[str, Any
     if path.is_dir():
         return _read_datasets_folder(path, split)
     suffix = path.suffix.lower()
+    if suffix == ".json" and _starts_with_array(path):
+        return _read_json_array(path)
     if suffix in (".jsonl", ".json"):
         return _read_jsonl(path)
     if suffix == ".parquet":
@@ -145,6 +176,23 @@ def read_records(path: str | Path, split: Split = "train") -> list[dict[str, Any
             raise ConfigError("data.path: reading Parquet needs pyarrow (pip install pyarrow)") from exc
         return pq.read_table(path).to_pylist()
     raise ConfigError(f"data.path: unsupported file type {suffix or '(none)'} (use .jsonl, .parquet or a folder)")
+
+
+def _starts_with_array(path: Path) -> bool:
+    """True if the file's first non-blank character is ``[`` (a JSON array, not JSON Lines)."""
+    with path.open(encoding="utf-8") as handle:
+        while chunk := handle.read(4096):
+            if stripped := chunk.lstrip():
+                return stripped.startswith("[")
+    return False
+
+
+def _read_json_array(path: Path) -> list[dict[str, Any]]:
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"data.path: {path}:{exc.lineno}: not valid JSON: {exc.msg}") from exc
+    return records
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@
 Usage (the worker and ``python -m relaytrain.train grpo`` do this for you)::
 
     from relaytrain.config import GRPORun
-    from relaytrain.train.contract import Contract
+    from relaytrain.contract import Contract
     from relaytrain.train.grpo import run_grpo
     config = GRPORun(run_id="arith-rl", kind="grpo", max_steps=200)
     contract = Contract.local("runs/arith-rl/checkpoints", init_from="runs/arith/checkpoints/step_00000400")
@@ -30,7 +30,6 @@ Public API: ``run_grpo(config, contract) -> int``, ``GRPOSession`` (the training
 from __future__ import annotations
 
 import copy as copy_module
-import fnmatch
 import json
 import logging
 import os
@@ -41,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from relaytrain.config import GRPORun, GRPOTrainer
+from relaytrain.contract import Contract, ExitCode
 from relaytrain.errors import CheckpointError, ConfigError
-from relaytrain.train.contract import EX_OK, Contract
 from relaytrain.train.data import DataCursor, Example, load_examples
 from relaytrain.train.model_io import is_lora, load_model_weights, unique_tensors
 from relaytrain.train.rewards import load_rewards, score_completions
@@ -70,7 +69,6 @@ log = logging.getLogger(__name__)
 MAX_GRAD_NORM = 1.0
 """Gradients are clipped to this global norm before every optimizer step."""
 REFERENCE_FILE = "reference.safetensors"
-TRAJECTORY_PATTERN = "rollout_{step:08d}.jsonl"
 
 
 @dataclass
@@ -423,8 +421,8 @@ class GRPOSession:
 
 
 def _extra_columns(examples: list[Example]) -> dict[str, list[Any]]:
-    """Any extra record columns (``Example.extra``, when the data layer keeps them) for the rewards."""
-    extras = [getattr(e, "extra", None) or {} for e in examples]
+    """The records' extra columns (``Example.extra``), one value per completion, for the rewards."""
+    extras = [e.extra for e in examples]
     names = sorted({k for extra in extras for k in extra} - {"answer", "reasoning", "template"})
     return {name: [extra.get(name) for extra in extras] for name in names}
 
@@ -445,10 +443,10 @@ def _mean_std(prefix: str, values: list[float | None]) -> dict[str, float | None
     }
 
 
-def write_trajectories(rollout: Rollout, root: Path) -> Path:
-    """Write ``rollout_{step:08d}.jsonl`` under ``root`` atomically: one line per prompt group."""
+def write_trajectories(rollout: Rollout, path: Path) -> Path:
+    """Write the rollout's trajectory file ``path`` atomically: one JSON line per prompt group."""
     g = rollout.batch.num_generations
-    path = Path(root) / TRAJECTORY_PATTERN.format(step=rollout.step)
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     for p, (example, sample) in enumerate(zip(rollout.examples, rollout.samples, strict=True)):
@@ -489,18 +487,13 @@ def run_grpo(config: GRPORun, contract: Contract) -> int:
     resume(session, contract)
     policy = config.checkpoint
     meta = {"run_id": contract.run_id, "kind": "grpo"}
-    trajectories = contract.rollout_trajectory_root if config.trainer.save_rollout_trajectories else None
-    if config.trainer.save_rollout_trajectories and trajectories is None:
-        trajectories = (contract.run_root or contract.output_dir.parent) / "rollouts"
-    pattern = contract.rollout_trajectory_pattern
-    if trajectories is not None and pattern and not fnmatch.fnmatch(TRAJECTORY_PATTERN.format(step=0), pattern):
-        log.warning("trajectory files rollout_NNNNNNNN.jsonl do not match RELAY_ROLLOUT_TRAJECTORY_PATTERN %r", pattern)
+    keep_trajectories = config.trajectories.save or contract.save_rollout_trajectories
 
     def report(result: tuple[Rollout, dict[str, Any]], at_checkpoint: bool) -> None:
         rollout, session.last_metrics = result
         contract.report_progress(session.step, session.last_metrics)
-        if trajectories is not None:
-            write_trajectories(rollout, trajectories)
+        if keep_trajectories:  # named by the contract's pattern, the rollout id being the step
+            write_trajectories(rollout, contract.trajectory_path(rollout.step, config.trajectories.subdir))
 
     try:
         with open_manager(contract, policy) as manager:  # closing waits for an asynchronous save in flight
@@ -516,4 +509,4 @@ def run_grpo(config: GRPORun, contract: Contract) -> int:
         log.info("stopped at step %d (%s)", session.step, contract.stop_reason, extra=extra)
     else:
         log.info("finished at step %d", session.step, extra=extra)
-    return EX_OK
+    return ExitCode.OK

@@ -23,7 +23,6 @@ import gc
 import importlib
 import json
 import logging
-import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -31,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from relaytrain.config import parse_run_config
+from relaytrain.contract import Contract, ExitCode, exit_code_for
 from relaytrain.errors import ConfigError
-from relaytrain.train.contract import EX_CONFIG, Contract, exit_code_for
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +55,9 @@ def load_runner(kind: str) -> Callable[[Any, Contract], int]:
 def execute(config: Any, contract: Contract) -> int:
     """Run ``config`` with its built-in trainer; map an escaping error to a contract exit code.
 
-    Configuration errors give ``EX_CONFIG``, transient ones ``EX_TEMPFAIL`` (both logged
-    with their traceback on stderr); any other exception propagates (a crash).
+    A configuration error gives ``EX_CONFIG`` and one log line naming it (the traceback only
+    at DEBUG); a transient one ``EX_TEMPFAIL``, logged with its traceback; any other
+    exception propagates (a crash).
     """
     try:
         return load_runner(config.kind)(config, contract)
@@ -65,7 +65,10 @@ def execute(config: Any, contract: Contract) -> int:
         code = exit_code_for(exc)
         if code is None:
             raise
-        traceback.print_exc(file=sys.stderr)
+        if code == ExitCode.CONFIG:
+            log.debug("traceback of the configuration error", exc_info=True)
+        else:
+            traceback.print_exc(file=sys.stderr)
         log.error("%s: %s (exit %d)", type(exc).__name__, exc, code)
         return code
 
@@ -87,18 +90,19 @@ def read_config(path: str | Path) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Read ``RELAY_RUN_CONFIG`` (or the one argument) and the contract, run, return the exit code."""
-    configure_logging(os.environ.get("RELAY_LOG_LEVEL", "INFO"))
+    """Read the contract and ``RELAY_RUN_CONFIG`` (or the one argument), run, return the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        path = args[0] if args else os.environ.get("RELAY_RUN_CONFIG", "").strip()
+        contract = Contract.from_env()
+        configure_logging(contract.log_level)
+        path = args[0] if args else contract.run_config
         if not path:
             raise ConfigError("RELAY_RUN_CONFIG: required (the path of the run config JSON)")
         config = read_config(path)
-        contract = Contract.from_env()
     except ConfigError as exc:
+        configure_logging()
         log.error("%s", exc)
-        return EX_CONFIG
+        return ExitCode.CONFIG
     if contract.run_id == "local":
         contract.run_id = config.run_id
     elif contract.run_id != config.run_id:

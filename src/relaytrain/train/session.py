@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from relaytrain.config import CheckpointPolicy, GRPORun, GRPOTrainer, LoraConfig, SFTRun, SFTTrainer
+from relaytrain.contract import Contract
 from relaytrain.errors import CheckpointError, ConfigError
-from relaytrain.train.contract import Contract
 from relaytrain.train.model_io import is_lora, load_model_weights, model_files, weights_entry
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 Usage (the worker and ``python -m relaytrain.train sft`` do this for you)::
 
     from relaytrain.config import SFTRun
-    from relaytrain.train.contract import Contract
+    from relaytrain.contract import Contract
     from relaytrain.train.sft import run_sft
     config = SFTRun(run_id="arith", kind="sft", max_steps=400)
     exit_code = run_sft(config, Contract.local("runs/arith/checkpoints"))
@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from relaytrain.config import SFTRun
+from relaytrain.contract import Contract, ExitCode
 from relaytrain.errors import ConfigError
-from relaytrain.train.contract import EX_OK, Contract
 from relaytrain.train.data import DataCursor, load_examples
 from relaytrain.train.exact_match import evaluate_exact_match
 from relaytrain.train.session import (
@@ -230,7 +230,7 @@ def run_sft(config: SFTRun, contract: Contract, device: str | None = None) -> in
         log.info("stopped at step %d (%s)", session.step, contract.stop_reason, extra=extra)
     else:
         log.info("finished at step %d", session.step, extra=extra)
-    return EX_OK
+    return ExitCode.OK
 
 
 class _Window:

@@ -36,8 +36,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from relaytrain.config import SFTRun, format_validation_error
+from relaytrain.contract import Contract, ExitCode
 from relaytrain.errors import CheckpointError, ConfigError
-from relaytrain.train.contract import EX_CONFIG, Contract
 from relaytrain.train.data import BUILTIN_DATASETS
 
 log = logging.getLogger(__name__)
@@ -216,10 +216,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m relaytrain.tr
         resume = resolve_resume(args.resume_from, args.output_dir)
     except ValidationError as exc:
         log.error("invalid flags:\n%s", format_validation_error(exc))
-        return EX_CONFIG
+        return ExitCode.CONFIG
     except (ConfigError, CheckpointError) as exc:
         log.error("%s", exc)
-        return EX_CONFIG
+        return ExitCode.CONFIG
     contract = Contract.local(args.output_dir, run_id=args.run_id, resume_from=resume)
     contract.install_signal_handlers()
     if resume is not None:

@@ -20,11 +20,13 @@ from relaytrain.api import models as m
 from relaytrain.api.client import RelayClient
 from relaytrain.artifacts import ArtifactStore, fetch_for_resume, open_store
 from relaytrain.config import RunConfig, parse_run_config, run_config_dict
+from relaytrain.contract import Exit, FailureClass, Outcome, RunLayout, TrainerEnv, classify_exit
 from relaytrain.errors import ArtifactError, CheckpointError, ConfigError, LeaseLost, NotFound, RelayError
 
 from .lease import LeaseKeeper
-from .process import Exit, TrainerProcess, classify_exit
+from .process import TrainerProcess
 from .reporter import ProgressTailer, Reporter, Uploader
+from .trajectories import TrajectorySync
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +38,6 @@ BUILTIN = {
 STOP_PRIORITY = {"lost": 5, "crashed": 4, "fenced": 3, "preempted": 2, "cancelled": 1}
 
 
-class RunPaths:
-    """Where one run lives on this machine (``<workdir>/runs/<run_id>/``)."""
-
-    def __init__(self, workdir: Path, run_id: str, epoch: int) -> None:
-        self.root = (workdir / "runs" / run_id).resolve()
-        self.checkpoints = self.root / "checkpoints"
-        self.init = self.root / "init"
-        self.logs = self.root / "logs" / f"attempt_{epoch}"
-        self.progress = self.root / "progress" / f"attempt_{epoch}.jsonl"
-        self.stop_file = self.root / "STOP"
-        self.config = self.root / "run_config.json"
-        self.rollouts = self.root / "rollouts"
-
-    def make(self) -> None:
-        for folder in (self.checkpoints, self.logs, self.progress.parent, self.rollouts):
-            folder.mkdir(parents=True, exist_ok=True)
-
-
 class Attempt:
     """Runs one granted lease to its end. Call :meth:`run` from the worker's main thread (the
     trainer is bound to that thread's life), :meth:`stop` from anywhere."""
@@ -63,7 +47,8 @@ class Attempt:
         self.client = client
         self.grant = grant
         self.worker_id = worker_id
-        self.paths = RunPaths(workdir, grant.run_id, grant.epoch)
+        self.workdir = workdir
+        self.paths = RunLayout(workdir, grant.run_id, grant.epoch)
         self.granted_at = granted_at_monotonic
         self.progress_interval_s = progress_interval_s
         self.stop_reason: str | None = None
@@ -93,6 +78,7 @@ class Attempt:
         try:
             try:
                 config = parse_run_config(grant.config)
+                self.paths = RunLayout(self.workdir, grant.run_id, grant.epoch, config.trajectories.subdir)
                 self.paths.make()
                 store = open_store(config.store)
                 if grant.checkpoint is not None:  # fence the store's commits at what was recorded (HFStore)
@@ -100,9 +86,9 @@ class Attempt:
                 resume_from = self._resume(store)
                 init_from = self._init_from(config, store)
             except (ConfigError, ValueError) as exc:
-                return self._release("failed", "permanent", f"bad run: {exc}")
+                return self._release("failed", FailureClass.PERMANENT, f"bad run: {exc}")
             except (ArtifactError, CheckpointError, OSError) as exc:
-                return self._release("failed", "transient", f"could not prepare the run: {exc}")
+                return self._release("failed", FailureClass.TRANSIENT, f"could not prepare the run: {exc}")
             except (LeaseLost, NotFound) as exc:
                 self.stop("lost", str(exc))
                 return "lost"
@@ -110,8 +96,10 @@ class Attempt:
                 return self._release(*self._stop_outcome(None))
             trainer = self._start_trainer(config, resume_from, init_from)
             retention = (config.checkpoint.keep_last, config.checkpoint.keep_every)
+            trajectories = (TrajectorySync(store, grant.run_id, self.paths.rollouts, config.trajectories.subdir)
+                            if config.trajectories.save else None)
             uploader = Uploader(self.client, store, grant.run_id, self.worker_id, grant.epoch, self.stop,
-                                retention=retention).start()
+                                retention=retention, trajectories=trajectories).start()
             reporter = Reporter(self.client, ProgressTailer(self.paths.progress), uploader, self.paths.checkpoints,
                                 grant.run_id, self.worker_id, grant.epoch, self.stop,
                                 interval_s=self.progress_interval_s).start()
@@ -125,6 +113,8 @@ class Attempt:
                 log.warning("checkpoints not made durable: %s", "; ".join(uploader.skipped))
             if self.stop_reason == "lost":
                 return "lost"
+            if trajectories is not None:
+                trajectories.sync()  # those written since the last durable checkpoint
             return self._release(*self._outcome(exit_, trainer))
         finally:
             keeper.stop()
@@ -167,23 +157,17 @@ class Attempt:
     def _start_trainer(self, config: RunConfig, resume_from: str, init_from: str) -> TrainerProcess:
         grant, paths = self.grant, self.paths
         paths.config.write_text(json.dumps(run_config_dict(config), indent=1))
-        env = {
-            **os.environ,
-            "RELAY_RUN_ID": grant.run_id,
-            "RELAY_EPOCH": str(grant.epoch),
-            "RELAY_RUN_ROOT": str(paths.root),
-            "RELAY_OUTPUT_DIR": str(paths.checkpoints),
-            "RELAY_RESUME_FROM": resume_from,
-            "RELAY_INIT_FROM": init_from,
-            "RELAY_MAX_STEPS": str(grant.max_steps),
-            "RELAY_PROGRESS_FILE": str(paths.progress),
-            "RELAY_STOP_FILE": str(paths.stop_file),
-            "RELAY_RUN_CONFIG": str(paths.config),
-            "RELAY_ROLLOUT_TRAJECTORY_ROOT": str(paths.rollouts),
-            "RELAY_ROLLOUT_TRAJECTORY_PATTERN": "rollout_{rollout_id:08d}.jsonl",
-            "RELAY_CHECKPOINT_EVERY": str(config.checkpoint.every_steps),
-            "PYTHONUNBUFFERED": "1",
-        }
+        contract = TrainerEnv(
+            run_id=grant.run_id, epoch=grant.epoch, run_root=paths.root, output_dir=paths.checkpoints,
+            resume_from=Path(resume_from) if resume_from else None, init_from=init_from or None,
+            max_steps=grant.max_steps, progress_file=paths.progress, stop_file=paths.stop_file,
+            run_config=paths.config, checkpoint_every=config.checkpoint.every_steps,
+            save_rollout_trajectories=config.trajectories.save, rollout_trajectory_root=paths.rollouts,
+            rollout_trajectory_pattern=config.trajectories.pattern,
+            eval_checkpoints=paths.eval_checkpoints if config.kind == "eval" else None,
+            log_level=os.environ.get("RELAY_LOG_LEVEL", "INFO"),
+        )
+        env = {**os.environ, **contract.to_env(), "PYTHONUNBUFFERED": "1"}
         cwd = paths.root
         if config.kind == "command":
             command = config.trainer.command
@@ -194,9 +178,8 @@ class Attempt:
         else:
             argv = list(BUILTIN[config.kind])
         if config.kind == "eval":
-            targets = paths.root / "eval_checkpoints.json"
-            targets.write_text(json.dumps([ref.model_dump() for ref in grant.eval_checkpoints], indent=1))
-            env["RELAY_EVAL_CHECKPOINTS"] = str(targets)
+            refs = [ref.model_dump() for ref in grant.eval_checkpoints]
+            paths.eval_checkpoints.write_text(json.dumps(refs, indent=1))
         log.info("starting trainer for %s epoch %d: %s", grant.run_id, grant.epoch, shlex.join(argv))
         return TrainerProcess(argv, env=env, cwd=cwd, log_dir=paths.logs, stop_file=paths.stop_file)
 
@@ -224,9 +207,9 @@ class Attempt:
 
     def _outcome(self, exit_: Exit, trainer: TrainerProcess) -> tuple[str, str | None, str, str | None]:
         """(outcome, failure class, message, stderr tail) to release with."""
-        if exit_.outcome == "succeeded":
+        if exit_.outcome == Outcome.SUCCEEDED:
             return "succeeded", None, exit_.message, None
-        if exit_.outcome == "stopped" or self.stop_reason in ("fenced", "preempted", "cancelled", "crashed"):
+        if exit_.outcome == Outcome.STOPPED or self.stop_reason in ("fenced", "preempted", "cancelled", "crashed"):
             return self._stop_outcome(trainer)
         return "failed", exit_.failure_class, exit_.message, trainer.stderr_tail()
 
@@ -236,7 +219,7 @@ class Attempt:
             return "cancelled", None, self.stop_message, None
         if reason == "crashed":
             tail = trainer.stderr_tail() if trainer else None
-            return "failed", "transient", self.stop_message, tail
+            return "failed", FailureClass.TRANSIENT, self.stop_message, tail
         return "preempted", None, self.stop_message, None
 
     def _release(self, outcome: str, failure_class: str | None, message: str,

@@ -1,55 +1,29 @@
-"""The trainer process: started in its own process group, dying with its worker, stopped in
-stages (stop file, SIGTERM, SIGKILL), and its exit classified (DESIGN §6–7)."""
+"""The trainer under supervision: its whole process tree started inside a fence
+(:mod:`relaytrain.worker.fence`), dying with its worker, stopped in stages (stop file,
+SIGTERM, SIGKILL) as one, and its exit classified by the contract (DESIGN §6–7)."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import re
+import secrets
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-EX_TEMPFAIL = 75
-EX_CONFIG = 78
-_PR_SET_PDEATHSIG = 1
+from . import fence
 
-TRANSIENT_PATTERNS = re.compile(
-    r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|NCCL|ncclInternalError|"
-    r"Connection (reset|refused)|timed? ?out|Temporary failure in name resolution|ECC error|"
-    r"cudaErrorLaunchFailure|device-side assert|Bus error",
-    re.IGNORECASE,
-)
-PERMANENT_PATTERNS = re.compile(
-    r"^(ModuleNotFoundError|ImportError|SyntaxError|FileNotFoundError|IsADirectoryError|NotADirectoryError"
-    r"|relaytrain\.errors\.ConfigError|ConfigError)\b",
-    re.MULTILINE,
-)
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """In the child before exec: ask the kernel to SIGKILL us when the worker dies."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the worker died before prctl took effect
-        os._exit(1)
-
-
-@dataclass(frozen=True)
-class Exit:
-    """How a trainer ended: its outcome for the commander and why."""
-
-    outcome: str  # succeeded | stopped | failed
-    failure_class: str | None
-    message: str
+FENCE_SCRIPT = Path(fence.__file__).resolve()
+FENCE_EXIT_S = 5.0
+"""How long the fence may take to kill its tree and exit before the worker kills it and the
+marked processes itself."""
 
 
 class TrainerProcess:
-    """One trainer process under supervision."""
+    """One trainer process tree under supervision. ``pid`` is the fence's: it lives exactly as
+    long as the tree, and exits the way the trainer did."""
 
     def __init__(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, log_dir: Path,
                  stop_file: Path) -> None:
@@ -58,20 +32,24 @@ class TrainerProcess:
         self.stderr_path = log_dir / "stderr.log"
         self.stop_file = stop_file
         self.stop_file.unlink(missing_ok=True)
-        parent = os.getpid()
+        self.token = secrets.token_hex(16)
+        fenced = [sys.executable, "-I", str(FENCE_SCRIPT), "--parent", str(os.getpid()), "--", *argv]
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
-                list(argv), env=dict(env), cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=lambda: _die_with_parent(parent),
+                fenced, env={**env, fence.FENCE_ENV: self.token}, cwd=cwd, stdout=out, stderr=err,
+                stdin=subprocess.DEVNULL, start_new_session=True,
             )
         self.pid = self.proc.pid
         (log_dir / "trainer.pid").write_text(f"{self.pid}\n")
         self._stop_started: float | None = None
         self._termed = False
-        self._killed = False
+        self._killed_at: float | None = None
         self.stop_reason: str | None = None
 
     def poll(self) -> int | None:
+        returncode = self.proc.poll()
+        if returncode is None and self._killed_at is not None and time.monotonic() - self._killed_at > FENCE_EXIT_S:
+            self._kill_fence()  # the fence is stuck: do its work from here
         return self.proc.poll()
 
     def request_stop(self, reason: str) -> None:
@@ -87,33 +65,43 @@ class TrainerProcess:
         return self._stop_started is not None
 
     def advance_stop(self, grace_s: float) -> None:
-        """SIGTERM the group at half the grace period, SIGKILL it at the full grace period."""
-        if self._stop_started is None or self.poll() is not None:
+        """SIGTERM the tree at half the grace period, SIGKILL it at the full grace period."""
+        if self._stop_started is None or self.proc.poll() is not None:
             return
         waited = time.monotonic() - self._stop_started
-        if waited >= grace_s and not self._killed:
+        if waited >= grace_s and self._killed_at is None:
             self.kill()
         elif waited >= grace_s / 2 and not self._termed:
-            self._termed = True
-            self._signal(signal.SIGTERM)
+            self.terminate()
+
+    def terminate(self) -> None:
+        """SIGTERM every process of the tree (the fence forwards it)."""
+        self._termed = True
+        self._signal(signal.SIGTERM)
 
     def kill(self) -> None:
-        """SIGKILL the whole process group at once."""
-        self._killed = True
-        self._signal(signal.SIGKILL)
+        """SIGKILL the whole tree at once (the fence does it, then exits as killed)."""
+        if self._killed_at is None:
+            self._killed_at = time.monotonic()
+            self._signal(fence.KILL_NOW)
 
     def _signal(self, sig: int) -> None:
         try:
-            os.killpg(self.pid, sig)
+            os.kill(self.pid, sig)
         except ProcessLookupError:
             pass
+
+    def _kill_fence(self) -> None:
+        self._signal(signal.SIGKILL)
+        fence.kill_marked(self.token)
 
     def wait(self, timeout_s: float | None = None) -> int:
         return self.proc.wait(timeout_s)
 
     def reap_group(self) -> None:
-        """After the trainer exits, kill anything it left in its process group."""
-        self._signal(signal.SIGKILL)
+        """After the fence exits: kill anything of the tree that outlived it (only possible if
+        the fence itself was killed from outside)."""
+        fence.kill_marked(self.token)
 
     def stderr_tail(self, lines: int = 40, max_bytes: int = 16_384) -> str:
         try:
@@ -123,33 +111,3 @@ class TrainerProcess:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
-
-
-def classify_exit(returncode: int, stderr_tail: str, *, stop_requested: bool, killed_for: str | None) -> Exit:
-    """Map a trainer's end to an outcome (DESIGN §7).
-
-    ``killed_for`` names why the worker killed it (a hang, say): always transient.
-    """
-    if killed_for is not None:
-        return Exit("failed", "transient", killed_for)
-    if returncode == 0:
-        return Exit("stopped" if stop_requested else "succeeded", None, "exit 0")
-    if returncode == EX_TEMPFAIL:
-        return Exit("failed", "transient", f"exit {EX_TEMPFAIL} (EX_TEMPFAIL): {_last_line(stderr_tail)}")
-    if returncode == EX_CONFIG:
-        return Exit("failed", "permanent", f"exit {EX_CONFIG} (EX_CONFIG): {_last_line(stderr_tail)}")
-    if returncode < 0:
-        name = signal.Signals(-returncode).name if -returncode in signal.Signals._value2member_map_ else returncode
-        if stop_requested:
-            return Exit("stopped", None, f"killed by {name} while stopping")
-        return Exit("failed", "transient", f"killed by {name} (out of memory, or the platform?)")
-    if TRANSIENT_PATTERNS.search(stderr_tail):
-        return Exit("failed", "transient", f"exit {returncode}: {_last_line(stderr_tail)}")
-    if PERMANENT_PATTERNS.search(stderr_tail):
-        return Exit("failed", "permanent", f"exit {returncode}: {_last_line(stderr_tail)}")
-    return Exit("failed", "transient", f"exit {returncode}: {_last_line(stderr_tail)}")
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:500] if lines else "(no stderr)"

@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from relaytrain.api import models as m
 from relaytrain.api.client import RelayClient
@@ -24,9 +21,11 @@ from relaytrain.checkpoint import (
     verify,
     write_manifest,
 )
+from relaytrain.contract import Event, Progress, parse_line
 from relaytrain.errors import CheckpointError, LeaseLost, NotFound, RelayError, StaleWriter
 
 from .lease import StopFn
+from .trajectories import TrajectorySync
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ class ProgressTailer:
         self._offset = 0
         self._partial = b""
 
-    def read_new(self) -> list[dict[str, Any]]:
+    def read_new(self) -> list[Progress | Event]:
         try:
             with open(self.path, "rb") as handle:
                 handle.seek(self._offset)
@@ -53,25 +52,12 @@ class ProgressTailer:
         for line in lines:
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                log.warning("ignoring a progress line that is not JSON: %r", line[:200])
+            record = parse_line(line)
+            if record is None:
+                log.warning("ignoring a progress line outside the contract: %r", line[:200])
                 continue
-            if isinstance(record, dict):
-                records.append(record)
+            records.append(record)
         return records
-
-
-def _metrics(raw: Any) -> dict[str, float]:
-    if not isinstance(raw, dict):
-        return {}
-    out = {}
-    for name, value in list(raw.items())[:256]:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            continue
-        out[str(name)[:128]] = float(value)
-    return out
 
 
 def _latest_name(output_dir: Path) -> str | None:
@@ -86,7 +72,8 @@ class Uploader:
     """Makes each committed local checkpoint durable, in order, on one background thread."""
 
     def __init__(self, client: RelayClient, store: ArtifactStore, run_id: str, worker_id: str, epoch: int,
-                 on_stop: StopFn, *, retention: tuple[int, int | None] | None = None, attempts: int = 3) -> None:
+                 on_stop: StopFn, *, retention: tuple[int, int | None] | None = None, attempts: int = 3,
+                 trajectories: TrajectorySync | None = None) -> None:
         self.client = client
         self.store = store
         self.run_id = run_id
@@ -95,6 +82,7 @@ class Uploader:
         self.on_stop = on_stop
         self.attempts = attempts
         self.retention = retention
+        self.trajectories = trajectories
         self.durable_step: int | None = None
         self.skipped: list[str] = []
         self._queue: queue.Queue[tuple[int, Path] | None] = queue.Queue()
@@ -180,6 +168,8 @@ class Uploader:
         log.info("step %d of %s is durable at %s", step, self.run_id, uri)
         if self.retention is not None:
             self._prune(path.parent, step)
+        if self.trajectories is not None:
+            self.trajectories.sync()
 
     def _prune(self, output_dir: Path, durable: int) -> None:
         """Apply keep_last / keep_every locally and in the store; never the newest durable."""
@@ -237,13 +227,11 @@ class Reporter:
     def _tick(self, *, flush: bool) -> None:
         for record in self.tailer.read_new():
             self.last_activity = time.monotonic()
-            if record.get("event") == "checkpoint":
-                step, path = record.get("step"), record.get("path")
-                if isinstance(step, int) and isinstance(path, str):
-                    self.uploader.submit(step, Path(path))
-            elif "event" not in record and isinstance(record.get("step"), int) and record["step"] >= 0:
-                self.last_step = record["step"]
-                self._pending.append(m.ProgressPoint(step=record["step"], metrics=_metrics(record.get("metrics"))))
+            if isinstance(record, Progress):
+                self.last_step = record.step
+                self._pending.append(m.ProgressPoint(step=record.step, metrics=record.metrics))
+            elif (checkpoint := record.checkpoint) is not None:
+                self.uploader.submit(checkpoint[0], Path(checkpoint[1]))
         latest = _latest_name(self.output_dir)
         if latest and latest != self._latest_seen:
             self._latest_seen = latest

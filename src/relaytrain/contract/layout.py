@@ -1,0 +1,135 @@
+"""Where a run lives on a worker's machine, and how its trajectory files are named.
+
+    <workdir>/runs/<run_id>/
+        checkpoints/              RELAY_OUTPUT_DIR (step_<N:08d>/, latest)
+        init/<source run>/        an init_from checkpoint, fetched
+        logs/attempt_<epoch>/     stdout.log, stderr.log, trainer.pid
+        progress/attempt_<epoch>.jsonl
+        rollouts/                 RL trajectories (the run file's trajectories.subdir)
+        run_config.json           the run file, as JSON
+        eval_checkpoints.json     for an eval run: the checkpoints to score
+        STOP                      the stop file
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_TRAJECTORY_SUBDIR = "rollouts"
+DEFAULT_TRAJECTORY_PATTERN = "rollout_{rollout_id:08d}.jsonl"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The folders and files of one run under a worker's ``workdir``; ``epoch`` picks the
+    attempt's logs and progress file."""
+
+    workdir: Path
+    run_id: str
+    epoch: int = 0
+    trajectory_subdir: str = DEFAULT_TRAJECTORY_SUBDIR
+
+    @property
+    def runs(self) -> Path:
+        return Path(self.workdir).resolve() / "runs"
+
+    @property
+    def root(self) -> Path:
+        return self.runs / self.run_id
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def init(self) -> Path:
+        return self.root / "init"
+
+    @property
+    def logs_root(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def logs(self) -> Path:
+        return self.attempt_logs(self.epoch)
+
+    def attempt_logs(self, epoch: int) -> Path:
+        return self.logs_root / f"attempt_{epoch}"
+
+    def logged_epochs(self) -> list[int]:
+        """The epochs with a log folder here, ascending."""
+        found = (re.fullmatch(r"attempt_(\d+)", p.name) for p in self.logs_root.glob("attempt_*"))
+        return sorted(int(m.group(1)) for m in found if m)
+
+    @property
+    def progress(self) -> Path:
+        return self.root / "progress" / f"attempt_{self.epoch}.jsonl"
+
+    @property
+    def stop_file(self) -> Path:
+        return self.root / "STOP"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "run_config.json"
+
+    @property
+    def eval_checkpoints(self) -> Path:
+        return self.root / "eval_checkpoints.json"
+
+    @property
+    def rollouts(self) -> Path:
+        return self.root / self.trajectory_subdir
+
+    def make(self) -> None:
+        for folder in (self.checkpoints, self.logs, self.progress.parent, self.rollouts):
+            folder.mkdir(parents=True, exist_ok=True)
+
+
+def check_trajectory_subdir(subdir: str) -> str:
+    """``subdir`` if it is a relative folder inside the run root, else ValueError."""
+    parts = Path(subdir).parts
+    if not subdir or Path(subdir).is_absolute() or ".." in parts or parts[0] in ("checkpoints", "logs", "progress"):
+        raise ValueError(f"must be a relative folder inside the run root (not checkpoints/logs/progress), "
+                         f"got {subdir!r}")
+    return subdir
+
+
+def check_trajectory_pattern(pattern: str) -> str:
+    """``pattern`` if it is a file name with exactly one integer field ``rollout_id``
+    (``rollout_{rollout_id:08d}.jsonl``), else ValueError saying what is wrong."""
+    try:
+        fields = [(name, spec) for _, name, spec, _ in string.Formatter().parse(pattern) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"not a valid format string: {exc} (got {pattern!r})") from exc
+    if [name for name, _ in fields] != ["rollout_id"]:
+        raise ValueError(f"needs exactly one field, {{rollout_id}}, e.g. {DEFAULT_TRAJECTORY_PATTERN!r}; "
+                         f"got {pattern!r}")
+    if "/" in pattern or "\\" in pattern:
+        raise ValueError(f"must be a file name, without folders (got {pattern!r})")
+    try:
+        rendered = pattern.format(rollout_id=7)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{{rollout_id}} must format an integer: {exc} (got {pattern!r})") from exc
+    if trajectory_id(pattern, rendered) != 7:
+        raise ValueError(f"its names cannot be read back to a rollout id (got {pattern!r})")
+    return pattern
+
+
+def trajectory_name(pattern: str, rollout_id: int) -> str:
+    """The file name of trajectory ``rollout_id``: ``pattern`` rendered."""
+    return pattern.format(rollout_id=int(rollout_id))
+
+
+def trajectory_id(pattern: str, name: str) -> int | None:
+    """The rollout id a file ``name`` was rendered with from ``pattern``, or None if it was not."""
+    regex = "".join(re.escape(literal) + (r"(?P<id>[+-]?\s*\d+)" if field is not None else "")
+                    for literal, field, _, _ in string.Formatter().parse(pattern))
+    found = re.fullmatch(regex, name)
+    if found is None:
+        return None
+    rollout_id = int(found.group("id").replace(" ", ""))
+    return rollout_id if trajectory_name(pattern, rollout_id) == name else None

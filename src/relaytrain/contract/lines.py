@@ -1,0 +1,84 @@
+"""The lines a trainer appends to ``RELAY_PROGRESS_FILE``, written by the trainer helper
+(``Contract``) and read by the worker's tailer — one schema, here:
+
+    {"step": 120, "metrics": {"loss": 0.71}}                      progress
+    {"event": "checkpoint", "step": 120, "path": "/abs/step_…"}   a committed checkpoint
+    {"event": "<name>", ...}                                      any other event
+
+Metric values are finite numbers; anything else is dropped when read (a NaN is written as
+null so the line stays valid JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+CHECKPOINT_EVENT = "checkpoint"
+MAX_METRICS = 256
+MAX_METRIC_NAME = 128
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Event:
+    event: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def checkpoint(self) -> tuple[int, str] | None:
+        """``(step, path)`` for a well-formed checkpoint event, else None."""
+        step, path = self.fields.get("step"), self.fields.get("path")
+        if self.event == CHECKPOINT_EVENT and isinstance(step, int) and isinstance(path, str):
+            return step, path
+        return None
+
+
+def progress_line(step: int, metrics: Mapping[str, Any]) -> str:
+    clean = {str(k): (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+    return _dump({"step": int(step), "metrics": clean})
+
+
+def event_line(event: str, **fields: Any) -> str:
+    return _dump({"event": event, **fields})
+
+
+def _dump(record: dict[str, Any]) -> str:
+    return json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
+
+
+def parse_line(line: str | bytes) -> Progress | Event | None:
+    """One line of the progress file, or None if it is none of the above (the caller warns)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    if "event" in record:
+        name = record.pop("event")
+        return Event(name, record) if isinstance(name, str) else None
+    step = record.get("step")
+    if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
+        return Progress(step, clean_metrics(record.get("metrics")))
+    return None
+
+
+def clean_metrics(raw: Any) -> dict[str, float]:
+    """Finite numbers only, at most ``MAX_METRICS`` of them, names cut to ``MAX_METRIC_NAME``."""
+    if not isinstance(raw, dict):
+        return {}
+    out = {}
+    for name, value in list(raw.items())[:MAX_METRICS]:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            continue
+        out[str(name)[:MAX_METRIC_NAME]] = float(value)
+    return out
