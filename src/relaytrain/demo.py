@@ -6,6 +6,9 @@ run initialised from its result, kills the worker holding the SFT lease partway 
 new worker joins in its place), shows live progress, scores the base, SFT and GRPO models
 on held-out problems in a separate process, and stops everything it started.
 It exits 1 if the models did not learn.
+
+What it shows goes through a :class:`DemoView`; ``relay demo`` draws it with rich
+(:class:`relaytrain.cli.render.DemoScreen`).
 """
 
 from __future__ import annotations
@@ -19,14 +22,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
 
 from relaytrain.api.client import RelayClient
 from relaytrain.api.models import RunDetail
@@ -44,6 +46,43 @@ class DemoSettings:
     eval_samples: int = 300
     timeout_s: float = 900.0
     threads: int = 1
+
+
+@dataclass
+class DemoFrame:
+    """What the live view shows at one moment: each run, its latest metrics, the time so far."""
+
+    runs: dict[str, RunDetail]
+    metrics: dict[str, dict[str, float]]
+    elapsed_s: float
+
+
+@dataclass
+class DemoSummary:
+    """The demo's outcome: scores by model, the runs, what the hand-offs cost, and what went wrong."""
+
+    root: Path
+    runs: dict[str, RunDetail]
+    scores: dict[str, float]
+    checkpoints: dict[str, str | None]
+    handoffs: int
+    steps_lost: int
+    wall_s: float
+    problems: list[str]
+
+
+class DemoView(Protocol):
+    """Where the demo reports: lines as it goes, a live frame while it watches, a summary at the end."""
+
+    def note(self, text: str) -> None: ...
+
+    def alert(self, label: str, text: str) -> None:
+        """A line led by a highlighted label (``kill -9``, ``evaluation failed:``)."""
+
+    def watching(self) -> AbstractContextManager[Callable[[DemoFrame], None]]:
+        """A live display; the callable it yields replaces the frame shown."""
+
+    def summary(self, summary: DemoSummary) -> None: ...
 
 
 @dataclass
@@ -97,9 +136,9 @@ def _run_configs(settings: DemoSettings, store: Path) -> list[dict[str, Any]]:
 
 
 class Demo:
-    def __init__(self, settings: DemoSettings, console: Console) -> None:
+    def __init__(self, settings: DemoSettings, view: DemoView) -> None:
         self.s = settings
-        self.console = console
+        self.view = view
         self.root = settings.root.resolve()
         self.procs = _Procs()
         self.token = secrets.token_urlsafe(24)
@@ -151,7 +190,7 @@ class Demo:
                 raise RuntimeError(f"the commander exited; see {self.root / 'logs' / 'commander.log'}")
             try:
                 if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
-                    self.console.print(f"commander on {self.url} (SQLite {self.root / 'relay.db'})")
+                    self.view.note(f"commander on {self.url} (SQLite {self.root / 'relay.db'})")
                     return RelayClient(self.url, self.token)
             except httpx.TransportError:
                 time.sleep(0.2)
@@ -162,14 +201,14 @@ class Demo:
                            "--workdir", str(self.root / "workers" / name), "--claim-wait", "2")
         self.procs.start(name, argv, self.root / "logs" / f"{name}.log", self.env)
         self.workers.append(name)
-        self.console.print(f"worker {name} started (log {self.root / 'logs' / f'{name}.log'})")
+        self.view.note(f"worker {name} started (log {self.root / 'logs' / f'{name}.log'})")
 
     # -- watching ----------------------------------------------------------------------------
 
     def _watch(self, client: RelayClient, worker_token: str, started: float) -> dict[str, RunDetail]:
         runs: dict[str, RunDetail] = {}
         last_metrics: dict[str, dict[str, float]] = {}
-        with Live(console=self.console, refresh_per_second=2, transient=False) as live:
+        with self.view.watching() as show:
             while time.monotonic() - started < self.s.timeout_s:
                 runs = {r: client.run(r) for r in (SFT_RUN, GRPO_RUN)}
                 for run_id, run in runs.items():
@@ -178,7 +217,7 @@ class Demo:
                 sft = runs[SFT_RUN]
                 if self.killed is None and sft.holder and sft.step >= self.s.kill_at * self.s.sft_steps:
                     self._kill_holder(sft, worker_token)
-                live.update(self._table(runs, last_metrics, time.monotonic() - started))
+                show(DemoFrame(runs, last_metrics, time.monotonic() - started))
                 if all(r.status in TERMINAL for r in runs.values()):
                     break
                 time.sleep(0.5)
@@ -192,18 +231,9 @@ class Demo:
         victim = sft.holder
         self.procs.items[victim].send_signal(signal.SIGKILL)
         self.killed = (victim, sft.step, time.monotonic())
-        self.console.print(f"[red]kill -9[/red] {victim}, holding {SFT_RUN} at step {sft.step}: "
-                           "its lease must expire before another worker resumes the run")
+        self.view.alert("kill -9", f"{victim}, holding {SFT_RUN} at step {sft.step}: "
+                        "its lease must expire before another worker resumes the run")
         self._start_worker(f"demo-w{len(self.workers) + 1}", worker_token)
-
-    def _table(self, runs: dict[str, RunDetail], metrics: dict[str, dict[str, float]], elapsed: float) -> Group:
-        table = Table("run", "status", "holder", "step", "epoch", "hand-offs", "loss / reward", title=None)
-        for run_id, run in runs.items():
-            m = metrics.get(run_id, {})
-            shown = next((f"{k} {m[k]:.3f}" for k in ("reward_mean", "loss") if k in m), "-")
-            table.add_row(run_id, run.status, run.holder or "-", f"{run.step}/{run.max_steps}", str(run.epoch),
-                          str(max(0, len(run.attempts) - 1)), shown)
-        return Group(table, f"{elapsed:.0f}s elapsed\n")
 
     # -- results -----------------------------------------------------------------------------
 
@@ -217,7 +247,7 @@ class Demo:
             path = self._checkpoint_path(runs[run_id]) if runs.get(run_id) else None
             if path:
                 models[label] = path
-        self.console.print(f"scoring {', '.join(models)} on {self.s.eval_samples} held-out problems "
+        self.view.note(f"scoring {', '.join(models)} on {self.s.eval_samples} held-out problems "
                            "(in its own process)…")
         argv = [sys.executable, "-m", "relaytrain.evaluate.score", "--dataset", "arithmetic", "--json",
                 "--samples", str(self.s.eval_samples)]
@@ -225,31 +255,12 @@ class Demo:
             argv += ["--model", path]
         result = subprocess.run(argv, capture_output=True, text=True, env=self.env, timeout=600)
         if result.returncode != 0:
-            self.console.print(f"[red]evaluation failed:[/red] {result.stderr[-2000:]}")
+            self.view.alert("evaluation failed:", result.stderr[-2000:])
             return {}
         scores = json.loads(result.stdout.strip().splitlines()[-1])
         return {label: s["accuracy"] for label, s in zip(models, scores, strict=True)}
 
     def _summary(self, runs: dict[str, RunDetail], scores: dict[str, float], wall_s: float) -> int:
-        c = self.console
-        c.rule("relay demo: summary")
-        acc = Table("model", "held-out exact match")
-        for label, value in scores.items():
-            acc.add_row(label, f"{value:.1%}")
-        c.print(acc)
-        attempts = Table("run", "epoch", "worker", "outcome", "steps", "lost")
-        lost_total = 0
-        for run_id, run in runs.items():
-            for a in run.attempts:
-                lost_total += a.steps_lost or 0
-                attempts.add_row(run_id, str(a.epoch), a.worker_id, a.outcome or "running",
-                                 f"{a.step_start}→{a.step_end}", str(a.steps_lost or 0))
-        c.print(attempts)
-        handoffs = sum(max(0, len(r.attempts) - 1) for r in runs.values())
-        c.print(f"hand-offs: {handoffs}; steps lost: {lost_total}; wall time: {wall_s:.0f}s")
-        for run_id, run in runs.items():
-            c.print(f"{run_id}: {run.status}; checkpoints in {self._checkpoint_path(run) or '(none)'}")
-        c.print(f"logs in {self.root / 'logs'}; commander database {self.root / 'relay.db'}")
         problems = []
         if any(r.status != "succeeded" for r in runs.values()):
             problems.append("a run did not succeed: " + ", ".join(f"{k} {r.status}" for k, r in runs.items()))
@@ -260,12 +271,15 @@ class Demo:
             problems.append(f"GRPO lost accuracy (SFT {sft}, GRPO {grpo})")
         if self.killed is None:
             problems.append("no hand-off happened")
-        for problem in problems:
-            c.print(f"[red]FAILED:[/red] {problem}")
-        if not problems:
-            c.print("[green]the models learned, and the run survived its worker's death[/green]")
+        self.view.summary(DemoSummary(
+            root=self.root, runs=runs, scores=scores,
+            checkpoints={run_id: self._checkpoint_path(run) for run_id, run in runs.items()},
+            handoffs=sum(max(0, len(r.attempts) - 1) for r in runs.values()),
+            steps_lost=sum(a.steps_lost or 0 for r in runs.values() for a in r.attempts),
+            wall_s=wall_s, problems=problems,
+        ))
         return 1 if problems else 0
 
 
-def run_demo(settings: DemoSettings, console: Console | None = None) -> int:
-    return Demo(settings, console or Console()).run()
+def run_demo(settings: DemoSettings, view: DemoView) -> int:
+    return Demo(settings, view).run()

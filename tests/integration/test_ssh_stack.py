@@ -18,12 +18,13 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
+from relaytrain.cli.hosts import hosts_app
+from relaytrain.cli.stack import launch_stack_command, stack_app
 from relaytrain.commander.hosts import HostsSettings, poll_once
 from relaytrain.commander.store import Store
 from relaytrain.commander.store.hosts import HostsMixin
 from relaytrain.config import SshHostConfig
 from relaytrain.providers import WorkerLaunch
-from relaytrain.providers.cli import hosts_app, launch_stack_command, stack_app
 from relaytrain.providers.ssh import SshProvider
 from tests.support.commander import free_port, wait_until
 from tests.support.relay import counter_run, process_alive

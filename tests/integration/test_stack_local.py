@@ -17,7 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from relaytrain.api.client import RelayClient
-from relaytrain.providers.cli import launch_stack_command, stack_app
+from relaytrain.cli.stack import launch_stack_command, stack_app
 from tests.support.commander import free_port, wait_until
 from tests.support.relay import counter_run, process_alive
 

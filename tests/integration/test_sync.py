@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from relaytrain.artifacts import S3Store
 from relaytrain.artifacts.sync import best_steps, prune_store
-from relaytrain.artifacts.sync_cli import sync_app
 from relaytrain.checkpoint import CheckpointManager, list_checkpoints, manifest_sha256, read_latest, verify
+from relaytrain.cli.sync import sync_app
 from tests.support.moto_server import MotoServer
 
 STEPS = (100, 200, 300)

@@ -166,7 +166,7 @@ def _invoke(*args: str):
     import typer
     from typer.testing import CliRunner
 
-    from relaytrain.providers.cli import print_lium_command
+    from relaytrain.cli.stack import print_lium_command
 
     app = typer.Typer()
     app.command("print-lium-command")(print_lium_command)

@@ -25,8 +25,8 @@ from typer.testing import CliRunner
 from relaytrain.artifacts import HFStore, fetch_for_resume, open_store
 from relaytrain.artifacts.hf import PLAN_NAME, RUN_MARKER, parse_hf_uri
 from relaytrain.artifacts.sync import push_latest
-from relaytrain.artifacts.sync_cli import push_latest_command
 from relaytrain.checkpoint import CheckpointManager, manifest_sha256, read_manifest, verify
+from relaytrain.cli.sync import push_latest_command
 from relaytrain.config import StoreConfig
 from relaytrain.errors import ArtifactError
 

@@ -6,7 +6,7 @@ Every function here is idempotent and resumable: a checkpoint the store (or the 
 folder) already holds with the same manifest is skipped, and an interrupted transfer is
 continued by the next call (see ``S3Store`` and ``HFStore``).
 
-The typer commands in ``sync_cli`` only parse arguments and print; the work is here.
+The commands in :mod:`relaytrain.cli.sync` only parse arguments and print; the work is here.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 (:func:`~relaytrain.providers.factory.make_provider`), and ``relay launch-stack``
 (:mod:`relaytrain.providers.stack`).
 
-The names below load on first use, so that ``relay --help`` (which imports
-:mod:`relaytrain.providers.cli`) does not pay for the config models and the providers.
+The names below load on first use, so that importing one provider does not pay for the others
+(``relay --help`` imports none: the commands in :mod:`relaytrain.cli.stack` import them inside).
 """
 
 from __future__ import annotations

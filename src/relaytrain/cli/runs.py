@@ -1,0 +1,234 @@
+"""The commands about runs: ``relay submit``, ``runs``, ``status``, ``cancel``, ``eval``,
+``resume``, ``checkpoints`` (through the commander's API) and ``logs`` (from a worker's workdir)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import (
+    DEFAULT_COMMANDER,
+    DEFAULT_WORKDIR,
+    CommanderOpt,
+    JsonOpt,
+    LogsWorkdirOpt,
+    TokenOpt,
+    client,
+    console,
+    fail,
+    print_json,
+)
+from .render import print_checkpoints, print_ledger, print_run, print_runs
+
+RunIdArg = Annotated[str, typer.Argument(help="The run's id.")]
+
+
+def submit(
+    run_file: Annotated[Path, typer.Argument(help="The run's YAML file.")],
+    commander: CommanderOpt = DEFAULT_COMMANDER,
+    token: TokenOpt = None,
+) -> None:
+    """Validate a run file and queue the run."""
+    from relaytrain.config import load_run_config, run_config_dict
+    from relaytrain.errors import ConfigError
+
+    try:
+        config = load_run_config(run_file)
+    except ConfigError as exc:
+        fail(str(exc))
+    with client(commander, token) as api:
+        run = api.submit(run_config_dict(config))
+    console.print(f"submitted [bold]{run.run_id}[/bold] ({run.kind}, {run.max_steps} steps): {run.status}")
+
+
+def runs(
+    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    commander: CommanderOpt = DEFAULT_COMMANDER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List runs, newest first."""
+    with client(commander, token) as api:
+        page = api.runs(status=status, limit=limit)
+    if as_json:
+        print_json(page.model_dump(mode="json"))
+        return
+    print_runs(page)
+
+
+def status(
+    run_id: RunIdArg,
+    commander: CommanderOpt = DEFAULT_COMMANDER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a run: status, step, lease, attempts and the latest durable checkpoint."""
+    with client(commander, token) as api:
+        run = api.run(run_id)
+        ledger = api.ledger(run_id)
+    if as_json:
+        print_json({**run.model_dump(mode="json"), "ledger": ledger.model_dump(mode="json")})
+        return
+    print_run(run.model_dump())
+    print_ledger(ledger.model_dump())
+
+
+def cancel(
+    run_id: RunIdArg,
+    commander: CommanderOpt = DEFAULT_COMMANDER,
+    token: TokenOpt = None,
+) -> None:
+    """Cancel a run: at once if queued; a running one stops within one renew interval."""
+    with client(commander, token) as api:
+        run = api.cancel(run_id)
+    if run.status == "cancelled":
+        console.print(f"{run_id} cancelled")
+    else:
+        console.print(f"{run_id}: cancel requested; {run.holder} stops it at its next renewal")
+
+
+def _parse_steps(steps: str) -> str | list[int]:
+    if steps in ("all", "latest"):
+        return steps
+    try:
+        parsed = sorted({int(s) for s in steps.split(",") if s.strip()})
+    except ValueError:
+        parsed = []
+    if not parsed or parsed[0] < 0:
+        fail(f"--steps: expected all, latest or a list of steps like 100,200, got {steps!r}")
+    return parsed
+
+
+def eval_(
+    run: Annotated[str, typer.Option("--run", help="The run whose checkpoints to score.")],
+    dataset: Annotated[str, typer.Option(help="A built-in dataset or a JSONL/Parquet file.")] = "arithmetic",
+    steps: Annotated[str, typer.Option(help="all, latest, or steps like 100,200.")] = "all",
+    metrics: Annotated[str, typer.Option(help="Comma-separated: exact_match, reward:NAME.")] = "exact_match",
+    subset_frac: Annotated[float | None, typer.Option(min=0.0001, max=1, help="Score this fraction.")] = None,
+    samples: Annotated[int | None, typer.Option(min=1, help="Score at most this many records.")] = None,
+    template: Annotated[str, typer.Option(help="generic, r1, deepseek or chat.")] = "generic",
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds allowed per checkpoint.")] = 900,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the scores and print them.")] = False,
+    commander: CommanderOpt = DEFAULT_COMMANDER,
+    token: TokenOpt = None,
+) -> None:
+    """Score a run's durable checkpoints, each in its own process, on any free worker."""
+    from relaytrain.config import parse_run_config, run_config_dict
+    from relaytrain.errors import ConfigError
+
+    with client(commander, token) as api:
+        source = api.run(run)
+        eval_id = f"{run[:100]}-eval-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            config = parse_run_config({
+                "run_id": eval_id, "kind": "eval", "priority": source.priority, "store": source.config["store"],
+                "hang_timeout_s": timeout + 60,
+                "trainer": {"source_run": run, "dataset": dataset, "steps": _parse_steps(steps),
+                            "metrics": [m.strip() for m in metrics.split(",") if m.strip()], "samples": samples,
+                            "subset_frac": subset_frac, "template": template, "timeout_s": timeout},
+            })
+        except ConfigError as exc:
+            fail(str(exc))
+        api.submit(run_config_dict(config))
+        console.print(f"queued evaluation [bold]{eval_id}[/bold] of {run} on {dataset}")
+        if not wait:
+            return
+        while (status_ := api.run(eval_id).status) not in ("succeeded", "failed", "cancelled"):
+            time.sleep(1)
+        print_run(api.run(run).model_dump())
+        if status_ != "succeeded":
+            fail(f"evaluation {eval_id} ended {status_}: relay status {eval_id}")
+
+
+def resume(
+    run_id: Annotated[str, typer.Argument(help="The ended run to continue.")],
+    from_step: Annotated[str, typer.Option(help="latest, or an older durable step to fork from.")] = "latest",
+    additional_steps: Annotated[int, typer.Option(min=0, help="Raise max_steps by this much.")] = 0,
+    commander: CommanderOpt = DEFAULT_COMMANDER,
+    token: TokenOpt = None,
+) -> None:
+    """Continue an ended run from its newest durable checkpoint; from an older step, fork it into
+    <run_id>-from-<N> (the original's checkpoints are never touched). The checkpoint is verified first."""
+    from relaytrain.artifacts import open_store
+    from relaytrain.config import StoreConfig
+
+    if from_step != "latest" and not from_step.isdigit():
+        fail(f"--from-step: expected latest or a step number, got {from_step!r}")
+    with client(commander, token) as api:
+        run = api.run(run_id)
+        durable = {c.step: c for c in api.checkpoints(run_id).items}
+        step = max(durable) if from_step == "latest" and durable else int(from_step) if from_step.isdigit() else None
+        if step is None or step not in durable:
+            fail(f"--from-step: {run_id} has no durable checkpoint at {from_step} "
+                 f"(has: {', '.join(map(str, sorted(durable))) or 'none'})")
+        ref = durable[step]
+        check = open_store(StoreConfig(**run.config["store"])).verify_checkpoint(ref.store_run_id, step)
+        if not check.ok:
+            fail(f"the checkpoint at step {step} does not verify in the store: {check.reason}")
+        resumed = api.resume(run_id, from_step=None if from_step == "latest" else step,
+                             additional_steps=additional_steps)
+    what = "re-opened" if resumed.run_id == run_id else f"forked into [bold]{resumed.run_id}[/bold]"
+    console.print(f"{run_id} {what}: resumes at step {step}, runs to {resumed.max_steps}; {resumed.status}")
+
+
+def checkpoints(
+    run_id: RunIdArg,
+    commander: CommanderOpt = DEFAULT_COMMANDER,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List a run's durable checkpoints."""
+    with client(commander, token) as api:
+        items = api.checkpoints(run_id).items
+    if as_json:
+        print_json([c.model_dump() for c in items])
+        return
+    print_checkpoints(run_id, items)
+
+
+def logs(
+    run_id: RunIdArg,
+    workdir: LogsWorkdirOpt = DEFAULT_WORKDIR,
+    attempt: Annotated[int | None, typer.Option(help="Epoch of the attempt; default: the newest here.")] = None,
+    stream: Annotated[str, typer.Option(help="stderr or stdout.")] = "stderr",
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing as the log grows.")] = False,
+    lines: Annotated[int, typer.Option(min=1, help="Lines to show from the end.")] = 50,
+) -> None:
+    """Show a trainer's log from a worker's workdir (runs/<run_id>/logs/attempt_<epoch>/)."""
+    from relaytrain.config import validate_run_id
+
+    if stream not in ("stderr", "stdout"):
+        fail(f"--stream: must be stderr or stdout, not {stream!r}")
+    try:
+        validate_run_id(run_id)
+    except ValueError as exc:
+        fail(f"RUN_ID: {exc}")
+    logs_dir = workdir / "runs" / run_id / "logs"
+    epochs = sorted(int(p.name.split("_")[1]) for p in logs_dir.glob("attempt_*") if p.name.split("_")[1].isdigit())
+    if not epochs:
+        fail(f"no logs of {run_id} under {logs_dir}")
+    epoch = attempt if attempt is not None else epochs[-1]
+    if epoch not in epochs:
+        fail(f"--attempt: no attempt {epoch} here (have {', '.join(map(str, epochs))})")
+    path = logs_dir / f"attempt_{epoch}" / f"{stream}.log"
+    text = path.read_text(errors="replace") if path.exists() else ""
+    sys.stdout.write("".join(text.splitlines(keepends=True)[-lines:]))
+    sys.stdout.flush()
+    if follow:
+        offset = len(text.encode())
+        try:
+            while True:
+                with open(path, "rb") as handle:
+                    handle.seek(offset)
+                    chunk = handle.read()
+                offset += len(chunk)
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass

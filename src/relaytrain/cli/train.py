@@ -1,0 +1,42 @@
+"""``relay train`` (a built-in trainer without a commander) and ``relay demo`` (the whole system
+on this machine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def train(ctx: typer.Context) -> None:
+    """Train without a commander: relay train sft|grpo --model tiny --dataset arithmetic --max-steps N
+    --output-dir DIR [--resume-from auto|none|DIR] [--lora] [--use-unsloth] … (relay train sft --help: every flag)."""
+    from relaytrain.train.standalone import main as train_main
+
+    raise typer.Exit(train_main(ctx.args, prog="relay train"))
+
+
+# relay train hands its arguments, --help included, to the trainer's own parser.
+TRAIN_SETTINGS = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True},
+                  "add_help_option": False}
+
+
+def demo(
+    root: Annotated[Path, typer.Option(help="Folder for the demo's database, workers, checkpoints and logs.")]
+    = Path("./relay-demo"),
+    sft_steps: Annotated[int, typer.Option(min=10, help="SFT steps.")] = 500,
+    grpo_steps: Annotated[int, typer.Option(min=10, help="GRPO steps.")] = 150,
+    kill_at: Annotated[float, typer.Option(min=0.05, max=0.95, help="Kill the SFT holder at this fraction.")]
+    = 0.4,
+    eval_samples: Annotated[int, typer.Option(min=10, help="Held-out problems to score each model on.")] = 300,
+) -> None:
+    """Run the whole system here: a commander, two workers, SFT then GRPO of a tiny model on
+    2-digit addition, a worker killed mid-run, and held-out accuracy at the end (a few minutes on a CPU)."""
+    from relaytrain.demo import DemoSettings, run_demo
+
+    from .render import DemoScreen
+
+    settings = DemoSettings(root=root, sft_steps=sft_steps, grpo_steps=grpo_steps, kill_at=kill_at,
+                            eval_samples=eval_samples)
+    raise typer.Exit(run_demo(settings, DemoScreen()))

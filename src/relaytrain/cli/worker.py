@@ -1,0 +1,61 @@
+"""``relay worker``: claim runs, supervise their trainers, keep their leases."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import typer
+
+from .common import (
+    DEFAULT_COMMANDER,
+    DEFAULT_WORKDIR,
+    CommanderOpt,
+    LogLevelOpt,
+    TokenOpt,
+    WorkerWorkdirOpt,
+    fail,
+    parse_labels,
+)
+
+
+def worker(
+    commander: CommanderOpt = DEFAULT_COMMANDER,
+    token: TokenOpt = None,
+    worker_id: Annotated[str, typer.Option("--worker-id", envvar="WORKER_ID", help="Unique id; default: hostname.")]
+    = "",
+    workdir: WorkerWorkdirOpt = DEFAULT_WORKDIR,
+    label: Annotated[list[str], typer.Option("--label", help="KEY=VALUE a run may require; repeatable.")] = [],  # noqa: B006
+    kind: Annotated[list[str], typer.Option("--kind", help="Serve only these run kinds; repeatable.")] = [],  # noqa: B006
+    max_runs: Annotated[int | None, typer.Option(min=1, help="Exit after this many attempts.")] = None,
+    price_per_hour: Annotated[float | None, typer.Option(min=0, help="What this machine costs, $/hour.")] = None,
+    provider: Annotated[str, typer.Option(help="local, ssh or lium (for the ledger).")] = "local",
+    claim_wait: Annotated[float, typer.Option(min=0, max=60, help="Long-poll seconds per claim.")] = 10.0,
+    log_level: LogLevelOpt = "info",
+) -> None:
+    """Run a worker: claim runs, supervise their trainers, keep their leases, make checkpoints durable.
+
+    SIGTERM or SIGINT checkpoints the current run, releases it as preempted, and exits.
+    """
+    import logging
+    import socket
+
+    from relaytrain.api.models import WORKER_ID_PATTERN
+    from relaytrain.config import RUN_KINDS
+    from relaytrain.worker import Worker, WorkerSettings
+
+    worker_id = worker_id or socket.gethostname()
+    if not re.fullmatch(WORKER_ID_PATTERN, worker_id):
+        fail(f"--worker-id: {worker_id!r} must match {WORKER_ID_PATTERN}")
+    bad = [k for k in kind if k not in RUN_KINDS]
+    if bad:
+        fail(f"--kind: unknown kind {bad[0]!r} (one of {', '.join(RUN_KINDS)})")
+    labels = parse_labels(label)
+    logging.basicConfig(level=log_level.upper(), format=f"%(asctime)s %(levelname)s [{worker_id}] %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    settings = WorkerSettings(
+        commander=commander, token=token, worker_id=worker_id, workdir=workdir.resolve(),
+        labels=labels, kinds=kind or None, max_runs=max_runs, price_per_hour=price_per_hour,
+        provider=provider, claim_wait_s=claim_wait,
+    )
+    raise typer.Exit(Worker(settings).run())
