@@ -8,6 +8,7 @@ deep inside a worker an hour later. This module imports nothing of ours but the 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from relaytrain.errors import ConfigError
+
+from .validation import format_validation_error
 
 RUN_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
 _RUN_ID_RE = re.compile(RUN_ID_PATTERN)
@@ -309,27 +312,8 @@ RunConfig = Annotated[SFTRun | GRPORun | CommandRun | EvalRun, Field(discriminat
 _RUN_ADAPTER: TypeAdapter[RunConfig] = TypeAdapter(RunConfig)
 
 
-def format_validation_error(exc: ValidationError, *, strip_tag: bool = True) -> str:
-    """One line per problem: ``field.path: message (got value)``."""
-    lines = []
-    for err in exc.errors():
-        loc = [str(part) for part in err["loc"]]
-        if strip_tag and loc and loc[0] in RUN_KINDS:
-            loc = loc[1:]  # the discriminated union's tag is not a field the user wrote
-        if err["type"].startswith("union_tag"):
-            loc = [*loc, "kind"]
-        where = ".".join(loc) or "(top level)"
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "union_tag_not_found":
-            message = "Field required (one of: sft, grpo, command, eval)"
-        got = ""
-        if err["type"] not in ("missing", "union_tag_not_found") and "input" in err and not isinstance(
-            err["input"], dict | list
-        ):
-            shown = repr(err["input"])
-            got = f" (got {shown[:60]}{'…' if len(shown) > 60 else ''})"
-        lines.append(f"{where}: {message}{got}")
-    return "\n".join(lines)
+RUN_UNION: dict[tuple[str, ...], tuple[str, Sequence[str]]] = {(): ("kind", RUN_KINDS)}
+"""Where the run kinds' discriminated union sits, for ``format_validation_error``."""
 
 
 def parse_run_config(data: Any) -> RunConfig:
@@ -339,7 +323,7 @@ def parse_run_config(data: Any) -> RunConfig:
     try:
         return _RUN_ADAPTER.validate_python(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from exc
+        raise ConfigError(format_validation_error(exc, unions=RUN_UNION)) from exc
 
 
 def load_yaml(path: str | Path) -> Any:
