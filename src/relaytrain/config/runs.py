@@ -8,7 +8,7 @@ deep inside a worker an hour later. This module imports nothing of ours but the 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -316,14 +316,22 @@ RUN_UNION: dict[tuple[str, ...], tuple[str, Sequence[str]]] = {(): ("kind", RUN_
 """Where the run kinds' discriminated union sits, for ``format_validation_error``."""
 
 
+def validate_file(adapter: TypeAdapter[Any], data: Any, *, not_a_mapping: str,
+                  unions: Mapping[tuple[str, ...], tuple[str, Sequence[str]]]) -> Any:
+    """Validate a YAML file's content with ``adapter``; ConfigError (``not_a_mapping``, or
+    every bad field, one line each) otherwise."""
+    if not isinstance(data, dict):
+        raise ConfigError(not_a_mapping)
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, unions=unions)) from exc
+
+
 def parse_run_config(data: Any) -> RunConfig:
     """Validate a run file's content; raise ConfigError naming every bad field."""
-    if not isinstance(data, dict):
-        raise ConfigError("the run file must be a mapping of fields (run_id, kind, …)")
-    try:
-        return _RUN_ADAPTER.validate_python(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, unions=RUN_UNION)) from exc
+    return validate_file(_RUN_ADAPTER, data, not_a_mapping="the run file must be a mapping of fields (run_id, kind, …)",
+                         unions=RUN_UNION)
 
 
 def load_yaml(path: str | Path) -> Any:

@@ -6,12 +6,11 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from relaytrain.errors import ConfigError
 
-from .runs import RunConfig, RunKind, _Model, load_run_config, load_yaml, parse_run_config
-from .validation import format_validation_error
+from .runs import RunConfig, RunKind, _Model, load_run_config, load_yaml, parse_run_config, validate_file
 
 HOST_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _HOST_NAME_RE = re.compile(HOST_NAME_PATTERN)
@@ -226,14 +225,13 @@ class StackConfig(_Model):
         return self
 
 
+_STACK_ADAPTER: TypeAdapter[StackConfig] = TypeAdapter(StackConfig)
+
+
 def parse_stack_config(data: Any) -> StackConfig:
     """Validate a stack file's content; raise ConfigError naming every bad field."""
-    if not isinstance(data, dict):
-        raise ConfigError("the stack file must be a mapping of sections (commander, provider, workers, runs)")
-    try:
-        return StackConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, unions={("provider",): ("type", PROVIDER_TYPES)})) from exc
+    return validate_file(_STACK_ADAPTER, data, unions={("provider",): ("type", PROVIDER_TYPES)}, not_a_mapping=(
+        "the stack file must be a mapping of sections (commander, provider, workers, runs)"))
 
 
 def stack_runs(config: StackConfig, base_dir: str | Path) -> list[RunConfig]:
