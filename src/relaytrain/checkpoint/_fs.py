@@ -76,7 +76,7 @@ def temp_sibling(target: Path, label: str) -> Path:
 def remove_tree(path: Path) -> None:
     """Delete a directory so that no half-deleted copy stays under its name: rename it to a
     temporary name first (unless it already has one), then delete it."""
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return
     doomed = path
     if not path.name.startswith(TEMP_PREFIX):
@@ -157,8 +157,7 @@ def discard_on_error(tmp: Path) -> Iterator[Path]:
     try:
         yield tmp
     except BaseException:
-        if tmp.exists() or tmp.is_symlink():
-            remove_tree(tmp)
+        remove_tree(tmp)
         raise
 
 
