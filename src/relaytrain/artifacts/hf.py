@@ -48,7 +48,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,15 @@ from relaytrain.artifacts._transfer import (
     stored_files,
 )
 from relaytrain.artifacts.base import ArtifactStore, ProgressFn, check_run_id
-from relaytrain.checkpoint import MANIFEST_NAME, Verification, parse_manifest, step_dir_name
+from relaytrain.checkpoint import (
+    MANIFEST_NAME,
+    TEMP_PREFIX,
+    Verification,
+    atomic_write_text,
+    fsync_path,
+    parse_manifest,
+    step_dir_name,
+)
 from relaytrain.errors import ArtifactError, CheckpointError, StaleWriter
 
 log = logging.getLogger(__name__)
@@ -210,16 +219,24 @@ class HFStore(ArtifactStore):
                                path_in_repo, revision=revision or self.branch, repo_type="model",
                                local_dir=str(folder)))
 
+    @contextmanager
+    def _downloaded(self, path_in_repo: str, revision: str | None = None, *,
+                    beside: Path | None = None) -> Iterator[Path]:
+        """Download one file into a scratch folder and yield its path; the folder is removed
+        after. ``beside``: put the folder next to that path (a ``.tmp-`` name), so the file
+        can be renamed there."""
+        prefix, where = ("relay-hf-", None) if beside is None else (f"{TEMP_PREFIX}{beside.name}-hf-", beside.parent)
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=where, ignore_cleanup_errors=True) as folder:
+            yield self._download(path_in_repo, Path(folder), revision)
+
     def _bound_run(self, files: list[str], revision: str | None = None) -> str | None:
         """The run id in the repo's ``relaytrain.json``, or None if the repo has none."""
         if self._run_id is None and RUN_MARKER in files:
-            folder = Path(tempfile.mkdtemp(prefix="relay-hf-"))
             try:
-                marker = json.loads(self._download(RUN_MARKER, folder, revision).read_bytes())
+                with self._downloaded(RUN_MARKER, revision) as path:
+                    marker = json.loads(path.read_bytes())
             except (ValueError, OSError) as exc:
                 raise ArtifactError(f"{self.uri}: {RUN_MARKER} is unreadable: {exc}") from None
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
             self._run_id = str(marker.get("run_id")) if isinstance(marker, dict) else None
         return self._run_id
 
@@ -373,12 +390,9 @@ class HFStore(ArtifactStore):
                 if info.blob_id != entry["git_sha1"]:
                     problems.append(f"{name}: sha256 mismatch (git blob {info.blob_id})")
             else:
-                folder = Path(tempfile.mkdtemp(prefix="relay-hf-"))
-                try:
-                    if sha256_file(self._download(path, folder, revision))[1] != entry["sha256"]:
+                with self._downloaded(path, revision) as local:
+                    if sha256_file(local)[1] != entry["sha256"]:
                         problems.append(f"{name}: sha256 mismatch")
-                finally:
-                    shutil.rmtree(folder, ignore_errors=True)
         return problems
 
     def _write_plan(self, src: Path, run_id: str, step: int, sha: str, message: str, parent: str | None,
@@ -394,9 +408,7 @@ class HFStore(ArtifactStore):
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / PLAN_NAME
-        tmp = folder / f".tmp-{PLAN_NAME}-{os.urandom(4).hex()}"
-        tmp.write_text(json.dumps(plan, indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(plan, indent=2) + "\n")
         log.info("dry run: wrote the upload plan for %s to %s", self.uri_for(run_id, step), path)
         return path
 
@@ -405,13 +417,11 @@ class HFStore(ArtifactStore):
     def read_manifest(self, run_id: str, step: int, revision: str | None = None) -> bytes:
         """The stored ``manifest.json`` bytes of a checkpoint (ArtifactError if absent)."""
         check_run_id(run_id)
-        folder = Path(tempfile.mkdtemp(prefix="relay-hf-"))
         try:
-            return self._download(self._prefix(step) + MANIFEST_NAME, folder, revision).read_bytes()
+            with self._downloaded(self._prefix(step) + MANIFEST_NAME, revision) as path:
+                return path.read_bytes()
         except _Missing:
             raise _Missing(f"{self.uri_for(run_id, step)}: no such checkpoint in the store") from None
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
 
     def get_checkpoint(self, run_id: str, step: int, dest_dir: str | os.PathLike[str],
                        progress: ProgressFn | None = None, *, expected_manifest_sha256: str | None = None,
@@ -531,15 +541,15 @@ class HFStore(ArtifactStore):
         """Download ``files/<name>`` to ``dest`` atomically."""
         path_in_repo = self._file_path(run_id, name)
         target = Path(dest)
-        folder = target.parent / f".tmp-{target.name}-hf-{os.urandom(4).hex()}"
+        target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fetched = self._download(path_in_repo, folder)
-            size = fetched.stat().st_size
-            os.replace(fetched, target)
+            with self._downloaded(path_in_repo, beside=target) as fetched:
+                size = fetched.stat().st_size
+                fsync_path(fetched)
+                os.replace(fetched, target)
         except _Missing:
             raise _Missing(f"{self.uri}/{path_in_repo}: no such file in the store") from None
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        fsync_path(target.parent)
         TransferProgress(size, progress).advance(size)
         return target
 

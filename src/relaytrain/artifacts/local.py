@@ -19,14 +19,15 @@ from relaytrain.artifacts.base import ArtifactStore, ProgressFn, check_run_id
 from relaytrain.checkpoint import (
     MANIFEST_NAME,
     Verification,
+    discard_on_error,
     fsync_path,
     list_checkpoints,
-    make_temp_dir,
     manifest_sha256,
     parse_manifest,
-    publish_dir,
     remove_tree,
+    staged_dir,
     step_dir_name,
+    temp_sibling,
     verify,
 )
 from relaytrain.errors import ArtifactError, CheckpointError
@@ -149,19 +150,14 @@ class LocalStore(ArtifactStore):
             log.info("%s already holds this checkpoint; not uploading again", uri)
             return uri
         _make_dirs(target.parent)
-        tmp = make_temp_dir(target.parent, step)
         try:
-            _copy_checkpoint(src, tmp, manifest_data, manifest, f"local {src}", progress)
-            check = verify(tmp)
-            if not check.ok:
-                raise ArtifactError(f"{uri}: verification in the store failed: {check.reason}")
-            publish_dir(tmp, target)
-        except BaseException as exc:
-            if tmp.exists():
-                remove_tree(tmp)
-            if isinstance(exc, OSError):
-                raise ArtifactError(f"uploading to {uri} failed: {exc}") from exc
-            raise
+            with staged_dir(target, fsync=False) as tmp:  # _copy_checkpoint fsyncs what it writes
+                _copy_checkpoint(src, tmp, manifest_data, manifest, f"local {src}", progress)
+                check = verify(tmp)
+                if not check.ok:
+                    raise ArtifactError(f"{uri}: verification in the store failed: {check.reason}")
+        except OSError as exc:
+            raise ArtifactError(f"uploading to {uri} failed: {exc}") from exc
         log.info("uploaded %s to %s", src, uri)
         return uri
 
@@ -194,16 +190,11 @@ class LocalStore(ArtifactStore):
             raise ArtifactError(f"{uri}: {exc}") from exc
         dest = Path(dest_dir)
         _make_dirs(dest.parent)
-        tmp = make_temp_dir(dest.parent, step)
         try:
-            _copy_checkpoint(src, tmp, manifest_data, manifest, uri, progress)
-            publish_dir(tmp, dest)
-        except BaseException as exc:
-            if tmp.exists():
-                remove_tree(tmp)
-            if isinstance(exc, OSError):
-                raise ArtifactError(f"downloading {uri} failed: {exc}") from exc
-            raise
+            with staged_dir(dest, fsync=False) as tmp:
+                _copy_checkpoint(src, tmp, manifest_data, manifest, uri, progress)
+        except OSError as exc:
+            raise ArtifactError(f"downloading {uri} failed: {exc}") from exc
         log.info("downloaded %s to %s", uri, dest)
         return dest
 
@@ -249,11 +240,8 @@ def _atomic_copy(src: Path, dst: Path, progress: ProgressFn | None) -> None:
     except FileNotFoundError as exc:
         raise ArtifactError(f"{src}: no such file") from exc
     _make_dirs(dst.parent)
-    tmp = dst.with_name(f".tmp-{dst.name}-{os.urandom(4).hex()}")
-    try:
+    tmp = temp_sibling(dst, dst.name)
+    with discard_on_error(tmp):
         _copy_file(src, tmp, TransferProgress(total, progress))
         os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     fsync_path(dst.parent)

@@ -60,7 +60,15 @@ from relaytrain.artifacts._transfer import (
     stored_files,
 )
 from relaytrain.artifacts.base import ArtifactStore, ProgressFn, check_run_id
-from relaytrain.checkpoint import MANIFEST_NAME, Verification, parse_manifest, step_dir_name
+from relaytrain.checkpoint import (
+    MANIFEST_NAME,
+    Verification,
+    discard_on_error,
+    fsync_path,
+    parse_manifest,
+    step_dir_name,
+    temp_sibling,
+)
 from relaytrain.errors import ArtifactError, CheckpointError, StaleWriter
 
 log = logging.getLogger(__name__)
@@ -531,16 +539,15 @@ class S3Store(ArtifactStore):
             raise ArtifactError(f"{uri}: no such file in the store")
         target = Path(dest)
         target.parent.mkdir(parents=True, exist_ok=True)
-        part = target.with_name(f".tmp-{target.name}-{os.urandom(4).hex()}")
-        try:
+        part = temp_sibling(target, target.name)
+        with discard_on_error(part):
             self._download_one(key, part, False, TransferProgress(head["ContentLength"], progress), uri)
-            size, digest = sha256_file(part)
+            size, digest = sha256_file(part, sync=True)
             expected = head.get("Metadata", {}).get(SHA_KEY)
             if size != head["ContentLength"] or (expected is not None and digest != expected):
                 raise ArtifactError(f"{uri}: sha256 mismatch")
             os.replace(part, target)
-        finally:
-            part.unlink(missing_ok=True)
+        fsync_path(target.parent)
         return target
 
 

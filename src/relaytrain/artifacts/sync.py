@@ -24,6 +24,7 @@ from typing import Any
 from relaytrain.artifacts.base import ArtifactStore, ProgressFn, check_run_id
 from relaytrain.checkpoint import (
     LATEST_NAME,
+    check_retention,
     find_latest_valid,
     list_checkpoints,
     manifest_sha256,
@@ -32,6 +33,7 @@ from relaytrain.checkpoint import (
     read_latest,
     remove_tree,
     step_dir_name,
+    steps_to_keep,
     verify,
     write_latest,
 )
@@ -282,10 +284,7 @@ def prune_store(store: ArtifactStore, run_id: str, *, keep_last: int, keep_every
     """Delete stored checkpoints of ``run_id`` but the last ``keep_last``, every step divisible
     by ``keep_every``, and the best one by ``keep_best`` (read from ``evals_dir``; see
     ``best_steps``). The newest stored checkpoint is never deleted."""
-    if keep_last < 1:
-        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
-    if keep_every is not None and keep_every < 1:
-        raise ValueError(f"keep_every must be >= 1, got {keep_every}")
+    check_retention(keep_last, keep_every, allow_zero=False)
     if keep_best is not None and evals_dir is None:
         raise ValueError("keep_best needs the folder of eval results (evals_dir)")
     scores = best_steps(Path(evals_dir), keep_best) if keep_best is not None and evals_dir is not None else {}
@@ -293,18 +292,16 @@ def prune_store(store: ArtifactStore, run_id: str, *, keep_last: int, keep_every
     report = PruneReport(run_id)
     if not steps:
         return report
-    keep = set(steps[-keep_last:]) | {steps[-1]}
-    if keep_every:
-        keep.update(step for step in steps if step % keep_every == 0)
+    protect = {steps[-1]}
     if keep_best is not None:
         ranked = {step: scores[step] for step in steps if step in scores}
         if not ranked:
             raise ValueError(f"no stored step of run {run_id!r} has a score for {keep_best!r} in {evals_dir}")
         best = max(ranked, key=lambda step: (ranked[step], step))
-        keep.add(best)
+        protect.add(best)
         report.best = {best: ranked[best]}
-    report.kept = sorted(keep)
-    report.deleted = [step for step in steps if step not in keep]
+    report.kept = steps_to_keep(steps, keep_last, keep_every, protect)
+    report.deleted = [step for step in steps if step not in report.kept]
     if not dry_run:
         for step in report.deleted:
             store.delete_checkpoint(run_id, step)

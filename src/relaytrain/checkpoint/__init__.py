@@ -3,14 +3,26 @@
 A checkpoint is a directory ``<output_dir>/step_<N:08d>/`` whose ``manifest.json``, written
 last, lists every file with its size and sha256. It is written into ``.tmp-step_<N>-<random>``,
 fsynced and renamed into place; ``<output_dir>/latest`` then names it. Readers verify before
-they trust: ``verify``, ``find_latest_valid``, ``CheckpointManager.load``.
+they trust: ``verify``, ``find_latest_valid``, ``CheckpointManager.load``. Which steps to
+keep is decided once, by ``steps_to_keep``. The durable-write primitives (``atomic_write_text``,
+``atomic_write_bytes``, ``staged_dir``) are for every file the project writes, not only these.
 
 This package imports nothing of relaytrain but ``relaytrain.errors``, and imports torch only
 inside the functions that handle tensors.
 """
 
-from relaytrain.checkpoint._fs import fsync_path, publish_dir, remove_tree
-from relaytrain.checkpoint.commit import LatestResult, commit_checkpoint_dir, find_latest_valid, prune
+from relaytrain.checkpoint._fs import (
+    TEMP_PREFIX,
+    atomic_write_bytes,
+    atomic_write_text,
+    discard_on_error,
+    fsync_path,
+    publish_dir,
+    remove_tree,
+    staged_dir,
+    temp_sibling,
+)
+from relaytrain.checkpoint.commit import LatestResult, commit_checkpoint_dir, find_latest_valid
 from relaytrain.checkpoint.layout import (
     FORMAT_VERSION,
     LATEST_NAME,
@@ -32,17 +44,23 @@ from relaytrain.checkpoint.manifest import (
     verify,
     write_manifest,
 )
+from relaytrain.checkpoint.retention import check_retention, prune, steps_to_keep
 from relaytrain.checkpoint.state import load_checkpoint
 
 __all__ = [
     "FORMAT_VERSION",
     "LATEST_NAME",
     "MANIFEST_NAME",
+    "TEMP_PREFIX",
     "CheckpointManager",
     "LatestResult",
     "Verification",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_retention",
     "clean_temp",
     "commit_checkpoint_dir",
+    "discard_on_error",
     "find_latest_valid",
     "fsync_path",
     "list_checkpoints",
@@ -56,7 +74,10 @@ __all__ = [
     "read_latest",
     "read_manifest",
     "remove_tree",
+    "staged_dir",
     "step_dir_name",
+    "steps_to_keep",
+    "temp_sibling",
     "verify",
     "write_latest",
     "write_manifest",

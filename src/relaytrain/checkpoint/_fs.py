@@ -1,8 +1,9 @@
-"""Durable file-system primitives: fsync, atomic replace, atomic directory publish, removal.
+"""Durable file-system primitives: fsync, atomic file writes, staged folders, atomic publish, removal.
 
 Everything here is about ordering on disk: data is fsynced before the rename that makes it
 visible, and the parent directory is fsynced after the rename so the new name survives a
-power cut. Nothing here knows about checkpoints.
+power cut. Nothing here knows about checkpoints: every file or folder the project writes
+for others to read goes through ``atomic_write_text``/``atomic_write_bytes`` or ``staged_dir``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import errno
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 TEMP_PREFIX = ".tmp-"
@@ -39,11 +42,17 @@ def fsync_tree(root: Path, *, skip_files: frozenset[str] = frozenset()) -> None:
         fsync_path(here)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically: temp file, fsync, ``os.replace``, fsync dir."""
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int | None = None) -> None:
+    """Replace ``path`` with ``data`` atomically and durably: temp file beside it, fsync,
+    ``os.replace``, fsync of the folder. On any exception the temp file is removed and the old
+    ``path`` (if any) is left as it was. ``mode`` (e.g. ``0o600``) is set before the data is
+    written, so the file is never readable more widely; the folder must exist."""
+    path = Path(path)
     tmp = path.with_name(f"{TEMP_PREFIX}{path.name}-{secrets.token_hex(4)}")
     try:
         with open(tmp, "xb") as handle:
+            if mode is not None:
+                os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -54,6 +63,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_path(path.parent)
 
 
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, mode: int | None = None) -> None:
+    """``atomic_write_bytes`` of ``text`` in UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
+
+
 def temp_sibling(target: Path, label: str) -> Path:
     """A fresh temporary name next to ``target``: ``.tmp-<label>-<random>``."""
     return target.parent / f"{TEMP_PREFIX}{label}-{secrets.token_hex(4)}"
@@ -62,7 +76,7 @@ def temp_sibling(target: Path, label: str) -> Path:
 def remove_tree(path: Path) -> None:
     """Delete a directory so that no half-deleted copy stays under its name: rename it to a
     temporary name first (unless it already has one), then delete it."""
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return
     doomed = path
     if not path.name.startswith(TEMP_PREFIX):
@@ -135,6 +149,37 @@ def publish_dir(tmp_dir: Path, target: Path) -> None:
     os.rename(tmp_dir, target)
     fsync_path(parent)
     remove_tree(old)
+
+
+@contextmanager
+def discard_on_error(tmp: Path) -> Iterator[Path]:
+    """Yield ``tmp`` (a temporary file or folder); on any exception remove it, then re-raise."""
+    try:
+        yield tmp
+    except BaseException:
+        remove_tree(tmp)
+        raise
+
+
+@contextmanager
+def staged_dir(final_path: str | os.PathLike[str], *, fsync: bool = True) -> Iterator[Path]:
+    """Build a folder that appears as ``final_path`` only once complete.
+
+    Yields a fresh temporary folder beside ``final_path`` (``.tmp-<name>-<random>``, creating
+    the parent folders); when the block ends normally every file and folder in it is fsynced
+    (unless ``fsync=False``: the block made them durable itself) and it replaces
+    ``final_path`` with ``publish_dir``. On any exception the temporary folder is removed and
+    ``final_path`` is left as it was.
+    """
+    target = Path(final_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(target, target.name)
+    tmp.mkdir()
+    with discard_on_error(tmp):
+        yield tmp
+        if fsync:
+            fsync_tree(tmp)
+        publish_dir(tmp, target)
 
 
 def _load_sync_file_range():  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""Committing a written checkpoint, finding the newest valid one, and retention.
+"""Committing a written checkpoint and finding the newest valid one (retention: ``retention.py``).
 
 Commit order, each step durable before the next: files (fsynced) -> manifest.json (written
 last, fsynced) -> directories fsynced -> rename ``.tmp-step_N-*`` to ``step_N`` -> fsync of
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relaytrain.checkpoint._fs import TEMP_PREFIX, fsync_tree, publish_dir, remove_tree
+from relaytrain.checkpoint._fs import TEMP_PREFIX, discard_on_error, fsync_tree, publish_dir
 from relaytrain.checkpoint.layout import (
     MANIFEST_NAME,
     list_checkpoints,
@@ -45,18 +46,15 @@ def commit_checkpoint_dir(tmp_dir: str | os.PathLike[str], output_dir: str | os.
     out = Path(output_dir)
     target = out / f"step {step}"
     try:
-        target = out / step_dir_name(step)
-        if not tmp.is_dir():
-            raise CheckpointError(f"{tmp}: not a directory")
-        write_manifest(tmp, step, epoch, metadata, known=known)
-        fsync_tree(tmp, skip_files=frozenset(known or ()) | {MANIFEST_NAME})
-        publish_dir(tmp, target)
-    except BaseException as exc:
-        if tmp.name.startswith(TEMP_PREFIX) and tmp.exists():
-            remove_tree(tmp)
-        if isinstance(exc, OSError):
-            raise CheckpointError(f"committing {target.name} failed: {exc}") from exc
-        raise
+        with discard_on_error(tmp) if tmp.name.startswith(TEMP_PREFIX) else nullcontext(tmp):
+            target = out / step_dir_name(step)
+            if not tmp.is_dir():
+                raise CheckpointError(f"{tmp}: not a directory")
+            write_manifest(tmp, step, epoch, metadata, known=known)
+            fsync_tree(tmp, skip_files=frozenset(known or ()) | {MANIFEST_NAME})
+            publish_dir(tmp, target)
+    except OSError as exc:
+        raise CheckpointError(f"committing {target.name} failed: {exc}") from exc
     try:
         write_latest(out, step)
     except OSError as exc:
@@ -117,35 +115,3 @@ def find_latest_valid(output_dir: str | os.PathLike[str]) -> LatestResult:
         skipped.append((path, check.reason or "invalid"))
         log.warning("skipping invalid checkpoint %s: %s", path, check.reason)
     return LatestResult(None, None, skipped)
-
-
-def prune(output_dir: str | os.PathLike[str], keep_last: int, keep_every: int | None = None,
-          protect: Iterable[int] = (), *, newest_valid: int | None = None) -> list[int]:
-    """Delete old checkpoints in ``output_dir`` and return the removed steps, ascending.
-
-    Kept: the ``keep_last`` highest steps, every step divisible by ``keep_every``, every
-    step in ``protect`` (e.g. the newest durable one), and always the newest valid
-    checkpoint (found with ``find_latest_valid`` unless the caller passes ``newest_valid``).
-    Deletion renames to a temporary first, so no half-deleted ``step_*`` is ever visible.
-    """
-    if keep_last < 0:
-        raise ValueError(f"keep_last must be >= 0, got {keep_last}")
-    if keep_every is not None and keep_every <= 0:
-        raise ValueError(f"keep_every must be > 0, got {keep_every}")
-    out = Path(output_dir)
-    steps = list_checkpoints(out)
-    if not steps:
-        return []
-    if newest_valid is None:
-        newest_valid = find_latest_valid(out).step
-    keep = set(protect)
-    keep.update(steps[-keep_last:] if keep_last else [])
-    if keep_every:
-        keep.update(step for step in steps if step % keep_every == 0)
-    if newest_valid is not None:
-        keep.add(newest_valid)
-    removed = [step for step in steps if step not in keep]
-    for step in removed:
-        remove_tree(out / step_dir_name(step))
-        log.info("pruned checkpoint %s", out / step_dir_name(step))
-    return removed

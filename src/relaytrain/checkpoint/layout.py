@@ -15,11 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-import secrets
-import shutil
 from pathlib import Path
 
-from relaytrain.checkpoint._fs import TEMP_PREFIX, atomic_write_bytes
+from relaytrain.checkpoint._fs import TEMP_PREFIX, atomic_write_bytes, remove_tree, temp_sibling
 from relaytrain.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -71,7 +69,7 @@ def make_temp_dir(output_dir: str | os.PathLike[str], step: int) -> Path:
     (creating ``output_dir`` if needed), to be filled and then committed."""
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    path = root / f"{TEMP_PREFIX}{step_dir_name(step)}-{secrets.token_hex(4)}"
+    path = temp_sibling(root / step_dir_name(step), step_dir_name(step))
     path.mkdir()
     return path
 
@@ -91,10 +89,7 @@ def clean_temp(output_dir: str | os.PathLike[str]) -> list[Path]:
         if not entry.name.startswith(TEMP_PREFIX):
             continue
         path = Path(entry.path)
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        remove_tree(path)  # a .tmp- name: deleted in place
         removed.append(path)
     if removed:
         log.info("removed %d stale temporaries from %s", len(removed), root)

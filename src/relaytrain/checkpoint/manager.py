@@ -22,9 +22,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from relaytrain.checkpoint._fs import remove_tree
-from relaytrain.checkpoint.commit import LatestResult, commit_checkpoint_dir, find_latest_valid, prune
+from relaytrain.checkpoint._fs import discard_on_error
+from relaytrain.checkpoint.commit import LatestResult, commit_checkpoint_dir, find_latest_valid
 from relaytrain.checkpoint.layout import clean_temp, make_temp_dir
+from relaytrain.checkpoint.retention import check_retention, prune
 from relaytrain.checkpoint.state import check_state, is_writer, load_checkpoint, to_host, write_state
 from relaytrain.errors import CheckpointError
 
@@ -56,10 +57,8 @@ class CheckpointManager:
                  keep_last: int | None = None, keep_every: int | None = None,
                  protect: Callable[[], set[int]] = _no_steps,
                  on_commit: Callable[[Path, int], Any] | None = None) -> None:
-        if keep_last is not None and keep_last < 1:
-            raise ValueError(f"keep_last must be >= 1 or None, got {keep_last}")
-        if keep_every is not None and keep_every < 1:
-            raise ValueError(f"keep_every must be >= 1 or None, got {keep_every}")
+        if keep_last is not None or keep_every is not None:
+            check_retention(1 if keep_last is None else keep_last, keep_every, allow_zero=False)
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         clean_temp(self.output_dir)
@@ -177,14 +176,11 @@ class CheckpointManager:
                           metadata: Mapping[str, Any] | None) -> Path:
         tmp = make_temp_dir(self.output_dir, step)
         try:
-            known = write_state(tmp, state)
-            path = commit_checkpoint_dir(tmp, self.output_dir, step, epoch, metadata, known=known)
-        except BaseException as exc:
-            if tmp.exists():
-                remove_tree(tmp)
-            if isinstance(exc, OSError):
-                raise CheckpointError(f"saving step {step} failed: {exc}") from exc
-            raise
+            with discard_on_error(tmp):
+                known = write_state(tmp, state)
+        except OSError as exc:
+            raise CheckpointError(f"saving step {step} failed: {exc}") from exc
+        path = commit_checkpoint_dir(tmp, self.output_dir, step, epoch, metadata, known=known)
         self._last = path
         if self.keep_last is not None:
             prune(self.output_dir, self.keep_last, self.keep_every, self._protect(), newest_valid=step)

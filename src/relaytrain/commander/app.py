@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from relaytrain import __version__
 from relaytrain.api import models as m
-from relaytrain.config import RUN_ID_PATTERN, RunConfig
+from relaytrain.config import RUN_ID_PATTERN, RUN_UNION, RunConfig, format_validation_error
 from relaytrain.errors import (
     AuthError,
     BadRequest,
@@ -178,13 +178,9 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        lines = []
-        for err in exc.errors():
-            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
-            if loc and loc[0] in ("sft", "grpo", "command", "eval"):
-                loc = loc[1:]
-            lines.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
-        return JSONResponse({"error": "ValidationError", "detail": "\n".join(lines)}, status_code=422)
+        detail = format_validation_error(exc, hidden=("body", "query", "path", "header"), unions=RUN_UNION,
+                                         top="body")
+        return JSONResponse({"error": "ValidationError", "detail": detail}, status_code=422)
 
     async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await run_in_threadpool(fn, *args, **kwargs)

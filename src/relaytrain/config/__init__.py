@@ -10,6 +10,7 @@ from .runs import (
     EVAL_METRIC_PATTERN,
     RUN_ID_PATTERN,
     RUN_KINDS,
+    RUN_UNION,
     AutoEval,
     CheckpointPolicy,
     CommandRun,
@@ -30,7 +31,6 @@ from .runs import (
     SFTRun,
     SFTTrainer,
     StoreConfig,
-    format_validation_error,
     load_run_config,
     load_yaml,
     parse_run_config,
@@ -54,6 +54,7 @@ from .stack import (
     ttl_seconds,
     validate_host_name,
 )
+from .validation import format_validation_error, validation_error_lines
 
 __all__ = [
     "PROVIDER_TYPES",
@@ -76,6 +77,7 @@ __all__ = [
     "ProviderConfig",
     "RUN_ID_PATTERN",
     "RUN_KINDS",
+    "RUN_UNION",
     "Resources",
     "RetryPolicy",
     "RewardSpec",
@@ -100,4 +102,5 @@ __all__ = [
     "ttl_seconds",
     "validate_host_name",
     "validate_run_id",
+    "validation_error_lines",
 ]

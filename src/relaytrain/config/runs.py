@@ -9,6 +9,7 @@ the trainer contract's rules (both leaves).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,8 @@ from relaytrain.contract import (
     check_trajectory_subdir,
 )
 from relaytrain.errors import ConfigError
+
+from .validation import format_validation_error
 
 RUN_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
 _RUN_ID_RE = re.compile(RUN_ID_PATTERN)
@@ -344,37 +347,26 @@ RunConfig = Annotated[SFTRun | GRPORun | CommandRun | EvalRun, Field(discriminat
 _RUN_ADAPTER: TypeAdapter[RunConfig] = TypeAdapter(RunConfig)
 
 
-def format_validation_error(exc: ValidationError, *, strip_tag: bool = True) -> str:
-    """One line per problem: ``field.path: message (got value)``."""
-    lines = []
-    for err in exc.errors():
-        loc = [str(part) for part in err["loc"]]
-        if strip_tag and loc and loc[0] in RUN_KINDS:
-            loc = loc[1:]  # the discriminated union's tag is not a field the user wrote
-        if err["type"].startswith("union_tag"):
-            loc = [*loc, "kind"]
-        where = ".".join(loc) or "(top level)"
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "union_tag_not_found":
-            message = "Field required (one of: sft, grpo, command, eval)"
-        got = ""
-        if err["type"] not in ("missing", "union_tag_not_found") and "input" in err and not isinstance(
-            err["input"], dict | list
-        ):
-            shown = repr(err["input"])
-            got = f" (got {shown[:60]}{'…' if len(shown) > 60 else ''})"
-        lines.append(f"{where}: {message}{got}")
-    return "\n".join(lines)
+RUN_UNION: dict[tuple[str, ...], tuple[str, Sequence[str]]] = {(): ("kind", RUN_KINDS)}
+"""Where the run kinds' discriminated union sits, for ``format_validation_error``."""
+
+
+def validate_file(adapter: TypeAdapter[Any], data: Any, *, not_a_mapping: str,
+                  unions: Mapping[tuple[str, ...], tuple[str, Sequence[str]]]) -> Any:
+    """Validate a YAML file's content with ``adapter``; ConfigError (``not_a_mapping``, or
+    every bad field, one line each) otherwise."""
+    if not isinstance(data, dict):
+        raise ConfigError(not_a_mapping)
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, unions=unions)) from exc
 
 
 def parse_run_config(data: Any) -> RunConfig:
     """Validate a run file's content; raise ConfigError naming every bad field."""
-    if not isinstance(data, dict):
-        raise ConfigError("the run file must be a mapping of fields (run_id, kind, …)")
-    try:
-        return _RUN_ADAPTER.validate_python(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from exc
+    return validate_file(_RUN_ADAPTER, data, not_a_mapping="the run file must be a mapping of fields (run_id, kind, …)",
+                         unions=RUN_UNION)
 
 
 def load_yaml(path: str | Path) -> Any:

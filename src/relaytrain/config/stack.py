@@ -6,11 +6,11 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from relaytrain.errors import ConfigError
 
-from .runs import RunConfig, RunKind, _Model, load_run_config, load_yaml, parse_run_config
+from .runs import RunConfig, RunKind, _Model, load_run_config, load_yaml, parse_run_config, validate_file
 
 HOST_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _HOST_NAME_RE = re.compile(HOST_NAME_PATTERN)
@@ -225,33 +225,13 @@ class StackConfig(_Model):
         return self
 
 
-def _stack_error_lines(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = [str(part) for part in err["loc"]]
-        if len(loc) > 1 and loc[0] == "provider" and loc[1] in PROVIDER_TYPES:
-            loc = [loc[0], *loc[2:]]
-        if err["type"].startswith("union_tag"):
-            loc = [*loc, "type"]
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "union_tag_not_found":
-            message = f"Field required (one of: {', '.join(PROVIDER_TYPES)})"
-        got = ""
-        if err["type"] not in ("missing", "union_tag_not_found") and not isinstance(err.get("input"), dict | list):
-            shown = repr(err.get("input"))
-            got = f" (got {shown[:60]}{'…' if len(shown) > 60 else ''})"
-        lines.append(f"{'.'.join(loc) or '(top level)'}: {message}{got}")
-    return "\n".join(lines)
+_STACK_ADAPTER: TypeAdapter[StackConfig] = TypeAdapter(StackConfig)
 
 
 def parse_stack_config(data: Any) -> StackConfig:
     """Validate a stack file's content; raise ConfigError naming every bad field."""
-    if not isinstance(data, dict):
-        raise ConfigError("the stack file must be a mapping of sections (commander, provider, workers, runs)")
-    try:
-        return StackConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_stack_error_lines(exc)) from exc
+    return validate_file(_STACK_ADAPTER, data, unions={("provider",): ("type", PROVIDER_TYPES)}, not_a_mapping=(
+        "the stack file must be a mapping of sections (commander, provider, workers, runs)"))
 
 
 def stack_runs(config: StackConfig, base_dir: str | Path) -> list[RunConfig]:

@@ -15,6 +15,7 @@ commander shows under the source run (``relay status SOURCE``).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from relaytrain.artifacts import fetch_for_resume, open_store
-from relaytrain.checkpoint import step_dir_name
+from relaytrain.checkpoint import atomic_write_text, step_dir_name
 from relaytrain.config import EvalRun, parse_run_config
 from relaytrain.contract import ExitCode, TrainerEnv, progress_line
 from relaytrain.errors import ConfigError, RelayError
@@ -43,13 +44,12 @@ def write_consolidated(folder: Path, rows: dict[int, dict[str, Any]]) -> Path:
     """``consolidated_metrics.csv``: one row per step (sorted), one column per metric, plus status."""
     names = sorted({k for row in rows.values() for k in row if k not in ("status", "error")})
     path = folder / "consolidated_metrics.csv"
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["step", *names, "status"])
-        for step in sorted(rows):
-            writer.writerow([step, *[rows[step].get(n, "") for n in names], rows[step]["status"]])
-    os.replace(tmp, path)
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["step", *names, "status"])
+    for step in sorted(rows):
+        writer.writerow([step, *[rows[step].get(n, "") for n in names], rows[step]["status"]])
+    atomic_write_text(path, table.getvalue())
     return path
 
 
@@ -74,7 +74,7 @@ def score_step(checkpoint: Path, trainer: Any, out: Path) -> dict[str, Any]:
 
 def _failed(out: Path, error: str) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps({"status": "failed", "error": error}, indent=1) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps({"status": "failed", "error": error}, indent=1) + "\n")
     return {"status": "failed", "error": error}
 
 

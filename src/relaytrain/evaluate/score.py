@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from relaytrain.checkpoint import atomic_write_text
 from relaytrain.config import DataConfig, RewardSpec
 from relaytrain.contract import ExitCode
 from relaytrain.errors import ConfigError
@@ -79,14 +80,14 @@ def score_model(name: str, data: DataConfig, records: Sequence[Any], metrics: Se
 
 def write_results(out: Path, model: str, values: dict[str, float], rows: list[dict[str, Any]],
                   wall_s: float, extra: dict[str, Any] | None = None) -> None:
+    """Write ``metrics.json``, ``completions.jsonl`` and, last, ``summary.json`` into ``out``,
+    each atomically (a reader sees a whole file or none)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
-    with open(out / "completions.jsonl", "w") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps(values, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(out / "completions.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     summary = {"model": model, "status": "ok", "records": len(rows), "metrics": values, "wall_s": round(wall_s, 3),
                **(extra or {})}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

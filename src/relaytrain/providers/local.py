@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from relaytrain.checkpoint import atomic_write_bytes
 
 from .base import CommandResult, Machine, Provider, ProviderError
 
@@ -43,10 +43,7 @@ class LocalProvider(Provider):
         target = self._path(machine, remote)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            shutil.copyfile(local, tmp)
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, target)
+            atomic_write_bytes(target, Path(local).read_bytes(), mode=0o600)
         except OSError as exc:
             raise ProviderError(f"local: cannot copy {local} to {target}: {exc}") from exc
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from relaytrain.checkpoint import atomic_write_text
 from relaytrain.config import SshProviderConfig, StackConfig, load_stack_config, run_config_dict, stack_runs
 from relaytrain.errors import RelayError, RunExists
 
@@ -83,9 +84,7 @@ def stop_pid(pid: int, *, grace_s: float = 30.0) -> str:
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 # -- the commander -----------------------------------------------------------------------------

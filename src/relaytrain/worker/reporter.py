@@ -14,10 +14,12 @@ from relaytrain.api.client import RelayClient
 from relaytrain.artifacts import ArtifactStore
 from relaytrain.checkpoint import (
     MANIFEST_NAME,
+    check_retention,
     manifest_sha256,
     parse_step,
     prune,
     read_latest,
+    steps_to_keep,
     verify,
     write_manifest,
 )
@@ -81,6 +83,8 @@ class Uploader:
         self.epoch = epoch
         self.on_stop = on_stop
         self.attempts = attempts
+        if retention is not None:
+            check_retention(*retention)
         self.retention = retention
         self.trajectories = trajectories
         self.durable_step: int | None = None
@@ -176,8 +180,9 @@ class Uploader:
         keep_last, keep_every = self.retention
         prune(output_dir, keep_last, keep_every, protect={durable}, newest_valid=durable)
         stored = self.store.list_checkpoints(self.run_id)
-        for step in stored[:-keep_last] if keep_last < len(stored) else []:
-            if step != durable and not (keep_every and step % keep_every == 0):
+        keep = set(steps_to_keep(stored, keep_last, keep_every, protect={durable}))
+        for step in stored:
+            if step not in keep:
                 self.store.delete_checkpoint(self.run_id, step)
 
 
