@@ -34,7 +34,7 @@ def test_the_docs_list_exactly_the_contract_variables():
 
 
 def test_every_variable_round_trips(tmp_path):
-    layout = RunLayout(tmp_path, "r", epoch=4, trajectory_subdir="traj")
+    layout = RunLayout.in_workdir(tmp_path, "r", epoch=4, trajectory_subdir="traj")
     env = TrainerEnv(output_dir=layout.checkpoints, run_id="r", epoch=4, run_root=layout.root,
                      resume_from=layout.checkpoints / "step_00000010", init_from="org/model", max_steps=50,
                      progress_file=layout.progress, stop_file=layout.stop_file, run_config=layout.config,

@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from relaytrain.artifacts.base import ArtifactStore, ProgressFn
-from relaytrain.artifacts.factory import open_store
+from relaytrain.artifacts.factory import open_store, store_uri
 from relaytrain.checkpoint import Verification, step_dir_name, verify
 from relaytrain.checkpoint import manifest_sha256 as sha256_of_manifest
 from relaytrain.errors import CheckpointError
@@ -52,16 +53,17 @@ def _local_mismatch(local: Path, expected: str) -> str | None:
     return None if check.ok else check.reason
 
 
-def verify_durable(store_uri: str, run_id: str, step: int, recorded_uri: str) -> tuple[Verification, str]:
+def verify_durable(store: Any, run_id: str, step: int, recorded_uri: str) -> tuple[Verification, str]:
     """Check a durable checkpoint in its store, from anywhere: ``(verification, where)``.
 
-    A local store given as a relative path was resolved against the worker's working folder,
-    not the caller's; the checkpoint's recorded URI (``file:///abs/…``, what the worker
-    stored) is then the path checked. ``where`` names what was checked, for the message.
+    ``store`` is what ``open_store`` takes (a URI, or the run's ``StoreConfig``). A local
+    store given as a relative path was resolved against the worker's working folder, not the
+    caller's: the checkpoint's recorded URI (``file:///abs/…``, where the worker stored it) is
+    then the path checked. ``where`` names what was checked, for the message.
     """
-    parsed = urlparse(recorded_uri)
-    if "://" not in store_uri and not Path(store_uri).is_absolute() and parsed.scheme == "file":
+    uri, parsed = store_uri(store), urlparse(recorded_uri)
+    if "://" not in uri and not Path(uri).is_absolute() and parsed.scheme == "file":
         path = Path(unquote(parsed.path))
         return verify(path), str(path)
-    store = open_store(store_uri)
-    return store.verify_checkpoint(run_id, step), store.uri_for(run_id, step)
+    opened = open_store(store)
+    return opened.verify_checkpoint(run_id, step), opened.uri_for(run_id, step)

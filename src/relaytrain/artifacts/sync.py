@@ -37,6 +37,7 @@ from relaytrain.checkpoint import (
     verify,
     write_latest,
 )
+from relaytrain.contract import RunLayout, runs_dir
 from relaytrain.errors import ArtifactError, CheckpointError
 
 log = logging.getLogger(__name__)
@@ -53,15 +54,15 @@ def _no_progress(label: str) -> ProgressFn | None:
 
 def checkpoints_dir(workdir: str | os.PathLike[str], run_id: str) -> Path:
     """``<workdir>/runs/<run_id>/checkpoints``."""
-    return Path(workdir) / "runs" / check_run_id(run_id) / "checkpoints"
+    return RunLayout.in_workdir(workdir, check_run_id(run_id)).checkpoints
 
 
 def local_runs(workdir: str | os.PathLike[str]) -> list[str]:
     """Run ids with a ``checkpoints`` folder under ``<workdir>/runs``, sorted."""
-    runs = Path(workdir) / "runs"
+    runs = runs_dir(workdir)
     if not runs.is_dir():
         return []
-    return sorted(p.name for p in runs.iterdir() if (p / "checkpoints").is_dir() and not p.name.startswith("."))
+    return sorted(p.name for p in runs.iterdir() if not p.name.startswith(".") and RunLayout(p).checkpoints.is_dir())
 
 
 def stored_sha256(store: ArtifactStore, run_id: str, steps: Iterable[int]) -> dict[int, str]:
@@ -377,7 +378,7 @@ def push_latest(run_root: str | os.PathLike[str], repo_id: str, branch: str = "m
     from relaytrain.artifacts.hf import HFStore
 
     root = Path(run_root)
-    found = find_latest_valid(root / "checkpoints")
+    found = find_latest_valid(RunLayout(root).checkpoints)
     if found.path is None or found.step is None:
         raise ValueError(f"no valid checkpoint in {root / 'checkpoints'}")
     store = HFStore(repo_id, branch, api=api, dry_run=dry_run, parent_commit=parent_commit)

@@ -47,7 +47,7 @@ def hosts_add(
     """Add (or change) a host: the commander polls its GPUs and may start workers there."""
     from pydantic import ValidationError
 
-    from relaytrain.config import SshHostConfig
+    from relaytrain.config import SshHostConfig, validation_error_lines
 
     labels = parse_labels(label)
     try:
@@ -55,7 +55,7 @@ def hosts_add(
                              known_hosts=str(known_hosts.resolve()) if known_hosts else None, labels=labels,
                              price_per_hour=price_per_hour, python=python, workdir=workdir)
     except ValidationError as exc:
-        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        fail("; ".join(validation_error_lines(exc)))
     host = _call(commander, token, "PUT", f"/api/v1/hosts/{name}", json=spec.model_dump(exclude={"name"}))
     console.print(f"host [bold]{host['name']}[/bold]: {host['user']}@{host['address']}:{host['port']}"
                   " (its GPUs are read at the next poll)")

@@ -154,7 +154,7 @@ def resume(
 ) -> None:
     """Continue an ended run from its newest durable checkpoint; from an older step, fork it into
     <run_id>-from-<N> (the original's checkpoints are never touched). The checkpoint is verified first."""
-    from relaytrain.artifacts import open_store
+    from relaytrain.artifacts import verify_durable
     from relaytrain.config import StoreConfig
 
     if from_step != "latest" and not from_step.isdigit():
@@ -167,9 +167,9 @@ def resume(
             fail(f"--from-step: {run_id} has no durable checkpoint at {from_step} "
                  f"(has: {', '.join(map(str, sorted(durable))) or 'none'})")
         ref = durable[step]
-        check = open_store(StoreConfig(**run.config["store"])).verify_checkpoint(ref.store_run_id, step)
+        check, where = verify_durable(StoreConfig(**run.config["store"]), ref.store_run_id, step, ref.uri)
         if not check.ok:
-            fail(f"the checkpoint at step {step} does not verify in the store: {check.reason}")
+            fail(f"the checkpoint at step {step} does not verify in the store ({where}): {check.reason}")
         resumed = api.resume(run_id, from_step=None if from_step == "latest" else step,
                              additional_steps=additional_steps)
     what = "re-opened" if resumed.run_id == run_id else f"forked into [bold]{resumed.run_id}[/bold]"
@@ -208,14 +208,16 @@ def logs(
         validate_run_id(run_id)
     except ValueError as exc:
         fail(f"RUN_ID: {exc}")
-    logs_dir = workdir / "runs" / run_id / "logs"
-    epochs = sorted(int(p.name.split("_")[1]) for p in logs_dir.glob("attempt_*") if p.name.split("_")[1].isdigit())
+    from relaytrain.contract import RunLayout
+
+    layout = RunLayout.in_workdir(workdir, run_id)
+    epochs = layout.logged_epochs()
     if not epochs:
-        fail(f"no logs of {run_id} under {logs_dir}")
+        fail(f"no logs of {run_id} under {layout.logs_root}")
     epoch = attempt if attempt is not None else epochs[-1]
     if epoch not in epochs:
         fail(f"--attempt: no attempt {epoch} here (have {', '.join(map(str, epochs))})")
-    path = logs_dir / f"attempt_{epoch}" / f"{stream}.log"
+    path = layout.attempt_logs(epoch) / f"{stream}.log"
     text = path.read_text(errors="replace") if path.exists() else ""
     sys.stdout.write("".join(text.splitlines(keepends=True)[-lines:]))
     sys.stdout.flush()

@@ -67,7 +67,7 @@ def print_lium_command(
     ``relay worker`` from COMMANDER_URL, RELAY_TOKEN and WORKER_ID (the token is read from your shell)."""
     from pydantic import ValidationError
 
-    from relaytrain.config import LiumProviderConfig
+    from relaytrain.config import LiumProviderConfig, validation_error_lines
     from relaytrain.providers.lium import lium_up_command
 
     fields: dict[str, Any] = {"type": "lium"}
@@ -85,7 +85,7 @@ def print_lium_command(
     try:
         config = LiumProviderConfig.model_validate(fields)
     except ValidationError as exc:
-        fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors()))
+        fail("; ".join(validation_error_lines(exc, top="options")))
     pod = pod_name or f"{name}-worker-0"
     env = {"COMMANDER_URL": commander_url or "http://<commander-public-ip>:8080", "WORKER_ID": pod}
     argv = lium_up_command(config, pod_name=pod, env=env)

@@ -210,9 +210,10 @@ def push_latest_command(
     """Push the newest valid checkpoint of a run to the Hugging Face Hub as one commit."""
     from relaytrain.artifacts.hf import parse_hf_uri
     from relaytrain.artifacts.sync import push_latest
+    from relaytrain.contract import RunLayout
     from relaytrain.errors import ArtifactError
 
-    if not (run_root / "checkpoints").is_dir():
+    if not RunLayout(run_root).checkpoints.is_dir():
         bad_parameter(f"{run_root} has no checkpoints/ folder", "'--run-root'")
     try:
         parse_hf_uri(f"hf://{repo_id}@{branch}")

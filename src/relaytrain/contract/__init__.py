@@ -28,6 +28,7 @@ from .layout import (
     RunLayout,
     check_trajectory_pattern,
     check_trajectory_subdir,
+    runs_dir,
     trajectory_id,
     trajectory_name,
 )
@@ -38,5 +39,5 @@ __all__ = [
     "CHECKPOINT_EVENT", "DEFAULT_TRAJECTORY_PATTERN", "DEFAULT_TRAJECTORY_SUBDIR", "VARIABLES", "Contract", "Event",
     "Exit", "ExitCode", "FailureClass", "Outcome", "Progress", "RunLayout", "TrainerEnv", "check_trajectory_pattern",
     "check_trajectory_subdir", "classify_exit", "classify_text", "clean_metrics", "event_line", "exit_code_for",
-    "last_line", "parse_line", "progress_line", "trajectory_id", "trajectory_name",
+    "last_line", "parse_line", "progress_line", "runs_dir", "trajectory_id", "trajectory_name",
 ]

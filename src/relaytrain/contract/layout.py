@@ -24,21 +24,25 @@ DEFAULT_TRAJECTORY_PATTERN = "rollout_{rollout_id:08d}.jsonl"
 
 @dataclass(frozen=True)
 class RunLayout:
-    """The folders and files of one run under a worker's ``workdir``; ``epoch`` picks the
-    attempt's logs and progress file."""
+    """The folders and files of one run under its ``root``; ``epoch`` picks the attempt's logs
+    and progress file. On a worker the root is ``<workdir>/runs/<run_id>`` (``in_workdir``)."""
 
-    workdir: Path
-    run_id: str
+    root: Path
     epoch: int = 0
     trajectory_subdir: str = DEFAULT_TRAJECTORY_SUBDIR
 
-    @property
-    def runs(self) -> Path:
-        return Path(self.workdir).resolve() / "runs"
+    @classmethod
+    def in_workdir(cls, workdir: str | Path, run_id: str, epoch: int = 0,
+                   trajectory_subdir: str = DEFAULT_TRAJECTORY_SUBDIR) -> RunLayout:
+        """The layout of ``run_id`` on a worker whose workdir is ``workdir``."""
+        return cls(runs_dir(workdir) / run_id, epoch, trajectory_subdir)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).resolve())
 
     @property
-    def root(self) -> Path:
-        return self.runs / self.run_id
+    def run_id(self) -> str:
+        return self.root.name
 
     @property
     def checkpoints(self) -> Path:
@@ -87,6 +91,11 @@ class RunLayout:
     def make(self) -> None:
         for folder in (self.checkpoints, self.logs, self.progress.parent, self.rollouts):
             folder.mkdir(parents=True, exist_ok=True)
+
+
+def runs_dir(workdir: str | Path) -> Path:
+    """``<workdir>/runs``: where a worker keeps its runs."""
+    return Path(workdir).resolve() / "runs"
 
 
 def check_trajectory_subdir(subdir: str) -> str:

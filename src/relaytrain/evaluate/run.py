@@ -18,7 +18,6 @@ import csv
 import io
 import json
 import logging
-import os
 import re
 import subprocess
 import sys

@@ -32,13 +32,13 @@ from __future__ import annotations
 import copy as copy_module
 import json
 import logging
-import os
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relaytrain.checkpoint import atomic_write_text
 from relaytrain.config import GRPORun, GRPOTrainer
 from relaytrain.contract import Contract, ExitCode
 from relaytrain.errors import CheckpointError, ConfigError
@@ -463,15 +463,7 @@ def write_trajectories(rollout: Rollout, path: Path) -> Path:
                 "truncated": [bool(rollout.batch.truncated[r]) for r in rows],
             }
         )
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(path, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
     return path
 
 

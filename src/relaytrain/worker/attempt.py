@@ -19,6 +19,7 @@ from pathlib import Path
 from relaytrain.api import models as m
 from relaytrain.api.client import RelayClient
 from relaytrain.artifacts import ArtifactStore, fetch_for_resume, open_store
+from relaytrain.checkpoint import atomic_write_text
 from relaytrain.config import RunConfig, parse_run_config, run_config_dict
 from relaytrain.contract import Exit, FailureClass, Outcome, RunLayout, TrainerEnv, classify_exit
 from relaytrain.errors import ArtifactError, CheckpointError, ConfigError, LeaseLost, NotFound, RelayError
@@ -48,7 +49,7 @@ class Attempt:
         self.grant = grant
         self.worker_id = worker_id
         self.workdir = workdir
-        self.paths = RunLayout(workdir, grant.run_id, grant.epoch)
+        self.paths = RunLayout.in_workdir(workdir, grant.run_id, grant.epoch)
         self.granted_at = granted_at_monotonic
         self.progress_interval_s = progress_interval_s
         self.stop_reason: str | None = None
@@ -78,7 +79,7 @@ class Attempt:
         try:
             try:
                 config = parse_run_config(grant.config)
-                self.paths = RunLayout(self.workdir, grant.run_id, grant.epoch, config.trajectories.subdir)
+                self.paths = RunLayout.in_workdir(self.workdir, grant.run_id, grant.epoch, config.trajectories.subdir)
                 self.paths.make()
                 store = open_store(config.store)
                 if grant.checkpoint is not None:  # fence the store's commits at what was recorded (HFStore)
@@ -156,7 +157,7 @@ class Attempt:
 
     def _start_trainer(self, config: RunConfig, resume_from: str, init_from: str) -> TrainerProcess:
         grant, paths = self.grant, self.paths
-        paths.config.write_text(json.dumps(run_config_dict(config), indent=1))
+        atomic_write_text(paths.config, json.dumps(run_config_dict(config), indent=1))
         contract = TrainerEnv(
             run_id=grant.run_id, epoch=grant.epoch, run_root=paths.root, output_dir=paths.checkpoints,
             resume_from=Path(resume_from) if resume_from else None, init_from=init_from or None,
@@ -179,7 +180,7 @@ class Attempt:
             argv = list(BUILTIN[config.kind])
         if config.kind == "eval":
             refs = [ref.model_dump() for ref in grant.eval_checkpoints]
-            paths.eval_checkpoints.write_text(json.dumps(refs, indent=1))
+            atomic_write_text(paths.eval_checkpoints, json.dumps(refs, indent=1))
         log.info("starting trainer for %s epoch %d: %s", grant.run_id, grant.epoch, shlex.join(argv))
         return TrainerProcess(argv, env=env, cwd=cwd, log_dir=paths.logs, stop_file=paths.stop_file)
 

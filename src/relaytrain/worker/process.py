@@ -13,6 +13,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from relaytrain.checkpoint import atomic_write_text
+
 from . import fence
 
 FENCE_SCRIPT = Path(fence.__file__).resolve()
@@ -40,7 +42,7 @@ class TrainerProcess:
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
         self.pid = self.proc.pid
-        (log_dir / "trainer.pid").write_text(f"{self.pid}\n")
+        atomic_write_text(log_dir / "trainer.pid", f"{self.pid}\n")
         self._stop_started: float | None = None
         self._termed = False
         self._killed_at: float | None = None
@@ -57,8 +59,7 @@ class TrainerProcess:
         if self._stop_started is None:
             self.stop_reason = reason
             self._stop_started = time.monotonic()
-            self.stop_file.parent.mkdir(parents=True, exist_ok=True)
-            self.stop_file.write_text(reason + "\n")
+            atomic_write_text(self.stop_file, reason + "\n")
 
     @property
     def stopping(self) -> bool:
