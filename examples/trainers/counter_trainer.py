@@ -21,7 +21,10 @@ The contract (docs/trainer-contract.md), all of it:
   rename, then ``latest``) and announce each with a ``{"event": "checkpoint", …}`` line;
 - append ``{"step": N, "metrics": {…}}`` lines to ``RELAY_PROGRESS_FILE``;
 - when ``RELAY_STOP_FILE`` appears or SIGTERM arrives: checkpoint, exit 0;
-- exit 0 at ``RELAY_MAX_STEPS``; 75 for a transient failure, 78 for a bad configuration.
+- exit 0 at ``RELAY_MAX_STEPS``; 75 for a transient failure, 78 for a bad configuration;
+- when ``RELAY_SAVE_ROLLOUT_TRAJECTORIES=1``, write one trajectory file per step into
+  ``RELAY_ROLLOUT_TRAJECTORY_ROOT``, named by ``RELAY_ROLLOUT_TRAJECTORY_PATTERN`` (a Python
+  format with one field, ``rollout_id``): the worker uploads them with each checkpoint.
 
 Knobs for tests and demos (environment): ``COUNTER_STEP_S`` seconds per step (0.05),
 ``COUNTER_EVERY`` checkpoint interval (else ``RELAY_CHECKPOINT_EVERY``, else 10),
@@ -113,6 +116,9 @@ def main() -> int:
     progress_path = os.environ.get("RELAY_PROGRESS_FILE")
     stop_file = os.environ.get("RELAY_STOP_FILE")
     progress = open(progress_path, "a") if progress_path else sys.stdout
+    trajectories = os.environ.get("RELAY_SAVE_ROLLOUT_TRAJECTORIES") == "1"
+    trajectory_root = Path(os.environ.get("RELAY_ROLLOUT_TRAJECTORY_ROOT") or "rollouts")
+    trajectory_pattern = os.environ.get("RELAY_ROLLOUT_TRAJECTORY_PATTERN") or "rollout_{rollout_id:08d}.jsonl"
 
     def report(record: dict) -> None:
         progress.write(json.dumps(record) + "\n")
@@ -145,6 +151,12 @@ def main() -> int:
         step += 1
         state = advance(state, step)
         report({"step": step, "metrics": {"loss": 1.0 / step, "state_prefix": int(state[:6], 16)}})
+        if trajectories:  # a tiny "rollout" per step, written whole then renamed
+            trajectory_root.mkdir(parents=True, exist_ok=True)
+            path = trajectory_root / trajectory_pattern.format(rollout_id=step)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(json.dumps({"step": step, "state": state}) + "\n")
+            os.replace(tmp, path)
         if step % every == 0 or step == max_steps:
             checkpoint()
     return 0

@@ -6,19 +6,21 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from relaytrain.api import models as m
 
 
-def relay(*args: str, commander=None, token: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def relay(*args: str, commander=None, token: str | None = None, check: bool = True,
+          cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200"}
     if commander is not None:
         env["RELAY_COMMANDER"] = commander.url
         env["RELAY_TOKEN"] = token if token is not None else commander.token
     result = subprocess.run([sys.executable, "-m", "relaytrain.cli", *args], capture_output=True, text=True,
-                            timeout=120, env=env)
+                            timeout=120, env=env, cwd=cwd)
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result

@@ -98,3 +98,22 @@ def test_resume_reopens_latest_and_forks_older_steps(cluster):
 
     missing = relay("resume", "resumable", "--from-step", "7", commander=cluster.commander, check=False)
     assert missing.returncode == 1 and "no durable checkpoint at 7" in missing.stderr
+
+
+def test_resume_finds_a_relative_local_store_where_the_worker_put_it(cluster, tmp_path):
+    """``store: artifacts`` is relative to the worker's folder, not to where ``relay resume`` runs."""
+    config = counter_run("relative", "artifacts", max_steps=20, every=10)
+    cluster.client.submit(config)
+    worker = cluster.worker("w")
+    run = cluster.wait_status("relative", ("succeeded",))
+    assert run.latest_checkpoint.uri.startswith((worker.workdir / "artifacts").resolve().as_uri())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = relay("resume", "relative", "--additional-steps", "10", commander=cluster.commander, cwd=elsewhere)
+    assert "re-opened" in out.stdout
+    assert cluster.wait_status("relative", ("succeeded", "failed")).latest_checkpoint.step == 30
+    ref = cluster.client.checkpoints("relative").items[-1]
+    (Path(ref.uri.removeprefix("file://")) / "state.json").write_text("{}")  # corrupt the durable copy
+    bad = relay("resume", "relative", "--additional-steps", "10", commander=cluster.commander, cwd=elsewhere,
+                check=False)
+    assert bad.returncode == 1 and ref.uri.removeprefix("file://") in bad.stderr

@@ -183,3 +183,21 @@ def test_cancel_stops_the_holder(cluster):
     assert run.attempts[0].outcome == "cancelled" and run.step < 10_000, (run.attempts[0], cluster.logs())
     pids = w.trainer_pids("doomed")
     wait_until(lambda: not any(process_alive(p) for p in pids), 10, "the trainer to exit")
+
+
+def test_trajectories_leave_with_the_checkpoints_across_a_kill(cluster):
+    """``trajectories.save``: every step's trajectory, named by the run file's pattern, reaches the
+    store — those of the killed machine with its checkpoints, the rest from its heir."""
+    config = counter_run("audited", cluster.store, max_steps=40, every=10,
+                         trajectories={"save": True, "subdir": "audit", "pattern": "traj_{rollout_id:05d}.jsonl"})
+    cluster.client.submit(config)
+    victim = cluster.worker("victim")
+    cluster.wait_step("audited", 15)
+    stored = cluster.store / "audited" / "files" / "audit"
+    wait_until(lambda: (stored / "traj_00010.jsonl").exists(), 30, "the first checkpoint's trajectories")
+    victim.signal(signal.SIGKILL)
+    cluster.worker("heir")
+    cluster.wait_status("audited", ("succeeded",), timeout_s=120)
+    names = sorted(p.name for p in stored.iterdir())
+    assert names == [f"traj_{step:05d}.jsonl" for step in range(1, 41)]
+    assert json.loads((stored / "traj_00040.jsonl").read_text())["state"] == counter_final_state(40)

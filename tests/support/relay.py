@@ -63,8 +63,9 @@ class WorkerProc:
                "--claim-wait", "1", *self.extra]
         # One thread and no GPU, as the standalone runs the tests compare with: bit-exact is a CPU promise.
         env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0"}
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        with open(self.log_path, "ab") as log:  # in its workdir: a relative store resolves there
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                                         cwd=self.workdir)
         return self
 
     def signal(self, sig: int) -> None:
