@@ -397,3 +397,33 @@ def test_grpo_from_an_sft_checkpoint_raises_reward_and_held_out_accuracy(
     print(f"reward {first:.3f} -> {last:.3f}; held-out exact match {accuracy_before:.1%} -> {accuracy_after:.1%}")
     assert last > first + 0.02
     assert accuracy_after > accuracy_before + 0.03
+
+
+def test_a_trl_style_json_dataset_hands_its_extra_columns_to_the_rewards(tmp_path: Path) -> None:
+    """A JSON-array file of ``{prompt, solution, difficulty}`` records (TRL's GRPO shape) trains,
+    and every reward call receives ``solution`` and ``difficulty`` per completion, matching its prompt."""
+    records = [{"prompt": f"{a}+{a}=", "solution": str(2 * a), "difficulty": a % 3} for a in range(12)]
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps(records, indent=1))
+    seen = tmp_path / "seen.jsonl"
+    rewards = tmp_path / "kw_rewards.py"
+    rewards.write_text(
+        "import json\n"
+        "def record(prompts, completions, **kwargs):\n"
+        f"    with open({str(seen)!r}, 'a') as f:\n"
+        "        f.write(json.dumps({'prompts': prompts, **{k: kwargs[k] for k in sorted(kwargs)}}) + '\\n')\n"
+        "    return [float(len(c) % 2) for c in completions]\n")
+    config = GRPORun(run_id="trl", kind="grpo", max_steps=2, data={"path": str(data)},
+                     checkpoint={"every_steps": 2},
+                     trainer={"prompts_per_step": 2, "num_generations": 2, "max_new_tokens": 4,
+                              "rewards": [{"name": f"{rewards}:record"}]})
+    assert run_grpo(config, Contract.local(tmp_path / "out")) == ExitCode.OK
+    calls = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert len(calls) == 2
+    by_prompt = {r["prompt"]: r for r in records}
+    for call in calls:
+        assert {"answer", "solution", "difficulty"} <= set(call)
+        for i, prompt in enumerate(call["prompts"]):
+            source = next(r for p, r in by_prompt.items() if prompt.endswith(p))
+            assert call["solution"][i] == call["answer"][i] == source["solution"]
+            assert call["difficulty"][i] == source["difficulty"]
