@@ -341,7 +341,8 @@ def test_the_standalone_grpo_command_builds_the_run_its_flags_describe(tmp_path:
 def sft_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
     """The tiny model taught 2-digit addition by the SFT trainer, until ≥ 40 % held-out exact match.
 
-    Returns the checkpoint and its held-out accuracy. (Around 600 steps at lr 1e-3 on CPU.)
+    Returns the checkpoint and its held-out accuracy. (300 steps at lr 1e-3 on CPU: 48 %. By step
+    400 it is at 78 %, and 150 GRPO steps at lr 1e-4 no longer lift that by 3 points: 76 %.)
     """
     from relaytrain.checkpoint import CheckpointManager
     from relaytrain.train.data import builtin_dataset
@@ -358,7 +359,7 @@ def sft_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, floa
         accuracy = 0.0
         while session.step < 1000:
             session.train_step()
-            if session.step >= 400 and session.step % 100 == 0:
+            if session.step >= 300 and session.step % 100 == 0:
                 accuracy = evaluate_exact_match(session.model, session.tokenizer, test, 8).accuracy
                 if accuracy >= 0.4:
                     break
