@@ -106,7 +106,12 @@ def test_a_trainer_that_cannot_start_is_a_permanent_failure(tmp_path):
 
 def test_what_a_finished_trainer_leaves_behind_is_killed(tmp_path):
     """The trainer starts a setsid daemon and exits 0: the daemon is killed before the fence exits."""
-    trainer = _start(tmp_path, [sys.executable, str(TREE), "--daemon", "daemon"])
+    journal_path = tmp_path / "journal.txt"
+    script = (f"import os, subprocess, sys, time\n"
+              f"subprocess.run([sys.executable, {str(TREE)!r}, '--daemon', 'daemon'], check=True)\n"
+              f"while not os.path.exists({str(journal_path)!r}) or not os.path.getsize({str(journal_path)!r}):\n"
+              f"    time.sleep(0.01)  # the daemon is running: now leave it behind\n")
+    trainer = _start(tmp_path, [sys.executable, "-c", script])
     assert trainer.wait(30) == 0
     pids = {pid for _, _, pid, _ in journal(tmp_path / "journal.txt")}
     assert pids, "the daemon never wrote"

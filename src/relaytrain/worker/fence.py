@@ -18,7 +18,7 @@ trainer, so that everything a trainer starts dies with it and with its worker (D
 
 Run it by path, not as a module, so it starts without importing relaytrain::
 
-    python -I fence.py --parent WORKER_PID -- ARGV...
+    python -I -S fence.py --parent WORKER_PID -- ARGV...
 
 The worker also marks the tree: every process in it inherits ``RELAY_FENCE_TOKEN`` (a
 random token per attempt), and ``kill_marked`` finds and kills them by it — the backstop for a
@@ -28,7 +28,6 @@ fence that was itself killed (the OOM killer, say) before it could kill its tree
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 import sys
@@ -44,7 +43,7 @@ PARENT_CHECK_S = 0.5
 KILL_DEADLINE_S = 10.0
 FENCE_ENV = "RELAY_FENCE_TOKEN"
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # this process's own libc: no find_library (it runs ldconfig)
 
 
 def prctl(option: int, value: int) -> None:

@@ -35,7 +35,7 @@ class TrainerProcess:
         self.stop_file = stop_file
         self.stop_file.unlink(missing_ok=True)
         self.token = secrets.token_hex(16)
-        fenced = [sys.executable, "-I", str(FENCE_SCRIPT), "--parent", str(os.getpid()), "--", *argv]
+        fenced = [sys.executable, "-I", "-S", str(FENCE_SCRIPT), "--parent", str(os.getpid()), "--", *argv]
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
                 fenced, env={**env, fence.FENCE_ENV: self.token}, cwd=cwd, stdout=out, stderr=err,
