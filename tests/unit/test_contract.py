@@ -108,9 +108,11 @@ def test_progress_lines_written_by_the_trainer_are_read_by_the_worker(tmp_path):
     contract.report_progress(3, {"loss": 0.5, "nan": float("nan"), "note": "text"})
     contract.report_checkpoint(3, tmp_path / "step_00000003")
     contract.report_event("resumed", step=0)
+    contract.report_file(tmp_path / "metrics.json", "source-run", "evals/x/metrics.json")
     contract.close()
     records = [parse_line(line) for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
     assert records[0].step == 3 and records[0].metrics == {"loss": 0.5}
     assert records[1].checkpoint == (3, str((tmp_path / "step_00000003").resolve()))
-    assert records[2].event == "resumed" and records[2].checkpoint is None
+    assert records[2].event == "resumed" and records[2].checkpoint is None and records[2].file is None
+    assert records[3].file == (str((tmp_path / "metrics.json").resolve()), "source-run", "evals/x/metrics.json")
     assert parse_line("not json") is None and parse_line("[1]") is None and parse_line('{"step": -1}') is None

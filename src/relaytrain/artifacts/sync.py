@@ -37,6 +37,7 @@ from relaytrain.checkpoint import (
     verify,
     write_latest,
 )
+from relaytrain.contract import CONSOLIDATED_METRICS as CONSOLIDATED
 from relaytrain.contract import RunLayout, runs_dir
 from relaytrain.errors import ArtifactError, CheckpointError
 
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 ProgressFactory = Callable[[str], ProgressFn | None]
 """``factory(label)``: the progress callback for one transfer (``label`` names it), or None."""
 
-CONSOLIDATED = "consolidated_metrics.csv"
 
 
 def _no_progress(label: str) -> ProgressFn | None:

@@ -23,6 +23,7 @@ from .exits import (
     last_line,
 )
 from .layout import (
+    CONSOLIDATED_METRICS,
     DEFAULT_TRAJECTORY_PATTERN,
     DEFAULT_TRAJECTORY_SUBDIR,
     RunLayout,
@@ -32,12 +33,13 @@ from .layout import (
     trajectory_id,
     trajectory_name,
 )
-from .lines import CHECKPOINT_EVENT, Event, Progress, clean_metrics, event_line, parse_line, progress_line
+from .lines import CHECKPOINT_EVENT, FILE_EVENT, Event, Progress, clean_metrics, event_line, parse_line, progress_line
 from .trainer import Contract
 
 __all__ = [
-    "CHECKPOINT_EVENT", "DEFAULT_TRAJECTORY_PATTERN", "DEFAULT_TRAJECTORY_SUBDIR", "VARIABLES", "Contract", "Event",
-    "Exit", "ExitCode", "FailureClass", "Outcome", "Progress", "RunLayout", "TrainerEnv", "check_trajectory_pattern",
-    "check_trajectory_subdir", "classify_exit", "classify_text", "clean_metrics", "event_line", "exit_code_for",
-    "last_line", "parse_line", "progress_line", "runs_dir", "trajectory_id", "trajectory_name",
+    "CHECKPOINT_EVENT", "CONSOLIDATED_METRICS", "DEFAULT_TRAJECTORY_PATTERN", "DEFAULT_TRAJECTORY_SUBDIR",
+    "FILE_EVENT", "VARIABLES", "Contract", "Event", "Exit", "ExitCode", "FailureClass", "Outcome", "Progress",
+    "RunLayout", "TrainerEnv", "check_trajectory_pattern", "check_trajectory_subdir", "classify_exit",
+    "classify_text", "clean_metrics", "event_line", "exit_code_for", "last_line", "parse_line", "progress_line",
+    "runs_dir", "trajectory_id", "trajectory_name",
 ]

@@ -7,7 +7,9 @@
         progress/attempt_<epoch>.jsonl
         rollouts/                 RL trajectories (the run file's trajectories.subdir)
         run_config.json           the run file, as JSON
-        eval_checkpoints.json     for an eval run: the checkpoints to score
+        eval_checkpoints.json     for an eval run: the checkpoints to score (fetched, verified)
+        evals/<dataset>/          for an eval run: step_<N>/{metrics.json, completions.jsonl,
+                                  summary.json} and consolidated_metrics.csv
         STOP                      the stop file
 """
 
@@ -20,6 +22,8 @@ from pathlib import Path
 
 DEFAULT_TRAJECTORY_SUBDIR = "rollouts"
 DEFAULT_TRAJECTORY_PATTERN = "rollout_{rollout_id:08d}.jsonl"
+CONSOLIDATED_METRICS = "consolidated_metrics.csv"
+"""An eval run's table: one row per step, one column per metric."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,10 @@ class RunLayout:
     @property
     def eval_checkpoints(self) -> Path:
         return self.root / "eval_checkpoints.json"
+
+    def evals(self, dataset_label: str) -> Path:
+        """An eval run's results for one dataset."""
+        return self.root / "evals" / dataset_label
 
     @property
     def rollouts(self) -> Path:

@@ -3,6 +3,8 @@
 
     {"step": 120, "metrics": {"loss": 0.71}}                      progress
     {"event": "checkpoint", "step": 120, "path": "/abs/step_…"}   a committed checkpoint
+    {"event": "file", "path": "/abs/f", "run_id": "r", "name": "evals/x.json"}
+                                                                 store this file (the worker does)
     {"event": "<name>", ...}                                      any other event
 
 Metric values are finite numbers; anything else is dropped when read (a NaN is written as
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CHECKPOINT_EVENT = "checkpoint"
+FILE_EVENT = "file"
 MAX_METRICS = 256
 MAX_METRIC_NAME = 128
 
@@ -39,6 +42,14 @@ class Event:
         step, path = self.fields.get("step"), self.fields.get("path")
         if self.event == CHECKPOINT_EVENT and isinstance(step, int) and isinstance(path, str):
             return step, path
+        return None
+
+    @property
+    def file(self) -> tuple[str, str, str] | None:
+        """``(path, run_id, name)`` for a well-formed file event, else None."""
+        values = tuple(self.fields.get(k) for k in ("path", "run_id", "name"))
+        if self.event == FILE_EVENT and all(isinstance(v, str) and v for v in values):
+            return values  # type: ignore[return-value]
         return None
 
 

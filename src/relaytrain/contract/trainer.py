@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from .env import TrainerEnv
 from .layout import DEFAULT_TRAJECTORY_SUBDIR, trajectory_name
-from .lines import CHECKPOINT_EVENT, event_line, progress_line
+from .lines import CHECKPOINT_EVENT, FILE_EVENT, event_line, progress_line
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,11 @@ class Contract(TrainerEnv):
     def report_checkpoint(self, step: int, path: str | Path) -> None:
         """Announce a committed checkpoint; safe to call from a background (async save) thread."""
         self._append(event_line(CHECKPOINT_EVENT, step=int(step), path=str(Path(path).resolve())))
+
+    def report_file(self, path: str | Path, run_id: str, name: str) -> None:
+        """Ask the worker to store ``path`` as the file ``name`` of ``run_id`` in the run's store
+        (it does so in the background, and before it releases the run)."""
+        self._append(event_line(FILE_EVENT, path=str(Path(path).resolve()), run_id=run_id, name=name))
 
     def report_event(self, event: str, **fields: Any) -> None:
         """Append any other event line, e.g. ``{"event": "resumed", "step": 200, "path": …}``."""

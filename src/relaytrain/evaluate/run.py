@@ -1,13 +1,15 @@
 """An eval run under the worker (kind ``eval``): score each of a source run's durable
 checkpoints in its own subprocess, with a timeout, and keep going past a failing one.
 
-The worker starts ``python -m relaytrain.evaluate.run`` with the contract of DESIGN §6 and
-``RELAY_EVAL_CHECKPOINTS`` (a JSON list of checkpoint refs). For each step it writes::
+The worker fetches and verifies the checkpoints, then starts ``python -m relaytrain.evaluate.run``
+with the contract of DESIGN §6 and ``RELAY_EVAL_CHECKPOINTS`` (a JSON list of checkpoint refs,
+each with its local ``path`` or the ``error`` that made it unusable). For each step it writes::
 
     <run_root>/evals/<dataset>/step_<N:08d>/{metrics.json, completions.jsonl, summary.json}
     <run_root>/evals/<dataset>/consolidated_metrics.csv     one row per step, one column per metric
 
-uploads them to the store under the SOURCE run (``<source>/evals/<dataset>/…``), and reports
+asks the worker (file events) to store them under the SOURCE run (``<source>/evals/<dataset>/…``),
+and reports
 each step's metrics as a progress line (``{"step": N, "metrics": {...}}``), which the
 commander shows under the source run (``relay status SOURCE``).
 """
@@ -25,10 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from relaytrain.artifacts import fetch_for_resume, open_store
 from relaytrain.checkpoint import atomic_write_text, step_dir_name
 from relaytrain.config import EvalRun, parse_run_config
-from relaytrain.contract import ExitCode, TrainerEnv, progress_line
+from relaytrain.contract import CONSOLIDATED_METRICS, Contract, ExitCode, RunLayout
 from relaytrain.errors import ConfigError, RelayError
 
 log = logging.getLogger("relaytrain.evaluate")
@@ -42,7 +43,7 @@ def dataset_label(dataset: str) -> str:
 def write_consolidated(folder: Path, rows: dict[int, dict[str, Any]]) -> Path:
     """``consolidated_metrics.csv``: one row per step (sorted), one column per metric, plus status."""
     names = sorted({k for row in rows.values() for k in row if k not in ("status", "error")})
-    path = folder / "consolidated_metrics.csv"
+    path = folder / CONSOLIDATED_METRICS
     table = io.StringIO(newline="")
     writer = csv.writer(table)
     writer.writerow(["step", *names, "status"])
@@ -77,36 +78,35 @@ def _failed(out: Path, error: str) -> dict[str, Any]:
     return {"status": "failed", "error": error}
 
 
-def run_eval(config: EvalRun, refs: list[dict[str, Any]], run_root: Path, progress: Path, stop_file: Path) -> int:
+def run_eval(config: EvalRun, refs: list[dict[str, Any]], contract: Contract) -> int:
+    """Score each ref (a checkpoint the worker fetched and verified: ``path``, or the ``error``
+    that made it unusable); report each step's metrics and hand the result files to the worker
+    to store under the source run."""
     trainer = config.trainer
-    store = open_store(config.store)
-    folder = run_root / "evals" / dataset_label(trainer.dataset)
+    folder = RunLayout(contract.run_root).evals(dataset_label(trainer.dataset))
     folder.mkdir(parents=True, exist_ok=True)
+    prefix = f"evals/{folder.name}"
     rows: dict[int, dict[str, Any]] = {}
     for ref in sorted(refs, key=lambda r: r["step"]):
-        if stop_file.exists():
-            log.info("stop file: leaving %d steps unscored", len(refs) - len(rows))
+        if contract.should_stop():
+            log.info("stopping (%s): leaving %d steps unscored", contract.stop_reason, len(refs) - len(rows))
             break
         step = ref["step"]
         out = folder / step_dir_name(step)
-        try:
-            path = fetch_for_resume(store, ref["store_run_id"], step, ref["manifest_sha256"], run_root / "sources",
-                                    revision=ref.get("revision"))
-        except RelayError as exc:
-            rows[step] = _failed(out, f"checkpoint unusable: {exc}")
-        else:
+        if ref.get("path"):
             start = time.monotonic()
-            rows[step] = score_step(path, trainer, out)
+            rows[step] = score_step(Path(ref["path"]), trainer, out)
             log.info("step %d: %s in %.1fs", step, rows[step], time.monotonic() - start)
+        else:
+            rows[step] = _failed(out, f"checkpoint unusable: {ref.get('error', 'not fetched')}")
         consolidated = write_consolidated(folder, rows)
         numbers = {k: v for k, v in rows[step].items() if isinstance(v, float | int) and not isinstance(v, bool)}
         numbers["eval_ok"] = 1.0 if rows[step]["status"] == "ok" else 0.0
-        with open(progress, "a") as handle:
-            handle.write(progress_line(step, numbers))
-        prefix = f"evals/{folder.name}"
+        contract.report_progress(step, numbers)
         for file in sorted(out.iterdir()):
-            store.put_file(file, trainer.source_run, f"{prefix}/{out.name}/{file.name}")
-        store.put_file(consolidated, trainer.source_run, f"{prefix}/consolidated_metrics.csv")
+            contract.report_file(file, trainer.source_run, f"{prefix}/{out.name}/{file.name}")
+        contract.report_file(consolidated, trainer.source_run, f"{prefix}/{CONSOLIDATED_METRICS}")
+    contract.close()
     failed = [s for s, row in rows.items() if row["status"] != "ok"]
     if failed:
         log.warning("failed steps: %s", ", ".join(map(str, failed)))
@@ -118,18 +118,19 @@ def run_eval(config: EvalRun, refs: list[dict[str, Any]], run_root: Path, progre
 def main() -> int:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        env = TrainerEnv.from_env()
-        if env.run_config is None or env.eval_checkpoints is None:
+        contract = Contract.from_env()
+        if contract.run_config is None or contract.eval_checkpoints is None:
             raise ConfigError("RELAY_RUN_CONFIG and RELAY_EVAL_CHECKPOINTS: required for an eval run")
-        config = parse_run_config(json.loads(env.run_config.read_text()))
-        refs = json.loads(env.eval_checkpoints.read_text())
+        config = parse_run_config(json.loads(contract.run_config.read_text()))
+        refs = json.loads(contract.eval_checkpoints.read_text())
     except (OSError, ValueError, RelayError) as exc:
         print(f"ConfigError: eval run: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
     if config.kind != "eval":
         print(f"ConfigError: kind: expected 'eval', got {config.kind!r}", file=sys.stderr)
         return ExitCode.CONFIG
-    return run_eval(config, refs, Path(env.run_root), env.progress_file, env.stop_file)
+    contract.install_signal_handlers()
+    return run_eval(config, refs, contract)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,8 @@ class Attempt:
                     store.anchor(grant.checkpoint.revision)
                 resume_from = self._resume(store)
                 init_from = self._init_from(config, store)
+                if config.kind == "eval":
+                    self._fetch_eval_checkpoints(store)
             except (ConfigError, ValueError) as exc:
                 return self._release("failed", FailureClass.PERMANENT, f"bad run: {exc}")
             except (ArtifactError, CheckpointError, OSError) as exc:
@@ -101,9 +103,10 @@ class Attempt:
                             if config.trajectories.save else None)
             uploader = Uploader(self.client, store, grant.run_id, self.worker_id, grant.epoch, self.stop,
                                 retention=retention, trajectories=trajectories).start()
+            file_runs = frozenset({config.trainer.source_run}) if config.kind == "eval" else frozenset()
             reporter = Reporter(self.client, ProgressTailer(self.paths.progress), uploader, self.paths.checkpoints,
                                 grant.run_id, self.worker_id, grant.epoch, self.stop,
-                                interval_s=self.progress_interval_s).start()
+                                interval_s=self.progress_interval_s, file_runs=file_runs).start()
             exit_ = self._supervise(trainer, reporter, config.hang_timeout_s, grace_s)
             reporter.finish()
             if self.stop_reason == "lost":
@@ -142,6 +145,20 @@ class Attempt:
         self.client.resumed(self.grant.run_id, m.ResumeReport(worker_id=self.worker_id, epoch=self.grant.epoch,
                                                               step=step, note=note))
 
+    def _fetch_eval_checkpoints(self, store: ArtifactStore) -> None:
+        """An eval run scores checkpoints the worker fetched and verified: each ref gets its local
+        ``path``, or the ``error`` that made it unusable (scored as a failed step)."""
+        refs = []
+        for ref in self.grant.eval_checkpoints:
+            entry = ref.model_dump()
+            try:
+                entry["path"] = str(fetch_for_resume(store, ref.store_run_id, ref.step, ref.manifest_sha256,
+                                                     self.paths.root / "sources", revision=ref.revision))
+            except (ArtifactError, CheckpointError) as exc:
+                entry["error"] = str(exc)
+            refs.append(entry)
+        atomic_write_text(self.paths.eval_checkpoints, json.dumps(refs, indent=1))
+
     def _init_from(self, config: RunConfig, store: ArtifactStore) -> str:
         if config.init_from is None:
             return ""
@@ -178,9 +195,6 @@ class Attempt:
                 cwd = Path(config.trainer.cwd).expanduser()
         else:
             argv = list(BUILTIN[config.kind])
-        if config.kind == "eval":
-            refs = [ref.model_dump() for ref in grant.eval_checkpoints]
-            atomic_write_text(paths.eval_checkpoints, json.dumps(refs, indent=1))
         log.info("starting trainer for %s epoch %d: %s", grant.run_id, grant.epoch, shlex.join(argv))
         return TrainerProcess(argv, env=env, cwd=cwd, log_dir=paths.logs, stop_file=paths.stop_file)
 

@@ -89,7 +89,7 @@ class Uploader:
         self.trajectories = trajectories
         self.durable_step: int | None = None
         self.skipped: list[str] = []
-        self._queue: queue.Queue[tuple[int, Path] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[int, Path] | tuple[Path, str, str] | None] = queue.Queue()
         self._seen: set[int] = set()
         self._dead = False
         self._thread = threading.Thread(target=self._guarded, name=f"upload-{run_id}", daemon=True)
@@ -102,6 +102,10 @@ class Uploader:
         if step not in self._seen:
             self._seen.add(step)
             self._queue.put((step, path))
+
+    def submit_file(self, path: Path, run_id: str, name: str) -> None:
+        """Store one file the trainer asked for (a file event), in order with the checkpoints."""
+        self._queue.put((path, run_id, name))
 
     def drain(self, timeout_s: float | None = None) -> None:
         """Upload everything submitted so far, then stop the thread."""
@@ -116,12 +120,28 @@ class Uploader:
     def _guarded(self) -> None:
         try:
             while (item := self._queue.get()) is not None:
-                if not self._dead:
+                if self._dead:
+                    continue
+                if len(item) == 3:
+                    self._put_file(*item)
+                else:
                     self._upload(*item)
         except BaseException as exc:  # a dead uploader must stop the trainer, never die silently
             log.exception("uploader of %s died", self.run_id)
             self._dead = True
             self.on_stop("crashed", f"checkpoint uploader died: {type(exc).__name__}: {exc}")
+
+    def _put_file(self, path: Path, run_id: str, name: str) -> None:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                self.store.put_file(path, run_id, name)
+                return
+            except (RelayError, OSError, ValueError) as exc:
+                if attempt == self.attempts or not path.is_file():
+                    self.skipped.append(f"file {name} of {run_id}: not stored: {exc}")
+                    log.warning(self.skipped[-1])
+                    return
+                time.sleep(1.0 * attempt)
 
     def _upload(self, step: int, path: Path) -> None:
         if not path.is_dir():
@@ -192,6 +212,7 @@ class Reporter:
 
     def __init__(self, client: RelayClient, tailer: ProgressTailer, uploader: Uploader, output_dir: Path,
                  run_id: str, worker_id: str, epoch: int, on_stop: StopFn, *, interval_s: float = 1.0,
+                 file_runs: frozenset[str] = frozenset(),
                  poll_s: float = 0.05) -> None:
         self.client = client
         self.tailer = tailer
@@ -202,6 +223,7 @@ class Reporter:
         self.epoch = epoch
         self.on_stop = on_stop
         self.interval_s = interval_s
+        self.file_runs = file_runs
         self.poll_s = poll_s
         self.last_activity = time.monotonic()
         self.last_step: int | None = None
@@ -237,6 +259,8 @@ class Reporter:
                 self._pending.append(m.ProgressPoint(step=record.step, metrics=record.metrics))
             elif (checkpoint := record.checkpoint) is not None:
                 self.uploader.submit(checkpoint[0], Path(checkpoint[1]))
+            elif (file := record.file) is not None:
+                self._store_file(*file)
         latest = _latest_name(self.output_dir)
         if latest and latest != self._latest_seen:
             self._latest_seen = latest
@@ -246,6 +270,13 @@ class Reporter:
                 self.uploader.submit(step, self.output_dir / latest)
         if self._pending and (flush or time.monotonic() - self._last_sent >= self.interval_s):
             self._send()
+
+    def _store_file(self, path: str, run_id: str, name: str) -> None:
+        """A file event: stored if it names this run (or one it may write to, ``file_runs``)."""
+        if run_id == self.run_id or run_id in self.file_runs:
+            self.uploader.submit_file(Path(path), run_id, name)
+        else:
+            log.warning("%s: refusing to store %s for run %r: not this run's", self.run_id, name, run_id)
 
     def _send(self) -> None:
         batch, self._pending = self._pending[-1000:], []
