@@ -55,6 +55,8 @@ class Backend:
     """Replace one stored file of ``RUN``'s checkpoint (step, name in the manifest, new bytes)."""
     verify_reads_content: bool = True
     """``verify_checkpoint`` checks the stored bytes, not only sizes and recorded hashes."""
+    resumes_downloads: bool = True
+    """A failed download keeps its verified files next to the destination, for the next try."""
     unplug: Callable[[], ProgressFn | None] = lambda: die_halfway
     """Make the next upload die midway; returns the progress function to hand it, if that is how."""
 
@@ -71,6 +73,7 @@ def local_backend(tmp_path: Path) -> Backend:
         file_uri=lambda run, name: (root / run / "files" / name).as_uri(),
         objects=lambda: sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()),
         corrupt=lambda step, name, data: stored(step, name).write_bytes(data),
+        resumes_downloads=False,
     )
 
 
@@ -263,6 +266,7 @@ def test_a_corrupt_stored_file_is_detected_and_named_then_repaired_by_a_put(tmp_
     with pytest.raises(ArtifactError, match="model/weights.bin: sha256 mismatch"):
         store.get_checkpoint(RUN, 100, dest)
     assert not dest.exists()
+    assert backend.resumes_downloads or no_temporaries(dest.parent)
 
     backend.corrupt(100, "model/weights.bin", STATE["model/weights.bin"])
     backend.corrupt(100, "optimizer.bin", b"o")  # truncated
