@@ -2,43 +2,34 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from tests.support.commander import Commander, create_pg_database, drop_pg_database, pg_available
+from tests.support.commander import PG_URL, Commander, fresh_database, pg_problem
+from tests.support.requires import missing
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-_PG = None
-
-
-def _pg_ok() -> bool:
-    global _PG
-    if _PG is None:
-        _PG = pg_available()
-    return _PG
+_PG_PROBLEM: list[str | None] = []  # asked once per session
 
 
 def require_pg() -> None:
-    if not _pg_ok():
-        if IN_CI:
-            pytest.fail("PostgreSQL is not reachable at RELAY_TEST_PG_URL, and CI=true requires it")
-        pytest.skip("PostgreSQL not reachable (set RELAY_TEST_PG_URL)")
+    if not _PG_PROBLEM:
+        _PG_PROBLEM.append(pg_problem())
+    if _PG_PROBLEM[0] is not None:
+        missing(f"needs PostgreSQL, not reachable at RELAY_TEST_PG_URL={PG_URL} ({_PG_PROBLEM[0]})")
 
 
 @pytest.fixture
-def pg_url():
+def pg_url(tmp_path):
     require_pg()
-    url = create_pg_database()
-    yield url
-    drop_pg_database(url)
+    with fresh_database("postgresql", tmp_path) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request, tmp_path):
     """A fresh, empty database of each kind."""
     if request.param == "sqlite":
-        yield str(tmp_path / "relay.db")
+        with fresh_database("sqlite", tmp_path) as path:
+            yield path
     else:
         yield request.getfixturevalue("pg_url")
 

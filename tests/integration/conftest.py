@@ -1,4 +1,5 @@
-"""Fixtures of the integration tests: a live cluster of a commander and real workers."""
+"""Fixtures of the integration tests: a live cluster of a commander and real workers; an S3
+endpoint (moto in server mode)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,25 @@ import pytest
 
 from relaytrain.commander.store import Store
 from tests.support.commander import Commander, wait_until
+from tests.support.moto_server import MotoServer
 from tests.support.relay import WorkerProc
+
+
+@pytest.fixture(scope="session")
+def moto():
+    """One moto S3 server (its own process) for the session; tests use buckets of their own."""
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(moto, monkeypatch, tmp_path) -> MotoServer:
+    """Standard AWS configuration (environment only) pointing at the moto server."""
+    for name, value in moto.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    return moto
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 ``Attempt`` (in this process), a real ``relay serve`` and the counter trainer.
 
 The Hub cannot be reached from here, so ``huggingface_hub.HfApi`` is replaced at its boundary
-by the in-memory ``FakeHfApi`` of the store's unit tests (one repository host shared by every
+by the in-memory ``tests.support.fake_hf.FakeHfApi`` (one repository host shared by every
 client made in this process).
 """
 
@@ -19,8 +19,8 @@ from relaytrain.artifacts import HFStore
 from relaytrain.checkpoint import CheckpointManager
 from relaytrain.worker.attempt import Attempt
 from tests.support.commander import Commander
+from tests.support.fake_hf import FakeHfApi
 from tests.support.relay import counter_run
-from tests.unit.test_store_hf import FakeHfApi
 
 pytestmark = pytest.mark.slow
 

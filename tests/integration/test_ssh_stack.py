@@ -28,11 +28,8 @@ from relaytrain.providers import WorkerLaunch
 from relaytrain.providers.ssh import SshProvider
 from tests.support.commander import free_port, wait_until
 from tests.support.relay import counter_run, process_alive
-from tests.support.sshd import Sshd, sshd_available
+from tests.support.sshd import Sshd
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-pytestmark = pytest.mark.skipif(not sshd_available() and not IN_CI,
-                                reason="needs /usr/sbin/sshd and ssh-keygen (apt-get install openssh-server)")
 ADMIN = "ssh-test-admin"
 
 
@@ -53,7 +50,7 @@ def relay(*args: str, env: dict | None = None) -> str:
 
 @pytest.fixture
 def sshd(tmp_path):
-    server = Sshd(tmp_path / "sshd").start()
+    server = Sshd(tmp_path / "sshd").start()  # skips without OpenSSH (fails under CI=true)
     yield server
     server.stop()
 

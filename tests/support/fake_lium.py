@@ -51,6 +51,14 @@ class PodInfo:
     removal_scheduled_at: str | None = None
 
 
+def lium_config(**fields: Any) -> Any:
+    """The lium provider's configuration the tests use with this fake (fields override)."""
+    from relaytrain.config import LiumProviderConfig
+
+    return LiumProviderConfig(**{"type": "lium", "template_id": "relay-worker", "gpu_type": "H100",
+                                 "gpu_count": 1, "remote_dir": "relay", **fields})
+
+
 DEFAULT_EXECUTORS = [
     ExecutorInfo("0c5e-h100-a", "brave-hawk-a1", "H100", 1, 2.10),
     ExecutorInfo("0c5e-h100-b", "calm-lion-b2", "H100", 1, 1.85),

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,18 +28,13 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from tests.support.commander import free_port
+
 ACCESS_KEY = "relay-test-key"
 SECRET_KEY = "relay-test-secret"
 REGION = "us-east-1"
 
 _CONDITIONAL = ("HTTP_IF_NONE_MATCH", "HTTP_IF_MATCH")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def serializing(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:

@@ -1,10 +1,15 @@
 """A real OpenSSH server on a loopback port for the SSH tests, with throwaway keys, and an
 ``nvidia-smi`` stand-in on the sessions' PATH that prints a recorded answer.
+
+The server is ``$RELAY_TEST_SSHD`` (default /usr/sbin/sshd). Without it, or without
+``ssh-keygen`` on PATH, :meth:`Sshd.start` skips the test with the reason, or fails it under
+``CI=true`` (tests/support/requires.py); ``RELAY_TEST_SSHD=/nonexistent`` shows what a machine
+without OpenSSH does.
 """
 
 from __future__ import annotations
 
-import shutil
+import os
 import signal
 import socket
 import subprocess
@@ -12,14 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.commander import free_port, wait_until
+from tests.support.requires import require_program
 
-SSHD = "/usr/sbin/sshd"
 REPO = Path(__file__).resolve().parents[2]
 NVIDIA_SMI_DATA = REPO / "tests" / "data" / "nvidia_smi"
 
 
-def sshd_available() -> bool:
-    return Path(SSHD).exists() and shutil.which("ssh-keygen") is not None
+def require_sshd() -> str:
+    """The sshd to run (``$RELAY_TEST_SSHD`` or /usr/sbin/sshd), with ssh-keygen on PATH; or
+    skip the test (fail it under CI=true)."""
+    require_program("ssh-keygen", "apt-get install openssh-client")
+    return require_program("sshd", "apt-get install openssh-server",
+                           path=os.environ.get("RELAY_TEST_SSHD") or "/usr/sbin/sshd")
 
 
 def keygen(path: Path) -> Path:
@@ -46,6 +55,7 @@ class Sshd:
         return self.root / "sshd.log"
 
     def start(self) -> Sshd:
+        sshd = require_sshd()
         self.root.mkdir(parents=True, exist_ok=True)
         keygen(self.root / "host_key")
         keygen(self.client_key)
@@ -73,7 +83,7 @@ class Sshd:
         ]))
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation folder
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config), "-p", str(self.port)], stdout=log,
+            self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config), "-p", str(self.port)], stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         wait_until(self._listening, 20, f"sshd on port {self.port} (log {self.log_path})")
         return self

@@ -16,7 +16,7 @@ from relaytrain.commander.store import Store
 from relaytrain.config import parse_run_config
 from relaytrain.contract import Event, Progress, classify_exit
 from relaytrain.worker.reporter import ProgressTailer, Uploader
-from tests.unit.test_store_hf import FakeHfApi
+from tests.support.fake_hf import FakeHfApi
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,7 @@
-"""S3Store against a real S3 endpoint on loopback (moto in server mode, its own process)."""
+"""S3Store against a real S3 endpoint on loopback (moto in server mode, its own process; the
+``moto`` and ``s3_env`` fixtures are in conftest.py): multipart transfers, resumed uploads and
+downloads, conditional commits, epochs and credentials. What every store does (round trip,
+corruption, missing checkpoints, files) is in test_artifact_store_contract.py, run against S3 too."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from relaytrain.artifacts import S3Store, fetch_for_resume, open_store
+from relaytrain.artifacts import S3Store, open_store
 from relaytrain.artifacts.s3 import SHA_KEY, parse_s3_uri
 from relaytrain.checkpoint import CheckpointManager, manifest_sha256, verify
 from relaytrain.config import StoreConfig, parse_run_config
@@ -21,22 +24,6 @@ from relaytrain.errors import ArtifactError, ConfigError
 from tests.support.moto_server import MotoServer
 
 MB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def moto():
-    with MotoServer() as server:
-        yield server
-
-
-@pytest.fixture
-def s3_env(moto, monkeypatch, tmp_path) -> MotoServer:
-    """Standard AWS configuration (environment only) pointing at the moto server."""
-    for name, value in moto.env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    return moto
 
 
 @pytest.fixture
@@ -103,8 +90,6 @@ def test_round_trip_with_multipart(tmp_path, moto, bucket, store) -> None:
     stored = moto.client().get_object(Bucket=bucket, Key=prefix + "manifest.json")["Body"].read()
     assert hashlib.sha256(stored).hexdigest() == manifest_sha256(local)  # identity survives the upload
 
-    assert store.list_checkpoints("run-1") == [100] and store.list_checkpoints("other") == []
-    assert store.list_runs() == ["run-1"]
     assert store.verify_checkpoint("run-1", 100).ok
     dest = tmp_path / "elsewhere" / "step_00000100"
     down: list[tuple[int, int]] = []
@@ -135,23 +120,6 @@ def test_an_interrupted_upload_is_not_listed_and_resumes(tmp_path, moto, bucket,
     store.put_checkpoint(local, "run-1", 100, progress=lambda done, total: progress.append(done))
     assert progress[1] >= 6 * MB  # the big file, already stored intact, was not sent again
     assert store.list_checkpoints("run-1") == [100] and store.verify_checkpoint("run-1", 100).ok
-
-
-def test_corrupt_object_is_detected_on_get_naming_the_file(tmp_path, moto, bucket, store) -> None:
-    local = checkpoint(tmp_path / "run", 100)
-    store.put_checkpoint(local, "run-1", 100)
-    key = "team/relay/run-1/checkpoints/step_00000100/model/weights.bin"
-    client = moto.client()
-    metadata = client.head_object(Bucket=bucket, Key=key)["Metadata"]
-    client.put_object(Bucket=bucket, Key=key, Body=b"W" + b"w" * 4999, Metadata=metadata)  # bit rot: same size
-    dest = tmp_path / "restore" / "step_00000100"
-    with pytest.raises(ArtifactError, match="model/weights.bin: sha256 mismatch"):
-        store.get_checkpoint("run-1", 100, dest)
-    assert not dest.exists()
-    client.put_object(Bucket=bucket, Key=key, Body=b"w", Metadata=metadata)
-    assert store.verify_checkpoint("run-1", 100).reason == "model/weights.bin: size 1 != 5000"
-    store.put_checkpoint(local, "run-1", 100)  # the same checkpoint again repairs the damaged object
-    assert verify(store.get_checkpoint("run-1", 100, dest)).ok
 
 
 def test_a_local_file_that_no_longer_matches_its_manifest_is_not_uploaded(tmp_path, moto, bucket, store) -> None:
@@ -198,16 +166,6 @@ def test_download_resumes_from_partial_files(tmp_path, moto, bucket, store) -> N
     part.parent.mkdir(parents=True)
     part.write_bytes(b"\0" * MB)
     assert verify(store.get_checkpoint("run-1", 100, fresh)).ok
-
-
-def test_fetch_for_resume_downloads_the_durable_copy(tmp_path, store) -> None:
-    durable = checkpoint(tmp_path / "durable", 100)
-    store.put_checkpoint(durable, "run-1", 100)
-    out = tmp_path / "machine" / "checkpoints"
-    path = fetch_for_resume(store, "run-1", 100, manifest_sha256(durable), out)
-    assert verify(path).ok and manifest_sha256(path) == manifest_sha256(durable)
-    with pytest.raises(ArtifactError, match="manifest.json sha256"):
-        fetch_for_resume(store, "run-1", 100, "f" * 64, tmp_path / "third")
 
 
 def commit_concurrently(bucket: str, sources: list[Path], step: int) -> list[Any]:
@@ -304,30 +262,6 @@ def test_missing_bucket_or_bad_credentials_fail_clearly_writing_nothing(tmp_path
         moto.enforce_auth(False)
     assert keys(moto, bucket) == []
     assert not (tmp_path / "x").exists()
-
-
-def test_delete_put_file_and_get_file(tmp_path, moto, bucket, store) -> None:
-    store.put_checkpoint(checkpoint(tmp_path / "run", 100), "run-1", 100)
-    store.put_checkpoint(checkpoint(tmp_path / "run", 200), "run-1", 200)
-    store.delete_checkpoint("run-1", 100)
-    assert store.list_checkpoints("run-1") == [200]
-    assert not [k for k in keys(moto, bucket) if "step_00000100" in k]
-    store.delete_checkpoint("run-1", 100)  # absent: no-op
-    assert not store.verify_checkpoint("run-1", 100).ok
-    with pytest.raises(ArtifactError, match="no such checkpoint"):
-        store.get_checkpoint("run-1", 100, tmp_path / "x")
-    source = tmp_path / "metrics.json"
-    source.write_text('{"acc": 0.5}')
-    uri = store.put_file(source, "run-1", "evals/arith/metrics.json")
-    assert uri == f"s3://{bucket}/team/relay/run-1/files/evals/arith/metrics.json"
-    fetched = store.get_file("run-1", "evals/arith/metrics.json", tmp_path / "out" / "m.json")
-    assert fetched.read_text() == '{"acc": 0.5}'
-    with pytest.raises(ArtifactError, match="no such file"):
-        store.get_file("run-1", "missing.json", tmp_path / "y")
-    with pytest.raises(ValueError):
-        store.put_file(source, "run-1", "../escape.json")
-    with pytest.raises(ValueError):
-        store.list_checkpoints("../x")
 
 
 def test_an_interrupted_download_keeps_its_complete_prefix_and_resumes(tmp_path, bucket) -> None:

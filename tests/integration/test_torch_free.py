@@ -84,3 +84,10 @@ def test_typer_and_rich_live_only_in_the_cli():
             offenders += [f"{path.relative_to(src)}: {name}" for name in names
                           if name.split(".")[0] in ("typer", "rich")]
     assert offenders == []
+
+
+def test_checkpoint_and_artifacts_import_without_torch() -> None:
+    code = ("import sys; import relaytrain.checkpoint, relaytrain.artifacts; "
+            "assert 'torch' not in sys.modules, 'torch was imported'; "
+            "assert 'safetensors' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,5 +1,6 @@
 """Crash safety: a process killed at any point of a save leaves the previous checkpoint valid,
-``latest`` naming a valid checkpoint, and no partial ``step_*`` directory.
+``latest`` naming a valid checkpoint, and no partial ``step_*`` directory; one killed in the
+middle of ``atomic_write_text`` leaves the old file whole.
 
 Each test runs a real save in a subprocess and kills it (``os._exit`` at an injected point,
 or SIGKILL once the child reports, through its stdout, that it is mid-write).
@@ -15,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from relaytrain.checkpoint import (
+    TEMP_PREFIX,
     CheckpointManager,
+    atomic_write_text,
     clean_temp,
     find_latest_valid,
     list_checkpoints,
@@ -122,3 +125,19 @@ def test_sigkill_mid_write_leaves_previous_checkpoint(tmp_path) -> None:
     assert find_latest_valid(tmp_path).step == 1
     CheckpointManager(tmp_path)  # cleans the stale temporary
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_process_killed_mid_write_leaves_the_old_file_intact(tmp_path) -> None:
+    path = tmp_path / "stack.json"
+    atomic_write_text(path, "old\n")
+    code = textwrap.dedent("""
+        import os, sys
+        from relaytrain.checkpoint import atomic_write_text
+        os.fsync = lambda fd: os._exit(9)   # killed after writing, before the data is durable
+        atomic_write_text(sys.argv[1], "new and longer\\n")
+    """)
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, timeout=60)
+    assert done.returncode == 9, done.stderr
+    assert path.read_text() == "old\n"
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "stack.json"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(TEMP_PREFIX)
