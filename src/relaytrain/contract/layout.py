@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 import string
-from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_TRAJECTORY_SUBDIR = "rollouts"
@@ -26,43 +25,29 @@ CONSOLIDATED_METRICS = "consolidated_metrics.csv"
 """An eval run's table: one row per step, one column per metric."""
 
 
-@dataclass(frozen=True)
 class RunLayout:
     """The folders and files of one run under its ``root``; ``epoch`` picks the attempt's logs
     and progress file. On a worker the root is ``<workdir>/runs/<run_id>`` (``in_workdir``)."""
 
-    root: Path
-    epoch: int = 0
-    trajectory_subdir: str = DEFAULT_TRAJECTORY_SUBDIR
+    def __init__(self, root: str | Path, epoch: int = 0, trajectory_subdir: str = DEFAULT_TRAJECTORY_SUBDIR) -> None:
+        self.root = Path(root).resolve()
+        self.run_id = self.root.name
+        self.epoch = epoch
+        self.checkpoints = self.root / "checkpoints"
+        self.init = self.root / "init"
+        self.logs_root = self.root / "logs"
+        self.logs = self.attempt_logs(epoch)
+        self.progress = self.root / "progress" / f"attempt_{epoch}.jsonl"
+        self.stop_file = self.root / "STOP"
+        self.config = self.root / "run_config.json"
+        self.eval_checkpoints = self.root / "eval_checkpoints.json"
+        self.rollouts = self.root / trajectory_subdir
 
     @classmethod
     def in_workdir(cls, workdir: str | Path, run_id: str, epoch: int = 0,
                    trajectory_subdir: str = DEFAULT_TRAJECTORY_SUBDIR) -> RunLayout:
         """The layout of ``run_id`` on a worker whose workdir is ``workdir``."""
         return cls(runs_dir(workdir) / run_id, epoch, trajectory_subdir)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root).resolve())
-
-    @property
-    def run_id(self) -> str:
-        return self.root.name
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def init(self) -> Path:
-        return self.root / "init"
-
-    @property
-    def logs_root(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def logs(self) -> Path:
-        return self.attempt_logs(self.epoch)
 
     def attempt_logs(self, epoch: int) -> Path:
         return self.logs_root / f"attempt_{epoch}"
@@ -72,29 +57,9 @@ class RunLayout:
         found = (re.fullmatch(r"attempt_(\d+)", p.name) for p in self.logs_root.glob("attempt_*"))
         return sorted(int(m.group(1)) for m in found if m)
 
-    @property
-    def progress(self) -> Path:
-        return self.root / "progress" / f"attempt_{self.epoch}.jsonl"
-
-    @property
-    def stop_file(self) -> Path:
-        return self.root / "STOP"
-
-    @property
-    def config(self) -> Path:
-        return self.root / "run_config.json"
-
-    @property
-    def eval_checkpoints(self) -> Path:
-        return self.root / "eval_checkpoints.json"
-
     def evals(self, dataset_label: str) -> Path:
         """An eval run's results for one dataset."""
         return self.root / "evals" / dataset_label
-
-    @property
-    def rollouts(self) -> Path:
-        return self.root / self.trajectory_subdir
 
     def make(self) -> None:
         for folder in (self.checkpoints, self.logs, self.progress.parent, self.rollouts):

@@ -8,37 +8,30 @@ stop, before the commander could grant the run to anyone else.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable
 
 from relaytrain.api.client import RelayClient
 from relaytrain.errors import LeaseLost, NotFound, RelayError
 
+from .guard import Guarded, StopFn
+
 log = logging.getLogger(__name__)
 
-StopFn = Callable[[str, str], None]
-"""``stop(reason, message)``: reasons ``lost``, ``fenced``, ``cancelled``, ``crashed``."""
 
+class LeaseKeeper(Guarded):
+    what = "lease keeper"
 
-class LeaseKeeper:
     def __init__(self, client: RelayClient, run_id: str, worker_id: str, epoch: int, *, ttl_s: float,
                  margin_s: float, granted_at_monotonic: float, on_stop: StopFn) -> None:
+        super().__init__(f"lease-{run_id}", on_stop)
         self.client = client
         self.run_id = run_id
         self.worker_id = worker_id
         self.epoch = epoch
         self.ttl_s = ttl_s
         self.margin_s = margin_s
-        self.on_stop = on_stop
         self.deadline = granted_at_monotonic + ttl_s - margin_s
         self.renewals = 0
-        self._halt = threading.Event()
-        self._thread = threading.Thread(target=self._guarded, name=f"lease-{run_id}", daemon=True)
-
-    def start(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
 
     def stop(self) -> None:
         self._halt.set()
@@ -47,13 +40,6 @@ class LeaseKeeper:
     @property
     def fenced(self) -> bool:
         return time.monotonic() >= self.deadline
-
-    def _guarded(self) -> None:
-        try:
-            self._run()
-        except BaseException as exc:  # a dead keeper must stop the trainer, never die silently
-            log.exception("lease keeper of %s died", self.run_id)
-            self.on_stop("crashed", f"lease keeper died: {type(exc).__name__}: {exc}")
 
     def _run(self) -> None:
         interval = self.ttl_s / 3

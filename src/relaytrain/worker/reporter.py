@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from relaytrain.checkpoint import (
 from relaytrain.contract import Event, Progress, parse_line
 from relaytrain.errors import CheckpointError, LeaseLost, NotFound, RelayError, StaleWriter
 
-from .lease import StopFn
+from .guard import Guarded, StopFn
 from .trajectories import TrajectorySync
 
 log = logging.getLogger(__name__)
@@ -70,18 +69,20 @@ def _latest_name(output_dir: Path) -> str | None:
         return None
 
 
-class Uploader:
+class Uploader(Guarded):
     """Makes each committed local checkpoint durable, in order, on one background thread."""
+
+    what = "checkpoint uploader"
 
     def __init__(self, client: RelayClient, store: ArtifactStore, run_id: str, worker_id: str, epoch: int,
                  on_stop: StopFn, *, retention: tuple[int, int | None] | None = None, attempts: int = 3,
                  trajectories: TrajectorySync | None = None) -> None:
+        super().__init__(f"upload-{run_id}", on_stop)
         self.client = client
         self.store = store
         self.run_id = run_id
         self.worker_id = worker_id
         self.epoch = epoch
-        self.on_stop = on_stop
         self.attempts = attempts
         if retention is not None:
             check_retention(*retention)
@@ -92,11 +93,6 @@ class Uploader:
         self._queue: queue.Queue[tuple[int, Path] | tuple[Path, str, str] | None] = queue.Queue()
         self._seen: set[int] = set()
         self._dead = False
-        self._thread = threading.Thread(target=self._guarded, name=f"upload-{run_id}", daemon=True)
-
-    def start(self) -> Uploader:
-        self._thread.start()
-        return self
 
     def submit(self, step: int, path: Path) -> None:
         if step not in self._seen:
@@ -117,19 +113,18 @@ class Uploader:
         self._dead = True
         self._queue.put(None)
 
-    def _guarded(self) -> None:
-        try:
-            while (item := self._queue.get()) is not None:
-                if self._dead:
-                    continue
-                if len(item) == 3:
-                    self._put_file(*item)
-                else:
-                    self._upload(*item)
-        except BaseException as exc:  # a dead uploader must stop the trainer, never die silently
-            log.exception("uploader of %s died", self.run_id)
-            self._dead = True
-            self.on_stop("crashed", f"checkpoint uploader died: {type(exc).__name__}: {exc}")
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._dead:
+                continue
+            if len(item) == 3:
+                self._put_file(*item)
+            else:
+                self._upload(*item)
+
+    def _died(self, exc: BaseException) -> None:
+        self._dead = True
+        super()._died(exc)
 
     def _put_file(self, path: Path, run_id: str, name: str) -> None:
         for attempt in range(1, self.attempts + 1):
@@ -206,14 +201,17 @@ class Uploader:
                 self.store.delete_checkpoint(self.run_id, step)
 
 
-class Reporter:
+class Reporter(Guarded):
     """Tails the progress file: forwards progress (at most every ``interval_s``), hands
     checkpoint events (or a moved ``latest``) to the uploader, and tracks the last sign of life."""
+
+    what = "progress reporter"
 
     def __init__(self, client: RelayClient, tailer: ProgressTailer, uploader: Uploader, output_dir: Path,
                  run_id: str, worker_id: str, epoch: int, on_stop: StopFn, *, interval_s: float = 1.0,
                  file_runs: frozenset[str] = frozenset(),
                  poll_s: float = 0.05) -> None:
+        super().__init__(f"progress-{run_id}", on_stop)
         self.client = client
         self.tailer = tailer
         self.uploader = uploader
@@ -221,7 +219,6 @@ class Reporter:
         self.run_id = run_id
         self.worker_id = worker_id
         self.epoch = epoch
-        self.on_stop = on_stop
         self.interval_s = interval_s
         self.file_runs = file_runs
         self.poll_s = poll_s
@@ -230,12 +227,6 @@ class Reporter:
         self._pending: list[m.ProgressPoint] = []
         self._last_sent = 0.0
         self._latest_seen: str | None = _latest_name(output_dir)
-        self._halt = threading.Event()
-        self._thread = threading.Thread(target=self._guarded, name=f"progress-{run_id}", daemon=True)
-
-    def start(self) -> Reporter:
-        self._thread.start()
-        return self
 
     def finish(self) -> None:
         """Read what is left, forward it, and stop."""
@@ -243,13 +234,9 @@ class Reporter:
         self._thread.join()  # every call it makes is bounded by the client's timeouts
         self._tick(flush=True)
 
-    def _guarded(self) -> None:
-        try:
-            while not self._halt.wait(self.poll_s):
-                self._tick(flush=False)
-        except BaseException as exc:
-            log.exception("progress reporter of %s died", self.run_id)
-            self.on_stop("crashed", f"progress reporter died: {type(exc).__name__}: {exc}")
+    def _run(self) -> None:
+        while not self._halt.wait(self.poll_s):
+            self._tick(flush=False)
 
     def _tick(self, *, flush: bool) -> None:
         for record in self.tailer.read_new():
