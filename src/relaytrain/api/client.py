@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from relaytrain.errors import CommanderUnavailable, RelayError, error_class
+from relaytrain.errors import CommanderUnavailable, RelayError, error_class, error_classes
 
 from . import models as m
 
@@ -31,8 +31,9 @@ def _error_for(response: httpx.Response) -> RelayError:
     if not isinstance(detail, str):
         detail = response.text[:500] or response.reason_phrase
     name = body.get("error") if isinstance(body, dict) else None
-    cls = error_class(name if isinstance(name, str) else None, response.status_code)
-    return cls(f"{detail} (HTTP {response.status_code})" if cls is RelayError else detail)
+    name = name if isinstance(name, str) and name in error_classes() else None
+    cls = error_class(name, response.status_code)
+    return cls(f"{detail} (HTTP {response.status_code})" if name is None and cls is RelayError else detail)
 
 
 class RelayClient:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from relaytrain.config import RUN_ID_PATTERN, RunKind, SshHostFields
 
-from .status import FailureClass, Outcome, RunStatus
+from .status import AttemptOutcome, FailureClass, RunStatus
 
 WORKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
-ReportedOutcome = Literal[Outcome.SUCCEEDED, Outcome.PREEMPTED, Outcome.FAILED, Outcome.CANCELLED]
+ReportedOutcome = Literal[
+    AttemptOutcome.SUCCEEDED, AttemptOutcome.PREEMPTED, AttemptOutcome.FAILED, AttemptOutcome.CANCELLED
+]
 """The outcomes a worker reports (``lost`` is the commander's, for an expired lease)."""
 TokenScope = Literal["admin", "worker"]
 
@@ -35,7 +37,7 @@ def _no_bool_coercion(model: type[BaseModel], data: Any) -> Any:
         value = data.get(name)
         if value is None:
             continue
-        if field.annotation is bool:
+        if field.annotation is bool or bool in get_args(field.annotation):
             if not isinstance(value, bool):
                 raise ValueError(f"{name}: Input should be a valid boolean")
             continue
@@ -149,10 +151,11 @@ class RenewResponse(_Wire):
 # failure_class goes with outcome "failed" and only with it: said in the schema as well, so a client
 # generated from /openapi.json knows it.
 _RELEASE_SCHEMA = {"anyOf": [
-    {"properties": {"outcome": {"const": Outcome.FAILED.value},
+    {"properties": {"outcome": {"const": AttemptOutcome.FAILED.value},
                     "failure_class": {"enum": [c.value for c in FailureClass]}},
      "required": ["failure_class"]},
-    {"properties": {"outcome": {"enum": [o.value for o in Outcome if o not in (Outcome.FAILED, Outcome.LOST)]},
+    {"properties": {"outcome": {"enum": [o.value for o in AttemptOutcome
+                                         if o not in (AttemptOutcome.FAILED, AttemptOutcome.LOST)]},
                     "failure_class": {"type": "null"}}},
 ]}
 
@@ -167,9 +170,9 @@ class ReleaseRequest(LeaseRef):
 
     @model_validator(mode="after")
     def _class_with_failure(self) -> ReleaseRequest:
-        if self.outcome == Outcome.FAILED and self.failure_class is None:
+        if self.outcome == AttemptOutcome.FAILED and self.failure_class is None:
             raise ValueError("failure_class is required when outcome is 'failed'")
-        if self.outcome != Outcome.FAILED and self.failure_class is not None:
+        if self.outcome != AttemptOutcome.FAILED and self.failure_class is not None:
             raise ValueError("failure_class is only for outcome 'failed'")
         return self
 
@@ -201,7 +204,7 @@ class AttemptInfo(_Wire):
     worker_id: str
     granted_at: float
     ended_at: float | None
-    outcome: Outcome | None
+    outcome: AttemptOutcome | None
     failure_class: FailureClass | None
     message: str | None
     stderr_tail: str | None
@@ -291,7 +294,7 @@ class AttemptLedger(_Wire):
     epoch: int
     worker_id: str
     provider: str
-    outcome: Outcome | None
+    outcome: AttemptOutcome | None
     wall_s: float
     steps_gained: int
     steps_lost: int = Field(..., description="For a killed holder, a lower bound: only reported steps are known.")

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from relaytrain.contract.exits import FailureClass
+
+__all__ = ["TERMINAL", "AttemptOutcome", "FailureClass", "RunStatus"]
+
 
 class RunStatus(StrEnum):
     """Where a run is (DESIGN §4)."""
@@ -25,8 +29,9 @@ TERMINAL: frozenset[RunStatus] = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILE
 """The statuses a run ends in."""
 
 
-class Outcome(StrEnum):
-    """How an attempt (one lease) ended."""
+class AttemptOutcome(StrEnum):
+    """How an attempt (one lease) ended, as released (``failed`` with a :class:`FailureClass`, the
+    contract's) or expired. Not :class:`relaytrain.contract.Outcome`: how a trainer process ended."""
 
     SUCCEEDED = "succeeded"
     PREEMPTED = "preempted"
@@ -34,10 +39,3 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"
     LOST = "lost"
     """The lease expired: the commander records it; a worker never reports it."""
-
-
-class FailureClass(StrEnum):
-    """Whether a failed attempt is worth retrying (DESIGN §7)."""
-
-    TRANSIENT = "transient"
-    PERMANENT = "permanent"

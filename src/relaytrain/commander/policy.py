@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relaytrain.api.status import FailureClass, Outcome, RunStatus
+from relaytrain.api.status import AttemptOutcome, FailureClass, RunStatus
 from relaytrain.config import RetryPolicy
 
 
@@ -30,17 +30,17 @@ class Decision:
     """The run's new ``last_error``; None keeps the one it has."""
 
 
-def next_status(outcome: Outcome, failure_class: FailureClass | None, retries_used: int, policy: RetryPolicy, *,
+def next_status(outcome: AttemptOutcome, failure_class: FailureClass | None, retries_used: int, policy: RetryPolicy, *,
                 cancel_requested: bool = False, message: str | None = None) -> Decision:
     """The run's next status after an attempt ended with ``outcome`` (and, for ``failed``, its
     ``failure_class``), given the retries it had used, its policy, whether a cancel was asked,
     and the attempt's ``message`` (for ``last_error``)."""
     said = message or "no message"
-    if outcome == Outcome.SUCCEEDED:
+    if outcome == AttemptOutcome.SUCCEEDED:
         return Decision(RunStatus.SUCCEEDED, retries_used)
-    if outcome == Outcome.CANCELLED or cancel_requested:
+    if outcome == AttemptOutcome.CANCELLED or cancel_requested:
         return Decision(RunStatus.CANCELLED, retries_used)
-    if outcome in (Outcome.PREEMPTED, Outcome.LOST):
+    if outcome in (AttemptOutcome.PREEMPTED, AttemptOutcome.LOST):
         return Decision(RunStatus.QUEUED, retries_used)
     if failure_class == FailureClass.PERMANENT:
         return Decision(RunStatus.FAILED, retries_used, last_error=f"permanent failure: {said}")

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 
 from relaytrain.api.labels import labels_match
-from relaytrain.api.status import FailureClass, Outcome, RunStatus
+from relaytrain.api.status import AttemptOutcome, FailureClass, RunStatus
 from relaytrain.config import RetryPolicy
 from relaytrain.errors import LeaseLost, NotFound
 
@@ -278,7 +278,7 @@ def record_resume(conn: sa.Connection, run_id: str, worker_id: str, epoch: int, 
 # -- end -----------------------------------------------------------------------------------------
 
 
-def release(conn: sa.Connection, run_id: str, worker_id: str, epoch: int, *, outcome: Outcome,
+def release(conn: sa.Connection, run_id: str, worker_id: str, epoch: int, *, outcome: AttemptOutcome,
             failure_class: FailureClass | None, message: str | None, stderr_tail: str | None, step: int | None,
             now: float) -> dict[str, Any]:
     """End a live lease with an outcome; the run's next status is the retry policy's
@@ -304,9 +304,9 @@ def expire(conn: sa.Connection, now: float) -> int:
     for row in rows:
         row = dict(row)
         message = f"lease expired: no renewal from {row['holder']}"
-        _close_attempt(conn, row, Outcome.LOST, None, message, None, None, now)
+        _close_attempt(conn, row, AttemptOutcome.LOST, None, message, None, None, now)
         policy = RetryPolicy.model_validate(row["config"].get("retry", {}))
-        decision = next_status(Outcome.LOST, None, row["retries_used"], policy,
+        decision = next_status(AttemptOutcome.LOST, None, row["retries_used"], policy,
                                cancel_requested=row["cancel_requested"])
         run_rows.set_status(conn, row, decision.status, now, not_before=now)
         events.add(conn, row["run_id"], "expired", f"epoch {row['epoch']} {message}; run is {decision.status}",
@@ -314,7 +314,7 @@ def expire(conn: sa.Connection, now: float) -> int:
     return len(rows)
 
 
-def _close_attempt(conn: sa.Connection, run: dict, outcome: Outcome, failure_class: FailureClass | None,
+def _close_attempt(conn: sa.Connection, run: dict, outcome: AttemptOutcome, failure_class: FailureClass | None,
                    message: str | None, stderr_tail: str | None, step: int | None, now: float) -> None:
     attempt = conn.execute(_ATTEMPT_STEPS, {"run_id": run["run_id"], "epoch": run["epoch"]}).first()
     step_end = step

@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from relaytrain.api.status import Outcome
+from relaytrain.api.status import AttemptOutcome
 
 from . import runs as run_rows
 from .schema import attempts, metrics, runs, workers
@@ -90,7 +90,7 @@ def _attempt_ledger(conn: sa.Connection, run_id: str, now: float) -> list[dict[s
         if len(seen) >= 2 and seen[-1][0] > seen[0][0]:
             per_step = (seen[-1][1] - seen[0][1]) / (seen[-1][0] - seen[0][0])
         failover = None
-        if a["outcome"] not in (None, Outcome.SUCCEEDED) and i + 1 < len(tries) and seen:
+        if a["outcome"] not in (None, AttemptOutcome.SUCCEEDED) and i + 1 < len(tries) and seen:
             following = progress.get(tries[i + 1]["epoch"], [])
             if following:
                 failover = max(0.0, following[0][1] - seen[-1][1])
