@@ -32,9 +32,9 @@ import httpx
 
 from relaytrain.api.client import RelayClient
 from relaytrain.api.models import RunDetail
+from relaytrain.api.status import TERMINAL, RunStatus
 
 SFT_RUN, GRPO_RUN = "demo-sft", "demo-grpo"
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 @dataclass
@@ -212,7 +212,7 @@ class Demo:
             while time.monotonic() - started < self.s.timeout_s:
                 runs = {r: client.run(r) for r in (SFT_RUN, GRPO_RUN)}
                 for run_id, run in runs.items():
-                    if run.status == "running":
+                    if run.status == RunStatus.RUNNING:
                         last_metrics[run_id] = self._last_metrics(client, run_id)
                 sft = runs[SFT_RUN]
                 if self.killed is None and sft.holder and sft.step >= self.s.kill_at * self.s.sft_steps:
@@ -262,7 +262,7 @@ class Demo:
 
     def _summary(self, runs: dict[str, RunDetail], scores: dict[str, float], wall_s: float) -> int:
         problems = []
-        if any(r.status != "succeeded" for r in runs.values()):
+        if any(r.status != RunStatus.SUCCEEDED for r in runs.values()):
             problems.append("a run did not succeed: " + ", ".join(f"{k} {r.status}" for k, r in runs.items()))
         base, sft, grpo = scores.get("base"), scores.get("SFT"), scores.get("GRPO")
         if sft is None or base is None or sft < base + 0.25:

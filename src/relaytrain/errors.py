@@ -2,13 +2,23 @@
 
 Every class's docstring is its default message. Low-level errors are wrapped with
 ``raise SomeRelayError(...) from exc`` so the cause stays visible.
+
+Every class also carries the HTTP status the commander answers it with (``http_status``). The
+commander's exception handler and the API client's answer → exception map are both derived from
+it (:func:`error_class`): an error raised in the commander reaches the client as the same class,
+with the same message.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class RelayError(Exception):
     """relaytrain failed."""
+
+    http_status: ClassVar[int] = 500
+    """What the commander answers when a request ends in this error."""
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or "").strip())
@@ -21,37 +31,67 @@ class RelayError(Exception):
 class ConfigError(RelayError, ValueError):
     """The configuration is invalid."""
 
+    http_status = 422
+
 
 class StoreError(RelayError):
     """The commander's database failed."""
 
-
-class RunExists(RelayError):
-    """A run with this run_id already exists."""
-
-
-class NotFound(RelayError):
-    """No such object."""
+    http_status = 503
 
 
 class LeaseLost(RelayError):
     """The lease is no longer ours: its epoch is stale or it has expired. Stop now."""
 
+    http_status = 409
+
+
+class RunExists(RelayError):
+    """A run with this run_id already exists."""
+
+    http_status = 409
+
+
+class NotFound(RelayError):
+    """No such object."""
+
+    http_status = 404
+
 
 class InvalidState(RelayError):
     """The object is not in a state that allows this operation."""
+
+    http_status = 409
 
 
 class AuthError(RelayError):
     """Missing or wrong credentials."""
 
+    http_status = 401
+
 
 class Forbidden(RelayError):
     """These credentials do not reach this endpoint."""
 
+    http_status = 403
+
 
 class BadRequest(RelayError):
     """The request was rejected as invalid."""
+
+    http_status = 400
+
+
+class RequestInvalid(BadRequest):
+    """The request does not match the API's schema."""
+
+    http_status = 422
+
+
+class PayloadTooLarge(BadRequest):
+    """The request body is too large."""
+
+    http_status = 413
 
 
 class CommanderUnavailable(RelayError):
@@ -69,3 +109,30 @@ class ArtifactError(RelayError):
 class StaleWriter(ArtifactError):
     """The store refused a write because a newer epoch (lease holder) has written since: the
     writer has lost its lease, whether or not it knows yet."""
+
+
+class ProviderError(RelayError):
+    """A machine could not be created, reached or commanded."""
+
+
+def error_classes() -> dict[str, type[RelayError]]:
+    """Every class of the hierarchy by name (the ``error`` field of the API's error body)."""
+    found: dict[str, type[RelayError]] = {"RelayError": RelayError}
+    todo = [RelayError]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            found.setdefault(sub.__name__, sub)
+            todo.append(sub)
+    return found
+
+
+def error_class(name: str | None, status: int) -> type[RelayError]:
+    """The class an HTTP error answer stands for: by the body's ``error`` name; for an answer
+    without a known name (a proxy's, say), the first class defined here with that 4xx status,
+    else ``BadRequest`` for a 4xx and ``RelayError`` for the rest."""
+    classes = error_classes()
+    if name in classes:
+        return classes[name]
+    if 400 <= status < 500:
+        return next((c for c in classes.values() if c.http_status == status), BadRequest)
+    return RelayError

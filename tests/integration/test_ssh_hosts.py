@@ -1,4 +1,4 @@
-"""The hosts store (HostsMixin) on SQLite and PostgreSQL, and the hosts endpoints: GPUs are
+"""The hosts store on SQLite and PostgreSQL, and the hosts endpoints: GPUs are
 reserved atomically, never twice, even by racing threads of two "replicas"."""
 
 from __future__ import annotations
@@ -7,14 +7,10 @@ import threading
 import time
 
 import pytest
-from fastapi import Depends, Header
 from fastapi.testclient import TestClient
 
 from relaytrain.commander.app import create_app
-from relaytrain.commander.auth import Authenticator
-from relaytrain.commander.hosts_api import make_router
 from relaytrain.commander.store import Store
-from relaytrain.commander.store.hosts import HostsMixin
 from relaytrain.config import parse_run_config
 from relaytrain.errors import InvalidState, NotFound
 
@@ -24,19 +20,15 @@ GPUS = [{"index": i, "name": "A100", "memory_total_mb": 81920, "memory_used_mb":
          "idle": i != 3} for i in range(4)]
 
 
-class HostsStore(Store, HostsMixin):
-    """The composition the lead wires into Store."""
-
-
 @pytest.fixture
 def hstore(db_url):
-    s = HostsStore(db_url)
+    s = Store(db_url)
     s.upgrade()
     yield s
     s.close()
 
 
-def polled(store: HostsStore, name: str = "box") -> dict:
+def polled(store: Store, name: str = "box") -> dict:
     store.put_host(name, SPEC)
     store.record_poll(name, gpus=GPUS, error=None)
     return store.get_host(name)
@@ -93,7 +85,7 @@ def test_disabled_hosts_get_no_worker(hstore):
 def test_never_twice_the_same_gpu_under_a_race(hstore, db_url):
     """16 threads over two Store objects (two replicas) all want GPUs 0 and 1: one wins."""
     polled(hstore)
-    other = HostsStore(db_url)
+    other = Store(db_url)
     barrier = threading.Barrier(16)
     wins: list[str] = []
 
@@ -156,15 +148,9 @@ def test_gpu_demand_and_worker_activity(hstore):
 
 @pytest.fixture
 def api(tmp_path):
-    store = HostsStore(str(tmp_path / "relay.db"))
+    store = Store(str(tmp_path / "relay.db"))
     store.upgrade()
     app = create_app(store, admin_token="admin")
-    auth = Authenticator(store, "admin")
-
-    def admin(authorization: str | None = Header(None)) -> str:
-        return auth.require(authorization, "admin")
-
-    app.include_router(make_router(store, Depends(admin)))
     with TestClient(app) as client:
         client.store = store
         yield client

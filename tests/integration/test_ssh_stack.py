@@ -22,7 +22,6 @@ from relaytrain.cli.hosts import hosts_app
 from relaytrain.cli.stack import launch_stack_command, stack_app
 from relaytrain.commander.hosts import HostsSettings, poll_once
 from relaytrain.commander.store import Store
-from relaytrain.commander.store.hosts import HostsMixin
 from relaytrain.config import SshHostConfig
 from relaytrain.providers import WorkerLaunch
 from relaytrain.providers.ssh import SshProvider
@@ -55,12 +54,8 @@ def sshd(tmp_path):
     server.stop()
 
 
-class HostsStore(Store, HostsMixin):
-    pass
-
-
 def test_poller_reads_gpus_and_marks_unreachable_hosts(tmp_path, sshd):
-    store = HostsStore(str(tmp_path / "relay.db"))
+    store = Store(str(tmp_path / "relay.db"))
     store.upgrade()
     base = {"address": "127.0.0.1", "user": "root", "known_hosts": None, "labels": {}, "price_per_hour": None,
             "python": sys.executable, "workdir": str(tmp_path / "remote")}

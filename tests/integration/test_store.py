@@ -272,13 +272,13 @@ def test_checkpoint_revisions_are_recorded_and_granted(store):
 
 
 @pytest.mark.postgres
-def test_concurrent_claim_locks_only_the_run_it_takes(pg_url):
+def test_concurrent_claim_locks_only_the_run_it_takes(pg_url, monkeypatch):
     """While one claim is inside its transaction, a second claim still gets the other queued run
     (before the fix, the first claim held locks on its whole batch of candidates, and the second
     skipped them all and answered empty)."""
     import threading
 
-    from relaytrain.commander.store import Store
+    from relaytrain.commander.store import Store, events
 
     store = Store(pg_url)
     store.upgrade()
@@ -286,7 +286,7 @@ def test_concurrent_claim_locks_only_the_run_it_takes(pg_url):
         store.submit_run(run("first"), now=1)
         store.submit_run(run("second"), now=2)
         inside, finish = threading.Event(), threading.Event()
-        event = store._event
+        event = events.add
 
         def pausing_event(conn, run_id, kind, *args):  # pause claimer A's transaction at its grant
             event(conn, run_id, kind, *args)
@@ -294,7 +294,7 @@ def test_concurrent_claim_locks_only_the_run_it_takes(pg_url):
                 inside.set()
                 assert finish.wait(30), "the test never let claimer A finish"
 
-        store._event = pausing_event
+        monkeypatch.setattr(events, "add", pausing_event)
         grants: dict[str, object] = {}
         a = threading.Thread(target=lambda: grants.update(a=store.claim_run("a", now=10)), name="claimer-a")
         a.start()

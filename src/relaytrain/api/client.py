@@ -12,33 +12,17 @@ from typing import Any
 
 import httpx
 
-from relaytrain.errors import (
-    AuthError,
-    BadRequest,
-    CommanderUnavailable,
-    Forbidden,
-    InvalidState,
-    LeaseLost,
-    NotFound,
-    RelayError,
-    RunExists,
-)
+from relaytrain.errors import CommanderUnavailable, RelayError, error_class, error_classes
 
 from . import models as m
 
 log = logging.getLogger(__name__)
 
-_BY_NAME: dict[str, type[RelayError]] = {
-    "LeaseLost": LeaseLost,
-    "RunExists": RunExists,
-    "InvalidState": InvalidState,
-    "NotFound": NotFound,
-}
-_BY_STATUS: dict[int, type[RelayError]] = {401: AuthError, 403: Forbidden, 404: NotFound, 409: LeaseLost}
 _RETRY_STATUS = (502, 503, 504)
 
 
 def _error_for(response: httpx.Response) -> RelayError:
+    """The exception an error answer stands for (:func:`relaytrain.errors.error_class`), with its detail."""
     try:
         body = response.json()
     except ValueError:
@@ -47,10 +31,9 @@ def _error_for(response: httpx.Response) -> RelayError:
     if not isinstance(detail, str):
         detail = response.text[:500] or response.reason_phrase
     name = body.get("error") if isinstance(body, dict) else None
-    cls = _BY_NAME.get(name or "") or _BY_STATUS.get(response.status_code)
-    if cls is None:
-        cls = BadRequest if 400 <= response.status_code < 500 else RelayError
-    return cls(f"{detail} (HTTP {response.status_code})" if cls is RelayError else detail)
+    name = name if isinstance(name, str) and name in error_classes() else None
+    cls = error_class(name, response.status_code)
+    return cls(f"{detail} (HTTP {response.status_code})" if name is None and cls is RelayError else detail)
 
 
 class RelayClient:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from relaytrain.config import RUN_ID_PATTERN, RunKind
+from relaytrain.config import RUN_ID_PATTERN, RunKind, SshHostFields
+
+from .status import AttemptOutcome, FailureClass, RunStatus
 
 WORKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
-RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-Outcome = Literal["succeeded", "preempted", "failed", "cancelled"]
-FailureClass = Literal["transient", "permanent"]
+ReportedOutcome = Literal[
+    AttemptOutcome.SUCCEEDED, AttemptOutcome.PREEMPTED, AttemptOutcome.FAILED, AttemptOutcome.CANCELLED
+]
+"""The outcomes a worker reports (``lost`` is the commander's, for an expired lease)."""
 TokenScope = Literal["admin", "worker"]
 
 WorkerId = Field(..., pattern=WORKER_ID_PATTERN, description="The worker's unique id.")
@@ -25,20 +28,48 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class GpuInfo(_Wire):
+def _no_bool_coercion(model: type[BaseModel], data: Any) -> Any:
+    """Refuse a JSON ``true``/``false`` where the schema wants a number (pydantic would take it for
+    1/0) and a number where it wants a boolean, as the schema says. ``2.0`` still counts as ``2``."""
+    if not isinstance(data, dict):
+        return data
+    for name, field in model.model_fields.items():
+        value = data.get(name)
+        if value is None:
+            continue
+        if field.annotation is bool or bool in get_args(field.annotation):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}: Input should be a valid boolean")
+            continue
+        values = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+        if any(isinstance(v, bool) for v in values):
+            raise ValueError(f"{name}: Input should not be a boolean")
+    return data
+
+
+class _Request(_Wire):
+    """A request body (see :func:`_no_bool_coercion`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exact_types(cls, data: Any) -> Any:
+        return _no_bool_coercion(cls, data)
+
+
+class GpuInfo(_Request):
     index: int = Field(..., ge=0, le=1024)
     name: str = Field(..., max_length=256)
     memory_mb: int = Field(..., ge=0)
     uuid: str | None = Field(None, max_length=128)
 
 
-class WorkerResources(_Wire):
+class WorkerResources(_Request):
     gpus: list[GpuInfo] = Field(default_factory=list, max_length=64)
     labels: dict[str, str] = Field(default_factory=dict, max_length=64)
     price_per_hour: float | None = Field(None, ge=0, description="What this machine costs, in dollars per hour.")
 
 
-class RegisterWorker(_Wire):
+class RegisterWorker(_Request):
     worker_id: str = WorkerId
     provider: str = Field("local", max_length=32)
     hostname: str | None = Field(None, max_length=255)
@@ -46,7 +77,7 @@ class RegisterWorker(_Wire):
     resources: WorkerResources = Field(default_factory=WorkerResources)
 
 
-class Heartbeat(_Wire):
+class Heartbeat(_Request):
     resources: WorkerResources | None = None
 
 
@@ -72,7 +103,7 @@ class CheckpointRef(_Wire):
     revision: str | None = Field(None, description=REVISION_DOC)
 
 
-class ClaimRequest(_Wire):
+class ClaimRequest(_Request):
     worker_id: str = WorkerId
     resources: WorkerResources = Field(default_factory=WorkerResources)
     kinds: list[RunKind] | None = Field(None, description="Kinds of run this worker serves; all when unset.")
@@ -101,7 +132,7 @@ class ClaimResponse(_Wire):
     grant: Grant | None
 
 
-class LeaseRef(_Wire):
+class LeaseRef(_Request):
     worker_id: str = WorkerId
     epoch: int = Epoch
 
@@ -117,8 +148,21 @@ class RenewResponse(_Wire):
     cancel_requested: bool
 
 
+# failure_class goes with outcome "failed" and only with it: said in the schema as well, so a client
+# generated from /openapi.json knows it.
+_RELEASE_SCHEMA = {"anyOf": [
+    {"properties": {"outcome": {"const": AttemptOutcome.FAILED.value},
+                    "failure_class": {"enum": [c.value for c in FailureClass]}},
+     "required": ["failure_class"]},
+    {"properties": {"outcome": {"enum": [o.value for o in AttemptOutcome
+                                         if o not in (AttemptOutcome.FAILED, AttemptOutcome.LOST)]},
+                    "failure_class": {"type": "null"}}},
+]}
+
+
 class ReleaseRequest(LeaseRef):
-    outcome: Outcome
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_RELEASE_SCHEMA)
+    outcome: ReportedOutcome
     failure_class: FailureClass | None = None
     message: str | None = Field(None, max_length=10_000)
     stderr_tail: str | None = Field(None, max_length=65_536)
@@ -126,9 +170,9 @@ class ReleaseRequest(LeaseRef):
 
     @model_validator(mode="after")
     def _class_with_failure(self) -> ReleaseRequest:
-        if self.outcome == "failed" and self.failure_class is None:
+        if self.outcome == AttemptOutcome.FAILED and self.failure_class is None:
             raise ValueError("failure_class is required when outcome is 'failed'")
-        if self.outcome != "failed" and self.failure_class is not None:
+        if self.outcome != AttemptOutcome.FAILED and self.failure_class is not None:
             raise ValueError("failure_class is only for outcome 'failed'")
         return self
 
@@ -139,7 +183,7 @@ class ReleaseResponse(_Wire):
     not_before: float
 
 
-class ProgressPoint(_Wire):
+class ProgressPoint(_Request):
     step: int = Step
     metrics: dict[str, float] = Field(default_factory=dict, max_length=256)
 
@@ -160,8 +204,8 @@ class AttemptInfo(_Wire):
     worker_id: str
     granted_at: float
     ended_at: float | None
-    outcome: str | None
-    failure_class: str | None
+    outcome: AttemptOutcome | None
+    failure_class: FailureClass | None
     message: str | None
     stderr_tail: str | None
     step_start: int
@@ -206,7 +250,7 @@ class RunDetail(RunSummary):
     evaluations: list[Evaluation] = Field(default_factory=list)
 
 
-class ResumeRequest(_Wire):
+class ResumeRequest(_Request):
     from_step: int | None = Field(None, ge=0, description="None: the newest durable checkpoint (re-open).")
     additional_steps: int = Field(0, ge=0, le=10**9)
 
@@ -250,7 +294,7 @@ class AttemptLedger(_Wire):
     epoch: int
     worker_id: str
     provider: str
-    outcome: str | None
+    outcome: AttemptOutcome | None
     wall_s: float
     steps_gained: int
     steps_lost: int = Field(..., description="For a killed holder, a lower bound: only reported steps are known.")
@@ -288,7 +332,7 @@ class ProviderLedger(_Wire):
     providers: dict[str, LedgerSummary]
 
 
-class TokenCreate(_Wire):
+class TokenCreate(_Request):
     name: str = Field(..., min_length=1, max_length=128)
     scope: TokenScope = "worker"
 
@@ -306,5 +350,73 @@ class Health(_Wire):
 
 
 class ErrorBody(_Wire):
-    error: str
-    detail: str
+    """Every error answer of the API (4xx, 5xx)."""
+
+    error: str = Field(..., description="The error's class in relaytrain.errors, e.g. NotFound or LeaseLost.")
+    detail: str = Field(..., description="What went wrong, for a person.")
+
+
+class StepAck(_Wire):
+    """The run's step after a progress report or a resume report."""
+
+    step: int
+
+
+# -- SSH hosts (``/api/v1/hosts``) -----------------------------------------------------------------
+
+
+class HostSpec(SshHostFields):
+    """How to reach a host and what its workers offer (``relay hosts add``; the stack file's fields)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exact_types(cls, data: Any) -> Any:
+        return _no_bool_coercion(cls, data)
+
+
+class HostPatch(_Request):
+    enabled: bool = Field(..., description="False: still polled, but the autoscaler starts nothing there.")
+
+
+class GpuState(_Wire):
+    index: int
+    name: str
+    memory_total_mb: int
+    memory_used_mb: int
+    utilization_pct: int | None
+    idle: bool
+
+
+class HostWorker(BaseModel):
+    """A worker the autoscaler started on the host, and the GPUs it holds."""
+
+    model_config = ConfigDict(extra="ignore")
+    worker_id: str
+    gpus: list[int]
+    pid: int | None = None
+    run_id: str | None = None
+    reserved_at: float
+    started_at: float | None = None
+    dir: str | None = None
+    log_path: str | None = None
+    pid_path: str | None = None
+    config_path: str | None = None
+    workdir: str | None = None
+
+
+class HostInfo(HostSpec):
+    name: str
+    enabled: bool
+    reachable: bool | None = Field(..., description="At the last poll; None before the first.")
+    last_error: str | None
+    polled_at: float | None
+    gpus: list[GpuState]
+    free_gpus: list[int] = Field(..., description="Idle at the last poll and held by no worker.")
+    workers: list[HostWorker]
+    created_at: float
+    updated_at: float
+
+
+class HostRemoved(_Wire):
+    name: str
+    removed: Literal[True]

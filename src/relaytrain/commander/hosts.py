@@ -10,6 +10,9 @@ of the commander (``relay serve --poll-hosts``).
   GPUs on a reachable, enabled host whose labels satisfy the run (one transaction, so never
   twice the same GPU) and starts ``relay worker`` there over SSH, pinned to those GPUs with
   ``CUDA_VISIBLE_DEVICES``. A worker that does not register in time is stopped.
+
+Both reach the hosts through one narrow interface, :class:`HostAccess` (over SSH:
+:class:`relaytrain.providers.ssh.SshHostAccess`, made in one place, :func:`_access`).
 """
 
 from __future__ import annotations
@@ -19,24 +22,32 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from relaytrain.providers.base import ProviderError, WorkerHandle, WorkerLaunch, alive_script, parse_alive
-from relaytrain.providers.gpu import (
-    FREE_MEMORY_USED_MB,
-    FREE_UTILIZATION_PCT,
-    NVIDIA_SMI_QUERY,
-    GpuParseError,
-    parse_nvidia_smi,
-)
-from relaytrain.providers.ssh import SshProvider, SshTarget, host_config, require_asyncssh, ssh_run_many
+from relaytrain.api.labels import labels_match
+from relaytrain.errors import ProviderError
 
 from .store import Store
-from .store.leases import labels_match
 
 log = logging.getLogger(__name__)
+
+
+class HostAccess(Protocol):
+    """What the commander does on a host (a record of its store). Errors are ProviderError."""
+
+    async def poll(self, host: Mapping[str, Any], pids: list[int]) -> dict[str, Any]:
+        """``{"gpus": GPU dicts with "idle", or None when unreachable; "error"; "alive": live pids}``."""
+        ...
+
+    def start_worker(self, host: Mapping[str, Any], *, worker_id: str, gpus: list[int], commander_url: str,
+                     token: str | None, claim_wait_s: float | None) -> dict[str, Any]:
+        """Start a worker pinned to ``gpus``; its handle (``pid``, files)."""
+        ...
+
+    def stop_worker(self, host: Mapping[str, Any], assignment: Mapping[str, Any]) -> None:
+        ...
 
 
 @dataclass
@@ -57,11 +68,20 @@ class HostsSettings:
     command_timeout_s: float = 60.0
     min_gpus_per_worker: int = 1
     """A worker started by the autoscaler holds at least this many GPUs (runs that ask for none too)."""
-    max_used_mb: int = FREE_MEMORY_USED_MB
-    max_util_pct: int = FREE_UTILIZATION_PCT
     register_timeout_s: float = 180.0
     """A started worker not registered after this long is stopped and its GPUs freed."""
     claim_wait_s: float | None = None
+    access: HostAccess | None = None
+    """How hosts are reached; None: over SSH, with the timeouts above."""
+
+
+def _access(settings: HostsSettings) -> HostAccess:
+    if settings.access is None:
+        from relaytrain.providers.ssh import SshHostAccess
+
+        settings.access = SshHostAccess(connect_timeout_s=settings.connect_timeout_s,
+                                        command_timeout_s=settings.command_timeout_s)
+    return settings.access
 
 
 # -- the poller --------------------------------------------------------------------------------
@@ -71,31 +91,16 @@ async def poll_host(store: Store, host: dict[str, Any], settings: HostsSettings)
     """Poll one host and record the result; never raises for an unreachable or odd host."""
     name = host["name"]
     pids = sorted({a["pid"] for a in host["assignments"] if a.get("pid")})
-    commands = [NVIDIA_SMI_QUERY] + ([alive_script(pids)] if pids else [])
-    try:
-        results = await ssh_run_many(SshTarget.of(host_config(host)), list(commands),
-                                     connect_timeout_s=settings.connect_timeout_s,
-                                     timeout_s=settings.command_timeout_s)
-    except ProviderError as exc:
-        log.warning("host %s unreachable: %s", name, exc)
-        await asyncio.to_thread(store.record_poll, name, gpus=None, error=str(exc))
-        return {"host": name, "reachable": False, "error": str(exc)}
-    smi, error, gpus = results[0], None, []
-    if smi.ok:
-        try:
-            gpus = [{**g.to_dict(), "idle": g.is_idle(max_used_mb=settings.max_used_mb,
-                                                       max_util_pct=settings.max_util_pct)}
-                    for g in parse_nvidia_smi(smi.stdout)]
-        except GpuParseError as exc:
-            error = str(exc)
-    else:
-        error = f"nvidia-smi failed: {smi.describe()}"
-    alive = parse_alive(results[1].stdout) if pids else set()
-    gone = await asyncio.to_thread(store.record_poll, name, gpus=gpus, error=error, checked_pids=set(pids),
-                                   alive_pids=alive)
+    polled = await _access(settings).poll(host, pids)
+    if polled["gpus"] is None:
+        log.warning("host %s unreachable: %s", name, polled["error"])
+        await asyncio.to_thread(store.record_poll, name, gpus=None, error=polled["error"])
+        return {"host": name, "reachable": False, "error": polled["error"]}
+    gone = await asyncio.to_thread(store.record_poll, name, gpus=polled["gpus"], error=polled["error"],
+                                   checked_pids=set(pids), alive_pids=polled["alive"])
     for worker in gone:
         log.info("worker %s on %s is gone; GPUs %s are free again", worker["worker_id"], name, worker["gpus"])
-    return {"host": name, "reachable": True, "gpus": len(gpus), "error": error}
+    return {"host": name, "reachable": True, "gpus": len(polled["gpus"]), "error": polled["error"]}
 
 
 async def poll_once(store: Store, settings: HostsSettings) -> list[dict[str, Any]]:
@@ -105,22 +110,6 @@ async def poll_once(store: Store, settings: HostsSettings) -> list[dict[str, Any
 
 
 # -- the autoscaler ----------------------------------------------------------------------------
-
-
-def _start_worker(host: dict[str, Any], worker_id: str, gpus: list[int], settings: HostsSettings) -> dict[str, Any]:
-    provider = SshProvider([host_config(host)], connect_timeout_s=settings.connect_timeout_s)
-    machine = provider.create(host["name"])
-    launch = WorkerLaunch(worker_id=worker_id, commander_url=settings.commander_url, token=settings.worker_token,
-                          labels=dict(host["labels"]), gpus=gpus, price_per_hour=host["price_per_hour"],
-                          claim_wait_s=settings.claim_wait_s)
-    return provider.start_worker(machine, launch).to_dict()
-
-
-def _stop_worker(host: dict[str, Any], assignment: dict[str, Any], settings: HostsSettings) -> str:
-    provider = SshProvider([host_config(host)], connect_timeout_s=settings.connect_timeout_s)
-    machine = provider.create(host["name"])
-    fields = {k: assignment[k] for k in WorkerHandle.__dataclass_fields__ if k in assignment}
-    return provider.stop_worker(machine, WorkerHandle(**{"machine": host["name"], **fields}), grace_s=30)
 
 
 async def _reap_unregistered(store: Store, hosts: list[dict[str, Any]], activity: dict[str, str],
@@ -136,7 +125,7 @@ async def _reap_unregistered(store: Store, hosts: list[dict[str, Any]], activity
             log.warning("%s: stopping it", error)
             if a.get("pid"):
                 with contextlib.suppress(ProviderError):
-                    await asyncio.to_thread(_stop_worker, host, a, settings)
+                    await asyncio.to_thread(_access(settings).stop_worker, host, a)
             await asyncio.to_thread(store.release_gpus, host["name"], a["worker_id"], error=error)
 
 
@@ -173,7 +162,10 @@ async def scale_once(store: Store, settings: HostsSettings, *, now: float | None
                 continue  # taken meanwhile (another replica): try the next host
             host["free_gpus"] = [g for g in host["free_gpus"] if g not in gpus]
             try:
-                handle = await asyncio.to_thread(_start_worker, host, worker_id, gpus, settings)
+                handle = await asyncio.to_thread(
+                    _access(settings).start_worker, host, worker_id=worker_id, gpus=gpus,
+                    commander_url=settings.commander_url, token=settings.worker_token,
+                    claim_wait_s=settings.claim_wait_s)
             except ProviderError as exc:
                 log.warning("cannot start a worker on %s: %s", host["name"], exc)
                 await asyncio.to_thread(store.release_gpus, host["name"], worker_id, error=str(exc))
@@ -227,7 +219,8 @@ def serve_settings(store: Store, *, public_url: str, admin_token: str | None, po
                    autoscale: bool) -> HostsSettings:
     """Settings for ``relay serve --poll-hosts``: workers it starts get a fresh worker token when the
     API needs one. ProviderError at once when asyncssh is missing."""
-    require_asyncssh()
-    token = store.create_token("autoscaler", "worker") if admin_token else None
-    return HostsSettings(commander_url=public_url.rstrip("/"), worker_token=token, poll_interval_s=poll_interval_s,
-                         scale_interval_s=min(5.0, poll_interval_s), autoscale=autoscale)
+    settings = HostsSettings(commander_url=public_url.rstrip("/"), poll_interval_s=poll_interval_s,
+                             scale_interval_s=min(5.0, poll_interval_s), autoscale=autoscale)
+    _access(settings)
+    settings.worker_token = store.create_token("autoscaler", "worker") if admin_token else None
+    return settings

@@ -287,7 +287,8 @@ class Trajectories(_Model):
 
 
 class _RunBase(_Model):
-    run_id: str = Field(..., description="Unique name of the run; it becomes a folder name.")
+    run_id: str = Field(..., description="Unique name of the run; it becomes a folder name.",
+                        json_schema_extra={"pattern": RUN_ID_PATTERN, "maxLength": 128})
     priority: int = Field(0, ge=-1000, le=1000, description="Higher runs are granted first.")
     max_steps: int = Field(..., ge=1, le=10**9, description="The run's target step.")
     resources: Resources = Field(default_factory=Resources)

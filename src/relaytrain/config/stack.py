@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -81,24 +82,45 @@ class LocalProviderConfig(_Model):
     python: str | None = Field(None, description="Python that runs the workers; default: the one running relay.")
 
 
-class SshHostConfig(_Model):
-    """A machine reached over SSH (``relay hosts add`` takes the same fields)."""
+class SshHostFields(_Model):
+    """How to reach an SSH host and what its workers offer: one set of fields and limits, shared by
+    the stack file, ``relay hosts add`` and the commander's hosts API."""
 
-    name: str = Field(..., description="The host's name in the commander.")
     address: str = Field(..., min_length=1, max_length=255, description="IP address or DNS name.")
     port: int = Field(22, ge=1, le=65535, description="SSH port.")
     user: str = Field("root", min_length=1, max_length=64, description="SSH user.")
-    key_path: str = Field(..., min_length=1, description="Private key file, on the commander's machine.")
-    known_hosts: str | None = Field(None, description="known_hosts file to verify the host key; unset: unchecked.")
-    labels: dict[str, str] = Field(default_factory=dict, description="Labels of the workers started there.")
+    key_path: str = Field(
+        ..., min_length=1, max_length=4096, description="Private key file, on the commander's machine."
+    )
+    known_hosts: str | None = Field(
+        None, max_length=4096, description="known_hosts file to verify the host key; unset: unchecked."
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, max_length=64, description="Labels of the workers started there."
+    )
     price_per_hour: float | None = Field(None, ge=0, description="What the machine costs, $/hour.")
-    python: str = Field("python3", min_length=1, description="Python with relaytrain installed, on the host.")
-    workdir: str = Field("relay", min_length=1, description="Folder for workers on the host (relative: to home).")
+    python: str = Field(
+        "python3", min_length=1, max_length=4096, description="Python with relaytrain installed, on the host."
+    )
+    workdir: str = Field(
+        "relay", min_length=1, max_length=4096, description="Folder for workers on the host (relative: to home)."
+    )
+
+
+class SshHostConfig(SshHostFields):
+    """A machine reached over SSH, by name (``relay hosts add`` takes the same fields)."""
+
+    name: str = Field(..., description="The host's name in the commander.")
 
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
         return validate_host_name(value)
+
+    @classmethod
+    def of_record(cls, record: Mapping[str, Any]) -> SshHostConfig:
+        """A host as the commander keeps it (its store or its API): the fields of this model."""
+        return cls(**{k: record[k] for k in cls.model_fields if k in record})
 
 
 class SshProviderConfig(_Model):

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from relaytrain.errors import RelayError
+from relaytrain.errors import ProviderError
 
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -34,10 +34,6 @@ _ALIVE_FN = (
     "tr '\\000' ' ' < \"/proc/$1/cmdline\" | grep -q relaytrain; "
     "else ps -o stat=,args= -p \"$1\" | grep -v '^ *Z' | grep -q relaytrain; fi; }"
 )
-
-
-class ProviderError(RelayError):
-    """A machine could not be created, reached or commanded."""
 
 
 @dataclass(frozen=True)

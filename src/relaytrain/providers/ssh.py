@@ -1,20 +1,32 @@
 """The ssh provider: machines are hosts reached with a key over SSH (asyncssh).
 
-The async functions (:func:`ssh_run`, :func:`ssh_run_many`) are what the commander's GPU
-poller uses; :class:`SshProvider` wraps them for the synchronous provider interface.
+:func:`ssh_run` and :func:`ssh_run_many` run commands; :class:`SshProvider` wraps them for the
+synchronous provider interface; :class:`SshHostAccess` is all the commander's GPU poller and
+autoscaler do over SSH.
 """
 
 from __future__ import annotations
 
 import asyncio
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from relaytrain.config import SshHostConfig
 
-from .base import CommandResult, Machine, Provider, ProviderError
+from .base import (
+    CommandResult,
+    Machine,
+    Provider,
+    ProviderError,
+    WorkerHandle,
+    WorkerLaunch,
+    alive_script,
+    parse_alive,
+)
+from .gpu import FREE_MEMORY_USED_MB, FREE_UTILIZATION_PCT, NVIDIA_SMI_QUERY, GpuParseError, parse_nvidia_smi
 
 
 @dataclass(frozen=True)
@@ -34,11 +46,6 @@ class SshTarget:
     @classmethod
     def of(cls, host: SshHostConfig) -> SshTarget:
         return cls(host.address, host.port, host.user, host.key_path, host.known_hosts)
-
-
-def host_config(record: dict[str, Any]) -> SshHostConfig:
-    """A host record (the commander's store or its API) as an ssh host config."""
-    return SshHostConfig(**{k: record[k] for k in SshHostConfig.model_fields if k in record})
 
 
 def require_asyncssh() -> Any:
@@ -137,3 +144,57 @@ class SshProvider(Provider):
 
     def remove(self, machine: Machine) -> None:
         """Hosts are not ours to delete: they are kept (``relay hosts rm`` forgets one)."""
+
+
+class SshHostAccess:
+    """Everything the commander does on its SSH hosts, and the only way it reaches them: poll a
+    host's GPUs (and whether the workers it started there live), start a worker pinned to some
+    GPUs, stop one. Hosts are the commander's records (:meth:`SshHostConfig.of_record`)."""
+
+    def __init__(self, *, connect_timeout_s: float = 10.0, command_timeout_s: float = 60.0,
+                 max_used_mb: int = FREE_MEMORY_USED_MB, max_util_pct: int = FREE_UTILIZATION_PCT) -> None:
+        require_asyncssh()
+        self.connect_timeout_s = connect_timeout_s
+        self.command_timeout_s = command_timeout_s
+        self.max_used_mb = max_used_mb
+        self.max_util_pct = max_util_pct
+
+    async def poll(self, host: Mapping[str, Any], pids: list[int]) -> dict[str, Any]:
+        """``{"gpus": [GPU dict with "idle"] or None if unreachable, "error": str or None,
+        "alive": the pids of ``pids`` still running relaytrain}``. Never raises for a bad host."""
+        commands = [NVIDIA_SMI_QUERY] + ([alive_script(pids)] if pids else [])
+        try:
+            results = await ssh_run_many(SshTarget.of(SshHostConfig.of_record(host)), list(commands),
+                                         connect_timeout_s=self.connect_timeout_s, timeout_s=self.command_timeout_s)
+        except ProviderError as exc:
+            return {"gpus": None, "error": str(exc), "alive": set()}
+        smi, error, gpus = results[0], None, []
+        if smi.ok:
+            try:
+                gpus = [{**g.to_dict(), "idle": g.is_idle(max_used_mb=self.max_used_mb, max_util_pct=self.max_util_pct)}
+                        for g in parse_nvidia_smi(smi.stdout)]
+            except GpuParseError as exc:
+                error = str(exc)
+        else:
+            error = f"nvidia-smi failed: {smi.describe()}"
+        return {"gpus": gpus, "error": error, "alive": parse_alive(results[1].stdout) if pids else set()}
+
+    def _provider(self, host: Mapping[str, Any]) -> tuple[SshProvider, Machine]:
+        provider = SshProvider([SshHostConfig.of_record(host)], connect_timeout_s=self.connect_timeout_s)
+        return provider, provider.create(host["name"])
+
+    def start_worker(self, host: Mapping[str, Any], *, worker_id: str, gpus: list[int], commander_url: str,
+                     token: str | None, claim_wait_s: float | None) -> dict[str, Any]:
+        """Start ``relay worker`` on the host, pinned to ``gpus``; its handle (pid, files) as a dict.
+        ProviderError if it cannot."""
+        provider, machine = self._provider(host)
+        launch = WorkerLaunch(worker_id=worker_id, commander_url=commander_url, token=token,
+                              labels=dict(host["labels"]), gpus=gpus, price_per_hour=host["price_per_hour"],
+                              claim_wait_s=claim_wait_s)
+        return provider.start_worker(machine, launch).to_dict()
+
+    def stop_worker(self, host: Mapping[str, Any], assignment: Mapping[str, Any]) -> None:
+        """Stop a worker started by :meth:`start_worker` (``assignment``: its handle). ProviderError if it cannot."""
+        provider, machine = self._provider(host)
+        fields = {k: assignment[k] for k in WorkerHandle.__dataclass_fields__ if k in assignment}
+        provider.stop_worker(machine, WorkerHandle(**{"machine": host["name"], **fields}), grace_s=30)

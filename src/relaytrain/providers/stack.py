@@ -21,7 +21,14 @@ from typing import Any
 import httpx
 
 from relaytrain.checkpoint import atomic_write_text
-from relaytrain.config import SshProviderConfig, StackConfig, load_stack_config, run_config_dict, stack_runs
+from relaytrain.config import (
+    SshHostConfig,
+    SshProviderConfig,
+    StackConfig,
+    load_stack_config,
+    run_config_dict,
+    stack_runs,
+)
 from relaytrain.errors import RelayError, RunExists
 
 from .base import Machine, Provider, ProviderError, WorkerHandle, WorkerLaunch, parse_env_file
@@ -361,9 +368,9 @@ class Stack:
                     autoscaled += [(host, a) for a in host["workers"] if a.get("pid")]
         jobs = [(w["worker_id"], *self._handle(w), self.provider) for w in state["workers"]]
         for host, a in autoscaled:
-            from .ssh import SshProvider, host_config
+            from .ssh import SshProvider
 
-            provider = SshProvider([host_config(host)])
+            provider = SshProvider([SshHostConfig.of_record(host)])
             fields = {k: a[k] for k in WorkerHandle.__dataclass_fields__ if k in a}
             machine = Machine(name=host["name"], provider="ssh", workdir=host["workdir"], python=host["python"])
             jobs.append((a["worker_id"], machine, WorkerHandle(**{"machine": host["name"], **fields}), provider))

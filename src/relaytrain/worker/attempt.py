@@ -18,6 +18,7 @@ from pathlib import Path
 
 from relaytrain.api import models as m
 from relaytrain.api.client import RelayClient
+from relaytrain.api.status import AttemptOutcome
 from relaytrain.artifacts import ArtifactStore, fetch_for_resume, open_store
 from relaytrain.checkpoint import atomic_write_text
 from relaytrain.config import RunConfig, parse_run_config, run_config_dict
@@ -89,9 +90,9 @@ class Attempt:
                 if config.kind == "eval":
                     self._fetch_eval_checkpoints(store)
             except (ConfigError, ValueError) as exc:
-                return self._release("failed", FailureClass.PERMANENT, f"bad run: {exc}")
+                return self._release(AttemptOutcome.FAILED, FailureClass.PERMANENT, f"bad run: {exc}")
             except (ArtifactError, CheckpointError, OSError) as exc:
-                return self._release("failed", FailureClass.TRANSIENT, f"could not prepare the run: {exc}")
+                return self._release(AttemptOutcome.FAILED, FailureClass.TRANSIENT, f"could not prepare the run: {exc}")
             except (LeaseLost, NotFound) as exc:
                 self.stop("lost", str(exc))
                 return "lost"
@@ -220,22 +221,22 @@ class Attempt:
         code = trainer.wait()
         return classify_exit(code, trainer.stderr_tail(), stop_requested=trainer.stopping, killed_for=killed_for)
 
-    def _outcome(self, exit_: Exit, trainer: TrainerProcess) -> tuple[str, str | None, str, str | None]:
+    def _outcome(self, exit_: Exit, trainer: TrainerProcess) -> tuple[AttemptOutcome, str | None, str, str | None]:
         """(outcome, failure class, message, stderr tail) to release with."""
         if exit_.outcome == Outcome.SUCCEEDED:
-            return "succeeded", None, exit_.message, None
+            return AttemptOutcome.SUCCEEDED, None, exit_.message, None
         if exit_.outcome == Outcome.STOPPED or self.stop_reason in ("fenced", "preempted", "cancelled", "crashed"):
             return self._stop_outcome(trainer)
-        return "failed", exit_.failure_class, exit_.message, trainer.stderr_tail()
+        return AttemptOutcome.FAILED, exit_.failure_class, exit_.message, trainer.stderr_tail()
 
-    def _stop_outcome(self, trainer: TrainerProcess | None) -> tuple[str, str | None, str, str | None]:
+    def _stop_outcome(self, trainer: TrainerProcess | None) -> tuple[AttemptOutcome, str | None, str, str | None]:
         reason = self.stop_reason
         if reason == "cancelled":
-            return "cancelled", None, self.stop_message, None
+            return AttemptOutcome.CANCELLED, None, self.stop_message, None
         if reason == "crashed":
             tail = trainer.stderr_tail() if trainer else None
-            return "failed", FailureClass.TRANSIENT, self.stop_message, tail
-        return "preempted", None, self.stop_message, None
+            return AttemptOutcome.FAILED, FailureClass.TRANSIENT, self.stop_message, tail
+        return AttemptOutcome.PREEMPTED, None, self.stop_message, None
 
     def _release(self, outcome: str, failure_class: str | None, message: str,
                  stderr_tail: str | None = None) -> str:

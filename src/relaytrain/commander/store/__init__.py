@@ -1,15 +1,21 @@
 """The commander's store: the one place that reads and writes its database.
 
-The API layer calls named functions (``submit_run``, ``claim_run``, ``renew_lease``,
-``release_lease``, ``commit_checkpoint``, …); each is one transaction. The same code runs
-on SQLite (the default, ``./relay.db``) and PostgreSQL, and the same tests run on both.
+:class:`Store` is a thin transactional facade: each public method (``submit_run``, ``claim_run``,
+``renew_lease``, ``release_lease``, ``commit_checkpoint``, …) opens one transaction and calls
+the plain functions of one area module with its connection:
+
+- :mod:`.leases`: grants, renewals, the fence, releases, expiries (and fenced writes);
+- :mod:`.runs`: submitting, reading and cancelling runs, status changes;
+- :mod:`.evals`: automatic evaluations, the checkpoints an eval scores, ``relay resume``;
+- :mod:`.checkpoints`, :mod:`.events`, :mod:`.workers`, :mod:`.tokens`, :mod:`.ledger`, :mod:`.hosts`.
+
+The same code runs on SQLite (the default, ``./relay.db``) and PostgreSQL, and the same tests
+run on both. Every method takes ``now=`` (seconds since the epoch) for tests; by default the clock.
 """
 
 from __future__ import annotations
 
 import collections
-import hashlib
-import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -18,35 +24,23 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from relaytrain.config import RunConfig, run_config_dict
-from relaytrain.errors import InvalidState, NotFound, RunExists, StoreError
+from relaytrain.config import RunConfig
+from relaytrain.errors import NotFound, StoreError
 
+from . import checkpoints as ckpts
 from . import engine as _engine
-from .evals import EvalMixin
-from .hosts import HostsMixin
-from .leases import LeaseMixin
-from .ledger import LedgerMixin
-from .schema import TERMINAL_STATUSES, attempts, checkpoints, events, metrics, runs, tokens, workers
+from . import evals, events, hosts, leases, ledger, runs, tokens, workers
+from .schema import attempts
+from .tokens import hash_token
 
 __all__ = ["Store", "hash_token"]
 
 
-# Built once: run on every grant, release and checkpoint (see leases.py on why).
-_INSERT_EVENT = events.insert()
-_DURABLE_CHECKPOINTS = (
-    sa.select(checkpoints)
-    .where(checkpoints.c.run_id == sa.bindparam("run_id"), checkpoints.c.durable.is_(True))
-    .order_by(checkpoints.c.step.desc(), checkpoints.c.epoch.desc())
-    .limit(sa.bindparam("limit"))
-)
+def _now(now: float | None) -> float:
+    return time.time() if now is None else now
 
 
-def hash_token(token: str) -> str:
-    """Tokens are random and long, so a plain sha256 is a safe way to store them."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-class Store(LeaseMixin, EvalMixin, LedgerMixin, HostsMixin):
+class Store:
     """All of the commander's state, behind named transactional functions."""
 
     def __init__(self, url: str, *, pool_size: int = 40) -> None:
@@ -83,228 +77,155 @@ class Store(LeaseMixin, EvalMixin, LedgerMixin, HostsMixin):
 
     @contextmanager
     def _write(self) -> Iterator[sa.Connection]:
+        """A write transaction (SQLite: ``BEGIN IMMEDIATE``, behind the in-process writer lock)."""
         with self._write_lock, self.engine.begin() as conn:
             yield conn
 
     @contextmanager
     def _read(self) -> Iterator[sa.Connection]:
+        """A read-only transaction (SQLite: a plain ``BEGIN``, no writer lock)."""
         with self.engine.connect() as conn:
             conn.execution_options(**{_engine.READONLY: True})
             with conn.begin():
                 yield conn
-
-    def _event(self, conn: sa.Connection, run_id: str | None, kind: str, message: str,
-               data: dict | None, now: float) -> None:
-        conn.execute(_INSERT_EVENT, {"run_id": run_id, "ts": now, "kind": kind, "message": message, "data": data})
 
     # -- runs ------------------------------------------------------------------------------
 
     def submit_run(self, config: RunConfig, *, now: float | None = None,
                    resume_from: dict[str, Any] | None = None) -> dict[str, Any]:
         """Queue a validated run. RunExists if the id is taken; NotFound if init_from names no run.
-
-        ``resume_from`` (a checkpoint ref of another run) makes a fork: the new run's first
-        attempt resumes the full training state from that checkpoint.
-        """
-        now = time.time() if now is None else now
+        ``resume_from`` (a checkpoint ref of another run) makes a fork that resumes it."""
         with self._write() as conn:
-            self._insert_run(conn, config, now, resume_from=resume_from)
+            runs.insert(conn, config, _now(now), resume_from=resume_from)
         return self.get_run(config.run_id)
-
-    def _insert_run(self, conn: sa.Connection, config: RunConfig, now: float, *,
-                    resume_from: dict[str, Any] | None = None) -> None:
-        depends_on = config.init_from.run if config.init_from else None
-        source_run = config.trainer.source_run if config.kind == "eval" else None
-        if conn.execute(sa.select(runs.c.run_id).where(runs.c.run_id == config.run_id)).first():
-            raise RunExists(f"a run named {config.run_id!r} already exists")
-        for field, name in (("init_from.run", depends_on), ("trainer.source_run", source_run)):
-            if name is None:
-                continue
-            parent = conn.execute(sa.select(runs.c.status).where(runs.c.run_id == name)).first()
-            if parent is None:
-                raise NotFound(f"{field}: no run named {name!r}")
-            if field == "init_from.run" and parent.status in ("failed", "cancelled"):
-                raise InvalidState(f"init_from.run: run {name!r} ended {parent.status}")
-        conn.execute(
-            runs.insert().values(
-                run_id=config.run_id,
-                kind=config.kind,
-                config=run_config_dict(config),
-                status="queued",
-                priority=config.priority,
-                gpus=config.resources.gpus,
-                labels=dict(config.resources.labels),
-                depends_on=depends_on,
-                source_run=source_run,
-                max_steps=config.max_steps,
-                step=0,
-                epoch=0,
-                lease_ttl_s=config.lease.ttl_s,
-                retries_used=0,
-                max_retries=config.retry.max_retries,
-                not_before=now,
-                cancel_requested=False,
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        if resume_from is not None:
-            conn.execute(checkpoints.insert().values(
-                run_id=config.run_id, step=resume_from["step"], epoch=0, uri=resume_from["uri"],
-                manifest_sha256=resume_from["manifest_sha256"], store_run_id=resume_from["store_run_id"],
-                revision=resume_from["revision"], durable=True, created_at=now))
-        self._event(conn, config.run_id, "submitted", f"{config.kind} run submitted", None, now)
 
     def cancel_run(self, run_id: str, *, now: float | None = None) -> dict[str, Any]:
         """Cancel a queued run at once; ask the holder of a running one to stop (seen on renew)."""
-        now = time.time() if now is None else now
         with self._write() as conn:
-            row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id).with_for_update()).mappings().first()
-            if row is None:
-                raise NotFound(f"no run named {run_id!r}")
-            if row["status"] in TERMINAL_STATUSES:
-                raise InvalidState(f"run {run_id} already ended {row['status']}")
-            if row["status"] == "queued":
-                self._set_status(conn, dict(row), "cancelled", now)
-                self._event(conn, run_id, "cancelled", "cancelled while queued", None, now)
-            else:
-                conn.execute(
-                    runs.update().where(runs.c.run_id == run_id).values(cancel_requested=True, updated_at=now)
-                )
-                self._event(conn, run_id, "cancel_requested", f"cancel asked of {row['holder']}", None, now)
+            runs.cancel(conn, run_id, _now(now))
         return self.get_run(run_id)
 
+    def reopen_run(self, run_id: str, *, from_step: int | None = None, additional_steps: int = 0,
+                   now: float | None = None) -> dict[str, Any]:
+        """``relay resume`` (:func:`.evals.reopen`). Returns the run to watch."""
+        with self._write() as conn:
+            watch = evals.reopen(conn, run_id, from_step=from_step, additional_steps=additional_steps,
+                                 now=_now(now))
+        return self.get_run(watch)
+
     def get_run(self, run_id: str) -> dict[str, Any]:
-        """Everything about one run: summary, config, attempts, latest durable checkpoint."""
+        """Everything about one run: summary, config, attempts, latest durable checkpoint, evaluations."""
         with self._read() as conn:
-            row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).mappings().first()
-            if row is None:
-                raise NotFound(f"no run named {run_id!r}")
-            tries = conn.execute(
-                sa.select(attempts).where(attempts.c.run_id == run_id).order_by(attempts.c.epoch)
-            ).mappings().all()
-            detail = dict(row)
-            detail["attempts"] = [
-                {k: a[k] for k in a.keys() if k not in ("id", "run_id", "last_renewed_at", "gpus", "price_per_hour")}
-                for a in tries
-            ]
-            detail["latest_checkpoint"] = self._latest_checkpoint(conn, run_id)
-            detail["evaluations"] = self._evaluations(conn, run_id)
-            for key in ("gpus", "labels", "lease_ttl_s"):
-                detail.pop(key)
-            return detail
+            detail = runs.detail(conn, run_id)
+            detail["evaluations"] = evals.of_run(conn, run_id)
+        return detail
 
     def list_runs(self, *, status: str | None = None, limit: int = 100, offset: int = 0) -> dict[str, Any]:
         """A page of runs, newest first."""
-        columns = [c for c in runs.c if c.name not in ("config", "gpus", "labels", "lease_ttl_s", "not_before",
-                                                       "cancel_requested", "depends_on", "source_run")]
-        query = sa.select(*columns)
-        count = sa.select(sa.func.count()).select_from(runs)
-        if status is not None:
-            query = query.where(runs.c.status == status)
-            count = count.where(runs.c.status == status)
         with self._read() as conn:
-            total = conn.execute(count).scalar_one()
-            items = conn.execute(
-                query.order_by(runs.c.created_at.desc(), runs.c.run_id).limit(limit).offset(offset)
-            ).mappings().all()
-        next_offset = offset + limit if offset + limit < total else None
-        return {"items": [dict(r) for r in items], "total": total, "next_offset": next_offset}
+            return runs.page(conn, status=status, limit=limit, offset=offset)
+
+    def list_evaluations(self, run_id: str) -> list[dict[str, Any]]:
+        """The eval runs of a run, with their scores."""
+        with self._read() as conn:
+            runs.require(conn, run_id)
+            return evals.of_run(conn, run_id)
 
     def list_events(self, run_id: str, *, after: int = 0, limit: int = 100) -> dict[str, Any]:
         with self._read() as conn:
-            self._require_run(conn, run_id)
-            rows = conn.execute(
-                sa.select(events)
-                .where(events.c.run_id == run_id, events.c.id > after)
-                .order_by(events.c.id)
-                .limit(limit)
-            ).mappings().all()
-        items = [dict(r) for r in rows]
-        return {"items": items, "next_after": items[-1]["id"] if len(items) == limit else None}
+            runs.require(conn, run_id)
+            return events.list_for_run(conn, run_id, after=after, limit=limit)
 
     def list_checkpoints(self, run_id: str) -> list[dict[str, Any]]:
+        """A run's durable checkpoints, oldest first."""
         with self._read() as conn:
-            self._require_run(conn, run_id)
-            rows = conn.execute(
-                sa.select(checkpoints)
-                .where(checkpoints.c.run_id == run_id, checkpoints.c.durable.is_(True))
-                .order_by(checkpoints.c.step, checkpoints.c.epoch)
-            ).mappings().all()
-        return [self._checkpoint_ref(r) for r in rows]
+            runs.require(conn, run_id)
+            return ckpts.durable(conn, run_id)
 
     def list_metrics(self, run_id: str, *, name: str | None = None, limit: int = 10_000) -> list[dict[str, Any]]:
-        query = sa.select(metrics.c.step, metrics.c.name, metrics.c.value, metrics.c.epoch).where(
-            metrics.c.run_id == run_id
-        )
-        if name is not None:
-            query = query.where(metrics.c.name == name)
         with self._read() as conn:
-            self._require_run(conn, run_id)
-            rows = conn.execute(query.order_by(metrics.c.id.desc()).limit(limit)).mappings().all()
-        return [dict(r) for r in reversed(rows)]
+            runs.require(conn, run_id)
+            return runs.metric_points(conn, run_id, name=name, limit=limit)
 
-    def _require_run(self, conn: sa.Connection, run_id: str) -> None:
-        if conn.execute(sa.select(runs.c.run_id).where(runs.c.run_id == run_id)).first() is None:
-            raise NotFound(f"no run named {run_id!r}")
+    def status_counts(self) -> dict[str, int]:
+        with self._read() as conn:
+            return runs.status_counts(conn)
 
-    def _latest_checkpoint(
-        self, conn: sa.Connection, run_id: str, *, step: int | None = None, epoch: int | None = None
-    ) -> dict[str, Any] | None:
-        """The newest durable checkpoint of a run (or the one at ``step``/``epoch``)."""
-        if step is None:
-            newest = self._durable_checkpoints(conn, run_id, limit=1)
-            return newest[0] if newest else None
-        row = conn.execute(
-            sa.select(checkpoints).where(checkpoints.c.run_id == run_id, checkpoints.c.durable.is_(True),
-                                         checkpoints.c.step == step, checkpoints.c.epoch == epoch)
-        ).mappings().first()
-        return self._checkpoint_ref(row) if row else None
+    def attempts_table(self) -> list[dict[str, Any]]:
+        """Every attempt, for audits such as the lease-safety tests."""
+        with self._read() as conn:
+            rows = conn.execute(sa.select(attempts).order_by(attempts.c.run_id, attempts.c.epoch)).mappings().all()
+        return [dict(r) for r in rows]
 
-    def _durable_checkpoints(self, conn: sa.Connection, run_id: str, *, limit: int) -> list[dict[str, Any]]:
-        """The newest ``limit`` durable checkpoints of a run, newest first."""
-        rows = conn.execute(_DURABLE_CHECKPOINTS, {"run_id": run_id, "limit": limit}).mappings().all()
-        return [self._checkpoint_ref(r) for r in rows]
+    # -- leases (DESIGN §4; the SQL and its locking: leases.py) -------------------------------
 
-    @staticmethod
-    def _checkpoint_ref(row: Any) -> dict[str, Any]:
-        ref = {k: row[k] for k in ("run_id", "step", "epoch", "uri", "manifest_sha256", "created_at", "revision")}
-        ref["store_run_id"] = row["store_run_id"] or row["run_id"]
-        return ref
+    def claim_run(self, worker_id: str, *, gpus: int = 0, labels: dict[str, str] | None = None,
+                  kinds: list[str] | None = None, price_per_hour: float | None = None,
+                  now: float | None = None) -> dict[str, Any] | None:
+        """Grant the best run this worker can serve, or None. Expired leases are reclaimed first."""
+        now = _now(now)
+        with self._write() as conn:
+            self._count_expired(leases.expire(conn, now))
+            return leases.claim(conn, worker_id, gpus=gpus, labels=labels or {}, kinds=kinds,
+                                price_per_hour=price_per_hour, now=now)
+
+    def renew_lease(self, run_id: str, worker_id: str, epoch: int, *, now: float | None = None) -> dict[str, Any]:
+        """Extend a live lease by its ttl. Returns ``expires_at``, ``ttl_s``, ``cancel_requested``."""
+        with self._write() as conn:
+            return leases.renew(conn, run_id, worker_id, epoch, _now(now))
+
+    def record_progress(self, run_id: str, worker_id: str, epoch: int, points: list[dict[str, Any]], *,
+                        now: float | None = None) -> int:
+        """Store progress points ``{step, metrics}`` under a live lease; returns the run's step."""
+        with self._write() as conn:
+            return leases.record_progress(conn, run_id, worker_id, epoch, points, _now(now))
+
+    def commit_checkpoint(self, run_id: str, worker_id: str, epoch: int, *, step: int, uri: str,
+                          manifest_sha256: str, revision: str | None = None,
+                          now: float | None = None) -> dict[str, Any]:
+        """Record a checkpoint that is durable in the store (:func:`.leases.commit_checkpoint`)."""
+        with self._write() as conn:
+            return leases.commit_checkpoint(conn, run_id, worker_id, epoch, step=step, uri=uri,
+                                            manifest_sha256=manifest_sha256, revision=revision, now=_now(now))
+
+    def record_resume(self, run_id: str, worker_id: str, epoch: int, *, step: int, note: str | None = None,
+                      now: float | None = None) -> None:
+        """The holder resumed at ``step`` (0: from scratch); ``note`` says why not from a newer one."""
+        with self._write() as conn:
+            leases.record_resume(conn, run_id, worker_id, epoch, step=step, note=note, now=_now(now))
+
+    def release_lease(self, run_id: str, worker_id: str, epoch: int, *, outcome: str,
+                      failure_class: str | None = None, message: str | None = None, stderr_tail: str | None = None,
+                      step: int | None = None, now: float | None = None) -> dict[str, Any]:
+        """End a live lease with an outcome and apply the retry policy. Returns the run's new status."""
+        with self._write() as conn:
+            return leases.release(conn, run_id, worker_id, epoch, outcome=outcome, failure_class=failure_class,
+                                  message=message, stderr_tail=stderr_tail, step=step, now=_now(now))
+
+    def expire_leases(self, *, now: float | None = None) -> int:
+        """Reclaim every lease past its deadline (the sweeper). Returns how many were reclaimed."""
+        with self._write() as conn:
+            return self._count_expired(leases.expire(conn, _now(now)))
+
+    def _count_expired(self, n: int) -> int:
+        if n:
+            self.counters["expiries"] += n
+        return n
 
     # -- workers ---------------------------------------------------------------------------
 
     def register_worker(self, worker_id: str, *, provider: str, hostname: str | None, version: str | None,
                         resources: dict[str, Any], now: float | None = None) -> dict[str, Any]:
         """Create or refresh a worker's record."""
-        now = time.time() if now is None else now
-        values = {
-            "provider": provider,
-            "hostname": hostname,
-            "version": version,
-            "gpus": resources.get("gpus", []),
-            "labels": resources.get("labels", {}),
-            "price_per_hour": resources.get("price_per_hour"),
-            "last_heartbeat": now,
-        }
         with self._write() as conn:
-            if conn.execute(sa.select(workers.c.worker_id).where(workers.c.worker_id == worker_id)).first():
-                conn.execute(workers.update().where(workers.c.worker_id == worker_id).values(**values))
-            else:
-                conn.execute(workers.insert().values(worker_id=worker_id, registered_at=now, **values))
-                self._event(conn, None, "worker", f"worker {worker_id} registered", {"worker_id": worker_id}, now)
+            workers.register(conn, worker_id, provider=provider, hostname=hostname, version=version,
+                             resources=resources, now=_now(now))
         return self.get_worker(worker_id)
 
     def heartbeat(self, worker_id: str, *, resources: dict[str, Any] | None = None,
                   now: float | None = None) -> dict[str, Any]:
-        now = time.time() if now is None else now
-        values: dict[str, Any] = {"last_heartbeat": now}
-        if resources is not None:
-            values.update(gpus=resources.get("gpus", []), labels=resources.get("labels", {}),
-                          price_per_hour=resources.get("price_per_hour"))
         with self._write() as conn:
-            if not conn.execute(workers.update().where(workers.c.worker_id == worker_id).values(**values)).rowcount:
-                raise NotFound(f"no worker named {worker_id!r}: register first")
+            workers.heartbeat(conn, worker_id, resources=resources, now=_now(now))
         return self.get_worker(worker_id)
 
     def get_worker(self, worker_id: str) -> dict[str, Any]:
@@ -314,38 +235,20 @@ class Store(LeaseMixin, EvalMixin, LedgerMixin, HostsMixin):
         return items[0]
 
     def list_workers(self, *, worker_id: str | None = None) -> list[dict[str, Any]]:
-        current = (
-            sa.select(runs.c.run_id).where(runs.c.holder == workers.c.worker_id, runs.c.status == "running")
-            .limit(1).scalar_subquery()
-        )
-        query = sa.select(workers, current.label("current_run")).order_by(workers.c.worker_id)
-        if worker_id is not None:
-            query = query.where(workers.c.worker_id == worker_id)
         with self._read() as conn:
-            rows = conn.execute(query).mappings().all()
-        return [
-            {
-                "worker_id": r["worker_id"],
-                "provider": r["provider"],
-                "hostname": r["hostname"],
-                "version": r["version"],
-                "resources": {"gpus": r["gpus"], "labels": r["labels"], "price_per_hour": r["price_per_hour"]},
-                "registered_at": r["registered_at"],
-                "last_heartbeat": r["last_heartbeat"],
-                "current_run": r["current_run"],
-            }
-            for r in rows
-        ]
+            return workers.listing(conn, worker_id=worker_id)
+
+    def worker_activity(self, worker_ids: list[str]) -> dict[str, str]:
+        """For each id: ``busy`` (holds a running run), ``idle`` (registered, holds none) or ``absent``."""
+        with self._read() as conn:
+            return hosts.worker_activity(conn, worker_ids)
 
     # -- tokens ----------------------------------------------------------------------------
 
     def create_token(self, name: str, scope: str, *, now: float | None = None) -> str:
         """A new random token; only its hash is kept. The plain token is returned once."""
-        now = time.time() if now is None else now
-        token = f"relay_{scope[0]}_{secrets.token_urlsafe(32)}"
         with self._write() as conn:
-            conn.execute(tokens.insert().values(name=name, scope=scope, token_hash=hash_token(token), created_at=now))
-        return token
+            return tokens.create(conn, name, scope, _now(now))
 
     def token_scope(self, token: str) -> str | None:
         """The scope of a live token, or None."""
@@ -354,19 +257,73 @@ class Store(LeaseMixin, EvalMixin, LedgerMixin, HostsMixin):
     def token_scope_by_hash(self, token_hash: str) -> str | None:
         """The scope of the live token whose sha256 is ``token_hash``, or None."""
         with self._read() as conn:
-            return conn.execute(
-                sa.select(tokens.c.scope).where(tokens.c.token_hash == token_hash, tokens.c.revoked_at.is_(None))
-            ).scalar()
+            return tokens.scope_by_hash(conn, token_hash)
 
-    # -- inspection ------------------------------------------------------------------------
+    # -- ledger ----------------------------------------------------------------------------
 
-    def status_counts(self) -> dict[str, int]:
+    def run_ledger(self, run_id: str, *, now: float | None = None) -> dict[str, Any]:
+        """The ledger of one run: every attempt, the run's totals, and totals per provider."""
         with self._read() as conn:
-            rows = conn.execute(sa.select(runs.c.status, sa.func.count()).group_by(runs.c.status)).all()
-        return {status: n for status, n in rows}
+            return ledger.run_ledger(conn, run_id, _now(now))
 
-    def attempts_table(self) -> list[dict[str, Any]]:
-        """Every attempt, for audits such as the lease-safety tests."""
+    def provider_ledger(self, *, now: float | None = None) -> dict[str, Any]:
+        """Totals per provider over every run."""
         with self._read() as conn:
-            rows = conn.execute(sa.select(attempts).order_by(attempts.c.run_id, attempts.c.epoch)).mappings().all()
-        return [dict(r) for r in rows]
+            return ledger.provider_ledger(conn, _now(now))
+
+    # -- hosts (DESIGN §10) ----------------------------------------------------------------
+
+    def put_host(self, name: str, spec: dict[str, Any], *, now: float | None = None) -> dict[str, Any]:
+        """Create a host or change its connection fields (its poll and its workers are kept)."""
+        with self._write() as conn:
+            hosts.put_host(conn, name, spec, _now(now))
+        return self.get_host(name)
+
+    def get_host(self, name: str) -> dict[str, Any]:
+        with self._read() as conn:
+            return hosts.get_host(conn, name)
+
+    def list_hosts(self) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            return hosts.list_hosts(conn)
+
+    def remove_host(self, name: str, *, force: bool = False, now: float | None = None) -> None:
+        """Forget a host. InvalidState while workers started there are alive, unless ``force``."""
+        with self._write() as conn:
+            hosts.remove_host(conn, name, force=force, now=_now(now))
+
+    def set_host_enabled(self, name: str, enabled: bool, *, now: float | None = None) -> dict[str, Any]:
+        """A disabled host is still polled, but the autoscaler starts nothing there."""
+        with self._write() as conn:
+            hosts.set_host_enabled(conn, name, enabled, _now(now))
+        return self.get_host(name)
+
+    def record_poll(self, name: str, *, gpus: list[dict[str, Any]] | None, error: str | None,
+                    checked_pids: set[int] | None = None, alive_pids: set[int] | None = None,
+                    now: float | None = None) -> list[dict[str, Any]]:
+        """Store one poll (:func:`.hosts.record_poll`); returns the workers found gone."""
+        with self._write() as conn:
+            return hosts.record_poll(conn, name, gpus=gpus, error=error, checked=checked_pids or set(),
+                                     alive=alive_pids or set(), now=_now(now))
+
+    def reserve_gpus(self, name: str, *, worker_id: str, gpus: list[int], run_id: str | None = None,
+                     now: float | None = None) -> bool:
+        """Atomically hold ``gpus`` of an enabled, reachable host for a worker about to start.
+        False (and nothing changes) when any of them is busy or already held."""
+        with self._write() as conn:
+            return hosts.reserve_gpus(conn, name, worker_id=worker_id, gpus=gpus, run_id=run_id, now=_now(now))
+
+    def assign_worker(self, name: str, worker_id: str, handle: dict[str, Any], *, now: float | None = None) -> None:
+        """Record the started worker's pid and files on its reservation."""
+        with self._write() as conn:
+            hosts.assign_worker(conn, name, worker_id, handle, _now(now))
+
+    def release_gpus(self, name: str, worker_id: str, *, error: str | None = None, now: float | None = None) -> None:
+        """Drop a worker's reservation (it failed to start, or was stopped); ``error`` goes on the host."""
+        with self._write() as conn:
+            hosts.release_gpus(conn, name, worker_id, error=error, now=_now(now))
+
+    def gpu_demand(self, *, now: float | None = None) -> list[dict[str, Any]]:
+        """Queued runs that could start now: ``run_id``, ``gpus``, ``labels``, best first."""
+        with self._read() as conn:
+            return hosts.gpu_demand(conn, _now(now))

@@ -13,10 +13,6 @@ metadata = sa.MetaData()
 # An auto-incrementing 64-bit key that is also SQLite's rowid alias.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
-OUTCOMES = ("succeeded", "preempted", "failed", "cancelled", "lost")
-
 runs = sa.Table(
     "runs",
     metadata,

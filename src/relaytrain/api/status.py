@@ -1,0 +1,41 @@
+"""The words of a run's life, shared by the commander, the worker, the CLI and the API: each a
+``StrEnum`` whose values are what the wire and the database carry."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from relaytrain.contract.exits import FailureClass
+
+__all__ = ["TERMINAL", "AttemptOutcome", "FailureClass", "RunStatus"]
+
+
+class RunStatus(StrEnum):
+    """Where a run is (DESIGN §4)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        """An ended run: it is never granted again unless ``relay resume`` re-opens it."""
+        return self in TERMINAL
+
+
+TERMINAL: frozenset[RunStatus] = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+"""The statuses a run ends in."""
+
+
+class AttemptOutcome(StrEnum):
+    """How an attempt (one lease) ended, as released (``failed`` with a :class:`FailureClass`, the
+    contract's) or expired. Not :class:`relaytrain.contract.Outcome`: how a trainer process ended."""
+
+    SUCCEEDED = "succeeded"
+    PREEMPTED = "preempted"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+    """The lease expired: the commander records it; a worker never reports it."""

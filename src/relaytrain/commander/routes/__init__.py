@@ -1,0 +1,22 @@
+"""The commander's HTTP API, one router per resource; each route takes the store (and the
+authenticator's scope, telemetry, the claim wakeup) with ``Depends`` from the app's state.
+
+=============  ===========================================================================
+runs           ``POST/GET /api/v1/runs``, ``GET /api/v1/runs/{id}``, ``…/cancel``, ``…/resume``,
+               ``…/events``
+leases         ``POST /api/v1/leases/claim``, ``…/{id}/lease/renew|release|resumed``, ``…/progress``
+workers        ``POST /api/v1/workers/register``, ``…/{worker_id}/heartbeat``, ``GET /api/v1/workers``
+checkpoints    ``GET/POST /api/v1/runs/{id}/checkpoints``
+evals          ``GET /api/v1/runs/{id}/evaluations``
+hosts          ``GET/PUT/PATCH/DELETE /api/v1/hosts[/{name}]``
+tokens         ``POST /api/v1/tokens``
+ledger         ``GET /api/v1/runs/{id}/ledger``, ``GET /api/v1/ledger``
+metrics        ``GET /api/v1/runs/{id}/metrics``, ``GET /metrics``, ``GET /api/v1/health``
+=============  ===========================================================================
+"""
+
+from __future__ import annotations
+
+from . import checkpoints, evals, hosts, leases, ledger, metrics, runs, tokens, workers
+
+ROUTERS = [r.router for r in (metrics, tokens, runs, evals, checkpoints, ledger, workers, leases, hosts)]

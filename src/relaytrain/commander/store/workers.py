@@ -1,0 +1,62 @@
+"""Workers: registration, heartbeats, and who holds what. Functions of an open connection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from relaytrain.api.status import RunStatus
+from relaytrain.errors import NotFound
+
+from . import events
+from .schema import runs, workers
+
+_CURRENT_RUN = (
+    sa.select(runs.c.run_id).where(runs.c.holder == workers.c.worker_id, runs.c.status == RunStatus.RUNNING)
+    .limit(1).scalar_subquery()
+)
+
+
+def _resource_values(resources: dict[str, Any]) -> dict[str, Any]:
+    return {"gpus": resources.get("gpus", []), "labels": resources.get("labels", {}),
+            "price_per_hour": resources.get("price_per_hour")}
+
+
+def register(conn: sa.Connection, worker_id: str, *, provider: str, hostname: str | None, version: str | None,
+             resources: dict[str, Any], now: float) -> None:
+    """Create or refresh a worker's record."""
+    values = {"provider": provider, "hostname": hostname, "version": version, "last_heartbeat": now,
+              **_resource_values(resources)}
+    if conn.execute(sa.select(workers.c.worker_id).where(workers.c.worker_id == worker_id)).first():
+        conn.execute(workers.update().where(workers.c.worker_id == worker_id).values(**values))
+    else:
+        conn.execute(workers.insert().values(worker_id=worker_id, registered_at=now, **values))
+        events.add(conn, None, "worker", f"worker {worker_id} registered", {"worker_id": worker_id}, now)
+
+
+def heartbeat(conn: sa.Connection, worker_id: str, *, resources: dict[str, Any] | None, now: float) -> None:
+    """The worker is alive (and, with ``resources``, offers these now). NotFound before it registered."""
+    values: dict[str, Any] = {"last_heartbeat": now, **(_resource_values(resources) if resources is not None else {})}
+    if not conn.execute(workers.update().where(workers.c.worker_id == worker_id).values(**values)).rowcount:
+        raise NotFound(f"no worker named {worker_id!r}: register first")
+
+
+def listing(conn: sa.Connection, *, worker_id: str | None = None) -> list[dict[str, Any]]:
+    """Every worker (or the one named), with the run it holds."""
+    query = sa.select(workers, _CURRENT_RUN.label("current_run")).order_by(workers.c.worker_id)
+    if worker_id is not None:
+        query = query.where(workers.c.worker_id == worker_id)
+    return [
+        {
+            "worker_id": r["worker_id"],
+            "provider": r["provider"],
+            "hostname": r["hostname"],
+            "version": r["version"],
+            "resources": {"gpus": r["gpus"], "labels": r["labels"], "price_per_hour": r["price_per_hour"]},
+            "registered_at": r["registered_at"],
+            "last_heartbeat": r["last_heartbeat"],
+            "current_run": r["current_run"],
+        }
+        for r in conn.execute(query).mappings().all()
+    ]
