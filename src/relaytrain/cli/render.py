@@ -74,21 +74,23 @@ def print_ledger(ledger: dict[str, Any]) -> None:
 
 
 def print_run(run: dict[str, Any]) -> None:
+    from relaytrain.api.status import RunStatus
+
     console.print(f"[bold]{run['run_id']}[/bold]  {run['kind']}  [bold]{run['status']}[/bold]"
                   f"  step {run['step']}/{run['max_steps']}  epoch {run['epoch']}")
     if run["holder"]:
         console.print(f"held by {run['holder']}, lease expires {ago(run['lease_expires_at'])}")
-    if run["cancel_requested"] and run["status"] == "running":
+    if run["cancel_requested"] and run["status"] == RunStatus.RUNNING:
         console.print("cancel requested")
     console.print(f"retries {run['retries_used']}/{run['max_retries']}"
-                  + (f", next try {ago(run['not_before'])}" if run["status"] == "queued" else ""))
+                  + (f", next try {ago(run['not_before'])}" if run["status"] == RunStatus.QUEUED else ""))
     ckpt = run["latest_checkpoint"]
     console.print(f"latest durable checkpoint: step {ckpt['step']} at {ckpt['uri']}" if ckpt
                   else "latest durable checkpoint: none")
     if run["attempts"]:
         table = Table("epoch", "worker", "start", "end", "outcome", "steps", "lost", title="attempts")
         for a in run["attempts"]:
-            outcome = a["outcome"] or "running"
+            outcome = a["outcome"] or RunStatus.RUNNING
             if a["failure_class"]:
                 outcome += f" ({a['failure_class']})"
             end = a["step_end"] if a["step_end"] is not None else "…"
@@ -215,6 +217,8 @@ class DemoScreen:
         return Group(table, f"{frame.elapsed_s:.0f}s elapsed\n")
 
     def summary(self, s: DemoSummary) -> None:
+        from relaytrain.api.status import RunStatus
+
         c = self.out
         c.rule("relay demo: summary")
         acc = Table("model", "held-out exact match")
@@ -224,7 +228,7 @@ class DemoScreen:
         attempts = Table("run", "epoch", "worker", "outcome", "steps", "lost")
         for run_id, run in s.runs.items():
             for a in run.attempts:
-                attempts.add_row(run_id, str(a.epoch), a.worker_id, a.outcome or "running",
+                attempts.add_row(run_id, str(a.epoch), a.worker_id, a.outcome or RunStatus.RUNNING,
                                  f"{a.step_start}→{a.step_end}", str(a.steps_lost or 0))
         c.print(attempts)
         c.print(f"hand-offs: {s.handoffs}; steps lost: {s.steps_lost}; wall time: {s.wall_s:.0f}s")

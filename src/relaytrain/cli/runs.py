@@ -84,9 +84,11 @@ def cancel(
     token: TokenOpt = None,
 ) -> None:
     """Cancel a run: at once if queued; a running one stops within one renew interval."""
+    from relaytrain.api.status import RunStatus
+
     with client(commander, token) as api:
         run = api.cancel(run_id)
-    if run.status == "cancelled":
+    if run.status == RunStatus.CANCELLED:
         console.print(f"{run_id} cancelled")
     else:
         console.print(f"{run_id}: cancel requested; {run.holder} stops it at its next renewal")
@@ -118,30 +120,28 @@ def eval_(
     token: TokenOpt = None,
 ) -> None:
     """Score a run's durable checkpoints, each in its own process, on any free worker."""
-    from relaytrain.config import parse_run_config, run_config_dict
+    from relaytrain.api.evals import build_eval_run, time_tag
+    from relaytrain.api.status import TERMINAL, RunStatus
+    from relaytrain.config import run_config_dict
     from relaytrain.errors import ConfigError
 
+    settings = {"dataset": dataset, "metrics": [m.strip() for m in metrics.split(",") if m.strip()],
+                "samples": samples, "subset_frac": subset_frac, "template": template, "timeout_s": timeout}
     with client(commander, token) as api:
         source = api.run(run)
-        eval_id = f"{run[:100]}-eval-{time.strftime('%Y%m%d-%H%M%S')}"
         try:
-            config = parse_run_config({
-                "run_id": eval_id, "kind": "eval", "priority": source.priority, "store": source.config["store"],
-                "hang_timeout_s": timeout + 60,
-                "trainer": {"source_run": run, "dataset": dataset, "steps": _parse_steps(steps),
-                            "metrics": [m.strip() for m in metrics.split(",") if m.strip()], "samples": samples,
-                            "subset_frac": subset_frac, "template": template, "timeout_s": timeout},
-            })
+            config = build_eval_run(source.model_dump(), settings, steps=_parse_steps(steps), tag=time_tag())
         except ConfigError as exc:
             fail(str(exc))
+        eval_id = config.run_id
         api.submit(run_config_dict(config))
         console.print(f"queued evaluation [bold]{eval_id}[/bold] of {run} on {dataset}")
         if not wait:
             return
-        while (status_ := api.run(eval_id).status) not in ("succeeded", "failed", "cancelled"):
+        while (status_ := api.run(eval_id).status) not in TERMINAL:
             time.sleep(1)
         print_run(api.run(run).model_dump())
-        if status_ != "succeeded":
+        if status_ != RunStatus.SUCCEEDED:
             fail(f"evaluation {eval_id} ended {status_}: relay status {eval_id}")
 
 

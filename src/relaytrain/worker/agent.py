@@ -22,6 +22,7 @@ from relaytrain.api.client import RelayClient
 from relaytrain.errors import CommanderUnavailable, NotFound, RelayError
 
 from .attempt import Attempt
+from .guard import StopReason
 from .inventory import gpu_inventory
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class Worker:
         self._stopping.set()
         attempt = self._current
         if attempt is not None:
-            attempt.stop("preempted", why)
+            attempt.stop(StopReason.PREEMPTED, why)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.warning("received %s: preempting", signal.Signals(signum).name)
@@ -92,7 +93,7 @@ class Worker:
                               granted_at_monotonic=asked, progress_interval_s=s.progress_interval_s)
             self._current = attempt
             if self._stopping.is_set():
-                attempt.stop("preempted", "worker is shutting down")
+                attempt.stop(StopReason.PREEMPTED, "worker is shutting down")
             outcome = attempt.run()
             self._current = None
             self.outcomes.append((grant.run_id, grant.epoch, outcome))

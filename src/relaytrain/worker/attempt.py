@@ -25,6 +25,7 @@ from relaytrain.config import RunConfig, parse_run_config, run_config_dict
 from relaytrain.contract import Exit, FailureClass, Outcome, RunLayout, TrainerEnv, classify_exit
 from relaytrain.errors import ArtifactError, CheckpointError, ConfigError, LeaseLost, NotFound, RelayError
 
+from .guard import StopReason
 from .lease import LeaseKeeper
 from .process import TrainerProcess
 from .reporter import ProgressTailer, Reporter, Uploader
@@ -37,7 +38,6 @@ BUILTIN = {
     "grpo": [sys.executable, "-m", "relaytrain.train.run"],
     "eval": [sys.executable, "-m", "relaytrain.evaluate.run"],
 }
-STOP_PRIORITY = {"lost": 5, "crashed": 4, "fenced": 3, "preempted": 2, "cancelled": 1}
 
 
 class Attempt:
@@ -53,17 +53,17 @@ class Attempt:
         self.paths = RunLayout.in_workdir(workdir, grant.run_id, grant.epoch)
         self.granted_at = granted_at_monotonic
         self.progress_interval_s = progress_interval_s
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
         self.stop_message = ""
         self._wake = threading.Event()
         self._lock = threading.RLock()  # stop() may run in a signal handler on the main thread
 
     # -- signals from threads ----------------------------------------------------------------
 
-    def stop(self, reason: str, message: str = "") -> None:
+    def stop(self, reason: StopReason, message: str = "") -> None:
         """Ask the attempt to end; the most serious reason wins (a lost lease beats a cancel)."""
         with self._lock:
-            if self.stop_reason is None or STOP_PRIORITY[reason] > STOP_PRIORITY[self.stop_reason]:
+            if self.stop_reason is None or reason.severity > self.stop_reason.severity:
                 self.stop_reason, self.stop_message = reason, message or reason
                 log.info("stopping %s (epoch %d): %s", self.grant.run_id, self.grant.epoch, self.stop_message)
         self._wake.set()
@@ -94,9 +94,9 @@ class Attempt:
             except (ArtifactError, CheckpointError, OSError) as exc:
                 return self._release(AttemptOutcome.FAILED, FailureClass.TRANSIENT, f"could not prepare the run: {exc}")
             except (LeaseLost, NotFound) as exc:
-                self.stop("lost", str(exc))
-                return "lost"
-            if self.stop_reason is not None:  # fenced, cancelled or preempted while downloading
+                self.stop(StopReason.LOST, str(exc))
+                return AttemptOutcome.LOST
+            if self.stop_reason not in (None, StopReason.LOST):  # fenced, cancelled or preempted while downloading
                 return self._release(*self._stop_outcome(None))
             trainer = self._start_trainer(config, resume_from, init_from)
             retention = (config.checkpoint.keep_last, config.checkpoint.keep_every)
@@ -110,14 +110,14 @@ class Attempt:
                                 interval_s=self.progress_interval_s, file_runs=file_runs).start()
             exit_ = self._supervise(trainer, reporter, config.hang_timeout_s, grace_s)
             reporter.finish()
-            if self.stop_reason == "lost":
+            if self.stop_reason == StopReason.LOST:
                 uploader.abandon()
-                return "lost"
+                return AttemptOutcome.LOST
             uploader.drain()
             if uploader.skipped:
                 log.warning("checkpoints not made durable: %s", "; ".join(uploader.skipped))
-            if self.stop_reason == "lost":
-                return "lost"
+            if self.stop_reason == StopReason.LOST:
+                return AttemptOutcome.LOST
             if trajectories is not None:
                 trajectories.sync()  # those written since the last durable checkpoint
             return self._release(*self._outcome(exit_, trainer))
@@ -206,7 +206,7 @@ class Attempt:
             self._wake.wait(0.2)
             self._wake.clear()
             reason = self.stop_reason
-            if reason == "lost" and killed_for is None:
+            if reason == StopReason.LOST and killed_for is None:
                 trainer.kill()  # fenced out: not one more step
                 killed_for = f"lease lost: {self.stop_message}"
             elif reason is not None and not trainer.stopping:
@@ -225,15 +225,15 @@ class Attempt:
         """(outcome, failure class, message, stderr tail) to release with."""
         if exit_.outcome == Outcome.SUCCEEDED:
             return AttemptOutcome.SUCCEEDED, None, exit_.message, None
-        if exit_.outcome == Outcome.STOPPED or self.stop_reason in ("fenced", "preempted", "cancelled", "crashed"):
+        if exit_.outcome == Outcome.STOPPED or self.stop_reason not in (None, StopReason.LOST):
             return self._stop_outcome(trainer)
         return AttemptOutcome.FAILED, exit_.failure_class, exit_.message, trainer.stderr_tail()
 
     def _stop_outcome(self, trainer: TrainerProcess | None) -> tuple[AttemptOutcome, str | None, str, str | None]:
         reason = self.stop_reason
-        if reason == "cancelled":
+        if reason == StopReason.CANCELLED:
             return AttemptOutcome.CANCELLED, None, self.stop_message, None
-        if reason == "crashed":
+        if reason == StopReason.CRASHED:
             tail = trainer.stderr_tail() if trainer else None
             return AttemptOutcome.FAILED, FailureClass.TRANSIENT, self.stop_message, tail
         return AttemptOutcome.PREEMPTED, None, self.stop_message, None
@@ -247,10 +247,10 @@ class Attempt:
             answer = self.client.release(self.grant.run_id, req)
         except (LeaseLost, NotFound) as exc:
             log.warning("release of %s refused (%s): the lease was already gone", self.grant.run_id, exc)
-            return "lost"
+            return AttemptOutcome.LOST
         except RelayError as exc:
             log.error("release of %s failed (%s): the lease will expire instead", self.grant.run_id, exc)
-            return "lost"
+            return AttemptOutcome.LOST
         log.info("released %s epoch %d as %s; run is %s", self.grant.run_id, self.grant.epoch, outcome,
                  answer.status)
         return outcome

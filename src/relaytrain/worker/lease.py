@@ -13,7 +13,7 @@ import time
 from relaytrain.api.client import RelayClient
 from relaytrain.errors import LeaseLost, NotFound, RelayError
 
-from .guard import Guarded, StopFn
+from .guard import Guarded, StopFn, StopReason
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +23,7 @@ class LeaseKeeper(Guarded):
 
     def __init__(self, client: RelayClient, run_id: str, worker_id: str, epoch: int, *, ttl_s: float,
                  margin_s: float, granted_at_monotonic: float, on_stop: StopFn) -> None:
-        super().__init__(f"lease-{run_id}", on_stop)
-        self.client = client
-        self.run_id = run_id
-        self.worker_id = worker_id
-        self.epoch = epoch
+        super().__init__("lease", client, run_id, worker_id, epoch, on_stop)
         self.ttl_s = ttl_s
         self.margin_s = margin_s
         self.deadline = granted_at_monotonic + ttl_s - margin_s
@@ -51,7 +47,8 @@ class LeaseKeeper(Guarded):
                     return
             now = time.monotonic()
             if now >= self.deadline:
-                self.on_stop("fenced", f"no renewal succeeded for {self.ttl_s - self.margin_s:.0f}s: self-fenced")
+                silent = self.ttl_s - self.margin_s
+                self.on_stop(StopReason.FENCED, f"no renewal succeeded for {silent:.0f}s: self-fenced")
                 return
             if self._halt.wait(max(0.0, min(next_renew, self.deadline) - now)):
                 return
@@ -63,7 +60,7 @@ class LeaseKeeper(Guarded):
             answer = self.client.renew(self.run_id, self.worker_id, self.epoch,
                                        timeout_s=max(1.0, min(interval, self.deadline - sent)), retries=0)
         except (LeaseLost, NotFound) as exc:
-            self.on_stop("lost", f"lease refused by the commander: {exc}")
+            self.on_stop(StopReason.LOST, f"lease refused by the commander: {exc}")
             return None
         except RelayError as exc:
             log.warning("renewal of %s failed (%s); self-fence in %.1fs", self.run_id, exc,
@@ -72,5 +69,5 @@ class LeaseKeeper(Guarded):
         self.renewals += 1
         self.deadline = sent + answer.ttl_s - self.margin_s
         if answer.cancel_requested:
-            self.on_stop("cancelled", "cancel requested")
+            self.on_stop(StopReason.CANCELLED, "cancel requested")
         return sent + interval

@@ -25,7 +25,7 @@ from relaytrain.checkpoint import (
 from relaytrain.contract import Event, Progress, parse_line
 from relaytrain.errors import CheckpointError, LeaseLost, NotFound, RelayError, StaleWriter
 
-from .guard import Guarded, StopFn
+from .guard import Guarded, StopFn, StopReason
 from .trajectories import TrajectorySync
 
 log = logging.getLogger(__name__)
@@ -77,12 +77,8 @@ class Uploader(Guarded):
     def __init__(self, client: RelayClient, store: ArtifactStore, run_id: str, worker_id: str, epoch: int,
                  on_stop: StopFn, *, retention: tuple[int, int | None] | None = None, attempts: int = 3,
                  trajectories: TrajectorySync | None = None) -> None:
-        super().__init__(f"upload-{run_id}", on_stop)
-        self.client = client
+        super().__init__("upload", client, run_id, worker_id, epoch, on_stop)
         self.store = store
-        self.run_id = run_id
-        self.worker_id = worker_id
-        self.epoch = epoch
         self.attempts = attempts
         if retention is not None:
             check_retention(*retention)
@@ -156,7 +152,7 @@ class Uploader(Guarded):
                 break
             except StaleWriter as exc:  # a newer holder has written: this lease is gone
                 self._dead = True
-                self.on_stop("lost", f"checkpoint upload refused: {exc}")
+                self.on_stop(StopReason.LOST, f"checkpoint upload refused: {exc}")
                 return
             except RelayError as exc:
                 if not path.is_dir():  # the trainer pruned it mid-upload; a newer one follows
@@ -175,7 +171,7 @@ class Uploader(Guarded):
                 break
             except (LeaseLost, NotFound) as exc:
                 self._dead = True
-                self.on_stop("lost", f"checkpoint commit refused: {exc}")
+                self.on_stop(StopReason.LOST, f"checkpoint commit refused: {exc}")
                 return
             except RelayError as exc:  # the commander is unreachable: the lease keeper decides our fate
                 if attempt == self.attempts:
@@ -211,14 +207,10 @@ class Reporter(Guarded):
                  run_id: str, worker_id: str, epoch: int, on_stop: StopFn, *, interval_s: float = 1.0,
                  file_runs: frozenset[str] = frozenset(),
                  poll_s: float = 0.05) -> None:
-        super().__init__(f"progress-{run_id}", on_stop)
-        self.client = client
+        super().__init__("progress", client, run_id, worker_id, epoch, on_stop)
         self.tailer = tailer
         self.uploader = uploader
         self.output_dir = output_dir
-        self.run_id = run_id
-        self.worker_id = worker_id
-        self.epoch = epoch
         self.interval_s = interval_s
         self.file_runs = file_runs
         self.poll_s = poll_s
@@ -272,7 +264,7 @@ class Reporter(Guarded):
                                                                 points=batch))
             self._last_sent = time.monotonic()
         except (LeaseLost, NotFound) as exc:
-            self.on_stop("lost", f"progress refused: {exc}")
+            self.on_stop(StopReason.LOST, f"progress refused: {exc}")
         except RelayError as exc:
             log.warning("progress of %s not delivered (%s); will retry", self.run_id, exc)
             self._pending = batch + self._pending
