@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from relaytrain.contract import classify_exit
+from relaytrain.worker import fence
 from relaytrain.worker.process import TrainerProcess
 from tests.support.commander import wait_until
 from tests.support.relay import counter_final_state, counter_run, process_alive
@@ -102,6 +103,19 @@ def test_a_trainer_that_cannot_start_is_a_permanent_failure(tmp_path):
     assert code == 127
     result = classify_exit(code, trainer.stderr_tail(), stop_requested=False, killed_for=None)
     assert result.failure_class == "permanent" and "no-such-trainer" in result.message
+
+
+def test_a_daemon_forked_as_the_trainer_exits_never_escapes(tmp_path):
+    """The race of a double fork: the trainer forks and exits at once, its child calls setsid,
+    forks the daemon and exits. However the three interleave with the fence's last sweep, nothing
+    carrying the tree's mark is left once the fence has exited (20 tries: an earlier sweep that
+    trusted one /proc scan let about one in four through)."""
+    for attempt in range(20):
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        trainer = _start(folder, [sys.executable, str(TREE), "--daemon", "daemon"])
+        assert trainer.wait(30) == 0
+        assert fence.marked(trainer.token) == [], f"try {attempt}: the daemon outlived the fence"
 
 
 def test_what_a_finished_trainer_leaves_behind_is_killed(tmp_path):

@@ -93,34 +93,33 @@ def signal_all(pids: Iterable[int], sig: int) -> None:
             pass
 
 
-def reap(on_exit: dict[int, int] | None = None) -> None:
-    """Collect every exited child without blocking; record their statuses in ``on_exit``."""
+def reap(on_exit: dict[int, int] | None = None) -> bool:
+    """Collect every exited child without blocking, recording their statuses in ``on_exit``;
+    True while this process still has children."""
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return False
         if pid == 0:
-            return
+            return True
         if on_exit is not None:
             on_exit[pid] = status
 
 
 def kill_tree(*, deadline_s: float = KILL_DEADLINE_S, on_exit: dict[int, int] | None = None) -> bool:
-    """SIGKILL every descendant of this process until none is left alive (one that forks
-    meanwhile is caught by the next pass); orphans re-parent here (the subreaper), so every
-    zombie is reaped. True once the tree is empty."""
+    """SIGKILL every descendant of this process until it has no child left, not even a zombie.
+
+    Orphans re-parent here (the subreaper), so "no child" is the kernel's word that the tree is
+    empty; a scan of ``/proc`` alone is not (a process may be between a dying parent and us).
+    One that forks meanwhile is caught by the next pass. True once the tree is empty."""
     end = time.monotonic() + deadline_s
-    while True:
-        reap(on_exit)
-        live = descendants(os.getpid())
-        if not live:
-            reap(on_exit)
-            return True
+    while reap(on_exit):
         if time.monotonic() > end:
             return False
-        signal_all(live, signal.SIGKILL)
+        signal_all(descendants(os.getpid()), signal.SIGKILL)
         signal.sigtimedwait([signal.SIGCHLD], 0.02)  # the next death, or a short pause
+    return True
 
 
 def marked(token: str) -> list[int]:
