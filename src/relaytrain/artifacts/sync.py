@@ -11,6 +11,7 @@ The commands in :mod:`relaytrain.cli.sync` only parse arguments and print; the w
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import logging
@@ -262,10 +263,9 @@ def restore_run(store: ArtifactStore, run_id: str, dest_workdir: str | os.PathLi
 
 
 def _local_sha(path: Path) -> str | None:
-    try:
+    with contextlib.suppress(CheckpointError):
         return manifest_sha256(path)
-    except CheckpointError:
-        return None
+    return None
 
 
 @dataclass

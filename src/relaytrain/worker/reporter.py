@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import time
@@ -63,10 +64,9 @@ class ProgressTailer:
 
 def _latest_name(output_dir: Path) -> str | None:
     """The step folder ``latest`` names, or None (absent, or mid-write garbage from a trainer)."""
-    try:
+    with contextlib.suppress(CheckpointError):
         return read_latest(output_dir)
-    except CheckpointError:
-        return None
+    return None
 
 
 class Uploader(Guarded):
