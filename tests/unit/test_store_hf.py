@@ -347,3 +347,21 @@ def test_missing_repo_and_deletes_in_commits_of_their_own(tmp_path, api, store) 
     api.calls.clear()
     store.delete_checkpoint("run-1", 100)  # absent: no commit
     assert not [name for name, _ in api.calls if name == "create_commit"]
+
+
+def test_several_files_go_up_in_one_commit(tmp_path, api, store) -> None:
+    """Trajectories uploaded after a checkpoint: one Hub commit for the batch, each file readable."""
+    files = []
+    for step in (1, 2, 3):
+        path = tmp_path / f"rollout_{step:08d}.jsonl"
+        path.write_text(f'{{"step": {step}}}\n')
+        files.append((path, f"rollouts/{path.name}"))
+    api.calls.clear()
+    uris = store.put_files(files, "run-1")
+    commits = [kw["commit_message"] for name, kw in api.calls if name == "create_commit"]
+    assert commits == ["relaytrain: run-1 3 files"]
+    assert uris == [f"hf://me/relay-run/files/rollouts/rollout_{s:08d}.jsonl" for s in (1, 2, 3)]
+    for path, name in files:
+        assert store.get_file("run-1", name, tmp_path / "back" / path.name).read_text() == path.read_text()
+    with pytest.raises(ArtifactError, match="no such file"):
+        store.put_files([(tmp_path / "missing.jsonl", "rollouts/missing.jsonl")], "run-1")

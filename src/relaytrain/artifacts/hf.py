@@ -499,41 +499,28 @@ class HFStore(ArtifactStore):
                  progress: ProgressFn | None = None) -> str:
         """Commit one file as ``files/<name>`` on the current head (no epoch check; the anchor
         and ``last_commit`` stay as they are)."""
-        path_in_repo = self._file_path(run_id, name)
-        path = Path(local_path)
-        if not path.is_file():
-            raise ArtifactError(f"{path}: no such file")
-        size = path.stat().st_size
-        uri = f"{self.uri}/{path_in_repo}"
-        if self.dry_run:
-            TransferProgress(size, progress).advance(size)
-            return uri
-        from huggingface_hub import CommitOperationAdd
-
-        self._call(f"creating {self.repo_id}", "create_repo", self.repo_id, private=True, exist_ok=True,
-                   repo_type="model")
-        self._commit([CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=str(path))],
-                     f"relaytrain: {run_id} {name}", {"run_id": run_id, "file": name}, None, uri)
+        uri = self.put_files([(local_path, name)], run_id)[0]
+        size = Path(local_path).stat().st_size
         TransferProgress(size, progress).advance(size)
         return uri
 
     def put_files(self, files: list[tuple[str | os.PathLike[str], str]], run_id: str) -> list[str]:
         """Commit several files as ``files/<name>`` in one commit on the current head."""
-        if not files:
-            return []
-        adds = [(Path(path), self._file_path(run_id, name)) for path, name in files]
-        for path, _ in adds:
+        adds = [(Path(path), self._file_path(run_id, name), name) for path, name in files]
+        for path, _, _ in adds:
             if not path.is_file():
                 raise ArtifactError(f"{path}: no such file")
-        uris = [f"{self.uri}/{in_repo}" for _, in_repo in adds]
-        if self.dry_run:
+        uris = [f"{self.uri}/{in_repo}" for _, in_repo, _ in adds]
+        if self.dry_run or not adds:
             return uris
         from huggingface_hub import CommitOperationAdd
 
         self._call(f"creating {self.repo_id}", "create_repo", self.repo_id, private=True, exist_ok=True,
                    repo_type="model")
-        self._commit([CommitOperationAdd(path_in_repo=in_repo, path_or_fileobj=str(path)) for path, in_repo in adds],
-                     f"relaytrain: {run_id} {len(adds)} files", {"run_id": run_id, "files": len(adds)}, None, uris[0])
+        what, about = (adds[0][2], {"file": adds[0][2]}) if len(adds) == 1 else (f"{len(adds)} files",
+                                                                                  {"files": len(adds)})
+        self._commit([CommitOperationAdd(path_in_repo=in_repo, path_or_fileobj=str(path)) for path, in_repo, _ in adds],
+                     f"relaytrain: {run_id} {what}", {"run_id": run_id, **about}, None, uris[0])
         return uris
 
     def get_file(self, run_id: str, name: str, dest: str | os.PathLike[str],
