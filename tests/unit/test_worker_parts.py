@@ -117,3 +117,35 @@ def test_uploader_records_the_store_commit_of_each_checkpoint(tmp_path):
         client.close()
     assert [c["revision"] is not None for c in db.list_checkpoints("r")] == [True, True, True]
     db.close()
+
+
+class _RecordingUploader:
+    """Stands in for the uploader (a collaborator, not the part under test): records requests."""
+
+    def __init__(self) -> None:
+        self.files: list[tuple[str, str, str]] = []
+        self.checkpoints: list[int] = []
+
+    def submit_file(self, path, run_id: str, name: str) -> None:
+        self.files.append((str(path), run_id, name))
+
+    def submit(self, step: int, path) -> None:
+        self.checkpoints.append(step)
+
+
+def test_the_reporter_stores_files_only_for_its_run_or_the_runs_it_may_write(tmp_path):
+    from relaytrain.contract import Contract
+    from relaytrain.worker.reporter import Reporter
+
+    progress = tmp_path / "progress.jsonl"
+    contract = Contract.local(tmp_path, progress_file=progress)
+    for run_id in ("eval-run", "source-run", "someone-else"):
+        contract.report_file(tmp_path / "metrics.json", run_id, f"evals/{run_id}.json")
+    contract.close()
+    uploader = _RecordingUploader()
+    stopped: list[tuple[str, str]] = []
+    reporter = Reporter(None, ProgressTailer(progress), uploader, tmp_path / "checkpoints", "eval-run", "w", 1,
+                        lambda *why: stopped.append(why), file_runs=frozenset({"source-run"})).start()
+    reporter.finish()
+    assert [run_id for _, run_id, _ in uploader.files] == ["eval-run", "source-run"]
+    assert not stopped and not uploader.checkpoints
