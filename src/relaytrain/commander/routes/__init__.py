@@ -19,4 +19,6 @@ from __future__ import annotations
 
 from . import checkpoints, evals, hosts, leases, ledger, metrics, runs, tokens, workers
 
-ROUTERS = [r.router for r in (metrics, tokens, runs, evals, checkpoints, ledger, workers, leases, hosts)]
+ROUTERS = [r.router for r in (leases, workers, runs, checkpoints, evals, ledger, hosts, tokens, metrics)]
+"""In the order a request is matched (FastAPI matches included routers one by one, per request):
+the workers' hot paths (renew, progress, heartbeat) first. No two routers' paths overlap."""
