@@ -21,13 +21,13 @@ import pytest
 
 from relaytrain.artifacts import ArtifactStore, HFStore, LocalStore, S3Store, fetch_for_resume
 from relaytrain.artifacts.base import ProgressFn
-from relaytrain.checkpoint import CheckpointManager, list_checkpoints, load_checkpoint, manifest_sha256, verify
+from relaytrain.checkpoint import list_checkpoints, load_checkpoint, manifest_sha256, verify
 from relaytrain.checkpoint.layout import step_dir_name
 from relaytrain.errors import ArtifactError
+from tests.support.checkpoints import STATE, checkpoint, flip_byte, no_temporaries
 from tests.support.fake_hf import FakeHfApi
 
 RUN = "run-1"
-STATE = {"model/weights.bin": b"w" * 5000, "optimizer.bin": b"o" * 300, "trainer_state.json": {"step": 100}}
 
 
 class Unplugged(Exception):
@@ -138,20 +138,7 @@ def backend(request, tmp_path) -> Backend:
     return hf_backend()
 
 
-def checkpoint(out: Path, step: int, **changes: object) -> Path:
-    path = CheckpointManager(out).save({**STATE, **changes}, step, epoch=1)
-    assert path is not None
-    return path
 
-
-def flip_byte(path: Path, position: int = 7) -> None:
-    data = bytearray(path.read_bytes())
-    data[position] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
-def no_temporaries(folder: Path) -> bool:
-    return not folder.exists() or not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
 
 
 def monotonic_from_zero_to_total(progress: list[tuple[int, int]]) -> bool:

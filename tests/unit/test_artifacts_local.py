@@ -4,36 +4,14 @@ tests/integration/test_artifact_store_contract.py, run against this store too.""
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from relaytrain.artifacts import ArtifactStore, LocalStore, fetch_for_resume, open_store
-from relaytrain.checkpoint import CheckpointManager, list_checkpoints, manifest_sha256, verify
+from relaytrain.checkpoint import list_checkpoints, manifest_sha256, verify
 from relaytrain.errors import ArtifactError
-
-STATE = {
-    "model/weights.bin": b"w" * 5000,
-    "optimizer.bin": b"o" * 300,
-    "trainer_state.json": {"step": 100},
-}
-
-
-def checkpoint(out: Path, step: int, **changes: object) -> Path:
-    path = CheckpointManager(out).save({**STATE, **changes}, step)
-    assert path is not None
-    return path
-
-
-def flip_byte(path: Path, position: int = 7) -> None:
-    data = bytearray(path.read_bytes())
-    data[position] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
-def no_temporaries(folder: Path) -> bool:
-    return not folder.exists() or not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
+from tests.support.checkpoints import checkpoint, no_temporaries
 
 
 @pytest.fixture
