@@ -171,6 +171,27 @@ class RelayClient:
     def progress(self, run_id: str, req: m.ProgressRequest) -> int:
         return int(self.request("POST", f"/api/v1/runs/{run_id}/progress", json=req.model_dump())["step"])
 
+    # -- the rollout pool -------------------------------------------------------------------
+
+    def announce_rollout(self, run_id: str, req: m.RolloutAnnounce) -> m.RolloutEndpoint:
+        """A training worker: where its trainer's rollout manager is (fenced by the epoch)."""
+        return m.RolloutEndpoint.model_validate(
+            self.request("PUT", f"/api/v1/runs/{run_id}/rollout", json=req.model_dump())
+        )
+
+    def rollout_endpoint(self, run_id: str) -> m.RolloutEndpoint:
+        """A rollout worker: where the run's manager is now. NotFound while it has none."""
+        return m.RolloutEndpoint.model_validate(self.request("GET", f"/api/v1/runs/{run_id}/rollout"))
+
+    def rollout_runs(self) -> list[m.RolloutRun]:
+        """A rollout worker: the running runs that take rollout workers, neediest first."""
+        body = self.request("GET", "/api/v1/rollout/runs")
+        return [m.RolloutRun.model_validate(r) for r in body]
+
+    def register_rollout_worker(self, req: m.RegisterRolloutWorker) -> None:
+        """A rollout worker says it exists (and which run it serves); called again as a heartbeat."""
+        self.request("PUT", f"/api/v1/rollout/workers/{req.worker_id}", json=req.model_dump())
+
     def commit_checkpoint(self, run_id: str, req: m.CheckpointCommit) -> m.CheckpointRef:
         return m.CheckpointRef.model_validate(
             self.request("POST", f"/api/v1/runs/{run_id}/checkpoints", json=req.model_dump())

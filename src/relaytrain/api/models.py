@@ -16,7 +16,8 @@ ReportedOutcome = Literal[
     AttemptOutcome.SUCCEEDED, AttemptOutcome.PREEMPTED, AttemptOutcome.FAILED, AttemptOutcome.CANCELLED
 ]
 """The outcomes a worker reports (``lost`` is the commander's, for an expired lease)."""
-TokenScope = Literal["admin", "worker"]
+TokenScope = Literal["admin", "worker", "rollout"]
+"""``rollout``: a rollout worker's token; it reaches the rollout endpoints and nothing else."""
 
 WorkerId = Field(..., pattern=WORKER_ID_PATTERN, description="The worker's unique id.")
 Epoch = Field(..., ge=1, le=2**31 - 1, description="The fencing token of the lease.")
@@ -420,3 +421,53 @@ class HostInfo(HostSpec):
 class HostRemoved(_Wire):
     name: str
     removed: Literal[True]
+
+
+# -- the elastic rollout pool (DESIGN §11, docs/rollout.md) ---------------------------------------
+
+
+class RolloutWorkerView(_Wire):
+    """One rollout worker as the run's manager last saw it."""
+
+    worker_id: str
+    version: int | None = Field(None, description="The weight version it holds.")
+    groups_in_flight: int = 0
+    tokens_per_s: float = 0.0
+    groups_done: int = 0
+    last_seen_s: float = Field(0.0, description="Seconds since the manager last heard from it.")
+
+
+class RolloutAnnounce(LeaseRef):
+    """A training worker forwards its trainer's rollout manager (fenced by the lease epoch)."""
+
+    url: str = Field(..., min_length=1, max_length=2048, pattern=r"^https?://", description="The manager's base URL.")
+    secret: str = Field(..., min_length=16, max_length=256, description="What rollout workers present to the manager.")
+    version: int | None = Field(None, ge=0, le=10**9, description="The latest weight version the manager serves.")
+    pool: list[RolloutWorkerView] = Field(default_factory=list, max_length=1024)
+
+
+class RolloutEndpoint(_Wire):
+    """Where a run's rollout manager is now (only while the run is running under that epoch)."""
+
+    run_id: str
+    epoch: int
+    url: str
+    secret: str
+    version: int | None = None
+    pool: list[RolloutWorkerView] = Field(default_factory=list)
+    updated_at: float
+
+
+class RolloutRun(_Wire):
+    """A running run that hosts a rollout manager and takes rollout workers."""
+
+    run_id: str
+    epoch: int
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels a rollout worker must offer.")
+    rollout_workers: int = Field(0, description="Rollout workers its manager reported.")
+
+
+class RegisterRolloutWorker(_Request):
+    worker_id: str = WorkerId
+    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
+    run_id: str | None = Field(None, pattern=RUN_ID_PATTERN, description="The run it serves now, if any.")

@@ -215,6 +215,24 @@ class GRPOTrainer(_Model):
     )
 
 
+class RolloutConfig(_Model):
+    """The elastic rollout pool of a GRPO run (DESIGN §11, docs/rollout.md): the trainer hosts a
+    rollout manager and rollout workers generate groups for it; with none attached the trainer
+    generates itself."""
+
+    sync_every: int = Field(1, ge=1, le=10**6, description="Publish the policy's weights every N optimizer steps.")
+    max_staleness: int = Field(
+        2, ge=0, le=10**6, description="Train no group sampled more than this many weight versions ago."
+    )
+    lease_s: float = Field(60.0, gt=0, le=86_400, description="Seconds a rollout worker may hold a group.")
+    max_importance_weight: float = Field(
+        2.0, ge=1.0, le=1e6, description="Cap of the per-token off-policy weight π_old/π_behaviour (truncated IS)."
+    )
+    port: int = Field(0, ge=0, le=65535, description="Port the manager listens on; 0: any free port.")
+    labels: dict[str, str] = Field(default_factory=dict, max_length=64,
+                                   description="Labels a rollout worker must offer to serve this run.")
+
+
 class CommandTrainer(_Model):
     """An external trainer started by the worker under the contract of DESIGN §6."""
 
@@ -324,6 +342,9 @@ class GRPORun(_RunBase):
     model: str = Field("tiny", min_length=1)
     data: DataConfig = Field(default_factory=lambda: DataConfig(builtin="arithmetic"))
     trainer: GRPOTrainer = Field(default_factory=GRPOTrainer)
+    rollout: RolloutConfig | None = Field(
+        None, description="Host a rollout manager for rollout workers; unset: the trainer generates alone."
+    )
 
     @model_validator(mode="after")
     def _trainer_saves_trajectories(self) -> GRPORun:

@@ -33,12 +33,23 @@ from .layout import (
     trajectory_id,
     trajectory_name,
 )
-from .lines import CHECKPOINT_EVENT, FILE_EVENT, Event, Progress, clean_metrics, event_line, parse_line, progress_line
+from .lines import (
+    CHECKPOINT_EVENT,
+    FILE_EVENT,
+    ROLLOUT_EVENT,
+    Event,
+    Progress,
+    clean_metrics,
+    event_line,
+    parse_line,
+    progress_line,
+)
 from .trainer import Contract
 
 __all__ = [
     "CHECKPOINT_EVENT", "CONSOLIDATED_METRICS", "DEFAULT_TRAJECTORY_PATTERN", "DEFAULT_TRAJECTORY_SUBDIR",
-    "FILE_EVENT", "VARIABLES", "Contract", "Event", "Exit", "ExitCode", "FailureClass", "Outcome", "Progress",
+    "FILE_EVENT", "ROLLOUT_EVENT", "VARIABLES", "Contract", "Event", "Exit", "ExitCode", "FailureClass", "Outcome",
+    "Progress",
     "RunLayout", "TrainerEnv", "check_trajectory_pattern", "check_trajectory_subdir", "classify_exit",
     "classify_text", "clean_metrics", "event_line", "exit_code_for", "last_line", "parse_line", "progress_line",
     "runs_dir", "trajectory_id", "trajectory_name",

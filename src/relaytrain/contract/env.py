@@ -51,6 +51,9 @@ class TrainerEnv:
         "`rollout_id` (default `rollout_{rollout_id:08d}.jsonl`)", DEFAULT_TRAJECTORY_PATTERN)
     eval_checkpoints: Path | None = _var(
         "RELAY_EVAL_CHECKPOINTS", "for an `eval` run, a JSON list of the checkpoints to score")
+    advertise_host: str | None = _var(
+        "RELAY_ADVERTISE_HOST", "the host name or address rollout workers reach this machine by (the worker's "
+        "`--advertise-host`); empty: the address that routes to the commander")
     log_level: str = _var("RELAY_LOG_LEVEL", "the built-in trainers' log level (default `INFO`)", "INFO")
 
     def __post_init__(self) -> None:

@@ -5,6 +5,8 @@
     {"event": "checkpoint", "step": 120, "path": "/abs/step_…"}   a committed checkpoint
     {"event": "file", "path": "/abs/f", "run_id": "r", "name": "evals/x.json"}
                                                                  store this file (the worker does)
+    {"event": "rollout", "url": "http://…", "secret": "…", "version": 3, "pool": [...]}
+                                                                 the rollout manager (DESIGN §11)
     {"event": "<name>", ...}                                      any other event
 
 Metric values are finite numbers; anything else is dropped when read (a NaN is written as
@@ -21,6 +23,9 @@ from typing import Any
 
 CHECKPOINT_EVENT = "checkpoint"
 FILE_EVENT = "file"
+ROLLOUT_EVENT = "rollout"
+"""``{"event": "rollout", "url": …, "secret": …, "version": …, "pool": [...]}``: where the
+trainer's rollout manager is and who is attached (the worker forwards it to the commander)."""
 MAX_METRICS = 256
 MAX_METRIC_NAME = 128
 
@@ -42,6 +47,14 @@ class Event:
         step, path = self.fields.get("step"), self.fields.get("path")
         if self.event == CHECKPOINT_EVENT and isinstance(step, int) and isinstance(path, str):
             return step, path
+        return None
+
+    @property
+    def rollout(self) -> dict[str, Any] | None:
+        """The fields of a rollout event that names a URL and a secret, else None."""
+        if self.event == ROLLOUT_EVENT and isinstance(self.fields.get("url"), str) and isinstance(
+                self.fields.get("secret"), str):
+            return self.fields
         return None
 
     @property
