@@ -254,6 +254,8 @@ class DataCursor:
         self.epoch = 0
         self.position = 0
         self._order: list[int] | None = None
+        self._orders: dict[int, list[int]] = {}
+        """Permutations ``index_at`` read, a few epochs at most."""
 
     def _permutation(self, epoch: int) -> list[int]:
         order = list(range(self.num_examples))
@@ -272,6 +274,18 @@ class DataCursor:
             if self.position == self.num_examples:
                 self.epoch, self.position, self._order = self.epoch + 1, 0, None
         return indices
+
+    def index_at(self, position: int) -> int:
+        """The example at ``position`` of the data order (what ``next_indices`` hands out there),
+        whatever the cursor's own position: the rollout pool's group ``g`` is this example."""
+        if position < 0:
+            raise ValueError(f"position must be >= 0, got {position}")
+        epoch, offset = divmod(position, self.num_examples)
+        if self._orders.get(epoch) is None:
+            if len(self._orders) >= 4:
+                self._orders.pop(next(iter(self._orders)))
+            self._orders[epoch] = self._permutation(epoch)
+        return self._orders[epoch][offset]
 
     @property
     def examples_seen(self) -> int:

@@ -91,6 +91,10 @@ class Rollout:
     mask: Any
     """(N, L) float mask of the tokens that count in the loss."""
     seconds: float
+    groups: list[Any] | None = None
+    """With a rollout pool: the step's ``rollout.queue.ReadyGroup`` (group id, version, source)."""
+    stale: list[Any] | None = None
+    """With a rollout pool: the groups found too stale on the way (regenerated, not trained)."""
 
 
 class GRPOSession:
@@ -125,6 +129,12 @@ class GRPOSession:
         self.tokens_generated = 0
         self.last_metrics: dict[str, Any] = {}
         self._tokenizer_cache: dict[str, Any] = {}
+        self.pool: Any = None
+        """The ``grpo_pool.RolloutPool`` when the run file has ``rollout:``."""
+        if config.rollout is not None:
+            from relaytrain.train.grpo_pool import RolloutPool
+
+            self.pool = RolloutPool(self)
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -172,20 +182,18 @@ class GRPOSession:
 
     # -- one step ---------------------------------------------------------------------------
 
-    def rollout(self) -> Rollout:
-        """Sample, score and normalise the current step's batch; advances the data cursor, not the model."""
-        from relaytrain.train.grpo_loss import group_advantages, loss_mask, rewards_tensor
+    def sample(self, positions: list[int]) -> Any:
+        """The ``SampledBatch`` of the prompts at ``positions`` of the data order, sampled with the
+        current weights: completion ``k`` of position ``p`` draws the uniforms of
+        ``(seed, step, p, k)``, wherever it is sampled (here or on a rollout worker)."""
         from relaytrain.train.sampling import sample_completions
 
-        started = time.perf_counter()
-        trainer, g = self.config.trainer, self.config.trainer.num_generations
-        first = self.cursor.examples_seen
-        indices = self.cursor.next_indices(trainer.prompts_per_step)
-        batch = sample_completions(
+        trainer = self.config.trainer
+        return sample_completions(
             self.model,
-            [self.prompt_ids[i] for i in indices],
-            prompt_keys=[first + k for k in range(len(indices))],
-            num_generations=g,
+            [self.prompt_ids[self.cursor.index_at(p)] for p in positions],
+            prompt_keys=positions,
+            num_generations=trainer.num_generations,
             seed=trainer.seed,
             step=self.step,
             eos_token_id=self.tokenizer.eos_token_id,
@@ -194,10 +202,15 @@ class GRPOSession:
             temperature=trainer.temperature,
             top_p=trainer.top_p,
         )
-        texts = self.tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
+
+    def score_groups(self, positions: list[int], completion_ids: Any) -> Any:
+        """The ``RewardScores`` of G completions (token ids) for each prompt at ``positions``."""
+        g = self.config.trainer.num_generations
+        texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        indices = [self.cursor.index_at(p) for p in positions]
         examples = [self.examples[i] for i in indices for _ in range(g)]
         samples = [self.samples[i] for i in indices for _ in range(g)]
-        scores = score_completions(
+        return score_completions(
             self.rewards,
             [s.prompt for s in samples],
             texts,
@@ -206,6 +219,56 @@ class GRPOSession:
             template=[self.config.data.template] * len(samples),
             **_extra_columns(examples),
         )
+
+    def generate_groups(self, positions: list[int]) -> list[Any]:
+        """Sample and score the groups at ``positions`` here, as ``rollout.queue.ReadyGroup``."""
+        from relaytrain.rollout.queue import TRAINER
+        from relaytrain.train.grpo_pool import split_batch
+
+        batch = self.sample(positions)
+        groups = split_batch(batch, positions, self.step, TRAINER)
+        scores = self.score_groups(positions, batch.completion_ids)
+        g = batch.num_generations
+        for p, group in enumerate(groups):
+            group.rewards = scores.total[p * g : p * g + g]
+            group.per_function = {k: v[p * g : p * g + g] for k, v in scores.per_function.items()}
+        return groups
+
+    def weights_snapshot(self) -> dict[str, Any]:
+        """A host-memory copy of the policy's weights (tied duplicates left out), for rollout workers."""
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in unique_tensors(self.model).items()}
+
+    def _pool_batch(self) -> tuple[Any, list[int], Any, list[Any], list[Any]]:
+        """The next step's batch from the rollout pool: batch, example indices, scores, groups, stale."""
+        from relaytrain.train.grpo_pool import groups_to_batch
+        from relaytrain.train.rewards import RewardScores
+
+        groups, stale = self.pool.next_groups()
+        self.cursor.next_indices(self.config.trainer.prompts_per_step)  # the cursor counts data epochs
+        positions = [group.group_id for group in groups]
+        indices = [self.cursor.index_at(p) for p in positions]
+        batch = groups_to_batch(groups, [self.prompt_ids[i] for i in indices], self.config.trainer.num_generations,
+                                self.pad_id)
+        names = list(groups[0].per_function)
+        scores = RewardScores(per_function={n: [v for gr in groups for v in gr.per_function[n]] for n in names},
+                              total=[r for gr in groups for r in gr.rewards])
+        return batch, indices, scores, groups, stale
+
+    def rollout(self) -> Rollout:
+        """Sample, score and normalise the current step's batch; advances the data cursor, not the model."""
+        from relaytrain.train.grpo_loss import group_advantages, loss_mask, rewards_tensor
+
+        started = time.perf_counter()
+        trainer, g = self.config.trainer, self.config.trainer.num_generations
+        groups = stale = None
+        if self.pool is not None:
+            batch, indices, scores, groups, stale = self._pool_batch()
+        else:
+            first = self.cursor.examples_seen
+            indices = self.cursor.next_indices(trainer.prompts_per_step)
+            batch = self.sample([first + k for k in range(len(indices))])
+            scores = self.score_groups([first + k for k in range(len(indices))], batch.completion_ids)
+        texts = self.tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
         advantages = group_advantages(rewards_tensor(scores.total), g, trainer.scale_rewards)
         skip_zero = bool(getattr(trainer, "skip_zero_variance_groups", False))
         mask = loss_mask(
@@ -225,6 +288,8 @@ class GRPOSession:
             advantages=advantages,
             mask=mask,
             seconds=time.perf_counter() - started,
+            groups=groups,
+            stale=stale,
         )
 
     def policy_logps(self, model: Any, rollout: Rollout, rows: Any = None) -> Any:
@@ -315,7 +380,23 @@ class GRPOSession:
             with self.model.disable_adapter():
                 return self.policy_logps(self.model, rollout)
 
-    def policy_loss(self, rollout: Rollout, logps: Any, old_logps: Any, ref_logps: Any = None) -> Any:
+    def importance_weights(self, rollout: Rollout, old_logps: Any) -> Any:
+        """The truncated off-policy weights of a pool batch (``grpo_loss.behaviour_weights``), or
+        None when every completion was sampled with the current weights (then the loss is exactly
+        the synchronous trainer's)."""
+        import torch
+
+        from relaytrain.train.grpo_loss import behaviour_weights
+
+        if rollout.groups is None or all(group.version == self.step for group in rollout.groups):
+            return None
+        g = self.config.trainer.num_generations
+        on_policy = torch.tensor([group.version == self.step for group in rollout.groups]).repeat_interleave(g)
+        return behaviour_weights(old_logps, rollout.batch.sampling_logps.to(self.device), on_policy.to(self.device),
+                                 self.config.rollout.max_importance_weight)
+
+    def policy_loss(self, rollout: Rollout, logps: Any, old_logps: Any, ref_logps: Any = None,
+                    weights: Any = None) -> Any:
         """The ``grpo_loss.LossOutput`` of ``logps`` (with grad) on ``rollout``: the trainer's loss path."""
         from relaytrain.train.grpo_loss import grpo_loss
 
@@ -331,6 +412,7 @@ class GRPOSession:
             ref_logps=ref_logps,
             loss_type=trainer.loss_type,
             max_completion_length=trainer.max_new_tokens,
+            importance_weights=weights,
         )
 
     def train_step(self) -> tuple[Rollout, dict[str, Any]]:
@@ -342,7 +424,7 @@ class GRPOSession:
         ref_logps = self.reference_logps(rollout)
         params = [p for p in self.model.parameters() if p.requires_grad]
         rows = self.active_rows(rollout)
-        old_logps, outputs, grad_norms = None, [], []
+        old_logps, weights, outputs, grad_norms = None, None, [], []
         for _ in range(self.config.trainer.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
             if rows is not None and rows.numel() == 0:  # nothing to learn from: a zero gradient, as computed
@@ -351,20 +433,25 @@ class GRPOSession:
                     p.grad = torch.zeros_like(p)
             else:
                 logps = self.policy_logps(self.model, rollout, rows)
-            if old_logps is None:  # the sampling policy: these weights, before any update on this batch
+            if old_logps is None:  # the proximal policy: these weights, before any update on this batch
                 old_logps = logps.detach()
-            out = self.policy_loss(rollout, logps, old_logps, ref_logps)
+                weights = self.importance_weights(rollout, old_logps)
+            out = self.policy_loss(rollout, logps, old_logps, ref_logps, weights)
             if out.loss.requires_grad:
                 out.loss.backward()
             grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)))
             self.optimizer.step()
             self.scheduler.step()
             outputs.append(out)
+        version = self.step
         self.step += 1
         generated = int(rollout.batch.completion_mask.sum())
         self.tokens_generated += generated
         elapsed = time.perf_counter() - started
-        return rollout, self._metrics(rollout, outputs, grad_norms, generated, elapsed)
+        metrics = self._metrics(rollout, outputs, grad_norms, generated, elapsed)
+        if self.pool is not None:
+            metrics.update(self.pool.metrics(rollout.groups, rollout.stale or [], version))
+        return rollout, metrics
 
     def _metrics(self, rollout: Rollout, outputs: list[Any], grad_norms: list[float], generated: int, elapsed: float):
         scores, adv = rollout.scores, rollout.advantages
@@ -394,6 +481,7 @@ class GRPOSession:
                 "data_epoch": self.cursor.epoch,
             }
         )
+        metrics.update(_perf_metrics(rollout, elapsed, self.device))
         return metrics
 
     # -- checkpoint state -------------------------------------------------------------------
@@ -405,8 +493,12 @@ class GRPOSession:
             "sampler": {"seed": self.config.trainer.seed, "next_step": self.step},
             "tokens_generated": self.tokens_generated,
         }
-        reference = {REFERENCE_FILE: unique_tensors(self.reference)} if self.reference is not None else None
-        return checkpoint_entries(self, "grpo", counters, reference)
+        extra = {REFERENCE_FILE: unique_tensors(self.reference)} if self.reference is not None else {}
+        if self.pool is not None:
+            from relaytrain.train.grpo_pool import STATE_FILE
+
+            extra[STATE_FILE] = self.pool.state_dict()
+        return checkpoint_entries(self, "grpo", counters, extra)
 
     def load_checkpoint(self, folder: str | Path) -> None:
         """Verify and restore a checkpoint written by ``checkpoint_state``."""
@@ -417,6 +509,10 @@ class GRPOSession:
         if int(state["sampler"]["seed"]) != self.config.trainer.seed:
             log.warning("trainer.seed changed from %s: sampling will differ", state["sampler"]["seed"])
         self.tokens_generated = int(state.get("tokens_generated", 0))
+        if self.pool is not None:
+            from relaytrain.train.grpo_pool import STATE_FILE
+
+            self.pool.load_state_dict(loaded.get(STATE_FILE), self.step)
         self.resumed = None  # free the loaded tensors
 
 
@@ -425,6 +521,30 @@ def _extra_columns(examples: list[Example]) -> dict[str, list[Any]]:
     extras = [e.extra for e in examples]
     names = sorted({k for extra in extras for k in extra} - {"answer", "reasoning", "template"})
     return {name: [extra.get(name) for extra in extras] for name in names}
+
+
+def _perf_metrics(rollout: Rollout, elapsed: float, device: Any) -> dict[str, float]:
+    """``perf/*`` and ``actor/entropy`` of one step.
+
+    ``perf/total_num_tokens``: the tokens of the step's batch, prompts and completions (what was
+    generated and then read by the policy pass); ``perf/throughput``: those ÷ the step's wall time
+    (generation included, wherever it ran); per GPU when the trainer has GPUs. ``actor/entropy``: the
+    mean of −log p over the sampled tokens, a Monte-Carlo estimate of the sampling policy's entropy
+    per token (no extra forward pass)."""
+    import torch
+
+    batch = rollout.batch
+    completion = batch.completion_mask.float()
+    tokens = int(batch.prompt_mask.sum()) + int(completion.sum())
+    metrics = {
+        "perf/total_num_tokens": float(tokens),
+        "perf/time_per_step": elapsed,
+        "perf/throughput": tokens / max(elapsed, 1e-9),
+        "actor/entropy": float((-batch.sampling_logps * completion).sum() / completion.sum().clamp(min=1.0)),
+    }
+    if device.type == "cuda":
+        metrics["perf/throughput_per_gpu"] = metrics["perf/throughput"] / max(1, torch.cuda.device_count())
+    return metrics
 
 
 def _reward_labels(names: list[str]) -> dict[str, str]:
@@ -441,6 +561,14 @@ def _mean_std(prefix: str, values: list[float | None]) -> dict[str, float | None
         f"{prefix}_mean": statistics.fmean(present) if present else None,
         f"{prefix}_std": statistics.pstdev(present) if len(present) > 1 else (0.0 if present else None),
     }
+
+
+def _group_fields(rollout: Rollout, p: int) -> dict[str, Any]:
+    """With a rollout pool: the group's id (its position in the data order), weight version and source."""
+    if rollout.groups is None:
+        return {}
+    group = rollout.groups[p]
+    return {"group_id": group.group_id, "version": group.version, "source": group.source}
 
 
 def write_trajectories(rollout: Rollout, path: Path) -> Path:
@@ -461,6 +589,7 @@ def write_trajectories(rollout: Rollout, path: Path) -> Path:
                 "rewards_per_function": {k: [v[r] for r in rows] for k, v in rollout.scores.per_function.items()},
                 "advantages": [float(rollout.advantages.advantages[r]) for r in rows],
                 "truncated": [bool(rollout.batch.truncated[r]) for r in rows],
+                **_group_fields(rollout, p),
             }
         )
     atomic_write_text(path, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
@@ -484,9 +613,13 @@ def run_grpo(config: GRPORun, contract: Contract) -> int:
     def report(result: tuple[Rollout, dict[str, Any]], at_checkpoint: bool) -> None:
         rollout, session.last_metrics = result
         contract.report_progress(session.step, session.last_metrics)
+        if session.pool is not None:
+            session.pool.after_wait()
         if keep_trajectories:  # named by the contract's pattern, the rollout id being the step
             write_trajectories(rollout, contract.trajectory_path(rollout.step, config.trajectories.subdir))
 
+    if session.pool is not None:
+        session.pool.start()
     try:
         with open_manager(contract, policy) as manager:  # closing waits for an asynchronous save in flight
 
@@ -495,6 +628,8 @@ def run_grpo(config: GRPORun, contract: Contract) -> int:
 
             train_steps(session, contract, policy.every_steps, report, save)
     finally:
+        if session.pool is not None:
+            session.pool.close()
         contract.close()
     extra = {"run_id": contract.run_id, "epoch": contract.epoch}
     if contract.stop_reason is not None:

@@ -191,6 +191,20 @@ def aggregate(per_token: Tensor, mask: Tensor, loss_type: LossType, max_completi
     raise ValueError(f"loss_type must be dapo, grpo or dr_grpo, got {loss_type!r}")
 
 
+def behaviour_weights(old_logps: Tensor, behaviour_logps: Tensor, on_policy: Tensor, cap: float) -> Tensor:
+    """Truncated importance weights ``min(exp(old - behaviour), cap)`` per token (N, L), no grad.
+
+    Decoupled PPO (Hilton et al. 2022; AReaL): the policy ratio is taken against ``old_logps``, the
+    trainer's weights before this batch's update (the proximal policy), and each token is weighted by
+    how much more likely the proximal policy finds it than the policy that sampled it
+    (``behaviour_logps``, carried with each completion). Truncating the weight at ``cap`` bounds the
+    variance, as in truncated importance sampling. Rows flagged ``on_policy`` (sampled by these very
+    weights) get exactly 1: the two log-probs differ there only by rounding.
+    """
+    weights = torch.exp(old_logps.detach() - behaviour_logps.to(old_logps.dtype)).clamp(max=cap)
+    return torch.where(on_policy.to(torch.bool)[:, None], torch.ones_like(weights), weights)
+
+
 def grpo_loss(
     logps: Tensor,
     old_logps: Tensor,
@@ -203,12 +217,17 @@ def grpo_loss(
     ref_logps: Tensor | None = None,
     loss_type: LossType = "dapo",
     max_completion_length: int | None = None,
+    importance_weights: Tensor | None = None,
 ) -> LossOutput:
     """The clipped surrogate ``-min(ρA, clip(ρ, 1-ε, 1+ε_high)A) + β·KL`` aggregated by ``loss_type``.
 
     ``logps`` (N, L) carries grad; ``old_logps`` (N, L) are the log-probs of the policy that sampled
     (detached ``logps`` when training once per batch); ``advantages`` is (N,); ``ref_logps`` is needed
     only when ``beta > 0``.
+
+    ``importance_weights`` (N, L), for completions sampled by another policy than ``old_logps``'s (a
+    rollout worker holding older weights): the clipped surrogate of each token is multiplied by its
+    weight (decoupled PPO; see ``behaviour_weights``). None: every weight is 1 (on-policy).
     """
     if beta > 0 and ref_logps is None:
         raise ValueError("beta > 0 needs ref_logps")
@@ -218,6 +237,8 @@ def grpo_loss(
     ratio = torch.exp(logps - old_logps.detach())
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + eps_high)
     per_token = -torch.min(ratio * adv, clipped * adv)
+    if importance_weights is not None:
+        per_token = per_token * importance_weights.detach().to(per_token.dtype)
     kl_mean = 0.0
     tokens = mask.sum().clamp(min=1.0)
     if beta > 0:
