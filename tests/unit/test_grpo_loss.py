@@ -218,3 +218,30 @@ def test_token_logps_apply_the_temperature() -> None:
     ids = torch.tensor([[0, 1]])
     close(token_logps(logits, ids), [[math.log(1 / 4), math.log(3 / 4)]])
     close(token_logps(logits, ids, temperature=0.5), [[math.log(1 / 10), math.log(9 / 10)]])
+
+
+def test_behaviour_weights_are_truncated_ratios_and_exactly_one_on_policy() -> None:
+    from relaytrain.train.grpo_loss import behaviour_weights
+
+    old = torch.tensor([[-1.0, -2.0, -0.1], [-1.0, -2.0, -0.1]])
+    behaviour = torch.tensor([[-1.5, -1.0, -3.0], [-1.5, -1.0, -3.0]])
+    weights = behaviour_weights(old, behaviour, torch.tensor([False, True]), cap=2.0)
+    # by hand: e^(−1+1.5) = e^0.5 = 1.6487…, e^(−2+1) = e^−1 = 0.3679…, e^(−0.1+3) = e^2.9 = 18.17 → capped at 2
+    assert weights[0].tolist() == pytest.approx([1.6487212707, 0.3678794412, 2.0])
+    assert weights[1].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_the_loss_weighs_each_tokens_surrogate_by_its_behaviour_weight() -> None:
+    logps = torch.tensor([[-1.0, -2.0], [-0.5, -0.5]], requires_grad=True)
+    old = logps.detach().clone()  # first iteration: ratio 1, nothing clipped
+    advantages = torch.tensor([1.0, -2.0])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    weights = torch.tensor([[0.5, 2.0], [1.5, 9.0]])
+    out = grpo_loss(logps, old, advantages, mask, loss_type="dapo", importance_weights=weights)
+    # by hand: per token −A·w on the 3 loss tokens: −(1·0.5) − (1·2.0) − (−2·1.5) = 0.5, over 3 tokens
+    assert out.loss.item() == pytest.approx(0.5 / 3)
+    out.loss.backward()
+    # d/dlogp of −ρ·A·w at ρ = 1 is −A·w / 3 per loss token, 0 off the mask
+    assert logps.grad.flatten().tolist() == pytest.approx([-0.5 / 3, -2.0 / 3, 3.0 / 3, 0.0])
+    unweighted = grpo_loss(logps.detach(), old, advantages, mask, loss_type="dapo")
+    assert unweighted.loss.item() == pytest.approx((-1 - 1 + 2) / 3)

@@ -1,0 +1,186 @@
+"""The rollout manager over real HTTP: its secret, weights by version in verified chunks, leases,
+late, stale and malformed results refused with the status and a message that names the problem,
+and workers that go silent dropped with their groups re-queued."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from relaytrain.rollout import manager as manager_module
+from relaytrain.rollout.manager import RolloutManager
+from relaytrain.rollout.protocol import PREFIX, ManagerInfo, ModelSpec, SamplingSettings
+from relaytrain.rollout.queue import GroupBook
+
+EOS, VOCAB, MAX_NEW = 2, 10, 3
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def manager(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> Iterator[RolloutManager]:
+    monkeypatch.setattr(manager_module, "REAP_INTERVAL_S", 3600.0)  # the test reaps by hand, on its clock
+    sampling = SamplingSettings(num_generations=2, max_new_tokens=MAX_NEW, temperature=1.0, top_p=1.0, seed=0,
+                                eos_token_id=EOS, pad_token_id=0, vocab_size=VOCAB)
+    info = ManagerInfo(run_id="r", epoch=3, max_staleness=1, lease_s=30, heartbeat_s=2, sampling=sampling,
+                       model=ModelSpec(config={"model_type": "llama"}), groups_total=6)
+    book = GroupBook(6, max_staleness=1, lease_s=30)
+
+    def score(group_id: int, token_ids: list[list[int]]) -> tuple[list[float | None], dict[str, Any]]:
+        totals = [float(len(t)) for t in token_ids]
+        return totals, {"length": totals}
+
+    manager = RolloutManager(book, info=info, prompt_ids=lambda g: [1, 3 + g], score=score, clock=clock)
+    manager.weights.chunk_bytes = 64
+    manager.start(host="127.0.0.1", port=0, advertise="127.0.0.1")
+    yield manager
+    manager.stop()
+
+
+@pytest.fixture
+def http(manager: RolloutManager) -> Iterator[httpx.Client]:
+    assert manager.url is not None
+    with httpx.Client(base_url=manager.url + PREFIX, headers={"Authorization": f"Bearer {manager.secret}"}) as c:
+        yield c
+
+
+def completion(tokens: list[int], finished: bool = True) -> dict[str, Any]:
+    return {"token_ids": tokens, "logps": [-0.5] * len(tokens), "finished": finished}
+
+
+def result(attempt: int, version: int = 0, completions: list[dict] | None = None, worker: str = "w1") -> dict:
+    return {"worker_id": worker, "attempt": attempt, "version": version,
+            "completions": completions or [completion([5, EOS]), completion([4, 4, 4], finished=False)]}
+
+
+def register(http: httpx.Client, worker: str = "w1") -> None:
+    assert http.post("/workers", json={"worker_id": worker, "threads": 1}).status_code == 200
+
+
+def test_without_the_secret_nothing_is_answered(manager: RolloutManager) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong-secret-wrong-secret"}):
+        response = httpx.get(f"{manager.url}{PREFIX}/info", headers=headers)
+        assert response.status_code == 401 and "secret" in response.json()["detail"]
+
+
+def test_weights_are_served_by_version_in_chunks_that_hash_to_the_manifest(
+        manager: RolloutManager, http: httpx.Client) -> None:
+    assert http.get("/weights").status_code == 404
+    data = bytes(range(256)) * 3 + b"tail"
+    manager.publish_weights(0, data)
+    manifest = http.get("/weights").json()
+    assert manifest["version"] == 0 and manifest["total_bytes"] == len(data) and len(manifest["chunks"]) == 13
+    pulled = b""
+    for index, meta in enumerate(manifest["chunks"]):
+        response = http.get(f"/weights/0/chunks/{index}")
+        assert response.headers["X-Sha256"] == meta["sha256"] == hashlib.sha256(response.content).hexdigest()
+        pulled += response.content
+    assert pulled == data and hashlib.sha256(pulled).hexdigest() == manifest["sha256"]
+    manager.publish_weights(1, b"one")
+    manager.publish_weights(2, b"two")  # two versions are held: 0 is gone
+    gone = http.get("/weights/0/chunks/0")
+    assert gone.status_code == 410 and "no longer held" in gone.json()["detail"]
+    assert http.get("/weights/1/chunks/0").content == b"one"
+    assert http.get("/info").json()["version"] == 2
+
+
+def test_a_result_is_accepted_once_for_the_current_attempt_only(manager: RolloutManager, http: httpx.Client,
+                                                                clock: Clock) -> None:
+    register(http)
+    assert http.post("/groups/lease", json={"worker_id": "w1", "version": 0}).status_code == 409  # no weights yet
+    manager.publish_weights(0, b"w")
+    lease = http.post("/groups/lease", json={"worker_id": "w1", "version": 0, "max_groups": 2}).json()
+    assert [(g["group_id"], g["attempt"], g["prompt_ids"]) for g in lease["groups"]] == [(0, 1, [1, 3]), (1, 1, [1, 4])]
+
+    clock.now += 31  # group 0's and 1's leases run out; w1 is alive but slow
+    assert http.post("/workers/w1/heartbeat", json={"version": 0}).status_code == 200
+    manager.reap()
+    register(http, "w2")
+    again = http.post("/groups/lease", json={"worker_id": "w2", "version": 0}).json()["groups"]
+    assert [(g["group_id"], g["attempt"]) for g in again] == [(0, 2)]
+    late = http.post("/groups/0/result", json=result(attempt=1))
+    assert late.status_code == 409 and "late result refused" in late.json()["detail"]
+    assert http.post("/groups/0/result", json=result(attempt=2, worker="w2")).json() == {"group_id": 0,
+                                                                                         "accepted": True}
+    twice = http.post("/groups/0/result", json=result(attempt=2, worker="w2"))
+    assert twice.status_code == 409 and "already accepted" in twice.json()["detail"]
+    [group], _ = manager.book.take_ready(4, version=0)
+    assert group.rewards == [2.0, 3.0] and group.source == "w2" and group.logps[1] == [-0.5] * 3
+
+
+@pytest.mark.parametrize(
+    ("completions", "status", "names"),
+    [
+        ([completion([5, EOS])], 422, "num_generations=2"),
+        ([completion([5, EOS]), completion([4, 4, 4, 4], finished=False)], 422, "max_new_tokens=3"),
+        ([completion([5, EOS]), completion([4, 12, 4], finished=False)], 422, "completions[1].token_ids: 12"),
+        ([completion([5, EOS]), {"token_ids": [4, EOS], "logps": [-1.0], "finished": True}], 422,
+         "completions[1].logps"),
+        ([completion([5, EOS]), {"token_ids": [4, EOS], "logps": [-1.0, 0.5], "finished": True}], 422, "logps"),
+        ([completion([5, 6]), completion([4, 4, 4], finished=False)], 422, "completions[0]: finished"),
+        ([completion([5, EOS]), completion([4, EOS, 4], finished=False)], 422, "completions[1]: not finished"),
+        ([completion([5, EOS]), {"token_ids": "abc", "logps": [], "finished": True}], 422, "token_ids"),
+    ],
+)
+def test_malformed_results_are_refused_naming_the_problem_and_change_nothing(
+        manager: RolloutManager, http: httpx.Client, completions: list[dict], status: int, names: str) -> None:
+    register(http)
+    manager.publish_weights(0, b"w")
+    http.post("/groups/lease", json={"worker_id": "w1", "version": 0})
+    before = manager.book.counts()
+    response = http.post("/groups/0/result", json=result(attempt=1, completions=completions))
+    assert response.status_code == status
+    assert names in str(response.json()["detail"])
+    assert manager.book.counts() == before == {"pending": 5, "leased": 1, "ready": 0, "trained": 0}
+
+
+def test_wrong_group_and_stale_or_unpublished_versions_are_refused(manager: RolloutManager,
+                                                                  http: httpx.Client) -> None:
+    register(http)
+    manager.publish_weights(0, b"w")
+    http.post("/groups/lease", json={"worker_id": "w1", "version": 0})
+    assert http.post("/groups/99/result", json=result(attempt=1)).status_code == 404
+    assert http.post("/groups/1/result", json=result(attempt=1)).status_code == 409  # not leased to anyone
+    unpublished = http.post("/groups/0/result", json=result(attempt=1, version=5))
+    assert unpublished.status_code == 409 and "never published" in unpublished.json()["detail"]
+    manager.publish_weights(1, b"w")
+    manager.publish_weights(2, b"w")
+    stale = http.post("/groups/0/result", json=result(attempt=1, version=0))
+    assert stale.status_code == 409 and "max_staleness=1" in stale.json()["detail"]
+    refused = http.post("/groups/lease", json={"worker_id": "w1", "version": 0})
+    assert refused.status_code == 409 and "pull newer weights" in refused.json()["detail"]
+    unknown = http.post("/groups/lease", json={"worker_id": "stranger", "version": 2})
+    assert unknown.status_code == 404 and "register again" in unknown.json()["detail"]
+
+
+def test_a_silent_worker_is_dropped_and_its_groups_requeued_one_that_leaves_gives_them_back(
+        manager: RolloutManager, http: httpx.Client, clock: Clock) -> None:
+    register(http, "w1")
+    register(http, "w2")
+    manager.publish_weights(0, b"w")
+    http.post("/groups/lease", json={"worker_id": "w1", "version": 0, "max_groups": 2})
+    http.post("/groups/lease", json={"worker_id": "w2", "version": 0, "max_groups": 1})
+    assert {w["worker_id"]: w["groups_in_flight"] for w in manager.pool_view()} == {"w1": 2, "w2": 1}
+    clock.now += manager_module.HEARTBEAT_S * 2
+    assert http.post("/workers/w2/heartbeat", json={"version": 0, "tokens_per_s": 12.5}).status_code == 200
+    clock.now += manager_module.HEARTBEAT_S * 2  # w1 silent for 4 beats, w2 for 2
+    manager.reap()
+    assert [w["worker_id"] for w in manager.pool_view()] == ["w2"]
+    assert manager.book.counts() == {"pending": 5, "leased": 1, "ready": 0, "trained": 0}
+    assert http.delete("/workers/w2").json() == {"worker_id": "w2", "requeued": [2]}
+    assert manager.book.counts()["pending"] == 6 and manager.book.counters.requeued == 3
