@@ -46,6 +46,8 @@ class DemoSettings:
     eval_samples: int = 300
     timeout_s: float = 900.0
     threads: int = 1
+    rollout_workers: int = 0
+    """Rollout workers attached to the GRPO run (its trainer then hosts a rollout manager)."""
 
 
 @dataclass
@@ -119,6 +121,7 @@ def _free_port() -> int:
 
 def _run_configs(settings: DemoSettings, store: Path) -> list[dict[str, Any]]:
     lease = {"ttl_s": 10, "margin_s": 4, "grace_s": 3}
+    rollout = {"rollout": {"max_staleness": 4}} if settings.rollout_workers else {}
     return [
         {
             "run_id": SFT_RUN, "kind": "sft", "model": "tiny", "data": {"builtin": "arithmetic"},
@@ -131,6 +134,7 @@ def _run_configs(settings: DemoSettings, store: Path) -> list[dict[str, Any]]:
             "data": {"builtin": "arithmetic"}, "max_steps": settings.grpo_steps,
             "checkpoint": {"every_steps": 50, "keep_last": 2}, "lease": lease, "store": str(store),
             "trainer": {"learning_rate": 1e-4, "prompts_per_step": 8, "num_generations": 4, "max_new_tokens": 8},
+            **rollout,
         },
     ]
 
@@ -158,6 +162,10 @@ class Demo:
             worker_token = client.create_token("demo-workers").token
             for name in ("demo-w1", "demo-w2"):
                 self._start_worker(name, worker_token)
+            if self.s.rollout_workers:
+                rollout_token = client.create_token("demo-rollout", "rollout").token
+                for i in range(1, self.s.rollout_workers + 1):
+                    self._start_rollout_worker(f"demo-gen{i}", rollout_token)
             for config in _run_configs(self.s, self.root / "artifacts"):
                 client.submit(config)
             runs = self._watch(client, worker_token, started)
@@ -202,6 +210,12 @@ class Demo:
         self.procs.start(name, argv, self.root / "logs" / f"{name}.log", self.env)
         self.workers.append(name)
         self.view.note(f"worker {name} started (log {self.root / 'logs' / f'{name}.log'})")
+
+    def _start_rollout_worker(self, name: str, token: str) -> None:
+        argv = self._relay("rollout-worker", "--commander", self.url, "--token", token, "--worker-id", name,
+                           "--run", GRPO_RUN, "--threads", str(self.s.threads))
+        self.procs.start(name, argv, self.root / "logs" / f"{name}.log", self.env)
+        self.view.note(f"rollout worker {name} started for {GRPO_RUN} (log {self.root / 'logs' / f'{name}.log'})")
 
     # -- watching ----------------------------------------------------------------------------
 

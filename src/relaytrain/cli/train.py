@@ -30,6 +30,8 @@ def demo(
     kill_at: Annotated[float, typer.Option(min=0.05, max=0.95, help="Kill the SFT holder at this fraction.")]
     = 0.4,
     eval_samples: Annotated[int, typer.Option(min=10, help="Held-out problems to score each model on.")] = 300,
+    rollout_workers: Annotated[int, typer.Option(min=0, max=8, help="Rollout workers generating for the GRPO run "
+                                                 "(its trainer then hosts a rollout manager; docs/rollout.md).")] = 0,
 ) -> None:
     """Run the whole system here: a commander, two workers, SFT then GRPO of a tiny model on
     2-digit addition, a worker killed mid-run, and held-out accuracy at the end (a few minutes on a CPU)."""
@@ -38,5 +40,5 @@ def demo(
     from .render import DemoScreen
 
     settings = DemoSettings(root=root, sft_steps=sft_steps, grpo_steps=grpo_steps, kill_at=kill_at,
-                            eval_samples=eval_samples)
+                            eval_samples=eval_samples, rollout_workers=rollout_workers)
     raise typer.Exit(run_demo(settings, DemoScreen()))
