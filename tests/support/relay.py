@@ -84,6 +84,40 @@ class WorkerProc:
         return self.log_path.read_text(errors="replace")
 
 
+@dataclass
+class RolloutWorkerProc:
+    """A ``relay rollout-worker`` process."""
+
+    commander_url: str
+    token: str
+    worker_id: str
+    folder: Path
+    extra: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / f"{self.worker_id}.log"
+
+    def start(self) -> RolloutWorkerProc:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "relaytrain.cli", "rollout-worker", "--commander", self.commander_url,
+               "--token", self.token, "--worker-id", self.worker_id, "--threads", "1", *self.extra]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0"}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                                         cwd=self.folder)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
 def process_alive(pid: int) -> bool:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
