@@ -1,0 +1,287 @@
+"""A rollout worker's HTTP client of one rollout manager (the API of :mod:`relaytrain.rollout.protocol`),
+and the parallel, verified weight pull. Torch-free.
+
+Errors name what the worker should do next:
+
+- ``ManagerGone``: unreachable, 401 (the secret changed) or 404 for this worker — ask the
+  commander again where the run's manager is now;
+- ``Refused``: 409 (late, stale, already accepted, wrong version) — drop the work, carry on;
+- ``WeightsGone``: 410, the version is no longer held — start over with the latest;
+- ``ManagerShuttingDown``: 503 — the manager is going away; ask the commander again, later;
+- ``WeightsCorrupt``: a chunk (or the whole file) kept failing its sha256.
+
+Usage::
+
+    manager = ManagerClient(endpoint.url, endpoint.secret)
+    info = manager.info()
+    pulled = manager.pull_weights(streams=4)          # PulledWeights(version, data, seconds)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from relaytrain.errors import RelayError
+from relaytrain.rollout.protocol import (
+    PREFIX,
+    GroupResult,
+    LeaseRequest,
+    LeaseResponse,
+    ManagerInfo,
+    Registered,
+    RegisterWorker,
+    ReleaseGroup,
+    ResultAck,
+    WeightChunk,
+    WeightsManifest,
+    WorkerHeartbeat,
+)
+
+log = logging.getLogger(__name__)
+
+PROGRESS_BYTES = 256 * 2**20
+"""A weight pull logs its progress every this many bytes (only pulls bigger than that log)."""
+
+
+class ManagerError(RelayError):
+    """The rollout manager refused a request."""
+
+
+class ManagerGone(ManagerError):
+    """The rollout manager is unreachable or no longer knows this worker; ask the commander where it is."""
+
+
+class ManagerShuttingDown(ManagerGone):
+    """The rollout manager is shutting down."""
+
+
+class Refused(ManagerError):
+    """The rollout manager refused the work (late, stale, already accepted or the wrong version)."""
+
+
+class WeightsGone(ManagerError):
+    """This weights version is no longer held by the manager; pull the latest."""
+
+
+class WeightsCorrupt(ManagerError):
+    """The weights kept failing their sha256."""
+
+
+@dataclass(frozen=True)
+class PulledWeights:
+    """One verified weight version: the safetensors file's bytes."""
+
+    version: int
+    data: bytes
+    seconds: float
+
+    @property
+    def mb_per_s(self) -> float:
+        return len(self.data) / 2**20 / max(self.seconds, 1e-9)
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return f"{detail if detail is not None else response.text[:300]} (HTTP {response.status_code})"
+
+
+def _raise_for(response: httpx.Response, what: str) -> None:
+    if response.is_success:
+        return
+    status, detail = response.status_code, f"{what}: {_detail(response)}"
+    if status in (401, 404):
+        raise ManagerGone(detail)
+    if status == 409:
+        raise Refused(detail)
+    if status == 410:
+        raise WeightsGone(detail)
+    if status == 503:
+        raise ManagerShuttingDown(detail)
+    raise ManagerError(detail)
+
+
+class ManagerClient:
+    """Talks to one rollout manager at ``url`` with ``secret``. Thread-safe."""
+
+    def __init__(self, url: str, secret: str, *, timeout_s: float = 30.0, chunk_retries: int = 3) -> None:
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.chunk_retries = chunk_retries
+        self._headers = {"Authorization": f"Bearer {secret}"}
+        self._http = self._new_http()
+
+    def _new_http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url + PREFIX, headers=self._headers, timeout=self.timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ManagerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, what: str, body: Any = None, http: httpx.Client | None = None) -> Any:
+        try:
+            response = (http or self._http).request(method, path, json=body)
+        except httpx.TransportError as exc:
+            raise ManagerGone(f"{what}: cannot reach the rollout manager at {self.url}: {exc}") from exc
+        _raise_for(response, what)
+        return response
+
+    # -- the session ---------------------------------------------------------------------------
+
+    def info(self) -> ManagerInfo:
+        return ManagerInfo.model_validate(self._call("GET", "/info", "info").json())
+
+    def register(self, req: RegisterWorker) -> Registered:
+        return Registered.model_validate(self._call("POST", "/workers", "register", req.model_dump()).json())
+
+    def heartbeat(self, worker_id: str, req: WorkerHeartbeat) -> Registered:
+        path = f"/workers/{worker_id}/heartbeat"
+        return Registered.model_validate(self._call("POST", path, "heartbeat", req.model_dump()).json())
+
+    def unregister(self, worker_id: str) -> None:
+        self._call("DELETE", f"/workers/{worker_id}", "unregister")
+
+    def lease(self, req: LeaseRequest) -> LeaseResponse:
+        return LeaseResponse.model_validate(self._call("POST", "/groups/lease", "lease", req.model_dump()).json())
+
+    def post_result(self, group_id: int, result: GroupResult) -> ResultAck:
+        response = self._call("POST", f"/groups/{group_id}/result", f"result of group {group_id}", result.model_dump())
+        return ResultAck.model_validate(response.json())
+
+    def release(self, group_id: int, req: ReleaseGroup) -> ResultAck:
+        response = self._call("POST", f"/groups/{group_id}/release", f"release of group {group_id}", req.model_dump())
+        return ResultAck.model_validate(response.json())
+
+    # -- weights -------------------------------------------------------------------------------
+
+    def manifest(self) -> WeightsManifest:
+        return WeightsManifest.model_validate(self._call("GET", "/weights", "weights manifest").json())
+
+    def pull_weights(self, *, streams: int = 4, attempts: int = 3) -> PulledWeights:
+        """The latest version, downloaded in chunks over ``streams`` parallel connections, every chunk
+        and the whole file checked against the manifest's sha256. A version dropped mid-pull (410)
+        starts over with the latest, ``attempts`` times at most."""
+        for attempt in range(attempts):
+            manifest = self.manifest()
+            try:
+                return self.pull_version(manifest, streams=streams)
+            except WeightsGone as exc:
+                log.info("weights v%d dropped mid-pull (%s); pulling the latest (%d/%d)",
+                         manifest.version, exc, attempt + 1, attempts)
+        raise WeightsGone(f"the manager replaced its weights {attempts} times during the pull")
+
+    def pull_version(self, manifest: WeightsManifest, *, streams: int = 4) -> PulledWeights:
+        """Download and verify the file ``manifest`` describes."""
+        _check_manifest(manifest)
+        started = time.monotonic()
+        buffer = bytearray(manifest.total_bytes)
+        view = memoryview(buffer)
+        progress = _Progress(manifest)
+        clients: list[httpx.Client] = []
+        lock, local = threading.Lock(), threading.local()
+
+        def http() -> httpx.Client:  # one connection per stream: each pool thread keeps its own client
+            client = getattr(local, "http", None)
+            if client is None:
+                client = local.http = self._new_http()
+                with lock:
+                    clients.append(client)
+            return client
+
+        def fetch(index: int) -> None:
+            chunk = manifest.chunks[index]
+            self._fetch_chunk(http(), manifest.version, index, chunk, view[chunk.offset : chunk.offset + chunk.length])
+            progress.add(chunk.length)
+
+        try:
+            with ThreadPoolExecutor(max(1, min(streams, len(manifest.chunks))), "weights") as pool:
+                for future in [pool.submit(fetch, i) for i in range(len(manifest.chunks))]:
+                    future.result()
+        finally:
+            for client in clients:
+                client.close()
+        digest = hashlib.sha256(view).hexdigest()
+        if digest != manifest.sha256:
+            raise WeightsCorrupt(f"weights v{manifest.version}: the whole file's sha256 is {digest}, "
+                                 f"the manifest says {manifest.sha256}")
+        return PulledWeights(manifest.version, bytes(buffer), time.monotonic() - started)
+
+    def _fetch_chunk(self, http: httpx.Client, version: int, index: int, chunk: WeightChunk, out: memoryview) -> None:
+        what = f"weights v{version} chunk {index}"
+        problem = ""
+        for attempt in range(self.chunk_retries + 1):
+            if attempt:
+                log.warning("%s: %s; retrying (%d/%d)", what, problem, attempt, self.chunk_retries)
+            try:
+                with http.stream("GET", f"/weights/{version}/chunks/{index}") as response:
+                    if not response.is_success:
+                        response.read()
+                        _raise_for(response, what)
+                    got = 0
+                    for part in response.iter_raw(2**20):
+                        end = got + len(part)
+                        if end > chunk.length:
+                            got = end
+                            break
+                        out[got:end] = part
+                        got = end
+            except httpx.TransportError as exc:
+                problem = f"transfer failed ({exc})"
+                continue
+            if got != chunk.length:
+                problem = f"{got} bytes, expected {chunk.length}"
+                continue
+            digest = hashlib.sha256(out).hexdigest()
+            if digest == chunk.sha256:
+                return
+            problem = f"sha256 {digest[:12]}…, expected {chunk.sha256[:12]}…"
+        raise WeightsCorrupt(f"{what}: {problem} after {self.chunk_retries + 1} tries")
+
+
+def _check_manifest(manifest: WeightsManifest) -> None:
+    """The chunks tile the file exactly, in order."""
+    offset = 0
+    for i, chunk in enumerate(manifest.chunks):
+        if chunk.offset != offset or chunk.length < 0:
+            raise ManagerError(f"weights v{manifest.version}: chunks[{i}] starts at {chunk.offset}, expected {offset}")
+        offset += chunk.length
+    if offset != manifest.total_bytes:
+        raise ManagerError(f"weights v{manifest.version}: chunks cover {offset} bytes, total_bytes is "
+                           f"{manifest.total_bytes}")
+
+
+class _Progress:
+    """Logs a big pull's progress every ``PROGRESS_BYTES``."""
+
+    def __init__(self, manifest: WeightsManifest) -> None:
+        self.manifest = manifest
+        self.done = 0
+        self.next_log = PROGRESS_BYTES
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+
+    def add(self, count: int) -> None:
+        with self._lock:
+            self.done += count
+            if self.done < self.next_log or self.done >= self.manifest.total_bytes:
+                return
+            self.next_log += PROGRESS_BYTES
+            done, total = self.done / 2**20, self.manifest.total_bytes / 2**20
+        rate = done / max(time.monotonic() - self.started, 1e-9)
+        log.info("pulling weights v%d: %.0f/%.0f MiB (%.0f MiB/s)", self.manifest.version, done, total, rate)
