@@ -138,5 +138,22 @@ def test_a_config_without_model_type_and_a_bad_file_are_clear_errors():
 def test_load_tensors_reads_what_safetensors_wrote():
     from safetensors.torch import save
 
-    data = save({"a": torch.arange(6, dtype=torch.float32).reshape(2, 3)})
+    data = save({"a": torch.arange(6, dtype=torch.float32).reshape(2, 3)})  # bytes, as well as bytearray
     assert torch.equal(load_tensors(data)["a"], torch.arange(6, dtype=torch.float32).reshape(2, 3))
+
+
+def test_load_tensors_reads_every_dtype_as_safetensors_does():
+    from safetensors.torch import load, save
+
+    g = torch.Generator().manual_seed(1)
+    tensors = {
+        "f32": torch.randn(3, 4, generator=g), "bf16": torch.randn(5, generator=g).bfloat16(),
+        "f16": torch.randn(2, 2, generator=g).half(), "i64": torch.arange(7), "empty": torch.zeros(0, 3),
+        "scalar": torch.tensor(2.5), "bool": torch.tensor([True, False]),
+    }  # fmt: skip
+    data = save(tensors, metadata={"format": "pt"})
+    ours, theirs = load_tensors(bytearray(data)), load(data)
+    assert ours.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        assert ours[name].dtype == tensor.dtype and ours[name].shape == tensor.shape
+        assert torch.equal(ours[name], tensor), name

@@ -1,0 +1,365 @@
+"""The rollout worker (``relay rollout-worker``): asks the commander where a run's rollout manager
+is, pulls its weights, and generates the prompt groups it leases until it is stopped.
+
+The loop, for one manager (a *session*)::
+
+    commander: rollout_endpoint(run) -> url, secret
+    manager:   info -> build the engine; POST workers; pull weights v
+    repeat:    lease groups at v -> generate -> post results
+               (409 on lease: v is too stale -> pull the latest; 409 on a result: late -> dropped)
+               latest_version > v -> pull the latest in the background, swap between batches
+
+Anything that says the manager is gone — unreachable, 401 (a new secret), 404 for this worker,
+503 — ends the session: the worker asks the commander again, with backoff, and follows the run to
+wherever it is now (a run handed to another machine has a new manager, URL and secret). A run the
+commander no longer lists is left for another (or, with ``--run``, waited for).
+
+A background thread heartbeats the manager every ``heartbeat_s`` (the version held, tokens/s) and
+registers with the commander every ``register_every_s`` (the run served); a failed manager
+heartbeat ends the session like any other sign the manager is gone.
+
+SIGTERM or SIGINT: the batch in hand is finished and posted (groups not yet generated are
+released), the worker unregisters from the manager (``DELETE workers/{id}``) and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Protocol
+
+from relaytrain.errors import RelayError
+from relaytrain.rollout.manager_client import ManagerClient, ManagerGone, PulledWeights, Refused
+from relaytrain.rollout.protocol import (
+    GroupLease,
+    GroupResult,
+    LeaseRequest,
+    ManagerInfo,
+    RegisterWorker,
+    ReleaseGroup,
+    WorkerHeartbeat,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RolloutWorkerSettings:
+    worker_id: str
+    run_id: str | None = None
+    """Serve only this run; else the first run the commander lists whose labels this worker offers."""
+    labels: dict[str, str] = field(default_factory=dict)
+    threads: int = 1
+    max_groups: int = 4
+    """Groups leased (and generated as one batch) at a time."""
+    streams: int = 4
+    """Parallel connections of a weight pull."""
+    device: str | None = None
+    register_every_s: float = 10.0
+    poll_s: float = 1.0
+    """Wait between leases while the manager has no group to hand out."""
+    backoff_max_s: float = 30.0
+
+
+class Directory(Protocol):
+    """Where rollout workers learn which runs want them and where their managers are: the commander
+    (:class:`CommanderDirectory`)."""
+
+    def runs(self) -> list[Any]:
+        """Runs taking rollout workers (``RolloutRun``: ``run_id``, ``labels``), neediest first."""
+
+    def endpoint(self, run_id: str) -> Any | None:
+        """The run's manager now (``RolloutEndpoint``: ``url``, ``secret``), None while it has none."""
+
+    def register(self, worker_id: str, labels: dict[str, str], run_id: str | None) -> None:
+        """Say this worker exists and which run it serves (called again as a heartbeat)."""
+
+
+class CommanderDirectory:
+    """The commander's rollout endpoints, through :class:`relaytrain.api.client.RelayClient`."""
+
+    def __init__(self, commander: str, token: str | None) -> None:
+        from relaytrain.api.client import RelayClient
+
+        self.client = RelayClient(commander, token, timeout_s=10, retries=2)
+
+    def runs(self) -> list[Any]:
+        return self.client.rollout_runs()
+
+    def endpoint(self, run_id: str) -> Any | None:
+        from relaytrain.errors import NotFound
+
+        try:
+            return self.client.rollout_endpoint(run_id)
+        except NotFound:
+            return None
+
+    def register(self, worker_id: str, labels: dict[str, str], run_id: str | None) -> None:
+        from relaytrain.api.models import RegisterRolloutWorker
+
+        self.client.register_rollout_worker(RegisterRolloutWorker(worker_id=worker_id, labels=labels, run_id=run_id))
+
+
+class RolloutWorker:
+    """One rollout worker. ``engine_factory()`` builds an :class:`~relaytrain.rollout.engine.Engine`
+    (default: a ``TorchEngine`` on ``settings.threads`` threads)."""
+
+    def __init__(self, settings: RolloutWorkerSettings, directory: Directory,
+                 engine_factory: Callable[[], Any] | None = None) -> None:
+        self.settings = settings
+        self.directory = directory
+        self._engine_factory = engine_factory or self._torch_engine
+        self._engine: Any = None
+        self._spec: Any = None
+        self._stopping = threading.Event()
+        self._run_id: str | None = None
+        self.stats = {"groups_posted": 0, "groups_refused": 0, "groups_released": 0, "pulls": 0, "sessions": 0}
+
+    def _torch_engine(self) -> Any:
+        from relaytrain.rollout.engine import TorchEngine
+
+        return TorchEngine(threads=self.settings.threads, device=self.settings.device)
+
+    def stop(self, why: str = "asked to stop") -> None:
+        """Finish the batch in hand, post it, unregister, and return from ``run``."""
+        if not self._stopping.is_set():
+            log.warning("stopping (%s): finishing the batch in hand", why)
+        self._stopping.set()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.stop(f"received {signal.Signals(signum).name}")
+
+    # -- the outer loop: which run, which manager ------------------------------------------
+
+    def run(self) -> int:
+        """Serve runs until stopped. Returns the exit code (0)."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        s = self.settings
+        beat = threading.Thread(target=self._register_loop, name="rollout-register", daemon=True)
+        beat.start()
+        log.info("rollout worker %s started (%d threads, up to %d groups a batch%s)", s.worker_id, s.threads,
+                 s.max_groups, f", run {s.run_id}" if s.run_id else "")
+        backoff = 0.0
+        while not self._stopping.is_set():
+            if backoff:
+                self._stopping.wait(backoff)
+                if self._stopping.is_set():
+                    break
+            try:
+                served = self._serve_next()
+            except ManagerGone as exc:
+                log.warning("run %s: %s; asking the commander where its manager is", self._run_id, exc)
+                served = False
+            except RelayError as exc:  # the commander is down or refused: try again later
+                log.warning("%s; retrying", exc)
+                served = False
+            backoff = 0.0 if served else min(s.backoff_max_s, max(s.poll_s, backoff * 2 or s.poll_s))
+        self._run_id = None
+        log.info("rollout worker %s stopped: %s", s.worker_id, self.stats)
+        return 0
+
+    def _serve_next(self) -> bool:
+        """Find a run and its manager and serve it until the session ends. False: nothing to serve now."""
+        run_id = self._pick_run()
+        if run_id is None:
+            return False
+        endpoint = self.directory.endpoint(run_id)
+        if endpoint is None:
+            log.info("run %s has no rollout manager now", run_id)
+            return False
+        if self._run_id != run_id:
+            self._run_id = run_id
+            self._register_once()
+        with ManagerClient(endpoint.url, endpoint.secret) as manager:
+            Session(self, manager, run_id).serve()
+        return True
+
+    def _pick_run(self) -> str | None:
+        if self.settings.run_id is not None:
+            return self.settings.run_id
+        offered = self.settings.labels
+        for run in self.directory.runs():
+            if all(offered.get(k) == v for k, v in run.labels.items()):
+                return run.run_id
+        return None
+
+    def _register_loop(self) -> None:
+        while True:
+            self._register_once()
+            if self._stopping.wait(self.settings.register_every_s):
+                return
+
+    def _register_once(self) -> None:
+        try:
+            self.directory.register(self.settings.worker_id, self.settings.labels, self._run_id)
+        except RelayError as exc:
+            log.warning("registering with the commander failed: %s", exc)
+
+    def engine_for(self, info: ManagerInfo) -> Any:
+        """The engine built for ``info.model`` (kept across managers of the same model)."""
+        if self._engine is None or self._spec != info.model:
+            started = time.monotonic()
+            engine = self._engine_factory()
+            engine.load(info.model)
+            self._engine, self._spec = engine, info.model
+            log.info("built the %s model in %.1f s", info.model.config.get("model_type"), time.monotonic() - started)
+        return self._engine
+
+
+class Session:
+    """Serving one manager: register, pull weights, lease-generate-post until the manager is gone
+    (``ManagerGone`` propagates) or the worker stops (unregisters, returns)."""
+
+    def __init__(self, worker: RolloutWorker, manager: ManagerClient, run_id: str) -> None:
+        self.worker = worker
+        self.settings = worker.settings
+        self.manager = manager
+        self.run_id = run_id
+        self.tokens_per_s = 0.0
+        self._version: int | None = None
+        self._gone: BaseException | None = None
+        self._puller = ThreadPoolExecutor(1, "rollout-pull")
+        self._pull: Future[tuple[PulledWeights, Any]] | None = None
+        self._ended = threading.Event()
+
+    def serve(self) -> None:
+        s = self.settings
+        info = self.manager.info()
+        self.engine = self.worker.engine_for(info)
+        self.info = info
+        registered = self.manager.register(RegisterWorker(worker_id=s.worker_id, threads=s.threads, labels=s.labels))
+        self.worker.stats["sessions"] += 1
+        log.info("registered with the rollout manager of run %s (epoch %d) at %s", self.run_id, info.epoch,
+                 self.manager.url)
+        beat = threading.Thread(target=self._heartbeat, args=(registered.heartbeat_s,), name="rollout-heartbeat",
+                                daemon=True)
+        beat.start()
+        try:
+            self._swap(self._pull_now())
+            while not self.worker._stopping.is_set():
+                self._check_alive()
+                self._step()
+            self._goodbye()
+        finally:
+            self._ended.set()
+            self._puller.shutdown(wait=False, cancel_futures=True)
+
+    def _step(self) -> None:
+        """One lease → generate → post, or a wait when there is nothing to do."""
+        self._swap_if_ready()
+        try:
+            lease = self.manager.lease(LeaseRequest(worker_id=self.settings.worker_id, version=self._version,
+                                                    max_groups=self.settings.max_groups))
+        except Refused as exc:  # our version is too stale to be handed work
+            log.info("lease refused (%s): pulling the latest weights", exc)
+            self._swap(self._pull_now())
+            return
+        if lease.latest_version is not None and lease.latest_version > (self._version or -1):
+            self._pull_in_background()
+        if not lease.groups:
+            if lease.finished:
+                log.debug("run %s: every group is handed out; waiting", self.run_id)
+            self.worker._stopping.wait(self.settings.poll_s)
+            return
+        self._generate_and_post(lease.groups)
+
+    def _generate_and_post(self, groups: list[GroupLease]) -> None:
+        started = time.monotonic()
+        try:
+            completions = self.engine.generate(groups, self.info.sampling, self._version)
+        except BaseException:
+            release_all(self.manager, self.settings.worker_id, groups)
+            self.worker.stats["groups_released"] += len(groups)
+            raise
+        seconds = time.monotonic() - started
+        tokens = sum(len(c.token_ids) for group in completions for c in group)
+        self.tokens_per_s = tokens / max(seconds, 1e-9)
+        accepted = 0
+        for group, done in zip(groups, completions, strict=True):
+            result = GroupResult(worker_id=self.settings.worker_id, attempt=group.attempt, version=self._version,
+                                 completions=done, seconds=seconds / len(groups))
+            try:
+                self.manager.post_result(group.group_id, result)
+            except Refused as exc:
+                self.worker.stats["groups_refused"] += 1
+                log.info("result of group %d dropped: %s", group.group_id, exc)
+                continue
+            accepted += 1
+        self.worker.stats["groups_posted"] += accepted
+        log.info("%d groups (%d tokens) with v%d in %.2f s, %.0f tokens/s; %d accepted", len(groups), tokens,
+                 self._version, seconds, self.tokens_per_s, accepted)
+
+    def _goodbye(self) -> None:
+        try:
+            self.manager.unregister(self.settings.worker_id)
+            log.info("unregistered from the rollout manager of run %s", self.run_id)
+        except RelayError as exc:
+            log.warning("unregistering failed (its groups will be re-queued at their deadline): %s", exc)
+
+    # -- weights ---------------------------------------------------------------------------
+
+    def _pull_now(self) -> tuple[PulledWeights, Any]:
+        """The latest weights, decoded: the background pull in flight if there is one, else a new pull."""
+        self._pull_in_background()
+        assert self._pull is not None
+        pull, self._pull = self._pull, None
+        return pull.result()
+
+    def _pull_in_background(self) -> None:
+        if self._pull is None:
+            self._pull = self._puller.submit(self._pull_and_decode)
+
+    def _pull_and_decode(self) -> tuple[PulledWeights, Any]:
+        from relaytrain.rollout.engine import load_tensors
+
+        pulled = self.manager.pull_weights(streams=self.settings.streams)
+        return pulled, load_tensors(pulled.data)
+
+    def _swap_if_ready(self) -> None:
+        if self._pull is not None and self._pull.done():
+            pull, self._pull = self._pull, None
+            self._swap(pull.result())
+
+    def _swap(self, pulled: tuple[PulledWeights, Any]) -> None:
+        weights, tensors = pulled
+        if self._version is not None and weights.version <= self._version:
+            return
+        self.engine.set_weights(weights.version, tensors)
+        self._version = weights.version
+        self.worker.stats["pulls"] += 1
+        log.info("pulled weights v%d (%.1f MiB) in %.2f s (%.0f MiB/s)", weights.version, len(weights.data) / 2**20,
+                 weights.seconds, weights.mb_per_s)
+
+    # -- liveness ----------------------------------------------------------------------------
+
+    def _heartbeat(self, every_s: float) -> None:
+        while not self._ended.wait(every_s):
+            try:
+                self.manager.heartbeat(self.settings.worker_id,
+                                       WorkerHeartbeat(version=self._version, tokens_per_s=self.tokens_per_s))
+            except ManagerGone as exc:
+                self._gone = exc
+                return
+            except RelayError as exc:
+                log.warning("heartbeat to the rollout manager failed: %s", exc)
+
+    def _check_alive(self) -> None:
+        if self._gone is not None:
+            raise ManagerGone(f"heartbeat: {self._gone}")
+
+
+def release_all(manager: ManagerClient, worker_id: str, groups: list[GroupLease]) -> None:
+    """Hand ``groups`` back to the manager (re-queued at once)."""
+    for group in groups:
+        try:
+            manager.release(group.group_id, ReleaseGroup(worker_id=worker_id, attempt=group.attempt))
+        except RelayError as exc:
+            log.warning("releasing group %d failed (re-queued at its deadline): %s", group.group_id, exc)
