@@ -243,7 +243,8 @@ class Session:
                                 daemon=True)
         beat.start()
         try:
-            self._swap(self._pull_now())
+            if self._wait_for_weights(registered.version):
+                self._swap(self._pull_now())
             while not self.worker._stopping.is_set():
                 self._check_alive()
                 self._step()
@@ -305,6 +306,15 @@ class Session:
             log.warning("unregistering failed (its groups will be re-queued at their deadline): %s", exc)
 
     # -- weights ---------------------------------------------------------------------------
+
+    def _wait_for_weights(self, version: int | None) -> bool:
+        """Until the trainer has published a version (it does once a worker is attached). False: stopped."""
+        while version is None:
+            if self.worker._stopping.wait(self.settings.poll_s):
+                return False
+            self._check_alive()
+            version = self.manager.info().version
+        return True
 
     def _pull_now(self) -> tuple[PulledWeights, Any]:
         """The latest weights, decoded: the background pull in flight if there is one, else a new pull."""
