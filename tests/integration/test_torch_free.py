@@ -39,7 +39,7 @@ def test_help_is_fast_and_light():
 HELP_MODULES = {
     "relaytrain", "relaytrain.errors", "relaytrain.cli", "relaytrain.cli.common", "relaytrain.cli.render",
     "relaytrain.cli.commander", "relaytrain.cli.runs", "relaytrain.cli.worker", "relaytrain.cli.train",
-    "relaytrain.cli.sync", "relaytrain.cli.stack", "relaytrain.cli.hosts",
+    "relaytrain.cli.sync", "relaytrain.cli.stack", "relaytrain.cli.hosts", "relaytrain.cli.rollout",
 }
 
 

@@ -8,6 +8,7 @@ module                    commands
 :mod:`.runs`              ``submit``, ``runs``, ``status``, ``cancel``, ``eval``, ``resume``,
                           ``checkpoints``, ``logs``
 :mod:`.worker`            ``worker``
+:mod:`.rollout`           ``rollout-worker``
 :mod:`.train`             ``train``, ``demo``
 :mod:`.sync`              ``sync …``, ``push-latest``
 :mod:`.stack`             ``launch-stack``, ``stack status|down``, ``print-lium-command``
@@ -31,7 +32,7 @@ import typer
 from relaytrain import __version__
 from relaytrain.errors import RelayError
 
-from . import commander, hosts, runs, stack, sync, train, worker
+from . import commander, hosts, rollout, runs, stack, sync, train, worker
 from .common import console, print_error
 
 app = typer.Typer(
@@ -61,6 +62,7 @@ app.command("eval")(runs.eval_)
 app.command()(runs.resume)
 app.command()(runs.checkpoints)
 app.command()(worker.worker)
+app.command("rollout-worker")(rollout.rollout_worker)
 app.command()(runs.logs)
 app.command(**train.TRAIN_SETTINGS)(train.train)
 app.command()(train.demo)
