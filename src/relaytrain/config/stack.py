@@ -11,7 +11,16 @@ from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from relaytrain.errors import ConfigError
 
-from .runs import RunConfig, RunKind, _Model, load_run_config, load_yaml, parse_run_config, validate_file
+from .runs import (
+    RUN_ID_PATTERN,
+    RunConfig,
+    RunKind,
+    _Model,
+    load_run_config,
+    load_yaml,
+    parse_run_config,
+    validate_file,
+)
 
 HOST_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _HOST_NAME_RE = re.compile(HOST_NAME_PATTERN)
@@ -207,6 +216,28 @@ class WorkerGroup(_Model):
         return validate_host_name(value)
 
 
+class RolloutWorkerGroup(_Model):
+    """Rollout workers launch-stack starts (``relay rollout-worker``): they generate GRPO groups for
+    whichever run's rollout manager wants them (DESIGN §11)."""
+
+    name: str = Field(..., description="Group name; rollout workers are <stack>-<name>-<i>.")
+    count: int = Field(1, ge=1, le=64, description="How many rollout workers.")
+    host: str | None = Field(None, description="ssh only: the host (from provider.hosts) they run on.")
+    gpus: list[Annotated[int, Field(ge=0, le=1023)]] | None = Field(
+        None, description="GPU indices they see (CUDA_VISIBLE_DEVICES); default: all."
+    )
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels they offer to runs.")
+    threads: int = Field(1, ge=1, le=1024, description="CPU threads of each one's engine (--threads).")
+    run: str | None = Field(None, pattern=RUN_ID_PATTERN, description="Serve only this run (--run).")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment of the rollout workers.")
+    env_file: str | None = Field(None, description="A KEY=VALUE file merged under env (relative to the stack).")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return validate_host_name(value)
+
+
 class StackConfig(_Model):
     """A stack file: a commander, where workers run, which workers, which runs (DESIGN §12)."""
 
@@ -215,6 +246,9 @@ class StackConfig(_Model):
     commander: StackCommander = Field(default_factory=StackCommander)
     provider: ProviderConfig = Field(default_factory=lambda: LocalProviderConfig(type="local"))
     workers: list[WorkerGroup] = Field(default_factory=list, description="Worker groups to start.")
+    rollout_workers: list[RolloutWorkerGroup] = Field(
+        default_factory=list, description="Rollout worker groups to start (relay rollout-worker)."
+    )
     runs: list[str | dict[str, Any]] = Field(
         default_factory=list, description="Run files (relative to the stack file) or inline runs to submit."
     )
@@ -226,24 +260,26 @@ class StackConfig(_Model):
 
     @model_validator(mode="after")
     def _workers_fit_provider(self) -> StackConfig:
-        names = [g.name for g in self.workers]
+        groups = [("workers", i, g) for i, g in enumerate(self.workers)]
+        groups += [("rollout_workers", i, g) for i, g in enumerate(self.rollout_workers)]
+        names = [g.name for _, _, g in groups]
         if len(names) != len(set(names)):
-            raise ValueError(f"workers: group names must be unique (got {names})")
+            raise ValueError(f"workers, rollout_workers: group names must be unique (got {names})")
         hosts = {h.name for h in self.provider.hosts} if isinstance(self.provider, SshProviderConfig) else set()
         taken: dict[tuple[str, int], str] = {}
-        for i, group in enumerate(self.workers):
+        for section, i, group in groups:
             if not isinstance(self.provider, SshProviderConfig):
                 if group.host is not None:
-                    raise ValueError(f"workers.{i}.host: only an ssh provider has hosts")
+                    raise ValueError(f"{section}.{i}.host: only an ssh provider has hosts")
                 continue
             if group.host not in hosts:
-                raise ValueError(f"workers.{i}.host: must name one of provider.hosts ({sorted(hosts)})")
+                raise ValueError(f"{section}.{i}.host: must name one of provider.hosts ({sorted(hosts)})")
             if group.gpus and group.count > 1:
-                raise ValueError(f"workers.{i}: {group.count} workers pinned to the same GPUs {group.gpus}")
+                raise ValueError(f"{section}.{i}: {group.count} workers pinned to the same GPUs {group.gpus}")
             for gpu in group.gpus or []:
                 other = taken.setdefault((group.host, gpu), group.name)
                 if other != group.name:
-                    raise ValueError(f"workers.{i}.gpus: GPU {gpu} of {group.host} is already {other}'s")
+                    raise ValueError(f"{section}.{i}.gpus: GPU {gpu} of {group.host} is already {other}'s")
         return self
 
 

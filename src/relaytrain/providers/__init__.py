@@ -14,7 +14,7 @@ from typing import Any
 
 _EXPORTS = {
     "CommandResult": "base", "Machine": "base", "Provider": "base", "ProviderError": "base",
-    "WorkerHandle": "base", "WorkerLaunch": "base", "make_provider": "factory",
+    "RolloutLaunch": "base", "WorkerHandle": "base", "WorkerLaunch": "base", "make_provider": "factory",
 }
 __all__ = sorted(_EXPORTS)
 

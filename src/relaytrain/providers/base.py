@@ -87,6 +87,16 @@ class WorkerLaunch:
     max_runs: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     claim_wait_s: float | None = None
+    rollout: RolloutLaunch | None = None
+    """Set: start ``relay rollout-worker`` (these settings) instead of ``relay worker``."""
+
+
+@dataclass
+class RolloutLaunch:
+    """What a rollout worker takes beyond a worker's identity, commander, token, labels and GPUs."""
+
+    threads: int = 1
+    run_id: str | None = None
 
 
 @dataclass
@@ -160,7 +170,15 @@ def parse_alive(stdout: str) -> set[int]:
 
 
 def worker_argv(python: str, provider: str, launch: WorkerLaunch) -> list[str]:
-    """The ``relay worker`` command line (identity and commander come from the environment)."""
+    """The ``relay worker`` (or ``relay rollout-worker``) command line (identity and commander come
+    from the environment)."""
+    if launch.rollout is not None:
+        argv = [python, "-m", "relaytrain.cli", "rollout-worker", "--threads", str(launch.rollout.threads)]
+        if launch.rollout.run_id is not None:
+            argv += ["--run", launch.rollout.run_id]
+        for key, value in launch.labels.items():
+            argv += ["--label", f"{key}={value}"]
+        return argv
     argv = [python, "-m", "relaytrain.cli", "worker", "--provider", provider]
     for key, value in launch.labels.items():
         argv += ["--label", f"{key}={value}"]

@@ -22,16 +22,18 @@ import httpx
 
 from relaytrain.checkpoint import atomic_write_text
 from relaytrain.config import (
+    RolloutWorkerGroup,
     SshHostConfig,
     SshProviderConfig,
     StackConfig,
+    WorkerGroup,
     load_stack_config,
     run_config_dict,
     stack_runs,
 )
 from relaytrain.errors import RelayError, RunExists
 
-from .base import Machine, Provider, ProviderError, WorkerHandle, WorkerLaunch, parse_env_file
+from .base import Machine, Provider, ProviderError, RolloutLaunch, WorkerHandle, WorkerLaunch, parse_env_file
 from .factory import make_provider, resolve
 
 STATE_FILE = "stack.json"
@@ -197,38 +199,50 @@ class Stack:
 
     # -- workers ---------------------------------------------------------------------------------
 
-    def launches(self, worker_token: str | None) -> list[tuple[str, str, WorkerLaunch]]:
-        """``(group, machine name, launch)`` of every worker the stack file asks for."""
+    def launches(self, worker_token: str | None,
+                 rollout_token: str | None = None) -> list[tuple[str, str, WorkerLaunch]]:
+        """``(group, machine name, launch)`` of every worker and rollout worker the stack file asks for."""
         out = []
-        for group in self.config.workers:
-            env = {}
-            if group.env_file:
-                env_path = resolve(self.base, group.env_file)
-                try:
-                    env = parse_env_file(env_path.read_text(encoding="utf-8"), source=str(env_path))
-                except OSError as exc:
-                    raise StackError(f"workers.{group.name}.env_file: cannot read {env_path}: {exc}") from exc
-            if self.config.provider.type == "local":
-                env["RELAY_STACK_DIR"] = str(self.base)  # lets a local run name files next to the stack
-            env.update(group.env)
+        for group in [*self.config.workers, *self.config.rollout_workers]:
+            env = self._group_env(group)
             for i in range(group.count):
                 worker_id = f"{self.config.name}-{group.name}-{i}"
-                launch = WorkerLaunch(worker_id=worker_id, commander_url=self.config.commander.worker_url,
-                                      token=worker_token, labels=dict(group.labels), kinds=list(group.kinds),
-                                      gpus=group.gpus, price_per_hour=group.price_per_hour,
-                                      max_runs=group.max_runs, env=env)
+                if isinstance(group, RolloutWorkerGroup):
+                    launch = WorkerLaunch(worker_id=worker_id, commander_url=self.config.commander.worker_url,
+                                          token=rollout_token, labels=dict(group.labels), gpus=group.gpus, env=env,
+                                          rollout=RolloutLaunch(threads=group.threads, run_id=group.run))
+                else:
+                    launch = WorkerLaunch(worker_id=worker_id, commander_url=self.config.commander.worker_url,
+                                          token=worker_token, labels=dict(group.labels), kinds=list(group.kinds),
+                                          gpus=group.gpus, price_per_hour=group.price_per_hour,
+                                          max_runs=group.max_runs, env=env)
                 out.append((group.name, group.host or worker_id, launch))
         return out
+
+    def _group_env(self, group: WorkerGroup | RolloutWorkerGroup) -> dict[str, str]:
+        env = {}
+        if group.env_file:
+            env_path = resolve(self.base, group.env_file)
+            try:
+                env = parse_env_file(env_path.read_text(encoding="utf-8"), source=str(env_path))
+            except OSError as exc:
+                raise StackError(f"workers.{group.name}.env_file: cannot read {env_path}: {exc}") from exc
+        if self.config.provider.type == "local":
+            env["RELAY_STACK_DIR"] = str(self.base)  # lets a local run name files next to the stack
+        env.update(group.env)
+        return env
 
     def _start_one(self, group: str, machine_name: str, launch: WorkerLaunch) -> dict[str, Any]:
         machine = self.provider.create(machine_name)
         handle = self.provider.start_worker(machine, launch)
-        return {"group": group, **handle.to_dict(), "machine": machine.to_dict()}
+        role = "rollout-worker" if launch.rollout is not None else "worker"
+        return {"group": group, "role": role, **handle.to_dict(), "machine": machine.to_dict()}
 
     def _wait_registered(self, client: Any, workers: list[dict[str, Any]]) -> None:
         timeouts = {g.name: g.register_timeout_s for g in self.config.workers}
         started = time.monotonic()
-        pending = {w["worker_id"]: w for w in workers}
+        # rollout workers register with the commander's rollout pool, not as workers: only checked alive
+        pending = {w["worker_id"]: w for w in workers if w.get("role", "worker") == "worker"}
         last_check = started
         while pending:
             registered = {w.worker_id for w in client.workers()}
@@ -285,9 +299,12 @@ class Stack:
         self.save_state(state)
         with self.client() as client:
             worker_token = client.create_token(f"{self.config.name}-workers", "worker").token if self.token else None
+            rollout_token = None
+            if self.token and self.config.rollout_workers:
+                rollout_token = client.create_token(f"{self.config.name}-rollout", "rollout").token
             if isinstance(self.config.provider, SshProviderConfig):
                 state["hosts"] = self._register_hosts(client)
-            launches = self.launches(worker_token)
+            launches = self.launches(worker_token, rollout_token)
             errors: list[str] = []
             if launches:
                 with ThreadPoolExecutor(max_workers=min(8, len(launches))) as pool:
@@ -349,7 +366,8 @@ class Stack:
             except ProviderError as exc:
                 alive = f"unknown: {exc}"
             info = api.get(w["worker_id"])
-            out["workers"].append({"worker_id": w["worker_id"], "machine": machine.name, "pid": w["pid"],
+            out["workers"].append({"worker_id": w["worker_id"], "role": w.get("role", "worker"),
+                                   "machine": machine.name, "pid": w["pid"],
                                    "alive": alive, "registered": info is not None,
                                    "current_run": info.current_run if info else None, "log_path": w["log_path"]})
         return out
