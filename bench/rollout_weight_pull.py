@@ -20,8 +20,8 @@ pull
 Servers (``--server``)
 ----------------------
 manager
-    The real ``relaytrain.rollout.manager`` weight endpoints, publishing the state (default,
-    once the manager exists).
+    The real ``RolloutManager`` (FastAPI on uvicorn, in a thread of this process) publishing the
+    state in its own chunks (``CHUNK_BYTES``). Default.
 stdlib
     ``tests.support.weights_server.WeightsServer``: the same paths, a ``ThreadingHTTPServer``.
 
@@ -92,10 +92,23 @@ def stdlib_server(data: bytes, chunk_bytes: int) -> Iterator[tuple[str, str]]:
 
 @contextmanager
 def manager_server(data: bytes, chunk_bytes: int) -> Iterator[tuple[str, str]]:
-    from bench._rollout_manager import serve_weights  # the real manager, once it is on main
+    """The real ``RolloutManager`` (uvicorn in a thread of this process), its default chunk size."""
+    from relaytrain.rollout.manager import RolloutManager
+    from relaytrain.rollout.protocol import ManagerInfo, ModelSpec, SamplingSettings
+    from relaytrain.rollout.queue import GroupBook
 
-    with serve_weights(data, chunk_bytes=chunk_bytes) as (url, secret):
-        yield url, secret
+    sampling = SamplingSettings(num_generations=1, max_new_tokens=1, temperature=1.0, top_p=1.0, seed=0,
+                                eos_token_id=0, pad_token_id=0, vocab_size=2)
+    info = ManagerInfo(run_id="bench", epoch=1, max_staleness=1, lease_s=60, heartbeat_s=2, sampling=sampling,
+                       model=ModelSpec(config={"model_type": "llama"}), groups_total=0)
+    manager = RolloutManager(GroupBook(0, max_staleness=1, lease_s=60), info=info, prompt_ids=lambda g: [0],
+                             score=lambda g, t: ([], {}))
+    manager.publish_weights(1, data)
+    manager.start(host="127.0.0.1", port=0, advertise="127.0.0.1")
+    try:
+        yield str(manager.url), manager.secret
+    finally:
+        manager.stop()
 
 
 SERVERS: dict[str, Callable[[bytes, int], AbstractContextManager[tuple[str, str]]]] = {
@@ -115,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=int, default=500, help="Size of the state, MB.")
     parser.add_argument("--streams", type=int, nargs="+", default=[4], help="Parallel streams to try.")
-    parser.add_argument("--chunk-mb", type=int, default=16, help="Chunk size of the stdlib server, MB.")
+    parser.add_argument("--chunk-mb", type=int, default=8, help="Chunk size of the stdlib server, MB.")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--server", choices=sorted(SERVERS), default="manager")
     args = parser.parse_args(argv)
