@@ -188,9 +188,15 @@ class RelayClient:
         body = self.request("GET", "/api/v1/rollout/runs")
         return [m.RolloutRun.model_validate(r) for r in body]
 
-    def register_rollout_worker(self, req: m.RegisterRolloutWorker) -> None:
+    def register_rollout_worker(self, req: m.RegisterRolloutWorker) -> m.RolloutWorkerInfo:
         """A rollout worker says it exists (and which run it serves); called again as a heartbeat."""
-        self.request("PUT", f"/api/v1/rollout/workers/{req.worker_id}", json=req.model_dump())
+        return m.RolloutWorkerInfo.model_validate(
+            self.request("PUT", f"/api/v1/rollout/workers/{req.worker_id}", json=req.model_dump())
+        )
+
+    def rollout_workers(self) -> list[m.RolloutWorkerInfo]:
+        """Every rollout worker the commander knows (admin)."""
+        return [m.RolloutWorkerInfo.model_validate(w) for w in self.request("GET", "/api/v1/rollout/workers")]
 
     def commit_checkpoint(self, run_id: str, req: m.CheckpointCommit) -> m.CheckpointRef:
         return m.CheckpointRef.model_validate(

@@ -426,15 +426,16 @@ class HostRemoved(_Wire):
 # -- the elastic rollout pool (DESIGN §11, docs/rollout.md) ---------------------------------------
 
 
-class RolloutWorkerView(_Wire):
+class RolloutWorkerView(_Request):
     """One rollout worker as the run's manager last saw it."""
 
-    worker_id: str
-    version: int | None = Field(None, description="The weight version it holds.")
-    groups_in_flight: int = 0
-    tokens_per_s: float = 0.0
-    groups_done: int = 0
-    last_seen_s: float = Field(0.0, description="Seconds since the manager last heard from it.")
+    worker_id: str = Field(..., min_length=1, max_length=128, description="The rollout worker's id.")
+    version: int | None = Field(None, ge=0, le=10**9, description="The weight version it holds.")
+    groups_in_flight: int = Field(0, ge=0, le=10**9, description="Groups it holds a lease on.")
+    tokens_per_s: float = Field(0.0, ge=0, allow_inf_nan=False, description="Tokens it generates per second.")
+    groups_done: int = Field(0, ge=0, le=2**62, description="Groups it finished for this manager.")
+    last_seen_s: float = Field(0.0, ge=0, allow_inf_nan=False,
+                               description="Seconds since the manager last heard from it.")
 
 
 class RolloutAnnounce(LeaseRef):
@@ -471,3 +472,13 @@ class RegisterRolloutWorker(_Request):
     worker_id: str = WorkerId
     labels: dict[str, str] = Field(default_factory=dict, max_length=64)
     run_id: str | None = Field(None, pattern=RUN_ID_PATTERN, description="The run it serves now, if any.")
+
+
+class RolloutWorkerInfo(_Wire):
+    """A rollout worker as the commander knows it (``GET /api/v1/rollout/workers``)."""
+
+    worker_id: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    run_id: str | None = Field(None, description="The run it said it serves, at its last registration.")
+    registered_at: float
+    last_seen: float

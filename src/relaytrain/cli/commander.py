@@ -92,13 +92,19 @@ def db_upgrade(db: DbOpt = DEFAULT_DB) -> None:
 @token_app.command("create")
 def token_create(
     name: Annotated[str, typer.Option(help="A name to recognise the token by.")] = "worker",
-    scope: Annotated[str, typer.Option(help="worker (worker endpoints only) or admin.")] = "worker",
+    scope: Annotated[str, typer.Option(help="worker (worker endpoints only), rollout (a rollout worker's "
+                                            "endpoints only) or admin.")] = "worker",
     commander: CommanderOpt = DEFAULT_COMMANDER,
     token: TokenOpt = None,
 ) -> None:
     """Create a token (needs the admin token); it is printed once and stored hashed."""
-    if scope not in ("worker", "admin"):
-        fail(f"--scope: must be 'worker' or 'admin', not {scope!r}")
+    from typing import get_args
+
+    from relaytrain.api.models import TokenScope
+
+    scopes = get_args(TokenScope)
+    if scope not in scopes:
+        fail(f"--scope: must be one of {', '.join(scopes)}, not {scope!r}")
     with client(commander, token) as api:
         created = api.create_token(name, scope)
     console.print(created.token, soft_wrap=True)

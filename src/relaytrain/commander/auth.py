@@ -1,4 +1,5 @@
-"""Bearer-token authentication: one admin token given at start, worker tokens kept hashed.
+"""Bearer-token authentication: one admin token given at start, worker and rollout tokens kept
+hashed. A token reaches the endpoints of its own scope; the admin token reaches every endpoint.
 
 A worker token's scope is cached in-process by the token's sha256 for ``cache_s`` (30 s) from
 the moment it was read, so a token revoked or deleted in the database stops working within
@@ -13,16 +14,17 @@ import hashlib
 import hmac
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from starlette.concurrency import run_in_threadpool
 
+from relaytrain.api.models import TokenScope
 from relaytrain.errors import AuthError, Forbidden
 
 if TYPE_CHECKING:
     from .store import Store
 
-SCOPES = ("admin", "worker")
+SCOPES: tuple[str, ...] = get_args(TokenScope)
 
 
 class Authenticator:

@@ -78,6 +78,11 @@ async def _worker(request: Request, authorization: Annotated[str | None, Header(
     return await auth.require_async(authorization, "worker")
 
 
+async def _rollout(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+    auth: Authenticator = request.app.state.auth
+    return await auth.require_async(authorization, "rollout")
+
+
 StoreDep = Annotated[Store, Depends(_store)]
 TelemetryDep = Annotated[Telemetry, Depends(_telemetry)]
 WakeupDep = Annotated[Wakeup, Depends(_wakeup)]
@@ -85,6 +90,8 @@ ADMIN = Depends(_admin)
 """Admin scope: every endpoint but the workers'."""
 WORKER = Depends(_worker)
 """Worker scope (admin reaches it too)."""
+ROLLOUT = Depends(_rollout)
+"""Rollout scope: a rollout worker's discovery endpoints, and nothing else (admin reaches them too)."""
 
 RunIdPath = Annotated[str, Path(pattern=RUN_ID_PATTERN, max_length=128, description="The run's id.")]
 WorkerIdPath = Annotated[str, Path(pattern=m.WORKER_ID_PATTERN, max_length=128, description="The worker's id.")]

@@ -7,6 +7,7 @@ the plain functions of one area module with its connection:
 - :mod:`.leases`: grants, renewals, the fence, releases, expiries (and fenced writes);
 - :mod:`.runs`: submitting, reading and cancelling runs, status changes;
 - :mod:`.evals`: automatic evaluations, the checkpoints an eval scores, ``relay resume``;
+- :mod:`.rollout`: the rollout pool's discovery: announced rollout managers, rollout workers;
 - :mod:`.checkpoints`, :mod:`.events`, :mod:`.workers`, :mod:`.tokens`, :mod:`.ledger`, :mod:`.hosts`.
 
 The same code runs on SQLite (the default, ``./relay.db``) and PostgreSQL, and the same tests
@@ -29,7 +30,7 @@ from relaytrain.errors import NotFound, StoreError
 
 from . import checkpoints as ckpts
 from . import engine as _engine
-from . import evals, events, hosts, leases, ledger, runs, tokens, workers
+from . import evals, events, hosts, leases, ledger, rollout, runs, tokens, workers
 from .schema import attempts
 from .tokens import hash_token
 
@@ -242,6 +243,37 @@ class Store:
         """For each id: ``busy`` (holds a running run), ``idle`` (registered, holds none) or ``absent``."""
         with self._read() as conn:
             return hosts.worker_activity(conn, worker_ids)
+
+    # -- the rollout pool (DESIGN §11; the SQL: rollout.py) -----------------------------------
+
+    def announce_rollout(self, run_id: str, worker_id: str, epoch: int, *, url: str, secret: str,
+                         version: int | None = None, pool: list[dict[str, Any]] | None = None,
+                         now: float | None = None) -> dict[str, Any]:
+        """Record the run's rollout manager under a live lease (:func:`.rollout.announce`)."""
+        with self._write() as conn:
+            return rollout.announce(conn, run_id, worker_id, epoch, url=url, secret=secret, version=version,
+                                    pool=pool or [], now=_now(now))
+
+    def rollout_endpoint(self, run_id: str, *, now: float | None = None) -> dict[str, Any]:
+        """The run's current rollout manager, or NotFound saying why there is none."""
+        with self._read() as conn:
+            return rollout.endpoint(conn, run_id, _now(now))
+
+    def rollout_runs(self, *, now: float | None = None) -> list[dict[str, Any]]:
+        """Running runs with a current rollout manager, fewest rollout workers first."""
+        with self._read() as conn:
+            return rollout.wanting(conn, _now(now))
+
+    def register_rollout_worker(self, worker_id: str, *, labels: dict[str, str] | None = None,
+                                run_id: str | None = None, now: float | None = None) -> dict[str, Any]:
+        """Create or refresh a rollout worker's record (its heartbeat too)."""
+        with self._write() as conn:
+            rollout.register_worker(conn, worker_id, labels=labels or {}, run_id=run_id, now=_now(now))
+            return rollout.list_workers(conn, worker_id=worker_id)[0]
+
+    def list_rollout_workers(self) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            return rollout.list_workers(conn)
 
     # -- tokens ----------------------------------------------------------------------------
 

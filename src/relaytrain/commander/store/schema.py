@@ -163,3 +163,28 @@ hosts = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
+
+# The elastic rollout pool (DESIGN §11). One row per run: where the trainer of lease ``epoch``
+# hosts its rollout manager, as its worker last announced it (served only while that epoch holds
+# the run). Rollout workers register in their own table: they hold no lease and train nothing.
+rollout_endpoints = sa.Table(
+    "rollout_endpoints",
+    metadata,
+    sa.Column("run_id", sa.String(128), sa.ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("secret", sa.String(256), nullable=False),
+    sa.Column("version", sa.Integer, nullable=True),
+    sa.Column("pool", sa.JSON, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+rollout_workers = sa.Table(
+    "rollout_workers",
+    metadata,
+    sa.Column("worker_id", sa.String(128), primary_key=True),
+    sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("run_id", sa.String(128), nullable=True),
+    sa.Column("registered_at", sa.Float, nullable=False),
+    sa.Column("last_seen", sa.Float, nullable=False),
+)
