@@ -433,7 +433,7 @@ class RolloutWorkerView(_Request):
     version: int | None = Field(None, ge=0, le=10**9, description="The weight version it holds.")
     groups_in_flight: int = Field(0, ge=0, le=10**9, description="Groups it holds a lease on.")
     tokens_per_s: float = Field(0.0, ge=0, allow_inf_nan=False, description="Tokens it generates per second.")
-    groups_done: int = Field(0, ge=0, le=2**62, description="Groups it finished for this manager.")
+    groups_done: int = Field(0, ge=0, le=10**9, description="Groups it finished for this manager.")
     last_seen_s: float = Field(0.0, ge=0, allow_inf_nan=False,
                                description="Seconds since the manager last heard from it.")
 

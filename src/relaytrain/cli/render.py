@@ -114,6 +114,22 @@ def print_run(run: dict[str, Any]) -> None:
         console.print(failed[-1]["stderr_tail"], markup=False, highlight=False)
 
 
+def print_rollout_pool(endpoint: dict[str, Any]) -> None:
+    """A run's rollout manager and each rollout worker as the manager last reported it."""
+    version = "-" if endpoint["version"] is None else str(endpoint["version"])
+    title = (f"rollout pool: manager {escape(endpoint['url'])} (epoch {endpoint['epoch']}), weight version "
+             f"{version}, reported {ago(endpoint['updated_at'])}")
+    if not endpoint["pool"]:
+        console.print(f"{title}: no rollout workers attached")
+        return
+    table = Table("rollout worker", "version", "in flight", "tokens/s", "groups done", "last seen", title=title)
+    for w in endpoint["pool"]:
+        table.add_row(escape(w["worker_id"]), "-" if w["version"] is None else str(w["version"]),
+                      str(w["groups_in_flight"]), f"{w['tokens_per_s']:.1f}", str(w["groups_done"]),
+                      ago(endpoint["updated_at"] - w["last_seen_s"]))
+    console.print(table)
+
+
 def print_checkpoints(run_id: str, items: list[Any]) -> None:
     table = Table("step", "epoch", "manifest sha256", "uri", "committed")
     for c in items:

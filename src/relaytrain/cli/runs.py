@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,7 +22,11 @@ from .common import (
     fail,
     print_json,
 )
-from .render import print_checkpoints, print_ledger, print_run, print_runs
+from .render import print_checkpoints, print_ledger, print_rollout_pool, print_run, print_runs
+
+if TYPE_CHECKING:
+    from relaytrain.api.client import RelayClient
+    from relaytrain.api.models import RolloutEndpoint, RunDetail
 
 RunIdArg = Annotated[str, typer.Argument(help="The run's id.")]
 
@@ -67,15 +71,32 @@ def status(
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show a run: status, step, lease, attempts and the latest durable checkpoint."""
+    """Show a run: status, step, lease, attempts, the latest durable checkpoint, and its rollout pool."""
     with client(commander, token) as api:
         run = api.run(run_id)
         ledger = api.ledger(run_id)
+        pool = _rollout_pool(api, run)
     if as_json:
-        print_json({**run.model_dump(mode="json"), "ledger": ledger.model_dump(mode="json")})
+        print_json({**run.model_dump(mode="json"), "ledger": ledger.model_dump(mode="json"),
+                    "rollout": pool.model_dump(mode="json", exclude={"secret"}) if pool else None})
         return
     print_run(run.model_dump())
+    if pool is not None:
+        print_rollout_pool(pool.model_dump())
     print_ledger(ledger.model_dump())
+
+
+def _rollout_pool(api: RelayClient, run: RunDetail) -> RolloutEndpoint | None:
+    """The running run's rollout manager and the pool it reported, or None (it has none now)."""
+    from relaytrain.api.status import RunStatus
+    from relaytrain.errors import NotFound
+
+    if run.status != RunStatus.RUNNING:
+        return None
+    try:
+        return api.rollout_endpoint(run.run_id)
+    except NotFound:
+        return None
 
 
 def cancel(

@@ -31,6 +31,9 @@ def worker(
     price_per_hour: Annotated[float | None, typer.Option(min=0, help="What this machine costs, $/hour.")] = None,
     provider: Annotated[str, typer.Option(help="local, ssh or lium (for the ledger).")] = "local",
     claim_wait: Annotated[float, typer.Option(min=0, max=60, help="Long-poll seconds per claim.")] = 10.0,
+    advertise_host: Annotated[str | None, typer.Option(
+        "--advertise-host", help="Host name or address rollout workers reach this machine's trainers by (behind NAT "
+        "or a port mapping); default: the address of the interface that routes to the commander.")] = None,
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Run a worker: claim runs, supervise their trainers, keep their leases, make checkpoints durable.
@@ -42,6 +45,7 @@ def worker(
 
     from relaytrain.api.models import WORKER_ID_PATTERN
     from relaytrain.config import RUN_KINDS
+    from relaytrain.netaddr import is_host
     from relaytrain.worker import Worker, WorkerSettings
 
     worker_id = worker_id or socket.gethostname()
@@ -50,12 +54,14 @@ def worker(
     bad = [k for k in kind if k not in RUN_KINDS]
     if bad:
         fail(f"--kind: unknown kind {bad[0]!r} (one of {', '.join(RUN_KINDS)})")
+    if advertise_host is not None and not is_host(advertise_host):
+        fail(f"--advertise-host: {advertise_host!r} is not a host name or an IP address (no scheme, port or path)")
     labels = parse_labels(label)
     logging.basicConfig(level=log_level.upper(), format=f"%(asctime)s %(levelname)s [{worker_id}] %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = WorkerSettings(
         commander=commander, token=token, worker_id=worker_id, workdir=workdir.resolve(),
         labels=labels, kinds=kind or None, max_runs=max_runs, price_per_hour=price_per_hour,
-        provider=provider, claim_wait_s=claim_wait,
+        provider=provider, claim_wait_s=claim_wait, advertise_host=advertise_host,
     )
     raise typer.Exit(Worker(settings).run())

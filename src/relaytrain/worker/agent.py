@@ -42,6 +42,8 @@ class WorkerSettings:
     claim_wait_s: float = 10.0
     heartbeat_s: float = 30.0
     progress_interval_s: float = 1.0
+    advertise_host: str | None = None
+    """The address rollout workers reach this machine's trainers by; None: the one routing to the commander."""
 
 
 class Worker:
@@ -90,7 +92,8 @@ class Worker:
             if grant is None:
                 continue
             attempt = Attempt(self.client, grant, worker_id=s.worker_id, workdir=s.workdir,
-                              granted_at_monotonic=asked, progress_interval_s=s.progress_interval_s)
+                              granted_at_monotonic=asked, progress_interval_s=s.progress_interval_s,
+                              advertise_host=s.advertise_host)
             self._current = attempt
             if self._stopping.is_set():
                 attempt.stop(StopReason.PREEMPTED, "worker is shutting down")

@@ -24,6 +24,7 @@ from relaytrain.checkpoint import atomic_write_text
 from relaytrain.config import RunConfig, parse_run_config, run_config_dict
 from relaytrain.contract import Exit, FailureClass, Outcome, RunLayout, TrainerEnv, classify_exit
 from relaytrain.errors import ArtifactError, CheckpointError, ConfigError, LeaseLost, NotFound, RelayError
+from relaytrain.netaddr import address_towards
 
 from .guard import StopReason
 from .lease import LeaseKeeper
@@ -45,7 +46,8 @@ class Attempt:
     trainer is bound to that thread's life), :meth:`stop` from anywhere."""
 
     def __init__(self, client: RelayClient, grant: m.Grant, *, worker_id: str, workdir: Path,
-                 granted_at_monotonic: float, progress_interval_s: float = 1.0) -> None:
+                 granted_at_monotonic: float, progress_interval_s: float = 1.0,
+                 advertise_host: str | None = None) -> None:
         self.client = client
         self.grant = grant
         self.worker_id = worker_id
@@ -53,6 +55,7 @@ class Attempt:
         self.paths = RunLayout.in_workdir(workdir, grant.run_id, grant.epoch)
         self.granted_at = granted_at_monotonic
         self.progress_interval_s = progress_interval_s
+        self.advertise_host = advertise_host
         self.stop_reason: StopReason | None = None
         self.stop_message = ""
         self._wake = threading.Event()
@@ -184,6 +187,7 @@ class Attempt:
             save_rollout_trajectories=config.trajectories.save, rollout_trajectory_root=paths.rollouts,
             rollout_trajectory_pattern=config.trajectories.pattern,
             eval_checkpoints=paths.eval_checkpoints if config.kind == "eval" else None,
+            advertise_host=self._advertise_host(),
             log_level=os.environ.get("RELAY_LOG_LEVEL", "INFO"),
         )
         env = {**os.environ, **contract.to_env(), "PYTHONUNBUFFERED": "1"}
@@ -198,6 +202,18 @@ class Attempt:
             argv = list(BUILTIN[config.kind])
         log.info("starting trainer for %s epoch %d: %s", grant.run_id, grant.epoch, shlex.join(argv))
         return TrainerProcess(argv, env=env, cwd=cwd, log_dir=paths.logs, stop_file=paths.stop_file)
+
+    def _advertise_host(self) -> str | None:
+        """``--advertise-host``, else the address of the interface that routes to the commander
+        (None when there is none: the trainer then picks its own)."""
+        if self.advertise_host:
+            return self.advertise_host
+        try:
+            return address_towards(self.client.base_url)
+        except OSError as exc:
+            log.warning("no address routes to the commander %s (%s): the trainer advertises its own",
+                        self.client.base_url, exc)
+            return None
 
     def _supervise(self, trainer: TrainerProcess, reporter: Reporter, hang_timeout_s: float,
                    grace_s: float) -> Exit:

@@ -1,5 +1,6 @@
 """What the worker learns from its trainer: progress lines forwarded to the commander
-(throttled) and checkpoints made durable (verified, uploaded, committed with the epoch)."""
+(throttled), checkpoints made durable (verified, uploaded, committed with the epoch), and the
+trainer's rollout manager announced to the commander (coalesced, fenced by the epoch)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import logging
 import queue
 import time
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from relaytrain.api import models as m
 from relaytrain.api.client import RelayClient
@@ -199,7 +203,14 @@ class Uploader(Guarded):
 
 class Reporter(Guarded):
     """Tails the progress file: forwards progress (at most every ``interval_s``), hands
-    checkpoint events (or a moved ``latest``) to the uploader, and tracks the last sign of life."""
+    checkpoint events (or a moved ``latest``) to the uploader, forwards rollout events, and
+    tracks the last sign of life.
+
+    Rollout events (where the trainer's rollout manager is, and the pool it sees) are coalesced:
+    only the newest one waiting is sent, at most once per ``interval_s``, but a new URL at once
+    (rollout workers are waiting to find it). One the commander could not take is kept, unless a
+    newer one replaces it, and sent again after ``interval_s``.
+    """
 
     what = "progress reporter"
 
@@ -218,6 +229,8 @@ class Reporter(Guarded):
         self.last_step: int | None = None
         self._pending: list[m.ProgressPoint] = []
         self._last_sent = 0.0
+        self._rollout: m.RolloutAnnounce | None = None  # the newest announcement not yet delivered
+        self._rollout_tried: tuple[float, str] | None = None  # when the last one was sent, and its URL
         self._latest_seen: str | None = _latest_name(output_dir)
 
     def finish(self) -> None:
@@ -240,6 +253,8 @@ class Reporter(Guarded):
                 self.uploader.submit(checkpoint[0], Path(checkpoint[1]))
             elif (file := record.file) is not None:
                 self._store_file(*file)
+            elif (rollout := record.rollout) is not None:
+                self._take_rollout(rollout)
         latest = _latest_name(self.output_dir)
         if latest and latest != self._latest_seen:
             self._latest_seen = latest
@@ -249,6 +264,8 @@ class Reporter(Guarded):
                 self.uploader.submit(step, self.output_dir / latest)
         if self._pending and (flush or time.monotonic() - self._last_sent >= self.interval_s):
             self._send()
+        if self._rollout is not None and (flush or self._rollout_due(self._rollout)):
+            self._send_rollout(self._rollout)
 
     def _store_file(self, path: str, run_id: str, name: str) -> None:
         """A file event: stored if it names this run (or one it may write to, ``file_runs``)."""
@@ -268,3 +285,29 @@ class Reporter(Guarded):
         except RelayError as exc:
             log.warning("progress of %s not delivered (%s); will retry", self.run_id, exc)
             self._pending = batch + self._pending
+
+    def _take_rollout(self, fields: dict[str, Any]) -> None:
+        """A rollout event: it replaces any announcement still waiting (one outside the contract is dropped)."""
+        try:
+            self._rollout = m.RolloutAnnounce(worker_id=self.worker_id, epoch=self.epoch, url=fields["url"],
+                                              secret=fields["secret"], version=fields.get("version"),
+                                              pool=fields.get("pool") or [])
+        except ValidationError as exc:
+            log.warning("%s: ignoring a rollout event outside the contract: %s", self.run_id,
+                        str(exc).replace("\n", "; "))
+
+    def _rollout_due(self, announce: m.RolloutAnnounce) -> bool:
+        if self._rollout_tried is None:
+            return True
+        tried_at, tried_url = self._rollout_tried
+        return announce.url != tried_url or time.monotonic() - tried_at >= self.interval_s
+
+    def _send_rollout(self, announce: m.RolloutAnnounce) -> None:
+        self._rollout, self._rollout_tried = None, (time.monotonic(), announce.url)
+        try:
+            self.client.announce_rollout(self.run_id, announce)
+        except (LeaseLost, NotFound) as exc:
+            self.on_stop(StopReason.LOST, f"rollout announcement refused: {exc}")
+        except RelayError as exc:
+            log.warning("rollout manager of %s not announced (%s); will retry", self.run_id, exc)
+            self._rollout = announce
