@@ -149,3 +149,64 @@ def test_the_reporter_stores_files_only_for_its_run_or_the_runs_it_may_write(tmp
     reporter.finish()
     assert [run_id for _, run_id, _ in uploader.files] == ["eval-run", "source-run"]
     assert not stopped and not uploader.checkpoints
+
+
+def test_the_reporter_announces_rollout_managers_retries_and_stops_when_fenced(tmp_path):
+    """Through the commander's real API on SQLite: a rollout event outside the contract is dropped;
+    one the commander cannot take (503) is kept and sent again; a stale epoch's is refused and stops
+    its attempt as lost."""
+    from relaytrain.contract import ROLLOUT_EVENT, event_line
+    from relaytrain.worker.reporter import Reporter
+    from tests.support.commander import wait_until
+
+    db = Store(str(tmp_path / "relay.db"))
+    db.upgrade()
+    db.submit_run(parse_run_config({"run_id": "r", "kind": "command", "max_steps": 100,
+                                    "trainer": {"command": "true"}}), now=0)
+    assert db.claim_run("w1")["epoch"] == 1
+    down, puts = [True], []
+    with TestClient(create_app(db, admin_token="admin")) as http:
+        def forward(request: httpx.Request) -> httpx.Response:
+            if request.method == "PUT":
+                puts.append(down[0])
+                if down[0]:
+                    return httpx.Response(503, json={"error": "StoreError", "detail": "database is down"})
+            answer = http.request(request.method, str(request.url), content=request.read(),
+                                  headers=dict(request.headers))
+            return httpx.Response(answer.status_code, headers=answer.headers.raw, content=answer.content)
+
+        client = RelayClient("http://testserver", db.create_token("w", "worker"), retries=0,
+                             transport=httpx.MockTransport(forward))
+
+        def reporter(epoch: int, progress, stops) -> Reporter:
+            return Reporter(client, ProgressTailer(progress), _RecordingUploader(), tmp_path / "checkpoints", "r",
+                            "w1", epoch, lambda *why: stops.append(why), interval_s=0.2).start()
+
+        progress, stops = tmp_path / "progress-1.jsonl", []
+        progress.write_text(event_line(ROLLOUT_EVENT, url="http://10.0.0.1:4100", secret="short")
+                            + event_line(ROLLOUT_EVENT, url="http://10.0.0.1:4100", secret="k" * 20, version=1))
+        first = reporter(1, progress, stops)
+        wait_until(lambda: len(puts) >= 2, 30, "the announcement to be tried twice")
+        down[0] = False
+        announced = wait_until(lambda: _served(db), 30, "the announcement to be delivered")
+        first.finish()
+        assert (announced["epoch"], announced["url"], announced["version"]) == (1, "http://10.0.0.1:4100", 1)
+        assert puts[-1] is False and not stops
+
+        db.release_lease("r", "w1", 1, outcome="preempted")
+        assert db.claim_run("w1")["epoch"] == 2
+        stale, stale_stops = tmp_path / "progress-2.jsonl", []
+        stale.write_text(event_line(ROLLOUT_EVENT, url="http://10.0.0.2:4100", secret="k" * 20))
+        reporter(1, stale, stale_stops).finish()
+        assert [why for why, _ in stale_stops] == ["lost"] and "stale" in stale_stops[0][1]
+        client.close()
+    db.close()
+
+
+def _served(db: Store) -> dict | None:
+    from relaytrain.errors import NotFound
+
+    try:
+        return db.rollout_endpoint("r")
+    except NotFound:
+        return None
