@@ -83,7 +83,9 @@ def announcements(commander) -> int:
 def test_the_worker_forwards_the_rollout_manager_coalesced_and_status_shows_the_pool(cluster, tmp_path):
     go, spread = tmp_path / "go", tmp_path / "spread"
     cluster.client.submit(fake_run("pool", cluster.store, go, spread))
-    rollout_token = cluster.client.create_token("rollout-1", "rollout").token
+    rollout_token = relay("token", "create", "--name", "rollout-1", "--scope", "rollout",
+                          commander=cluster.commander).stdout.strip()
+    assert rollout_token.startswith("relay_r_")
     cluster.worker("w1")
     with RelayClient(cluster.commander.url, rollout_token) as rollout:
         endpoint = wait_until(lambda: newest(rollout, "pool"), 60,
@@ -117,6 +119,11 @@ def test_advertise_host_is_what_the_trainer_advertises(cluster, tmp_path):
     assert endpoint.url == "http://[2001:db8::7]:4100"  # the admin token may read it too
     go.touch()
     cluster.wait_status("adv", ("succeeded",))
+
+
+def test_token_create_knows_the_rollout_scope_and_refuses_others():
+    result = relay("token", "create", "--scope", "root", "--commander", "http://127.0.0.1:9", check=False)
+    assert result.returncode == 1 and "--scope: must be one of admin, worker, rollout, not 'root'" in result.stderr
 
 
 @pytest.mark.parametrize("host", ["http://gpu-1", "gpu-1:8080", "a b", "-x"])
