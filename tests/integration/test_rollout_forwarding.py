@@ -5,6 +5,7 @@ the manager there, and ``relay status`` shows the pool."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 
@@ -83,9 +84,10 @@ def announcements(commander) -> int:
 def test_the_worker_forwards_the_rollout_manager_coalesced_and_status_shows_the_pool(cluster, tmp_path):
     go, spread = tmp_path / "go", tmp_path / "spread"
     cluster.client.submit(fake_run("pool", cluster.store, go, spread))
-    rollout_token = relay("token", "create", "--name", "rollout-1", "--scope", "rollout",
-                          commander=cluster.commander).stdout.strip()
-    assert rollout_token.startswith("relay_r_")
+    created = json.loads(relay("token", "create", "--name", "rollout-1", "--scope", "rollout", "--json",
+                               commander=cluster.commander).stdout)
+    assert (created["name"], created["scope"]) == ("rollout-1", "rollout") and created["token"].startswith("relay_r_")
+    rollout_token = created["token"]
     cluster.worker("w1")
     with RelayClient(cluster.commander.url, rollout_token) as rollout:
         endpoint = wait_until(lambda: newest(rollout, "pool"), 60,

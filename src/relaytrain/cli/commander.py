@@ -13,6 +13,7 @@ from .common import (
     DEFAULT_DB,
     CommanderOpt,
     DbOpt,
+    JsonOpt,
     LogLevelOpt,
     ServeTokenOpt,
     TokenOpt,
@@ -20,6 +21,7 @@ from .common import (
     console,
     err_console,
     fail,
+    print_json,
     print_warning,
 )
 
@@ -96,6 +98,7 @@ def token_create(
                                             "endpoints only) or admin.")] = "worker",
     commander: CommanderOpt = DEFAULT_COMMANDER,
     token: TokenOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Create a token (needs the admin token); it is printed once and stored hashed."""
     from typing import get_args
@@ -107,4 +110,7 @@ def token_create(
         fail(f"--scope: must be one of {', '.join(scopes)}, not {scope!r}")
     with client(commander, token) as api:
         created = api.create_token(name, scope)
+    if as_json:
+        print_json(created.model_dump(mode="json"))
+        return
     console.print(created.token, soft_wrap=True)
