@@ -36,6 +36,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, HTTPException, Response
 from fastapi.responses import JSONResponse
 
+from relaytrain.netaddr import url_host
 from relaytrain.rollout.protocol import (
     CHUNK_SHA256_HEADER,
     PREFIX,
@@ -178,7 +179,7 @@ class RolloutManager:
         self._threads = [serve, reap]
         for thread in self._threads:
             thread.start()
-        self.url = f"http://{_url_host(advertise)}:{bound}"
+        self.url = f"http://{url_host(advertise)}:{bound}"
         deadline = time.monotonic() + 30
         while not self._server.started and serve.is_alive() and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -373,7 +374,3 @@ class RolloutManager:
             if not c.finished and (eos or len(c.token_ids) != sampling.max_new_tokens):
                 raise GroupRefused(422, f"{where}: not finished, so it must hold max_new_tokens="
                                         f"{sampling.max_new_tokens} tokens and no EOS")
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host

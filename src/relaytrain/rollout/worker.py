@@ -155,13 +155,15 @@ class RolloutWorker:
                     break
             try:
                 served = self._serve_next()
+                # nothing to serve yet (no run, or its manager not announced: a hand-off in progress):
+                # ask again soon, at a steady pace, to reach the heir's manager as soon as it is up
+                backoff = 0.0 if served else s.poll_s
             except ManagerGone as exc:
                 log.warning("run %s: %s; asking the commander where its manager is", self._run_id, exc)
-                served = False
-            except RelayError as exc:  # the commander is down or refused: try again later
+                backoff = s.poll_s
+            except RelayError as exc:  # the commander is down or refused: back off
                 log.warning("%s; retrying", exc)
-                served = False
-            backoff = 0.0 if served else min(s.backoff_max_s, max(s.poll_s, backoff * 2 or s.poll_s))
+                backoff = min(s.backoff_max_s, max(s.poll_s, backoff * 2 or s.poll_s))
         self._run_id = None
         log.info("rollout worker %s stopped: %s", s.worker_id, self.stats)
         return 0
