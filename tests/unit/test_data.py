@@ -167,3 +167,15 @@ def test_a_trl_conversational_prompt_becomes_messages() -> None:
     assert example.messages == ({"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"})
     with pytest.raises(ConfigError, match="'prompt' must be a list of"):
         normalize_record({"prompt": [{"content": "no role"}], "answer": "1"}, "record 0")
+
+
+def test_index_at_is_the_data_order_across_epochs_whatever_the_cursors_position() -> None:
+    from relaytrain.train.data import DataCursor
+
+    walking, asked = DataCursor(7, seed=3), DataCursor(7, seed=3)
+    asked.next_indices(5)  # its own position does not matter
+    order = walking.next_indices(7 * 6)
+    assert [asked.index_at(p) for p in reversed(range(7 * 6))] == list(reversed(order))
+    assert sorted(order[7:14]) == list(range(7)) and order[:7] != order[7:14]  # each epoch: a fresh shuffle
+    with pytest.raises(ValueError, match="position"):
+        asked.index_at(-1)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import random
 import string
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,6 +257,7 @@ class DataCursor:
         self._order: list[int] | None = None
         self._orders: dict[int, list[int]] = {}
         """Permutations ``index_at`` read, a few epochs at most."""
+        self._orders_lock = threading.Lock()
 
     def _permutation(self, epoch: int) -> list[int]:
         order = list(range(self.num_examples))
@@ -281,11 +283,14 @@ class DataCursor:
         if position < 0:
             raise ValueError(f"position must be >= 0, got {position}")
         epoch, offset = divmod(position, self.num_examples)
-        if self._orders.get(epoch) is None:
-            if len(self._orders) >= 4:
-                self._orders.pop(next(iter(self._orders)))
-            self._orders[epoch] = self._permutation(epoch)
-        return self._orders[epoch][offset]
+        with self._orders_lock:  # the rollout manager's threads ask too
+            order = self._orders.get(epoch)
+            if order is None:
+                order = self._permutation(epoch)
+                while len(self._orders) >= 4:
+                    self._orders.pop(next(iter(self._orders)))
+                self._orders[epoch] = order
+        return order[offset]
 
     @property
     def examples_seen(self) -> int:

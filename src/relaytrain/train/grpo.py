@@ -33,6 +33,7 @@ import copy as copy_module
 import json
 import logging
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,7 @@ class GRPOSession:
         self.tokens_generated = 0
         self.last_metrics: dict[str, Any] = {}
         self._tokenizer_cache: dict[str, Any] = {}
+        self._scoring = threading.Lock()
         self.pool: Any = None
         """The ``grpo_pool.RolloutPool`` when the run file has ``rollout:``."""
         if config.rollout is not None:
@@ -204,7 +206,14 @@ class GRPOSession:
         )
 
     def score_groups(self, positions: list[int], completion_ids: Any) -> Any:
-        """The ``RewardScores`` of G completions (token ids) for each prompt at ``positions``."""
+        """The ``RewardScores`` of G completions (token ids) for each prompt at ``positions``.
+
+        Called by the training loop and by the rollout manager's threads: one call at a time, so a
+        reward function never runs concurrently with itself."""
+        with self._scoring:
+            return self._score_groups(positions, completion_ids)
+
+    def _score_groups(self, positions: list[int], completion_ids: Any) -> Any:
         g = self.config.trainer.num_generations
         texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         indices = [self.cursor.index_at(p) for p in positions]
