@@ -71,6 +71,8 @@ class DemoSummary:
     steps_lost: int
     wall_s: float
     problems: list[str]
+    rollout: dict[str, float] = field(default_factory=dict)
+    """With rollout workers: the GRPO run's ``rollout/*`` counters at its last step."""
 
 
 class DemoView(Protocol):
@@ -169,10 +171,11 @@ class Demo:
             for config in _run_configs(self.s, self.root / "artifacts"):
                 client.submit(config)
             runs = self._watch(client, worker_token, started)
+            rollout = self._rollout_counters(client) if self.s.rollout_workers else {}
             scores = self._score(runs)
         finally:
             self.procs.stop_all()
-        return self._summary(runs, scores, time.monotonic() - started)
+        return self._summary(runs, scores, time.monotonic() - started, rollout)
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -251,6 +254,16 @@ class Demo:
 
     # -- results -----------------------------------------------------------------------------
 
+    def _rollout_counters(self, client: RelayClient) -> dict[str, float]:
+        names = ("rollout/worker_generated", "rollout/trainer_generated", "rollout/groups_requeued",
+                 "rollout/dropped_stale", "rollout/staleness_max")
+        out = {}
+        for name in names:
+            points = client.metrics(GRPO_RUN, name=name).items
+            if points:
+                out[name] = max(points, key=lambda p: p.step).value
+        return out
+
     def _checkpoint_path(self, run: RunDetail) -> str | None:
         ref = run.latest_checkpoint
         return ref.uri.removeprefix("file://") if ref else None
@@ -274,7 +287,8 @@ class Demo:
         scores = json.loads(result.stdout.strip().splitlines()[-1])
         return {label: s["accuracy"] for label, s in zip(models, scores, strict=True)}
 
-    def _summary(self, runs: dict[str, RunDetail], scores: dict[str, float], wall_s: float) -> int:
+    def _summary(self, runs: dict[str, RunDetail], scores: dict[str, float], wall_s: float,
+                 rollout: dict[str, float]) -> int:
         problems = []
         if any(r.status != RunStatus.SUCCEEDED for r in runs.values()):
             problems.append("a run did not succeed: " + ", ".join(f"{k} {r.status}" for k, r in runs.items()))
@@ -285,12 +299,14 @@ class Demo:
             problems.append(f"GRPO lost accuracy (SFT {sft}, GRPO {grpo})")
         if self.killed is None:
             problems.append("no hand-off happened")
+        if self.s.rollout_workers and not rollout.get("rollout/worker_generated"):
+            problems.append("the rollout workers generated no group for the GRPO run")
         self.view.summary(DemoSummary(
             root=self.root, runs=runs, scores=scores,
             checkpoints={run_id: self._checkpoint_path(run) for run_id, run in runs.items()},
             handoffs=sum(max(0, len(r.attempts) - 1) for r in runs.values()),
             steps_lost=sum(a.steps_lost or 0 for r in runs.values() for a in r.attempts),
-            wall_s=wall_s, problems=problems,
+            wall_s=wall_s, problems=problems, rollout=rollout,
         ))
         return 1 if problems else 0
 
