@@ -61,6 +61,19 @@ def test_sft_data_needs_one_source():
         parse_run_config({"run_id": "r", "kind": "sft", "max_steps": 1, "data": {"template": "r1"}})
 
 
+@pytest.mark.parametrize(("workers", "expected"), [
+    (-1, "rollout.workers: Input should be greater than or equal to 0"),
+    (65, "rollout.workers: Input should be less than or equal to 64"),
+    ("two", "rollout.workers: Input should be a valid integer"),
+])
+def test_rollout_workers_bounds_are_named(workers, expected):
+    grpo = {"run_id": "r", "kind": "grpo", "max_steps": 1}
+    assert parse_run_config({**grpo, "rollout": {"workers": 2}}).rollout.workers == 2
+    with pytest.raises(ConfigError) as info:
+        parse_run_config({**grpo, "rollout": {"workers": workers}})
+    assert expected in str(info.value)
+
+
 @pytest.mark.parametrize("bad", ["", "A", "-x", "x" * 129, "a/b", "a\x00b", "été", "a..b", "../x"])
 def test_hostile_run_ids(bad):
     with pytest.raises(ValueError):

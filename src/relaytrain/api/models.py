@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from relaytrain.config import RUN_ID_PATTERN, RunKind, SshHostFields
 
-from .status import AttemptOutcome, FailureClass, RunStatus
+from .status import AttemptOutcome, FailureClass, RunStatus, WorkerRole
 
 WORKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -396,6 +396,7 @@ class HostWorker(BaseModel):
     gpus: list[int]
     pid: int | None = None
     run_id: str | None = None
+    role: WorkerRole = Field(WorkerRole.WORKER, description="A worker, or a rollout worker for ``run_id``.")
     reserved_at: float
     started_at: float | None = None
     dir: str | None = None

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from relaytrain.contract.exits import FailureClass
 
-__all__ = ["TERMINAL", "AttemptOutcome", "FailureClass", "RunStatus"]
+__all__ = ["TERMINAL", "AttemptOutcome", "FailureClass", "RunStatus", "WorkerRole"]
 
 
 class RunStatus(StrEnum):
@@ -39,3 +39,12 @@ class AttemptOutcome(StrEnum):
     CANCELLED = "cancelled"
     LOST = "lost"
     """The lease expired: the commander records it; a worker never reports it."""
+
+
+class WorkerRole(StrEnum):
+    """What a worker the SSH autoscaler started on a host does (its assignment's ``role``)."""
+
+    WORKER = "worker"
+    """``relay worker``: claims and trains runs."""
+    ROLLOUT = "rollout"
+    """``relay rollout-worker --run RUN_ID``: generates for that run's rollout manager."""

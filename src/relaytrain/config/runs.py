@@ -231,6 +231,8 @@ class RolloutConfig(_Model):
     port: int = Field(0, ge=0, le=65535, description="Port the manager listens on; 0: any free port.")
     labels: dict[str, str] = Field(default_factory=dict, max_length=64,
                                    description="Labels a rollout worker must offer to serve this run.")
+    workers: int = Field(0, ge=0, le=64, description="The SSH autoscaler keeps this many rollout workers for the run "
+                         "on its hosts' free GPUs while the run is running (0: none).")
 
 
 class CommandTrainer(_Model):

@@ -21,6 +21,7 @@ from .base import (
     Machine,
     Provider,
     ProviderError,
+    RolloutLaunch,
     WorkerHandle,
     WorkerLaunch,
     alive_script,
@@ -184,13 +185,14 @@ class SshHostAccess:
         return provider, provider.create(host["name"])
 
     def start_worker(self, host: Mapping[str, Any], *, worker_id: str, gpus: list[int], commander_url: str,
-                     token: str | None, claim_wait_s: float | None) -> dict[str, Any]:
-        """Start ``relay worker`` on the host, pinned to ``gpus``; its handle (pid, files) as a dict.
-        ProviderError if it cannot."""
+                     token: str | None, claim_wait_s: float | None,
+                     rollout: RolloutLaunch | None = None) -> dict[str, Any]:
+        """Start ``relay worker`` (``relay rollout-worker`` with ``rollout``) on the host, pinned to
+        ``gpus``; its handle (pid, files) as a dict. ProviderError if it cannot."""
         provider, machine = self._provider(host)
         launch = WorkerLaunch(worker_id=worker_id, commander_url=commander_url, token=token,
                               labels=dict(host["labels"]), gpus=gpus, price_per_hour=host["price_per_hour"],
-                              claim_wait_s=claim_wait_s)
+                              claim_wait_s=claim_wait_s, rollout=rollout)
         return provider.start_worker(machine, launch).to_dict()
 
     def stop_worker(self, host: Mapping[str, Any], assignment: Mapping[str, Any]) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from relaytrain.api.status import WorkerRole
 from relaytrain.config import RunConfig
 from relaytrain.errors import NotFound, StoreError
 
@@ -240,7 +241,7 @@ class Store:
             return workers.listing(conn, worker_id=worker_id)
 
     def worker_activity(self, worker_ids: list[str]) -> dict[str, str]:
-        """For each id: ``busy`` (holds a running run), ``idle`` (registered, holds none) or ``absent``."""
+        """For each id: ``busy``, ``idle``, ``rollout`` or ``absent`` (:func:`.hosts.worker_activity`)."""
         with self._read() as conn:
             return hosts.worker_activity(conn, worker_ids)
 
@@ -263,6 +264,11 @@ class Store:
         """Running runs with a current rollout manager, fewest rollout workers first."""
         with self._read() as conn:
             return rollout.wanting(conn, _now(now))
+
+    def rollout_autoscale_demand(self, *, now: float | None = None) -> list[dict[str, Any]]:
+        """Running runs that want rollout workers from the SSH autoscaler (:func:`.rollout.autoscale_demand`)."""
+        with self._read() as conn:
+            return rollout.autoscale_demand(conn, _now(now))
 
     def register_rollout_worker(self, worker_id: str, *, labels: dict[str, str] | None = None,
                                 run_id: str | None = None, now: float | None = None) -> dict[str, Any]:
@@ -339,11 +345,12 @@ class Store:
                                      alive=alive_pids or set(), now=_now(now))
 
     def reserve_gpus(self, name: str, *, worker_id: str, gpus: list[int], run_id: str | None = None,
-                     now: float | None = None) -> bool:
-        """Atomically hold ``gpus`` of an enabled, reachable host for a worker about to start.
-        False (and nothing changes) when any of them is busy or already held."""
+                     role: WorkerRole = WorkerRole.WORKER, now: float | None = None) -> bool:
+        """Atomically hold ``gpus`` of an enabled, reachable host for a worker (of ``role``) about to
+        start. False (and nothing changes) when any of them is busy or already held."""
         with self._write() as conn:
-            return hosts.reserve_gpus(conn, name, worker_id=worker_id, gpus=gpus, run_id=run_id, now=_now(now))
+            return hosts.reserve_gpus(conn, name, worker_id=worker_id, gpus=gpus, run_id=run_id, role=role,
+                                      now=_now(now))
 
     def assign_worker(self, name: str, worker_id: str, handle: dict[str, Any], *, now: float | None = None) -> None:
         """Record the started worker's pid and files on its reservation."""
@@ -354,6 +361,11 @@ class Store:
         """Drop a worker's reservation (it failed to start, or was stopped); ``error`` goes on the host."""
         with self._write() as conn:
             hosts.release_gpus(conn, name, worker_id, error=error, now=_now(now))
+
+    def ended_runs(self, run_ids: list[str]) -> set[str]:
+        """Those of ``run_ids`` that ended or no longer exist."""
+        with self._read() as conn:
+            return hosts.ended_runs(conn, run_ids)
 
     def gpu_demand(self, *, now: float | None = None) -> list[dict[str, Any]]:
         """Queued runs that could start now: ``run_id``, ``gpus``, ``labels``, best first."""

@@ -3,7 +3,8 @@ autoscaler lives here. Functions of an open connection; :class:`relaytrain.comma
 opens the transaction.
 
 A host row keeps its last poll (``gpus``, each with ``idle``) and the workers the autoscaler
-started there (``assignments``, each holding some GPU indices). :func:`reserve_gpus` runs with
+started there (``assignments``, each holding some GPU indices, with its ``role``: a worker, or a
+rollout worker for one run). :func:`reserve_gpus` runs with
 the host row locked, so no two workers are ever started on the same GPU, even by two commander
 replicas.
 """
@@ -14,13 +15,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from relaytrain.api.status import RunStatus
+from relaytrain.api.status import TERMINAL, RunStatus, WorkerRole
 from relaytrain.config import SshHostFields
 from relaytrain.errors import InvalidState, NotFound
 
 from . import events
 from .leases import CLAIMABLE_NOW
-from .schema import hosts, runs, workers
+from .schema import hosts, rollout_workers, runs, workers
 
 SPEC_FIELDS = tuple(SshHostFields.model_fields)
 """The fields of a host that ``relay hosts add`` (``PUT /api/v1/hosts/{name}``) sets."""
@@ -117,15 +118,16 @@ def record_poll(conn: sa.Connection, name: str, *, gpus: list[dict[str, Any]] | 
 
 
 def reserve_gpus(conn: sa.Connection, name: str, *, worker_id: str, gpus: list[int], run_id: str | None,
-                 now: float) -> bool:
-    """Hold ``gpus`` of an enabled, reachable host for a worker about to start, the host row
-    locked. False (and nothing changes) when any of them is busy or already held."""
+                 role: WorkerRole, now: float) -> bool:
+    """Hold ``gpus`` of an enabled, reachable host for a worker (of ``role``) about to start, the
+    host row locked. False (and nothing changes) when any of them is busy or already held."""
     row = _locked(conn, name)
     if row is None or not row["enabled"] or not row["reachable"]:
         return False
     if not gpus or not set(gpus) <= set(free_gpus(row)):
         return False
-    held = {"worker_id": worker_id, "gpus": sorted(gpus), "pid": None, "run_id": run_id, "reserved_at": now}
+    held = {"worker_id": worker_id, "gpus": sorted(gpus), "pid": None, "run_id": run_id, "role": role.value,
+            "reserved_at": now}
     conn.execute(hosts.update().where(hosts.c.name == name)
                  .values(assignments=[*row["assignments"], held], updated_at=now))
     return True
@@ -165,10 +167,22 @@ def gpu_demand(conn: sa.Connection, now: float) -> list[dict[str, Any]]:
 
 
 def worker_activity(conn: sa.Connection, worker_ids: list[str]) -> dict[str, str]:
-    """For each id: ``busy`` (holds a running run), ``idle`` (registered, holds none) or ``absent``."""
+    """For each id: ``busy`` (holds a running run), ``idle`` (registered, holds none), ``rollout``
+    (registered as a rollout worker) or ``absent`` (never registered, as either)."""
     if not worker_ids:
         return {}
     registered = set(conn.execute(sa.select(workers.c.worker_id).where(workers.c.worker_id.in_(worker_ids))).scalars())
     busy = set(conn.execute(sa.select(runs.c.holder)
                             .where(runs.c.status == RunStatus.RUNNING, runs.c.holder.in_(worker_ids))).scalars())
-    return {w: "busy" if w in busy else "idle" if w in registered else "absent" for w in worker_ids}
+    generating = set(conn.execute(sa.select(rollout_workers.c.worker_id)
+                                  .where(rollout_workers.c.worker_id.in_(worker_ids))).scalars())
+    return {w: "busy" if w in busy else "idle" if w in registered else "rollout" if w in generating else "absent"
+            for w in worker_ids}
+
+
+def ended_runs(conn: sa.Connection, run_ids: list[str]) -> set[str]:
+    """Those of ``run_ids`` that ended (or no longer exist): their rollout workers have nothing to do."""
+    if not run_ids:
+        return set()
+    found = dict(conn.execute(sa.select(runs.c.run_id, runs.c.status).where(runs.c.run_id.in_(run_ids))).all())
+    return {r for r in run_ids if r not in found or found[r] in TERMINAL}

@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from relaytrain.api.status import TERMINAL, RunStatus
+from relaytrain.config import RolloutConfig
 from relaytrain.errors import NotFound
 
 from . import events
@@ -79,25 +80,44 @@ def endpoint(conn: sa.Connection, run_id: str, now: float) -> dict[str, Any]:
     return _endpoint_dict(row)
 
 
-def wanting(conn: sa.Connection, now: float) -> list[dict[str, Any]]:
-    """The running runs whose current epoch announced a rollout manager, with the labels a rollout
-    worker must offer (the run's ``rollout.labels``): fewest rollout workers first, then by the
-    queue's order (highest priority, then oldest)."""
+def _announced(conn: sa.Connection, now: float) -> list[Mapping[str, Any]]:
+    """The running runs whose current rollout manager is served now (:func:`unavailable`), with
+    their config, priority, creation time and the pool their manager reported."""
     query = (
         sa.select(*_RUN_COLUMNS, runs.c.config, runs.c.priority, runs.c.created_at, rollout_endpoints.c.pool,
                   rollout_endpoints.c.epoch.label("announced_epoch"))
         .join(rollout_endpoints, rollout_endpoints.c.run_id == runs.c.run_id)
         .where(runs.c.status == RunStatus.RUNNING, rollout_endpoints.c.epoch == runs.c.epoch)
     )
+    return [row for row in conn.execute(query).mappings().all()
+            if unavailable(row, {"epoch": row["announced_epoch"]}, now) is None]
+
+
+def _rollout_config(row: Mapping[str, Any]) -> RolloutConfig:
+    return RolloutConfig.model_validate(row["config"].get("rollout") or {})
+
+
+def wanting(conn: sa.Connection, now: float) -> list[dict[str, Any]]:
+    """The running runs whose current epoch announced a rollout manager, with the labels a rollout
+    worker must offer (the run's ``rollout.labels``): fewest rollout workers first, then by the
+    queue's order (highest priority, then oldest)."""
     found = []
-    for row in conn.execute(query).mappings().all():
-        if unavailable(row, {"epoch": row["announced_epoch"]}, now) is not None:
-            continue
-        labels = (row["config"].get("rollout") or {}).get("labels") or {}
-        found.append(({"run_id": row["run_id"], "epoch": row["epoch"], "labels": labels,
+    for row in _announced(conn, now):
+        found.append(({"run_id": row["run_id"], "epoch": row["epoch"], "labels": _rollout_config(row).labels,
                        "rollout_workers": len(row["pool"])}, -row["priority"], row["created_at"]))
     found.sort(key=lambda f: (f[0]["rollout_workers"], f[1], f[2], f[0]["run_id"]))
     return [f[0] for f in found]
+
+
+def autoscale_demand(conn: sa.Connection, now: float) -> list[dict[str, Any]]:
+    """The runs the SSH autoscaler keeps rollout workers for: running, their manager served now,
+    ``rollout.workers`` > 0. Each: ``run_id``, ``workers`` (how many it wants), ``labels`` (its
+    ``rollout.labels``), ``pool`` (the ids of the rollout workers its manager reported), by the
+    queue's order (highest priority, then oldest)."""
+    rows = sorted(_announced(conn, now), key=lambda r: (-r["priority"], r["created_at"], r["run_id"]))
+    wanted = [(row, _rollout_config(row)) for row in rows]
+    return [{"run_id": row["run_id"], "workers": cfg.workers, "labels": cfg.labels,
+             "pool": [p["worker_id"] for p in row["pool"]]} for row, cfg in wanted if cfg.workers > 0]
 
 
 # -- rollout workers -----------------------------------------------------------------------------
