@@ -134,7 +134,8 @@ def test_rollout_workers_started_on_matching_free_gpus(store, settings, access):
 
     announce(store, "rl", epoch, t0 + 2, pool=("rw-elsewhere",))  # one rollout worker already attached
     started = scale(store, settings, t0 + 3)
-    assert [(s["host"], s["role"], s["run_id"], len(s["gpus"])) for s in started] == [("eu", "rollout", "rl", 1)] * 2
+    assert [(s["host"], s["role"], s["run_id"], len(s["gpus"])) for s in started] == \
+        [("eu", "rollout-worker", "rl", 1)] * 2
     assert sorted(g for s in started for g in s["gpus"]) == [0, 1]
     for s in started:
         launched = access.started[s["worker_id"]]
@@ -144,7 +145,7 @@ def test_rollout_workers_started_on_matching_free_gpus(store, settings, access):
         assert launched["env"]["WORKER_ID"] == s["worker_id"]
         assert launched["env"]["CUDA_VISIBLE_DEVICES"] == ",".join(map(str, s["gpus"]))
         assert launched["env"]["RELAY_COMMANDER"] == settings.commander_url
-    assert sorted(held(store, "eu")) == [("rollout", "rl", [0]), ("rollout", "rl", [1])]
+    assert sorted(held(store, "eu")) == [("rollout-worker", "rl", [0]), ("rollout-worker", "rl", [1])]
     assert held(store, "us") == [], "us does not carry zone=eu"
 
     assert scale(store, settings, t0 + 4) == [], "the run has its 3 (2 started here + 1 its manager reports)"
@@ -170,7 +171,7 @@ def test_too_few_matching_gpus_and_queued_runs_first(store, settings, access):
                                        "resources": {"gpus": 2, "labels": {"zone": "us"}}}), now=t0 + 1)
     started = scale(store, settings, t0 + 2)
     assert [(s["host"], s["role"], s["run_id"], s["gpus"]) for s in started] == \
-        [("us", "worker", "q", [0, 1]), ("eu", "rollout", "rl", [0]), ("eu", "rollout", "rl", [1])]
+        [("us", "worker", "q", [0, 1]), ("eu", "rollout-worker", "rl", [0]), ("eu", "rollout-worker", "rl", [1])]
     trainer = access.started[started[0]["worker_id"]]
     assert trainer["argv"][3] == "worker" and trainer["env"]["RELAY_TOKEN"] == WORKER_TOKEN
     assert scale(store, settings, t0 + 3) == [], "2 of 3: eu is full, and no other host carries zone=eu"
@@ -220,6 +221,6 @@ def test_rollout_workers_stopped_and_gpus_freed_when_the_run_ends(store, setting
     assert store.get_run("rl")["status"] == end
     assert scale(store, settings, t0 + 4) == [], "nothing new: the ended run wants none"
     assert sorted(access.stopped) == sorted(s["worker_id"] for s in started if s["run_id"] == "rl")
-    assert held(store, "eu") == [("rollout", "other", [s["gpus"] for s in started if s["run_id"] == "other"][0])]
+    assert held(store, "eu") == [("rollout-worker", "other", [s["gpus"] for s in started if s["run_id"] == "other"][0])]
     assert len(store.get_host("eu")["free_gpus"]) == 3
     assert store.get_host("eu")["last_error"] is None

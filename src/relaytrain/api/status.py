@@ -42,9 +42,10 @@ class AttemptOutcome(StrEnum):
 
 
 class WorkerRole(StrEnum):
-    """What a worker the SSH autoscaler started on a host does (its assignment's ``role``)."""
+    """What a worker started by ``launch-stack`` or the SSH autoscaler does (its ``role`` in the
+    stack's state and in a host's assignments)."""
 
     WORKER = "worker"
     """``relay worker``: claims and trains runs."""
-    ROLLOUT = "rollout"
-    """``relay rollout-worker --run RUN_ID``: generates for that run's rollout manager."""
+    ROLLOUT = "rollout-worker"
+    """``relay rollout-worker``: generates for runs' rollout managers."""

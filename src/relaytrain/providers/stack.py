@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from relaytrain.api.status import WorkerRole
 from relaytrain.checkpoint import atomic_write_text
 from relaytrain.config import (
     RolloutWorkerGroup,
@@ -235,14 +236,14 @@ class Stack:
     def _start_one(self, group: str, machine_name: str, launch: WorkerLaunch) -> dict[str, Any]:
         machine = self.provider.create(machine_name)
         handle = self.provider.start_worker(machine, launch)
-        role = "rollout-worker" if launch.rollout is not None else "worker"
-        return {"group": group, "role": role, **handle.to_dict(), "machine": machine.to_dict()}
+        role = WorkerRole.ROLLOUT if launch.rollout is not None else WorkerRole.WORKER
+        return {"group": group, "role": role.value, **handle.to_dict(), "machine": machine.to_dict()}
 
     def _wait_registered(self, client: Any, workers: list[dict[str, Any]]) -> None:
         timeouts = {g.name: g.register_timeout_s for g in self.config.workers}
         started = time.monotonic()
         # rollout workers register with the commander's rollout pool, not as workers: only checked alive
-        pending = {w["worker_id"]: w for w in workers if w.get("role", "worker") == "worker"}
+        pending = {w["worker_id"]: w for w in workers if w.get("role", WorkerRole.WORKER) == WorkerRole.WORKER}
         last_check = started
         while pending:
             registered = {w.worker_id for w in client.workers()}
@@ -366,7 +367,7 @@ class Stack:
             except ProviderError as exc:
                 alive = f"unknown: {exc}"
             info = api.get(w["worker_id"])
-            out["workers"].append({"worker_id": w["worker_id"], "role": w.get("role", "worker"),
+            out["workers"].append({"worker_id": w["worker_id"], "role": w.get("role", WorkerRole.WORKER.value),
                                    "machine": machine.name, "pid": w["pid"],
                                    "alive": alive, "registered": info is not None,
                                    "current_run": info.current_run if info else None, "log_path": w["log_path"]})
