@@ -224,3 +224,17 @@ def test_rollout_workers_stopped_and_gpus_freed_when_the_run_ends(store, setting
     assert held(store, "eu") == [("rollout-worker", "other", [s["gpus"] for s in started if s["run_id"] == "other"][0])]
     assert len(store.get_host("eu")["free_gpus"]) == 3
     assert store.get_host("eu")["last_error"] is None
+
+
+def test_serve_makes_a_rollout_token_for_the_autoscaler(store):
+    from relaytrain.commander.hosts import serve_settings
+
+    made = serve_settings(store, public_url="http://10.0.0.100:8000/", admin_token="admin", poll_interval_s=30,
+                          autoscale=True)
+    assert store.token_scope(made.rollout_token) == "rollout" and store.token_scope(made.worker_token) == "worker"
+    again = serve_settings(store, public_url="http://10.0.0.100:8000", admin_token="admin", poll_interval_s=30,
+                           autoscale=True)
+    assert again.rollout_token != made.rollout_token, "a fresh one each start (only hashes are stored)"
+    open_api = serve_settings(store, public_url="http://10.0.0.100:8000", admin_token=None, poll_interval_s=30,
+                              autoscale=True)
+    assert (open_api.worker_token, open_api.rollout_token) == (None, None)
