@@ -107,7 +107,7 @@ class WeightStore:
     def manifest(self, version: int | None = None) -> WeightsManifest:
         with self._lock:
             if not self._versions:
-                raise GroupRefused(404, "no weights published yet")
+                raise GroupRefused(409, "no weights published yet: wait and retry")
             chosen = max(self._versions) if version is None else version
             if chosen not in self._versions:
                 raise GroupRefused(410, f"weights version {chosen} is no longer held (latest {max(self._versions)})")
@@ -310,8 +310,8 @@ class RolloutManager:
 
         @app.get(f"{PREFIX}/weights/{{version}}/chunks/{{index}}", dependencies=auth)
         def chunk(version: int, index: int) -> Response:
-            view, meta = self.weights.chunk(version, index)
-            return Response(content=bytes(view), media_type="application/octet-stream",
+            view, meta = self.weights.chunk(version, index)  # a view of the published bytes: served without a copy
+            return Response(content=view, media_type="application/octet-stream",
                             headers={CHUNK_SHA256_HEADER: meta.sha256, VERSION_HEADER: str(version)})
 
     def _group_routes(self, app: FastAPI, auth: list[Any]) -> None:
