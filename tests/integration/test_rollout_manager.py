@@ -213,3 +213,13 @@ def test_a_pull_before_the_first_publish_waits_for_it(manager: RolloutManager, m
             manager.publish_weights(0, b"first weights")
             pulled = pull.result(timeout=60)
     assert (pulled.version, bytes(pulled.data)) == (0, b"first weights")
+
+
+def test_chunks_are_sent_in_slices_and_arrive_whole(manager: RolloutManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(manager_module, "SEND_SLICE_BYTES", 10)  # several slices per 64-byte chunk, the last short
+    data = bytes(range(256)) * 2 + b"odd tail"
+    manager.publish_weights(5, data)
+    assert manager.url is not None
+    with ManagerClient(manager.url, manager.secret) as client:
+        pulled = client.pull_weights(streams=3)
+    assert (pulled.version, bytes(pulled.data)) == (5, data)
