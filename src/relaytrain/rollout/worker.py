@@ -35,7 +35,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from relaytrain.errors import RelayError
-from relaytrain.rollout.manager_client import ManagerClient, ManagerGone, PulledWeights, Refused
+from relaytrain.rollout.manager_client import STREAMS, ManagerClient, ManagerGone, PulledWeights, Refused
 from relaytrain.rollout.protocol import (
     GroupLease,
     GroupResult,
@@ -58,7 +58,7 @@ class RolloutWorkerSettings:
     threads: int = 1
     max_groups: int = 4
     """Groups leased (and generated as one batch) at a time."""
-    streams: int = 4
+    streams: int = STREAMS
     """Parallel connections of a weight pull."""
     device: str | None = None
     register_every_s: float = 10.0
