@@ -5,7 +5,9 @@ and workers that go silent dropped with their groups re-queued."""
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -13,8 +15,9 @@ import pytest
 
 from relaytrain.rollout import manager as manager_module
 from relaytrain.rollout.manager import RolloutManager
+from relaytrain.rollout.manager_client import ManagerClient, NoWeightsYet
 from relaytrain.rollout.protocol import PREFIX, ManagerInfo, ModelSpec, SamplingSettings
-from relaytrain.rollout.queue import GroupBook
+from relaytrain.rollout.queue import GroupBook, GroupRefused
 
 EOS, VOCAB, MAX_NEW = 2, 10, 3
 
@@ -80,7 +83,8 @@ def test_without_the_secret_nothing_is_answered(manager: RolloutManager) -> None
 
 def test_weights_are_served_by_version_in_chunks_that_hash_to_the_manifest(
         manager: RolloutManager, http: httpx.Client) -> None:
-    assert http.get("/weights").status_code == 404
+    before = http.get("/weights")
+    assert before.status_code == 409 and "no weights published yet" in before.json()["detail"]
     data = bytes(range(256)) * 3 + b"tail"
     manager.publish_weights(0, data)
     manifest = http.get("/weights").json()
@@ -184,3 +188,38 @@ def test_a_silent_worker_is_dropped_and_its_groups_requeued_one_that_leaves_give
     assert manager.book.counts() == {"pending": 5, "leased": 1, "ready": 0, "trained": 0}
     assert http.delete("/workers/w2").json() == {"worker_id": "w2", "requeued": [2]}
     assert manager.book.counts()["pending"] == 6 and manager.book.counters.requeued == 3
+
+
+def test_a_pull_before_the_first_publish_waits_for_it(manager: RolloutManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    refused = threading.Event()
+    manifest = manager.weights.manifest
+
+    def watched(version: int | None = None) -> Any:  # the real WeightStore.manifest, observed
+        try:
+            return manifest(version)
+        except GroupRefused:
+            refused.set()
+            raise
+
+    monkeypatch.setattr(manager.weights, "manifest", watched)
+    assert manager.url is not None
+    with ManagerClient(manager.url, manager.secret) as client:
+        with pytest.raises(NoWeightsYet, match="no weights published yet"):
+            client.pull_weights(wait_s=0)
+        refused.clear()
+        with ThreadPoolExecutor(1) as pool:
+            pull = pool.submit(client.pull_weights, wait_s=60)
+            assert refused.wait(30)  # the pull was told 409 and waits
+            manager.publish_weights(0, b"first weights")
+            pulled = pull.result(timeout=60)
+    assert (pulled.version, bytes(pulled.data)) == (0, b"first weights")
+
+
+def test_chunks_are_sent_in_slices_and_arrive_whole(manager: RolloutManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(manager_module, "SEND_SLICE_BYTES", 10)  # several slices per 64-byte chunk, the last short
+    data = bytes(range(256)) * 2 + b"odd tail"
+    manager.publish_weights(5, data)
+    assert manager.url is not None
+    with ManagerClient(manager.url, manager.secret) as client:
+        pulled = client.pull_weights(streams=3)
+    assert (pulled.version, bytes(pulled.data)) == (5, data)

@@ -148,3 +148,48 @@ def test_newer_weights_are_pulled_and_a_moved_run_is_followed(tiny, started):
     assert {g.version for g in ready} == {3}
     assert ready[0].token_ids == expected(tiny, second, 0, 3)
     assert worker.stats["sessions"] == 2
+
+
+class ViewKeepingEngine(TorchEngine):
+    """The built-in engine, doing what the ``Engine`` contract allows: keep views of the tensors it is
+    handed while it holds their version. Notes which buffer each version came in, and whether the
+    tensors of the version it held were changed under it before it was handed the next one."""
+
+    def __init__(self) -> None:
+        super().__init__(threads=1, device="cpu")
+        self.buffer_of: dict[int, int] = {}
+        self.changed_under_it: list[int] = []
+        self._held: tuple[int, Any, dict[str, Any]] | None = None
+
+    def set_weights(self, version: int, tensors: Any) -> None:
+        if self._held is not None:
+            held_version, views, copies = self._held
+            if any(not torch.equal(views[k], copies[k]) for k in copies):
+                self.changed_under_it.append(held_version)
+        super().set_weights(version, tensors)
+        self._held = (version, tensors, {k: v.clone() for k, v in tensors.items()})
+        self.buffer_of[version] = min(t.data_ptr() for t in tensors.values())
+
+
+def test_two_pull_buffers_alternate_and_the_held_version_is_never_overwritten(tiny):
+    manager = make_manager(tiny)
+    engine = ViewKeepingEngine()
+    settings = RolloutWorkerSettings(worker_id="rw-1", run_id="r1", max_groups=2, poll_s=0.05, backoff_max_s=0.2,
+                                     register_every_s=0.5)
+    worker = RolloutWorker(settings, Directory(manager), engine_factory=lambda: engine)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        from safetensors.torch import save
+
+        base = unique_tensors(tiny[0])
+        for version in range(4):  # same size each time: the pulls reuse buffers
+            manager.publish_weights(version, save({k: (v + 0.01 * version).contiguous() for k, v in base.items()}))
+            wait_until(lambda v=version: engine.version == v, timeout_s=60, what=f"the worker swaps to v{version}")
+        assert engine.changed_under_it == []
+        buffers = engine.buffer_of
+        assert buffers[0] != buffers[1] and buffers[2] == buffers[0] and buffers[3] == buffers[1]
+    finally:
+        worker.stop()
+        thread.join(timeout=60)
+        manager.stop()

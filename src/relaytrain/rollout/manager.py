@@ -29,12 +29,12 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from relaytrain.netaddr import url_host
 from relaytrain.rollout.protocol import (
@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 8 << 20
 """Weights are served in chunks of this size (the last one shorter)."""
+SEND_SLICE_BYTES = 1 << 20
+"""A chunk is handed to the HTTP server this much at a time."""
 KEEP_VERSIONS = 2
 """Published versions held in memory: the latest and the one before (a pull in progress finishes)."""
 HEARTBEAT_S = 2.0
@@ -107,7 +109,7 @@ class WeightStore:
     def manifest(self, version: int | None = None) -> WeightsManifest:
         with self._lock:
             if not self._versions:
-                raise GroupRefused(404, "no weights published yet")
+                raise GroupRefused(409, "no weights published yet: wait and retry")
             chosen = max(self._versions) if version is None else version
             if chosen not in self._versions:
                 raise GroupRefused(410, f"weights version {chosen} is no longer held (latest {max(self._versions)})")
@@ -311,8 +313,9 @@ class RolloutManager:
         @app.get(f"{PREFIX}/weights/{{version}}/chunks/{{index}}", dependencies=auth)
         def chunk(version: int, index: int) -> Response:
             view, meta = self.weights.chunk(version, index)
-            return Response(content=bytes(view), media_type="application/octet-stream",
-                            headers={CHUNK_SHA256_HEADER: meta.sha256, VERSION_HEADER: str(version)})
+            return StreamingResponse(_slices(view), media_type="application/octet-stream",
+                                     headers={CHUNK_SHA256_HEADER: meta.sha256, VERSION_HEADER: str(version),
+                                              "Content-Length": str(len(view))})
 
     def _group_routes(self, app: FastAPI, auth: list[Any]) -> None:
         @app.post(f"{PREFIX}/groups/lease", dependencies=auth)
@@ -374,3 +377,10 @@ class RolloutManager:
             if not c.finished and (eos or len(c.token_ids) != sampling.max_new_tokens):
                 raise GroupRefused(422, f"{where}: not finished, so it must hold max_new_tokens="
                                         f"{sampling.max_new_tokens} tokens and no EOS")
+
+
+async def _slices(view: memoryview) -> AsyncIterator[memoryview]:
+    """A chunk's bytes in ``SEND_SLICE_BYTES`` views of the published file: the server copies a slice
+    at a time while it is in cache (h11 joins what it sends), never the whole chunk twice over."""
+    for start in range(0, len(view), SEND_SLICE_BYTES):
+        yield view[start : start + SEND_SLICE_BYTES]

@@ -6,15 +6,23 @@ Errors name what the worker should do next:
 - ``ManagerGone``: unreachable, 401 (the secret changed) or 404 for this worker — ask the
   commander again where the run's manager is now;
 - ``Refused``: 409 (late, stale, already accepted, wrong version) — drop the work, carry on;
+- ``NoWeightsYet``: 409 on the manifest, nothing published yet — wait and ask again (``pull_weights``
+  does, up to ``wait_s``);
 - ``WeightsGone``: 410, the version is no longer held — start over with the latest;
 - ``ManagerShuttingDown``: 503 — the manager is going away; ask the commander again, later;
-- ``WeightsCorrupt``: a chunk (or the whole file) kept failing its sha256.
+- ``WeightsCorrupt``: a chunk kept failing its sha256.
+
+A pull verifies every byte before handing it back: the manifest's chunks must tile the file
+exactly, and each chunk is hashed by the stream that reads it, a slice at a time as the slices
+arrive (the bytes are still in cache; hashlib releases the GIL, so the streams hash on every
+core). The manifest's whole-file sha256 is not checked again: the chunks already cover every byte.
 
 Usage::
 
     manager = ManagerClient(endpoint.url, endpoint.secret)
     info = manager.info()
     pulled = manager.pull_weights(streams=4)          # PulledWeights(version, data, seconds)
+    newer = manager.pull_weights(into=spare)          # into a buffer no longer in use (same size: reused)
 """
 
 from __future__ import annotations
@@ -52,6 +60,12 @@ log = logging.getLogger(__name__)
 
 PROGRESS_BYTES = 256 * 2**20
 """A weight pull logs its progress every this many bytes (only pulls bigger than that log)."""
+READ_SLICE_BYTES = 1 << 20
+"""A stream reads a chunk this much at a time and hashes each slice as it lands (still in cache)."""
+STREAMS = 4
+"""Parallel connections of a weight pull, unless told otherwise."""
+NO_WEIGHTS_POLL_S = 0.2
+"""How often ``pull_weights`` asks again while the manager has published nothing."""
 
 
 class ManagerError(RelayError):
@@ -68,6 +82,10 @@ class ManagerShuttingDown(ManagerGone):
 
 class Refused(ManagerError):
     """The rollout manager refused the work (late, stale, already accepted or the wrong version)."""
+
+
+class NoWeightsYet(Refused):
+    """The rollout manager has published no weights yet; wait and ask again."""
 
 
 class WeightsGone(ManagerError):
@@ -174,27 +192,49 @@ class ManagerClient:
     # -- weights -------------------------------------------------------------------------------
 
     def manifest(self) -> WeightsManifest:
-        return WeightsManifest.model_validate(self._call("GET", "/weights", "weights manifest").json())
+        """The latest version's manifest; ``NoWeightsYet`` before the first is published."""
+        try:
+            response = self._call("GET", "/weights", "weights manifest")
+        except Refused as exc:  # the one 409 of this path
+            raise NoWeightsYet(str(exc)) from exc
+        return WeightsManifest.model_validate(response.json())
 
-    def pull_weights(self, *, streams: int = 4, attempts: int = 3) -> PulledWeights:
+    def pull_weights(self, *, streams: int = STREAMS, attempts: int = 3, into: bytearray | None = None,
+                     wait_s: float | None = None) -> PulledWeights:
         """The latest version, downloaded in chunks over ``streams`` parallel connections, every chunk
-        and the whole file checked against the manifest's sha256. A version dropped mid-pull (410)
-        starts over with the latest, ``attempts`` times at most."""
+        checked against the manifest's sha256. Before the first version is published it asks again
+        every ``NO_WEIGHTS_POLL_S`` for ``wait_s`` seconds (default: the client's timeout), then raises
+        ``NoWeightsYet``. A version dropped mid-pull (410) starts over with the latest, ``attempts``
+        times at most. ``into``: see ``pull_version``."""
+        deadline = time.monotonic() + (self.timeout_s if wait_s is None else wait_s)
         for attempt in range(attempts):
-            manifest = self.manifest()
+            manifest = self._manifest_when_published(deadline)
             try:
-                return self.pull_version(manifest, streams=streams)
+                return self.pull_version(manifest, streams=streams, into=into)
             except WeightsGone as exc:
                 log.info("weights v%d dropped mid-pull (%s); pulling the latest (%d/%d)",
                          manifest.version, exc, attempt + 1, attempts)
         raise WeightsGone(f"the manager replaced its weights {attempts} times during the pull")
 
-    def pull_version(self, manifest: WeightsManifest, *, streams: int = 4) -> PulledWeights:
-        """Download and verify the file ``manifest`` describes. The whole file's sha256 is computed in
-        order while later chunks are still arriving."""
+    def _manifest_when_published(self, deadline: float) -> WeightsManifest:
+        while True:
+            try:
+                return self.manifest()
+            except NoWeightsYet:
+                if time.monotonic() + NO_WEIGHTS_POLL_S > deadline:
+                    raise
+            time.sleep(NO_WEIGHTS_POLL_S)
+
+    def pull_version(self, manifest: WeightsManifest, *, streams: int = STREAMS,
+                     into: bytearray | None = None) -> PulledWeights:
+        """Download and verify the file ``manifest`` describes. ``into``: a buffer nobody uses any
+        more (the previous pull's, once the engine no longer holds views of it); reused when it has
+        the file's size (a fresh buffer costs its page faults: ~0.5 s on 500 MB), overwritten either
+        way only from the start of the pull. The buffer is handed back only once every chunk is
+        verified; after a failure its content is undefined."""
         _check_manifest(manifest)
         started = time.monotonic()
-        buffer = bytearray(manifest.total_bytes)
+        buffer = into if into is not None and len(into) == manifest.total_bytes else bytearray(manifest.total_bytes)
         view = memoryview(buffer)
         progress = _Progress(manifest)
         connections: list[http.client.HTTPConnection] = []
@@ -214,19 +254,14 @@ class ManagerClient:
             self._fetch_chunk(connection, manifest.version, index, chunk, out)
             progress.add(chunk.length)
 
-        whole = hashlib.sha256()
         try:
             with ThreadPoolExecutor(max(1, min(streams, len(manifest.chunks))), "weights") as pool:
                 futures = [pool.submit(fetch, i) for i in range(len(manifest.chunks))]
-                for chunk, future in zip(manifest.chunks, futures, strict=True):
+                for future in futures:
                     future.result()
-                    whole.update(view[chunk.offset : chunk.offset + chunk.length])
         finally:
             for conn in connections:
                 conn.close()
-        if whole.hexdigest() != manifest.sha256:
-            raise WeightsCorrupt(f"weights v{manifest.version}: the whole file's sha256 is {whole.hexdigest()}, "
-                                 f"the manifest says {manifest.sha256}")
         return PulledWeights(manifest.version, buffer, time.monotonic() - started)
 
     def _new_connection(self) -> http.client.HTTPConnection:
@@ -237,7 +272,7 @@ class ManagerClient:
     def _fetch_chunk(self, connection: Callable[[], http.client.HTTPConnection], version: int, index: int,
                      chunk: WeightChunk, out: memoryview) -> None:
         """Chunk ``index`` read straight into ``out`` (http.client's ``readinto``: no copy; httpx hands
-        back a new ``bytes`` per read, 4× slower on loopback), verified, retried."""
+        back a new ``bytes`` per read, 4× slower on loopback) and hashed as it lands, verified, retried."""
         what = f"weights v{version} chunk {index}"
         path = urllib.parse.urlsplit(self.url).path + f"{PREFIX}/weights/{version}/chunks/{index}"
         problem = ""
@@ -250,7 +285,7 @@ class ManagerClient:
                 response = conn.getresponse()
                 if response.status != 200:
                     _raise_for(httpx.Response(response.status, content=response.read()), what)
-                got = _read_into(response, out)
+                got, digest = _read_into(response, out)
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()  # reconnects at the next request
                 if attempt == self.chunk_retries and isinstance(exc, ConnectionRefusedError):
@@ -260,25 +295,30 @@ class ManagerClient:
             if got != chunk.length:
                 problem = f"{got} bytes, expected {chunk.length}"
                 continue
-            digest = hashlib.sha256(out).hexdigest()
             if digest == chunk.sha256:
                 return
             problem = f"sha256 {digest[:12]}…, expected {chunk.sha256[:12]}…"
         raise WeightsCorrupt(f"{what}: {problem} after {self.chunk_retries + 1} tries")
 
 
-def _read_into(response: http.client.HTTPResponse, out: memoryview) -> int:
-    """Read the body into ``out``; the bytes read (more than fit: ``len(out) + 1``, the rest drained)."""
-    got = 0
+def _read_into(response: http.client.HTTPResponse, out: memoryview) -> tuple[int, str]:
+    """Read the body into ``out``, hashing each ``READ_SLICE_BYTES`` as it lands; the bytes read (more
+    than fit: ``len(out) + 1``, the rest drained) and the sha256 of those in ``out``."""
+    hasher = hashlib.sha256()
+    got = hashed = 0
     while got < len(out):
-        n = response.readinto(out[got:])
+        n = response.readinto(out[got : got + READ_SLICE_BYTES])
         if n == 0:
-            return got
+            break
         got += n
-    if response.read(1):
+        if got - hashed >= READ_SLICE_BYTES or got == len(out):
+            hasher.update(out[hashed:got])
+            hashed = got
+    hasher.update(out[hashed:got])
+    if got == len(out) and response.read(1):
         response.read()
-        return got + 1
-    return got
+        got += 1
+    return got, hasher.hexdigest()
 
 
 def _check_manifest(manifest: WeightsManifest) -> None:

@@ -4,8 +4,9 @@ trainer) and ``relay rollout-worker``. Torch-free.
 Every request carries ``Authorization: Bearer <secret>``, the secret the trainer announced to the
 commander (a rollout worker reads it from ``GET /api/v1/runs/{id}/rollout`` with its ``rollout``
 token). Errors are ``{"detail": "..."}`` with 401 (no or wrong secret), 404 (unknown worker or
-group), 409 (late, stale, already accepted, wrong version), 410 (weights version no longer held),
-422 (malformed body, naming the field), 503 (the manager is shutting down).
+group), 409 (late, stale, already accepted, wrong version; on ``GET /weights``: no weights published
+yet, wait and retry), 410 (weights version no longer held), 422 (malformed body, naming the field),
+503 (the manager is shutting down).
 
 A session, as the rollout worker runs it::
 
@@ -18,6 +19,12 @@ A session, as the rollout worker runs it::
     POST {PREFIX}/groups/{group_id}/release         ReleaseGroup -> ResultAck (re-queued)
     POST {PREFIX}/workers/{worker_id}/heartbeat     WorkerHeartbeat -> Registered
     DELETE {PREFIX}/workers/{worker_id}             -> its groups re-queued
+
+Weights are verified chunk by chunk: a client checks that the manifest's chunks tile the file
+exactly (offsets contiguous from 0, lengths summing to ``total_bytes``) and that each chunk's bytes
+hash to its ``sha256`` (also sent as the ``X-Sha256`` header) before it uses any of them; together
+these cover every byte once. The manifest's whole-file ``sha256`` is informational (for a copy kept
+elsewhere); a pull does not spend a second pass over the file on it.
 
 Group ``g`` is the ``g``-th prompt of the run's data order (the same across resumes). A lease
 carries an ``attempt`` number (like a run's epoch): a result is accepted only for the group's
@@ -94,6 +101,8 @@ class WorkerHeartbeat(_Wire):
 
 
 class WeightChunk(_Wire):
+    """Bytes ``offset`` to ``offset + length`` of the file, and their sha256 (hex)."""
+
     offset: int
     length: int
     sha256: str
@@ -105,7 +114,8 @@ class WeightsManifest(_Wire):
     version: int
     format: str = "safetensors"
     total_bytes: int
-    sha256: str = Field(..., description="sha256 of the whole file.")
+    sha256: str = Field(..., description="sha256 of the whole file; informational: a pull verifies the chunks, "
+                                         "which tile the file.")
     chunks: list[WeightChunk]
 
 

@@ -35,7 +35,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from relaytrain.errors import RelayError
-from relaytrain.rollout.manager_client import ManagerClient, ManagerGone, PulledWeights, Refused
+from relaytrain.rollout.manager_client import STREAMS, ManagerClient, ManagerGone, PulledWeights, Refused
 from relaytrain.rollout.protocol import (
     GroupLease,
     GroupResult,
@@ -58,7 +58,7 @@ class RolloutWorkerSettings:
     threads: int = 1
     max_groups: int = 4
     """Groups leased (and generated as one batch) at a time."""
-    streams: int = 4
+    streams: int = STREAMS
     """Parallel connections of a weight pull."""
     device: str | None = None
     register_every_s: float = 10.0
@@ -230,6 +230,8 @@ class Session:
         self._gone: BaseException | None = None
         self._puller = ThreadPoolExecutor(1, "rollout-pull")
         self._pull: Future[tuple[PulledWeights, Any]] | None = None
+        self._held: bytearray | None = None  # the buffer of the version the engine holds (it may keep views of it)
+        self._spare: bytearray | None = None  # the buffer of the version before: the next pull reuses it
         self._ended = threading.Event()
 
     def serve(self) -> None:
@@ -327,12 +329,13 @@ class Session:
 
     def _pull_in_background(self) -> None:
         if self._pull is None:
-            self._pull = self._puller.submit(self._pull_and_decode)
+            spare, self._spare = self._spare, None  # handed to this pull only
+            self._pull = self._puller.submit(self._pull_and_decode, spare)
 
-    def _pull_and_decode(self) -> tuple[PulledWeights, Any]:
+    def _pull_and_decode(self, spare: bytearray | None) -> tuple[PulledWeights, Any]:
         from relaytrain.rollout.engine import load_tensors
 
-        pulled = self.manager.pull_weights(streams=self.settings.streams)
+        pulled = self.manager.pull_weights(streams=self.settings.streams, into=spare)
         return pulled, load_tensors(pulled.data)
 
     def _swap_if_ready(self) -> None:
@@ -343,8 +346,12 @@ class Session:
     def _swap(self, pulled: tuple[PulledWeights, Any]) -> None:
         weights, tensors = pulled
         if self._version is not None and weights.version <= self._version:
+            self._spare = weights.data  # never given to the engine
             return
         self.engine.set_weights(weights.version, tensors)
+        # Two buffers alternate: the engine may keep views of the version it holds, never of the one
+        # it replaced, so that one's buffer is what the next pull overwrites (no page faults again).
+        self._spare, self._held = self._held, weights.data
         self._version = weights.version
         self.worker.stats["pulls"] += 1
         log.info("pulled weights v%d (%.1f MiB) in %.2f s (%.0f MiB/s)", weights.version, len(weights.data) / 2**20,
