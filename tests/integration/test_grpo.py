@@ -10,6 +10,7 @@ import json
 import statistics
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -335,3 +336,78 @@ def test_a_trl_style_json_dataset_hands_its_extra_columns_to_the_rewards(tmp_pat
             source = next(r for p, r in by_prompt.items() if prompt.endswith(p))
             assert call["solution"][i] == call["answer"][i] == source["solution"]
             assert call["difficulty"][i] == source["difficulty"]
+
+
+class _ProgressFileDirectory:
+    """Where a rollout worker finds the trainer's manager without a commander: the ``rollout`` event
+    the trainer wrote in its progress file (what the worker would forward to the commander)."""
+
+    def __init__(self, progress_file: Path) -> None:
+        self.progress_file = progress_file
+
+    def runs(self) -> list[Any]:
+        return []
+
+    def endpoint(self, run_id: str) -> Any:
+        from types import SimpleNamespace
+
+        if not self.progress_file.exists():
+            return None
+        events = [x for x in progress(self.progress_file) if x.get("event") == "rollout"]
+        return SimpleNamespace(url=events[-1]["url"], secret=events[-1]["secret"]) if events else None
+
+    def register(self, worker_id: str, labels: dict[str, str], run_id: str | None) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_grpo_with_a_rollout_worker_learns_as_well_as_the_synchronous_trainer(
+    tmp_path: Path, sft_checkpoint: tuple[Path, float]
+) -> None:
+    """Same seed, same 150 steps from the same SFT checkpoint: the trainer alone, then the trainer with one
+    rollout worker (its groups at most 1 version stale, corrected by the behaviour weights)."""
+    import threading
+
+    from relaytrain.rollout.worker import RolloutWorker, RolloutWorkerSettings
+    from relaytrain.train.data import builtin_dataset
+    from relaytrain.train.exact_match import evaluate_exact_match
+    from relaytrain.train.tiny import load_model_and_tokenizer
+
+    init, accuracy_before = sft_checkpoint
+    steps = 150
+    settings: dict[str, Any] = dict(
+        run_id="arith-rl", kind="grpo", max_steps=steps, checkpoint={"every_steps": steps},
+        trainer={"learning_rate": 1e-4, "prompts_per_step": 8, "num_generations": 4, "max_new_tokens": 8},
+    )
+    env = {"RELAY_INIT_FROM": str(init)}
+    finish(launch(GRPORun(**settings), tmp_path / "sync", steps, env=env))
+    pooled = launch(GRPORun(**settings, rollout={"max_staleness": 1}), tmp_path / "pool", steps, env=env)
+    worker = RolloutWorker(RolloutWorkerSettings(worker_id="gen-1", run_id="arith-rl", threads=1, poll_s=0.1,
+                                                 backoff_max_s=0.5),
+                           _ProgressFileDirectory(tmp_path / "pool" / "progress.jsonl"))
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        finish(pooled)
+    finally:
+        worker.stop()
+        thread.join(timeout=60)
+
+    test = builtin_dataset("arithmetic", "test")
+    accuracy = {}
+    for mode in ("sync", "pool"):
+        model, tokenizer = load_model_and_tokenizer(str(tmp_path / mode / "checkpoints" / f"step_{steps:08d}"))
+        accuracy[mode] = evaluate_exact_match(model, tokenizer, test, 8).accuracy
+    metrics = [x["metrics"] for x in progress(tmp_path / "pool" / "progress.jsonl") if "metrics" in x]
+    from_worker = metrics[-1]["rollout/worker_generated"]
+    staleness = max(m["rollout/staleness_max"] for m in metrics)
+    print(f"held-out exact match: SFT {accuracy_before:.1%}, GRPO alone {accuracy['sync']:.1%}, GRPO with a rollout "
+          f"worker {accuracy['pool']:.1%} ({from_worker:.0f} of {steps * 8} groups from the worker, staleness max "
+          f"{staleness:.0f})")
+    assert from_worker >= 0.1 * steps * 8, "the rollout worker generated almost nothing"
+    assert staleness <= 1
+    assert accuracy["pool"] > accuracy_before + 0.03, "GRPO with a rollout worker did not learn"
+    # Issue 10 asks for "within 3 points of the synchronous trainer". That is not asserted here: at this
+    # scale one run's held-out accuracy swings by ±4 points with the seed alone (the trainer alone, seeds
+    # 0-3: 62.0, 59.4, 54.4, 60.2 %), and a pool run is not reproducible (which groups the worker samples
+    # depends on timing). The multi-seed comparison is in docs/benchmarks.md ("Rollout pool: learning").
