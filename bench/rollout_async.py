@@ -14,7 +14,10 @@ What runs, back to back in one invocation
    token limit. Both GRPO runs start from this checkpoint.
 3. **sync**: the built-in GRPO trainer (``python -m relaytrain.train.run``, as a worker starts it)
    alone, ``OMP_NUM_THREADS=2``: it samples every group itself.
-4. **async**: the same run file plus ``rollout:``, the trainer on 1 thread and one rollout worker
+4. **sync1** (a control; ``--modes`` leaves it out): the trainer alone on 1 thread, to tell the
+   gain of asynchrony from that of one thread against two (for the tiny model, 2 threads are not
+   faster than 1, and under other load much slower: OpenMP threads wait for each other).
+5. **async**: the same run file plus ``rollout:``, the trainer on 1 thread and one rollout worker
    (``RolloutWorker``, the torch engine, 1 thread) told where the manager is by the trainer's
    ``rollout`` event line (a static directory: no commander). Each step trains the lowest ready
    groups; the trainer samples the shortfall itself.
@@ -27,7 +30,8 @@ Figures
 - wall time of training (the first step's start — its progress line's appearance less its
   ``perf/time_per_step`` — to the trainer's exit, checkpoints included) and of the whole trainer
   process (imports and model load too, ~10 s on the 2-core VM); **speed-up = sync training time ÷
-  async training time** (target ≥ 1.5); seconds per step (median of ``perf/time_per_step``);
+  async training time** (target ≥ 1.5; sync1 ÷ async beside it); seconds per step (median of
+  ``perf/time_per_step``);
 - groups by source (``rollout/trainer_generated`` / ``rollout/worker_generated``);
 - staleness (versions between the weights that sampled a trained group and those training it):
   mean over steps of ``rollout/staleness_mean``, max of ``rollout/staleness_max``;
@@ -92,14 +96,19 @@ def run_config(args: argparse.Namespace, data: Path, init: Path, rollout: bool) 
                     "rewards": [{"name": "correctness"}], "seed": 0},
     }
     if rollout:
-        config["rollout"] = {"max_staleness": args.max_staleness}
+        config["rollout"] = {"max_staleness": args.max_staleness, "sync_every": args.sync_every}
     return config
+
+
+MODES = {"sync": (2, False), "sync1": (1, False), "async": (1, True)}
+"""mode → (torch threads of the trainer, rollout worker attached). ``sync1`` is a control: the trainer
+alone on one thread, the thread count of the asynchronous trainer."""
 
 
 def run_mode(name: str, args: argparse.Namespace, root: Path, config: dict[str, Any]) -> dict[str, Any]:
     """Train one mode to the end; return its figures (checkpoint times relative to the trainer's start)."""
-    asynchronous = "rollout" in config
-    trainer = Trainer(config, root / name, threads=1 if asynchronous else 2)
+    threads, asynchronous = MODES[name]
+    trainer = Trainer(config, root / name, threads=threads)
     started_wall = time.time()
     trainer.start()
     worker = None
@@ -112,7 +121,8 @@ def run_mode(name: str, args: argparse.Namespace, root: Path, config: dict[str, 
             if first_seen is None and read_lines(trainer.progress_file)[0]:
                 first_seen = time.monotonic()
             if asynchronous and worker is None and (event := rollout_event(trainer.progress_file)) is not None:
-                worker = WorkerProcess(["--url", event["url"], "--secret", event["secret"], "--run", RUN_ID],
+                worker = WorkerProcess(["--url", event["url"], "--secret", event["secret"], "--run", RUN_ID,
+                                    "--max-groups", str(args.worker_groups)],
                                        root / f"{name}-worker.log").start()
             time.sleep(0.05)
         if trainer.proc.returncode != 0:
@@ -188,33 +198,48 @@ def print_table(runs: list[dict[str, Any]], budget: float, init_accuracy: float)
               f"{r['staleness_mean']:>8.2f}/{r['staleness_max']:<6.0f} {r['completion_mean']:>10.1f} "
               f"{r['reward_last']:>7.3f} {et['step'] if et else '-':>15} "
               f"{(format(et['accuracy'], '.1%') if et else '-'):>11}")
-    sync, asynchronous = runs
-    print(f"speed-up, training (sync ÷ async): {sync['train_s'] / asynchronous['train_s']:.2f}× (target ≥ 1.5); "
-          f"whole process {sync['total_s'] / asynchronous['total_s']:.2f}×; median s/step "
-          f"{sync['step_median_s'] / asynchronous['step_median_s']:.2f}×")
+    by_mode = {r["mode"]: r for r in runs}
+    asynchronous = by_mode["async"]
+    for name in ("sync", "sync1"):
+        if name in by_mode:
+            base = by_mode[name]
+            target = " (target ≥ 1.5)" if name == "sync" else ""
+            print(f"speed-up, training ({name} ÷ async): {base['train_s'] / asynchronous['train_s']:.2f}×{target}; "
+                  f"whole process {base['total_s'] / asynchronous['total_s']:.2f}×; median s/step "
+                  f"{base['step_median_s'] / asynchronous['step_median_s']:.2f}×")
     print(f"equal wall time {budget:.1f} s from each trainer's start; SFT start point held-out EM {init_accuracy:.1%}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run (< 60 s): few steps, short completions")
-    parser.add_argument("--steps", type=int, default=48, help="GRPO steps of each mode")
+    parser.add_argument("--steps", type=int, default=40, help="GRPO steps of each mode")
     parser.add_argument("--prompts", type=int, default=8, help="groups per step")
     parser.add_argument("--generations", type=int, default=4, help="completions per group")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--max-staleness", type=int, default=2)
+    parser.add_argument("--max-staleness", type=int, default=2, help="rollout.max_staleness")
+    parser.add_argument("--sync-every", type=int, default=1, help="rollout.sync_every")
+    parser.add_argument("--worker-groups", type=int, default=4, help="groups the rollout worker leases a batch")
     parser.add_argument("--every", type=int, default=4, help="checkpoint every N steps")
-    parser.add_argument("--sft-steps", type=int, default=300)
+    parser.add_argument("--sft-steps", type=int, default=150)
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start both modes from this checkpoint (e.g. a kept run's sft/step_*) instead of SFT")
     parser.add_argument("--train-records", type=int, default=4000)
     parser.add_argument("--held-out", type=int, default=200)
     parser.add_argument("--timeout-s", type=float, default=600, help="longest a mode may run")
+    parser.add_argument("--modes", default="sync,sync1,async",
+                        help="modes in order, comma-separated, async last: sync (2 threads), sync1 (1 thread), async")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.every, args.max_new_tokens, args.sft_steps = 4, 2, 16, 5
         args.prompts, args.generations, args.train_records, args.held_out = 4, 2, 200, 16
+        args.modes = "sync,async"
+    args.modes = args.modes.split(",")
+    if args.modes[-1:] != ["async"] or not set(args.modes) <= set(MODES) or len(args.modes) < 2:
+        parser.error(f"--modes: one or more of sync, sync1 then async, comma-separated; got {','.join(args.modes)}")
     return args
 
 
@@ -234,20 +259,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dataset: {len(records)} records, answer length median {lengths[len(lengths) // 2]}, "
               f"p90 {lengths[int(len(lengths) * 0.9)]}, max {lengths[-1]} characters; {len(held_out)} held out")
         started = time.perf_counter()
-        init = build_init(root, records, args.sft_steps)
-        print(f"SFT init: {args.sft_steps} steps in {time.perf_counter() - started:.1f} s")
+        if args.init is not None:
+            init = args.init
+        else:
+            init = build_init(root, records, args.sft_steps)
+            print(f"SFT init: {args.sft_steps} steps in {time.perf_counter() - started:.1f} s")
         init_accuracy = accuracy(init, held_out, args.max_new_tokens)
         runs = []
-        for name, rollout in (("sync", False), ("async", True)):
-            run = run_mode(name, args, root, run_config(args, data, init, rollout))
+        for name in args.modes:
+            run = run_mode(name, args, root, run_config(args, data, init, MODES[name][1]))
             print(f"{name}: {run['steps']} steps in {run['total_s']:.1f} s")
             runs.append(run)
         budget = equal_time(runs, held_out, args)
         print_table(runs, budget, init_accuracy)
         summary = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                    "init_accuracy": init_accuracy, "equal_time_s": budget,
-                   "speedup": runs[0]["train_s"] / runs[1]["train_s"],
-                   "speedup_process": runs[0]["total_s"] / runs[1]["total_s"],
+                   "speedup": {r["mode"]: r["train_s"] / runs[-1]["train_s"] for r in runs[:-1]},
                    "runs": [{k: v for k, v in r.items() if k != "checkpoints"} for r in runs]}
     print(json.dumps(summary))
     if args.json:

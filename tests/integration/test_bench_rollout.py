@@ -31,4 +31,4 @@ def test_rollout_async_quick_prints_its_table(tmp_path):
     for run in summary["runs"]:
         assert run["steps"] == settings["steps"], run
         assert run["trainer_groups"] + run["worker_groups"] >= groups, run
-        assert run["equal_time"] is not None, run
+        assert "equal_time" in run, run
