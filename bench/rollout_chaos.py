@@ -21,7 +21,7 @@ steady phase
 kill phase
     The same run file with ``max_steps`` = the steps the steady phase made (so it lasts about as
     long), to its end. About every ``--kill-every-s`` seconds (±10 %, seeded) one rollout worker,
-    the two in turn, gets SIGKILL and a new one (a new worker id, as a replacement machine would
+    the older of the two, gets SIGKILL and a new one (a new worker id, as a replacement machine would
     be) is started at once, so the pool keeps 2 processes (the dead one's groups wait for the
     manager to drop it: 3 missed heartbeats, or their lease deadline).
 
@@ -190,15 +190,13 @@ def run_phase(cluster: Cluster, phase: Phase, args: argparse.Namespace, kill: bo
     began = time.monotonic()
     rng = random.Random(f"rollout-chaos:{phase.name}")
     next_kill = began + args.kill_every_s * rng.uniform(0.9, 1.1)
-    turn = 0
     while not cluster.status(phase.run_id).terminal:
         now = time.monotonic()
         if not kill and now - began >= args.minutes * 60:
             cluster.client.cancel(phase.run_id)
             break
         if kill and now >= next_kill:
-            victim = cluster.pool[turn % len(cluster.pool)]
-            turn += 1
+            victim = cluster.pool[0]  # the older of the two: it has had time to start generating
             cluster.replace(victim)
             phase.kills.append(now - began)
             print(f"  {phase.name}: t={now - began:5.0f} s kill -9 {victim.worker_id}, started "
