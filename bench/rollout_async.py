@@ -1,8 +1,8 @@
 """Asynchronous GRPO (the trainer + 1 rollout worker) against synchronous GRPO (the trainer alone),
 the same number of groups, the same 2 CPU cores, long-tailed completion lengths.
 
-    .venv/bin/python bench/rollout_async.py            # the figures of docs/benchmarks.md, ~10 min on 2 cores
-    .venv/bin/python bench/rollout_async.py --quick    # a smoke run, < 60 s
+    .venv/bin/python bench/rollout_async.py            # the figures of docs/benchmarks.md, 4-10 min on 2 cores
+    .venv/bin/python bench/rollout_async.py --quick    # a smoke run, ~35 s
 
 What runs, back to back in one invocation
 -----------------------------------------

@@ -1,9 +1,9 @@
 """Rollout-pool chaos: a GRPO run with two rollout workers, one of them ``kill -9``ed every ~20 s,
 against the same run without kills, back to back.
 
-    .venv/bin/python -m bench.rollout_chaos                  # 5 minutes each phase (about 12 min in all)
+    .venv/bin/python -m bench.rollout_chaos                  # 5 min steady, then the kill phase (~14 min)
     .venv/bin/python -m bench.rollout_chaos --minutes 1      # shorter
-    .venv/bin/python -m bench.rollout_chaos --quick          # a smoke run, < 60 s of phases
+    .venv/bin/python -m bench.rollout_chaos --quick          # a smoke run, ~45 s of phases (~3 min in all)
 
 What runs
 ---------
