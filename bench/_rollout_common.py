@@ -170,17 +170,19 @@ class WorkerProcess:
             return self.proc.wait(timeout=30)
 
 
-class StaticDirectory:
-    """A rollout worker's directory that knows one run and where its manager is."""
+class ProgressFileDirectory:
+    """A rollout worker's directory that knows one run and finds its manager in the trainer's progress
+    file (the ``rollout`` event line the worker would forward to the commander), read on every ask."""
 
-    def __init__(self, run_id: str, url: str, secret: str) -> None:
-        self.run_id, self.url, self.secret = run_id, url, secret
+    def __init__(self, run_id: str, progress_file: Path) -> None:
+        self.run_id, self.progress_file = run_id, progress_file
 
     def runs(self) -> list[Any]:
         return [SimpleNamespace(run_id=self.run_id, labels={})]
 
     def endpoint(self, run_id: str) -> Any | None:
-        return SimpleNamespace(url=self.url, secret=self.secret) if run_id == self.run_id else None
+        event = rollout_event(self.progress_file) if run_id == self.run_id else None
+        return SimpleNamespace(url=event["url"], secret=event["secret"]) if event else None
 
     def register(self, worker_id: str, labels: dict[str, str], run_id: str | None) -> None:
         return None
@@ -192,8 +194,7 @@ def _worker_main(argv: list[str]) -> int:
     from relaytrain.rollout.worker import RolloutWorker, RolloutWorkerSettings
 
     parser = argparse.ArgumentParser(prog="_rollout_common.py worker")
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--secret", required=True)
+    parser.add_argument("--progress-file", type=Path, required=True, help="the trainer's RELAY_PROGRESS_FILE")
     parser.add_argument("--run", required=True)
     parser.add_argument("--worker-id", default="bench-gen-1")
     parser.add_argument("--threads", type=int, default=1)
@@ -203,11 +204,13 @@ def _worker_main(argv: list[str]) -> int:
     logging.basicConfig(level="INFO", format=f"%(asctime)s %(levelname)s [{args.worker_id}] %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = RolloutWorkerSettings(worker_id=args.worker_id, run_id=args.run, threads=args.threads,
-                                     max_groups=args.max_groups, poll_s=args.poll_s)
-    return RolloutWorker(settings, StaticDirectory(args.run, args.url, args.secret)).run()
+                                     max_groups=args.max_groups, poll_s=args.poll_s, backoff_max_s=args.poll_s)
+    from transformers import LlamaForCausalLM  # noqa: F401  (warm: a pool's workers are up before a run starts)
+
+    return RolloutWorker(settings, ProgressFileDirectory(args.run, args.progress_file)).run()
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["worker"]:
-        raise SystemExit("usage: _rollout_common.py worker --url URL --secret S --run RUN_ID [--worker-id ID]")
+        raise SystemExit("usage: _rollout_common.py worker --progress-file PATH --run RUN_ID [--worker-id ID]")
     raise SystemExit(_worker_main(sys.argv[2:]))

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _rollout_common import Trainer, WorkerProcess, read_lines, repeat_records, rollout_event  # noqa: E402
+from _rollout_common import Trainer, WorkerProcess, read_lines, repeat_records  # noqa: E402
 
 RUN_ID = "bench-async"
 
@@ -105,13 +105,27 @@ MODES = {"sync": (2, False), "sync1": (1, False), "async": (1, True)}
 alone on one thread, the thread count of the asynchronous trainer."""
 
 
+def wait_ready(log_path: Path, timeout_s: float = 120) -> None:
+    """Until the rollout worker's log says it started (its imports done)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if log_path.exists() and " started (" in log_path.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"the rollout worker did not start within {timeout_s:.0f} s (log {log_path})")
+
+
 def run_mode(name: str, args: argparse.Namespace, root: Path, config: dict[str, Any]) -> dict[str, Any]:
     """Train one mode to the end; return its figures (checkpoint times relative to the trainer's start)."""
     threads, asynchronous = MODES[name]
     trainer = Trainer(config, root / name, threads=threads)
+    worker = None
+    if asynchronous:  # the pool's worker is up (imports done) before the run starts, as in a deployment
+        worker = WorkerProcess(["--progress-file", str(trainer.progress_file), "--run", RUN_ID,
+                                "--max-groups", str(args.worker_groups)], root / f"{name}-worker.log").start()
+        wait_ready(worker.log_path)
     started_wall = time.time()
     trainer.start()
-    worker = None
     first_seen = None  # when the first progress line appeared (monotonic)
     try:
         deadline = time.monotonic() + args.timeout_s
@@ -120,10 +134,6 @@ def run_mode(name: str, args: argparse.Namespace, root: Path, config: dict[str, 
                 raise SystemExit(f"{name}: the trainer ran past {args.timeout_s:.0f} s (log {trainer.log_path})")
             if first_seen is None and read_lines(trainer.progress_file)[0]:
                 first_seen = time.monotonic()
-            if asynchronous and worker is None and (event := rollout_event(trainer.progress_file)) is not None:
-                worker = WorkerProcess(["--url", event["url"], "--secret", event["secret"], "--run", RUN_ID,
-                                    "--max-groups", str(args.worker_groups)],
-                                       root / f"{name}-worker.log").start()
             time.sleep(0.05)
         if trainer.proc.returncode != 0:
             raise SystemExit(f"{name}: the trainer exited {trainer.proc.returncode}: {trainer.log_tail()}")

@@ -223,3 +223,18 @@ def test_chunks_are_sent_in_slices_and_arrive_whole(manager: RolloutManager, mon
     with ManagerClient(manager.url, manager.secret) as client:
         pulled = client.pull_weights(streams=3)
     assert (pulled.version, bytes(pulled.data)) == (5, data)
+
+
+def test_a_batch_of_results_is_taken_item_by_item_each_saying_why_not(manager: RolloutManager,
+                                                                     http: httpx.Client) -> None:
+    register(http)
+    manager.publish_weights(0, b"w")
+    http.post("/groups/lease", json={"worker_id": "w1", "version": 0, "max_groups": 2})
+    malformed = result(attempt=1, completions=[completion([5, EOS])])
+    body = {"results": [[0, result(attempt=1)], [1, malformed], [4, result(attempt=1)]]}
+    items = http.post("/groups/results", json=body).json()["items"]
+    assert [(i["group_id"], i["accepted"], i["status"]) for i in items] == [(0, True, 200), (1, False, 422),
+                                                                          (4, False, 409)]
+    assert "num_generations=2" in items[1]["detail"] and "not leased" in items[2]["detail"]
+    assert manager.book.counts() == {"pending": 4, "leased": 1, "ready": 1, "trained": 0}
+    assert http.post("/groups/results", json={"results": []}).status_code == 422

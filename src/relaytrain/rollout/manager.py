@@ -41,8 +41,11 @@ from relaytrain.rollout.protocol import (
     CHUNK_SHA256_HEADER,
     PREFIX,
     VERSION_HEADER,
+    BatchAck,
+    BatchItem,
     GroupLease,
     GroupResult,
+    GroupResults,
     LeaseRequest,
     LeaseResponse,
     ManagerInfo,
@@ -333,25 +336,39 @@ class RolloutManager:
 
         @app.post(f"{PREFIX}/groups/{{group_id}}/result", dependencies=auth)
         def result(group_id: int, req: GroupResult) -> ResultAck:
-            record = self._seen(req.worker_id)
-            self._validate(group_id, req)
-            self.book.check_result(group_id, req.worker_id, req.attempt, version=req.version,
-                                   latest=self.weights.latest)
-            token_ids = [c.token_ids for c in req.completions]
-            rewards, per_function = self.score(group_id, token_ids)
-            group = ReadyGroup(group_id=group_id, version=req.version, source=req.worker_id, token_ids=token_ids,
-                               logps=[c.logps for c in req.completions], finished=[c.finished for c in req.completions],
-                               rewards=rewards, per_function=per_function)
-            self.book.accept(group, req.worker_id, req.attempt)
-            record.groups_done += 1
-            record.tokens_done += group.tokens
+            self._take_result(group_id, req)
             return ResultAck(group_id=group_id, accepted=True)
+
+        @app.post(f"{PREFIX}/groups/results", dependencies=auth)
+        def results(req: GroupResults) -> BatchAck:
+            items = []
+            for group_id, one in req.results:
+                try:
+                    self._take_result(group_id, one)
+                    items.append(BatchItem(group_id=group_id, accepted=True))
+                except GroupRefused as exc:
+                    items.append(BatchItem(group_id=group_id, accepted=False, status=exc.status, detail=str(exc)))
+            return BatchAck(items=items)
 
         @app.post(f"{PREFIX}/groups/{{group_id}}/release", dependencies=auth)
         def release(group_id: int, req: ReleaseGroup) -> ResultAck:
             self._seen(req.worker_id)
             self.book.release(group_id, req.worker_id, req.attempt)
             return ResultAck(group_id=group_id, accepted=False)
+
+    def _take_result(self, group_id: int, req: GroupResult) -> None:
+        """Validate, check the lease, score and accept one result; ``GroupRefused`` says why not."""
+        record = self._seen(req.worker_id)
+        self._validate(group_id, req)
+        self.book.check_result(group_id, req.worker_id, req.attempt, version=req.version, latest=self.weights.latest)
+        token_ids = [c.token_ids for c in req.completions]
+        rewards, per_function = self.score(group_id, token_ids)
+        group = ReadyGroup(group_id=group_id, version=req.version, source=req.worker_id, token_ids=token_ids,
+                           logps=[c.logps for c in req.completions], finished=[c.finished for c in req.completions],
+                           rewards=rewards, per_function=per_function)
+        self.book.accept(group, req.worker_id, req.attempt)
+        record.groups_done += 1
+        record.tokens_done += group.tokens
 
     def _validate(self, group_id: int, req: GroupResult) -> None:
         """422 naming the first thing wrong with a result's completions (nothing is changed)."""

@@ -43,7 +43,9 @@ import httpx
 from relaytrain.errors import RelayError
 from relaytrain.rollout.protocol import (
     PREFIX,
+    BatchAck,
     GroupResult,
+    GroupResults,
     LeaseRequest,
     LeaseResponse,
     ManagerInfo,
@@ -184,6 +186,12 @@ class ManagerClient:
     def post_result(self, group_id: int, result: GroupResult) -> ResultAck:
         response = self._call("POST", f"/groups/{group_id}/result", f"result of group {group_id}", result.model_dump())
         return ResultAck.model_validate(response.json())
+
+    def post_results(self, results: list[tuple[int, GroupResult]]) -> BatchAck:
+        """A batch's results in one round trip; each item says whether it was taken, and if not, why."""
+        body = GroupResults(results=results).model_dump()
+        return BatchAck.model_validate(self._call("POST", "/groups/results", f"results of {len(results)} groups",
+                                                  body).json())
 
     def release(self, group_id: int, req: ReleaseGroup) -> ResultAck:
         response = self._call("POST", f"/groups/{group_id}/release", f"release of group {group_id}", req.model_dump())

@@ -16,6 +16,7 @@ A session, as the rollout worker runs it::
     GET  {PREFIX}/weights/{version}/chunks/{index}  -> raw bytes (``X-Sha256`` header)
     POST {PREFIX}/groups/lease                      LeaseRequest -> LeaseResponse
     POST {PREFIX}/groups/{group_id}/result          GroupResult -> ResultAck
+    POST {PREFIX}/groups/results                    GroupResults -> BatchAck (a batch's results, one round trip)
     POST {PREFIX}/groups/{group_id}/release         ReleaseGroup -> ResultAck (re-queued)
     POST {PREFIX}/workers/{worker_id}/heartbeat     WorkerHeartbeat -> Registered
     DELETE {PREFIX}/workers/{worker_id}             -> its groups re-queued
@@ -168,3 +169,21 @@ class ReleaseGroup(_Wire):
 class ResultAck(_Wire):
     group_id: int
     accepted: bool
+
+
+class GroupResults(_Wire):
+    """The results of one batch, each taken (or refused) on its own as by ``/groups/{group_id}/result``."""
+
+    results: list[tuple[int, GroupResult]] = Field(..., min_length=1, max_length=1024,
+                                                    description="(group_id, result) pairs.")
+
+
+class BatchItem(_Wire):
+    group_id: int
+    accepted: bool
+    status: int = Field(200, description="What the single-result call would have answered.")
+    detail: str | None = None
+
+
+class BatchAck(_Wire):
+    items: list[BatchItem]

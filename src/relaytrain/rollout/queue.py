@@ -72,7 +72,8 @@ class Counters:
     requeued: int = 0
     """Groups handed out again because their lessee vanished, gave them back or ran out of time."""
     dropped_stale: int = 0
-    """Finished groups not trained because they were sampled too many versions ago (regenerated)."""
+    """Finished groups not trained because they were sampled too many versions ago (regenerated): refused
+    when posted, or found stale when their turn to be trained came."""
     refused_late: int = 0
     """Results refused because their lease was no longer current."""
     accepted: int = 0
@@ -120,14 +121,18 @@ class GroupBook:
             return taken
 
     def check_result(self, group_id: int, worker_id: str, attempt: int, *, version: int, latest: int | None) -> None:
-        """Raise ``GroupRefused`` unless a result for this lease may be accepted now."""
+        """Raise ``GroupRefused`` unless a result for this lease may be accepted now. A result already too
+        stale to be trained ends its lease: the group is pending again at once (``dropped_stale``), not
+        left with a worker that has nothing more to give for it."""
         with self._lock:
             self._check_lease(group_id, worker_id, attempt)
             if latest is None or version > latest:
                 raise GroupRefused(409, f"group {group_id}: version {version} was never published")
             if latest - version > self.max_staleness:
+                self._requeue(group_id, requeued=False)
+                self.counters.dropped_stale += 1
                 raise GroupRefused(409, f"group {group_id}: sampled with version {version}, more than "
-                                        f"max_staleness={self.max_staleness} behind {latest}")
+                                        f"max_staleness={self.max_staleness} behind {latest}; handed out again")
 
     def _check_lease(self, group_id: int, worker_id: str, attempt: int) -> Lease:
         if not 0 <= group_id < self.total:
@@ -187,10 +192,11 @@ class GroupBook:
             self._requeue(group)
         return late
 
-    def _requeue(self, group: int) -> None:
+    def _requeue(self, group: int, *, requeued: bool = True) -> None:
         del self._leased[group]
         heapq.heappush(self._pending, group)
-        self.counters.requeued += 1
+        if requeued:
+            self.counters.requeued += 1
         self._lock.notify_all()
 
     # -- training ---------------------------------------------------------------------------

@@ -119,6 +119,8 @@ class RolloutWorker:
         self._spec: Any = None
         self._stopping = threading.Event()
         self._run_id: str | None = None
+        self._waiting = False
+        """Said once that the run has no manager now (not at every poll)."""
         self.stats = {"groups_posted": 0, "groups_refused": 0, "groups_released": 0, "pulls": 0, "sessions": 0}
 
     def _torch_engine(self) -> Any:
@@ -175,8 +177,11 @@ class RolloutWorker:
             return False
         endpoint = self.directory.endpoint(run_id)
         if endpoint is None:
-            log.info("run %s has no rollout manager now", run_id)
+            if not self._waiting:
+                log.info("run %s has no rollout manager now; waiting for one", run_id)
+            self._waiting = True
             return False
+        self._waiting = False
         if self._run_id != run_id:
             self._run_id = run_id
             self._register_once()
@@ -287,17 +292,17 @@ class Session:
         seconds = time.monotonic() - started
         tokens = sum(len(c.token_ids) for group in completions for c in group)
         self.tokens_per_s = tokens / max(seconds, 1e-9)
+        results = [(group.group_id, GroupResult(worker_id=self.settings.worker_id, attempt=group.attempt,
+                                                version=self._version, completions=done,
+                                                seconds=seconds / len(groups)))
+                   for group, done in zip(groups, completions, strict=True)]
         accepted = 0
-        for group, done in zip(groups, completions, strict=True):
-            result = GroupResult(worker_id=self.settings.worker_id, attempt=group.attempt, version=self._version,
-                                 completions=done, seconds=seconds / len(groups))
-            try:
-                self.manager.post_result(group.group_id, result)
-            except Refused as exc:
-                self.worker.stats["groups_refused"] += 1
-                log.info("result of group %d dropped: %s", group.group_id, exc)
+        for item in self.manager.post_results(results).items:  # one round trip for the batch
+            if item.accepted:
+                accepted += 1
                 continue
-            accepted += 1
+            self.worker.stats["groups_refused"] += 1
+            log.info("result of group %d dropped: %s", item.group_id, item.detail)
         self.worker.stats["groups_posted"] += accepted
         log.info("%d groups (%d tokens) with v%d in %.2f s, %.0f tokens/s; %d accepted", len(groups), tokens,
                  self._version, seconds, self.tokens_per_s, accepted)

@@ -87,9 +87,6 @@ class RolloutPool:
         self.config = config
         trainer = session.config.trainer
         self.per_step = trainer.prompts_per_step
-        self.own_chunk = max(1, self.per_step // 4)
-        """Groups the trainer samples at once while rollout workers are attached (alone: the whole step, in
-        one batch, exactly as without a pool)."""
         self.book = GroupBook(session.max_steps * self.per_step, max_staleness=config.max_staleness,
                               lease_s=config.lease_s)
         model = session.model
@@ -155,15 +152,13 @@ class RolloutPool:
         """The groups of the next step, lowest id first, and the stale ones dropped on the way.
 
         Ready groups first; the trainer samples the shortfall itself from the lowest pending
-        groups (while workers are attached, ``own_chunk`` at a time, taking the results that came in
-        meanwhile); when none is pending (all handed out) it waits for results or re-queues."""
+        groups, in one batch; when none is pending (all handed out) it waits for results or re-queues."""
         session, version = self.session, self.session.step
         chosen, stale = self.book.take_ready(self.per_step, version=version)
         while len(chosen) < self.per_step:
-            short = self.per_step - len(chosen)
-            if self.manager.wants_weights:  # workers attached: a few groups at a time, taking theirs in between
-                short = min(short, self.own_chunk)
-            own = self.book.lease(TRAINER, short, version=version, latest=None, now=time.monotonic())
+            # the whole shortfall in one batch: sampling costs about one decoding loop whatever the batch
+            own = self.book.lease(TRAINER, self.per_step - len(chosen), version=version, latest=None,
+                                  now=time.monotonic())
             if own:
                 groups = session.generate_groups([g for g, _ in own])
                 self.book.finish_own([g for g, _ in own])
