@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from relaytrain.config import GRPORun, SFTRun  # noqa: E402
+from relaytrain.config import GRPORun, RolloutConfig, SFTRun  # noqa: E402
 from relaytrain.contract import Contract, ExitCode  # noqa: E402
 from relaytrain.train.grpo import GRPOSession, run_grpo  # noqa: E402
 from relaytrain.train.grpo_loss import grpo_loss  # noqa: E402
@@ -411,3 +411,29 @@ def test_grpo_with_a_rollout_worker_learns_as_well_as_the_synchronous_trainer(
     # scale one run's held-out accuracy swings by ±4 points with the seed alone (the trainer alone, seeds
     # 0-3: 62.0, 59.4, 54.4, 60.2 %), and a pool run is not reproducible (which groups the worker samples
     # depends on timing). The multi-seed comparison is in docs/benchmarks.md ("Rollout pool: learning").
+
+
+def test_with_rollout_set_and_no_worker_a_run_is_bit_for_bit_the_run_without_it(tmp_path: Path) -> None:
+    """``rollout:`` and nobody attached: the trainer samples every group itself, the same groups with the
+    same seeds, through a resume in a new process, and the book of groups rides in the checkpoint."""
+    config = grpo_config(reward_file(tmp_path), beta=0.05, num_iterations=2, save_rollout_trajectories=True)
+    pooled = config.model_copy(update={"rollout": RolloutConfig()})
+    plain, pool = tmp_path / "plain", tmp_path / "pool"
+    for process in (launch(config, plain, 4), launch(pooled, pool, 2)):
+        finish(process)
+    finish(launch(pooled, pool, 4, resume=pool / "checkpoints" / "step_00000002"))
+
+    for step in ("step_00000002", "step_00000004"):
+        a, b = state_digests(plain / "checkpoints" / step), state_digests(pool / "checkpoints" / step)
+        assert a == b, [key for key in a if a[key] != b.get(key)]
+    book = json.loads((pool / "checkpoints" / "step_00000002" / "rollout_state.json").read_text())
+    assert book["trained"] == [[0, 8]] and book["ready"] == []  # 2 steps × 4 prompts, in data order
+    for step in range(1, 5):  # the same completions, now with their group ids, version and source
+        name = f"rollout_{step:08d}.jsonl"
+        plain_lines = [json.loads(x) for x in (plain / "rollouts" / name).read_text().splitlines()]
+        pool_lines = [json.loads(x) for x in (pool / "rollouts" / name).read_text().splitlines()]
+        assert [x["group_id"] for x in pool_lines] == list(range((step - 1) * 4, step * 4))
+        assert all(x.pop("version") == step - 1 and x.pop("source") == "trainer" for x in pool_lines)
+        assert [{k: v for k, v in x.items() if k != "group_id"} for x in pool_lines] == plain_lines
+    events = [x for x in progress(pool / "progress.jsonl") if x.get("event") == "rollout"]
+    assert events and events[0]["url"].startswith("http://127.0.0.1:") and events[0]["pool"] == []
