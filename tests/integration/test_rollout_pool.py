@@ -63,6 +63,21 @@ def pool_view(client: Any) -> dict[str, Any]:
     return {w.worker_id: w for w in endpoint.pool}
 
 
+def freeze_holding_groups(client: Any, gen: RolloutWorkerProc, tries: int = 20) -> Any:
+    """SIGSTOP ``gen`` until it is caught holding groups, as the manager sees it once it has gone quiet
+    (its pool view then is settled): the worker is killed with work in hand, whatever the timing."""
+    for _ in range(tries):
+        gen.proc.send_signal(signal.SIGSTOP)
+        quiet = wait_until(lambda: (w := pool_view(client).get(gen.worker_id)) and w.last_seen_s >= 2.5 and w, 30,
+                           f"{gen.worker_id} to go quiet")
+        if quiet.groups_in_flight > 0:
+            return quiet
+        gen.proc.send_signal(signal.SIGCONT)
+        wait_until(lambda: (w := pool_view(client).get(gen.worker_id)) and w.last_seen_s < 1.0, 30,
+                   f"{gen.worker_id} to be heard from again")
+    raise AssertionError(f"{gen.worker_id} was never caught holding groups in {tries} tries")
+
+
 def test_rollout_workers_added_mid_run_and_one_killed_lose_nothing_and_train_nothing_twice(cluster, tmp_path) -> None:
     client = cluster.client
     rollout_token = client.create_token("pool", "rollout").token
@@ -73,15 +88,14 @@ def test_rollout_workers_added_mid_run_and_one_killed_lose_nothing_and_train_not
     before = series(client, "rollout/step_worker_groups")
     assert before and set(before.values()) == {0.0}, before  # alone, the trainer generates every group
 
-    gens = [RolloutWorkerProc(cluster.commander.url, rollout_token, f"gen-{i}", tmp_path / "gens", ["--run", RUN])
-            for i in (1, 2)]
+    gens = [RolloutWorkerProc(cluster.commander.url, rollout_token, f"gen-{i}", tmp_path / "gens",
+                              ["--run", RUN, "--max-groups", "8"]) for i in (1, 2)]
     for gen in gens:
         gen.start()
     try:
         wait_until(lambda: any(v > 0 for v in series(client, "rollout/step_worker_groups").values()), 120,
                    f"a step trained with worker-generated groups ({gens[0].log()[-2000:]})")
-        victim = wait_until(lambda: (w := pool_view(client).get("gen-1")) and w.groups_in_flight > 0 and w, 60,
-                            "gen-1 to hold groups")
+        victim = freeze_holding_groups(client, gens[0])
         gens[0].proc.send_signal(signal.SIGKILL)
         gens[0].proc.wait(timeout=10)
         assert victim.groups_in_flight > 0

@@ -46,11 +46,14 @@ def test_a_worker_too_far_behind_gets_no_work_and_its_stale_result_is_refused() 
     with pytest.raises(GroupRefused, match="pull newer weights"):
         book.lease("w1", 1, version=3, latest=5, now=0)
     [(group, attempt)] = book.lease("w1", 1, version=4, latest=4, now=0)
-    with pytest.raises(GroupRefused, match="more than max_staleness=1 behind 6"):
-        book.check_result(group, "w1", attempt, version=4, latest=6)
-    with pytest.raises(GroupRefused, match="never published"):
+    with pytest.raises(GroupRefused, match="never published"):  # a lie: refused, nothing changes
         book.check_result(group, "w1", attempt, version=7, latest=6)
     book.check_result(group, "w1", attempt, version=5, latest=6)
+    with pytest.raises(GroupRefused, match="more than max_staleness=1 behind 6"):
+        book.check_result(group, "w1", attempt, version=4, latest=6)
+    # a stale result ends its lease: the group goes straight back out, counted as dropped, not re-queued
+    assert book.counts()["pending"] == 4 and book.counters.dropped_stale == 1 and book.counters.requeued == 0
+    assert book.lease("w2", 1, version=6, latest=6, now=0) == [(group, 2)]
 
 
 def test_ready_groups_too_stale_to_train_are_regenerated_not_trained() -> None:

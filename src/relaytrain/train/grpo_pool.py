@@ -131,7 +131,7 @@ class RolloutPool:
             return
         view = (self.manager.weights.latest, self.manager.pool_view())
         key = (view[0], [(w["worker_id"], w["version"], w["groups_in_flight"], w["groups_done"]) for w in view[1]])
-        if not force and key == self._last_view:
+        if not force and key == self._last_view and not view[1]:  # with workers attached: every second (last seen)
             return
         self._announced, self._last_view = now, key
         from relaytrain.contract import ROLLOUT_EVENT
