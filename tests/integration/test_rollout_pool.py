@@ -81,7 +81,7 @@ def freeze_holding_groups(client: Any, gen: RolloutWorkerProc, tries: int = 20) 
 def test_rollout_workers_added_mid_run_and_one_killed_lose_nothing_and_train_nothing_twice(cluster, tmp_path) -> None:
     client = cluster.client
     rollout_token = client.create_token("pool", "rollout").token
-    max_steps = 60
+    max_steps = 150  # long enough that the run is still going when a worker is caught holding groups
     client.submit(pool_run(tmp_path, cluster.store, max_steps=max_steps, every=10))
     cluster.worker("w1")
     cluster.wait_step(RUN, 3, timeout_s=120)
