@@ -26,28 +26,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _rollout_common import ProgressFileDirectory  # noqa: E402
+
 from tests.support.grpo import finish, launch, progress  # noqa: E402
 
 STEPS = 150
-
-
-class ProgressFileDirectory:
-    """The manager's URL and secret from the trainer's ``rollout`` event line."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def runs(self) -> list[Any]:
-        return []
-
-    def endpoint(self, run_id: str) -> Any:
-        from types import SimpleNamespace
-
-        events = [x for x in progress(self.path) if x.get("event") == "rollout"] if self.path.exists() else []
-        return SimpleNamespace(url=events[-1]["url"], secret=events[-1]["secret"]) if events else None
-
-    def register(self, worker_id: str, labels: dict[str, str], run_id: str | None) -> None:
-        return None
 
 
 def sft_start(folder: Path, steps: int) -> Path:
@@ -89,7 +74,7 @@ def run(mode: str, seed: int, init: Path, root: Path, max_staleness: int) -> tup
     if mode == "pool":
         worker_settings = RolloutWorkerSettings(worker_id="gen", run_id="learn", threads=1, poll_s=0.1,
                                                 backoff_max_s=0.5)
-        worker = RolloutWorker(worker_settings, ProgressFileDirectory(folder / "progress.jsonl"))
+        worker = RolloutWorker(worker_settings, ProgressFileDirectory("learn", folder / "progress.jsonl"))
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
     try:
