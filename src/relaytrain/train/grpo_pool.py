@@ -22,7 +22,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from relaytrain.rollout.manager import RolloutManager
+from relaytrain.rollout.manager import HEARTBEAT_S, RolloutManager
 from relaytrain.rollout.protocol import ManagerInfo, ModelSpec, SamplingSettings
 from relaytrain.rollout.queue import TRAINER, GroupBook, ReadyGroup
 
@@ -99,7 +99,7 @@ class RolloutPool:
         )
         lora = trainer.lora.model_dump(mode="json") if trainer.lora is not None else None
         info = ManagerInfo(run_id=session.contract.run_id, epoch=session.contract.epoch, version=None,
-                           max_staleness=config.max_staleness, lease_s=config.lease_s, heartbeat_s=0.0,
+                           max_staleness=config.max_staleness, lease_s=config.lease_s, heartbeat_s=HEARTBEAT_S,
                            sampling=sampling, model=ModelSpec(config=base.config.to_dict(), lora=lora),
                            groups_total=self.book.total)
         self.manager = RolloutManager(self.book, info=info, prompt_ids=self._prompt_ids, score=self._score)
