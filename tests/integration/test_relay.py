@@ -187,15 +187,17 @@ def test_cancel_stops_the_holder(cluster):
 
 def test_trajectories_leave_with_the_checkpoints_across_a_kill(cluster):
     """``trajectories.save``: every step's trajectory, named by the run file's pattern, reaches the
-    store — those of the killed machine with its checkpoints, the rest from its heir."""
+    store — those of the killed machine before its checkpoint is durable, the rest from its heir."""
     config = counter_run("audited", cluster.store, max_steps=40, every=10,
                          trajectories={"save": True, "subdir": "audit", "pattern": "traj_{rollout_id:05d}.jsonl"})
     cluster.client.submit(config)
     victim = cluster.worker("victim")
-    cluster.wait_step("audited", 15)
+    wait_until(lambda: (c := cluster.client.run("audited").latest_checkpoint) is not None and c.step >= 10, 60,
+               "the first durable checkpoint")
+    victim.signal(signal.SIGKILL)  # the moment the commander knows it durable
     stored = cluster.store / "audited" / "files" / "audit"
-    wait_until(lambda: (stored / "traj_00010.jsonl").exists(), 30, "the first checkpoint's trajectories")
-    victim.signal(signal.SIGKILL)
+    durable = cluster.client.run("audited").latest_checkpoint.step
+    assert {f"traj_{step:05d}.jsonl" for step in range(1, durable + 1)} <= {p.name for p in stored.iterdir()}
     cluster.worker("heir")
     cluster.wait_status("audited", ("succeeded",), timeout_s=120)
     names = sorted(p.name for p in stored.iterdir())

@@ -172,6 +172,22 @@ def test_wrong_group_and_stale_or_unpublished_versions_are_refused(manager: Roll
     assert unknown.status_code == 404 and "register again" in unknown.json()["detail"]
 
 
+def test_a_result_is_judged_stale_against_the_version_the_trainer_trains_next(manager: RolloutManager,
+                                                                              http: httpx.Client) -> None:
+    """The trainer may be steps ahead of the latest version it published (publishing runs behind): a
+    result stale for the step it will be trained at is refused now, not accepted and dropped later."""
+    training = {"version": 0}
+    manager.training_version = lambda: training["version"]
+    register(http)
+    manager.publish_weights(0, b"w")
+    http.post("/groups/lease", json={"worker_id": "w1", "version": 0, "max_groups": 2})
+    assert http.post("/groups/0/result", json=result(attempt=1)).json()["accepted"]
+    training["version"] = 2  # published: still 0
+    stale = http.post("/groups/1/result", json=result(attempt=1))
+    assert stale.status_code == 409 and "behind 2" in stale.json()["detail"]
+    assert manager.book.counts() == {"pending": 5, "leased": 0, "ready": 1, "trained": 0}
+
+
 def test_a_silent_worker_is_dropped_and_its_groups_requeued_one_that_leaves_gives_them_back(
         manager: RolloutManager, http: httpx.Client, clock: Clock) -> None:
     register(http, "w1")

@@ -147,8 +147,12 @@ class RolloutManager:
     """See the module docstring."""
 
     def __init__(self, book: GroupBook, *, info: ManagerInfo, prompt_ids: Callable[[int], list[int]],
-                 score: Score, secret: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 score: Score, secret: str | None = None, clock: Callable[[], float] = time.monotonic,
+                 training_version: Callable[[], int] | None = None) -> None:
         self.book = book
+        self.training_version = training_version
+        """The version the trainer trains next (its step), which may be ahead of the latest published
+        one: a result is judged stale against it, as the trainer will judge it when it takes it."""
         self.info = info
         self.prompt_ids = prompt_ids
         self.score = score
@@ -360,7 +364,7 @@ class RolloutManager:
         """Validate, check the lease, score and accept one result; ``GroupRefused`` says why not."""
         record = self._seen(req.worker_id)
         self._validate(group_id, req)
-        self.book.check_result(group_id, req.worker_id, req.attempt, version=req.version, latest=self.weights.latest)
+        self.book.check_result(group_id, req.worker_id, req.attempt, version=req.version, latest=self._judged_against())
         token_ids = [c.token_ids for c in req.completions]
         rewards, per_function = self.score(group_id, token_ids)
         group = ReadyGroup(group_id=group_id, version=req.version, source=req.worker_id, token_ids=token_ids,
@@ -369,6 +373,12 @@ class RolloutManager:
         self.book.accept(group, req.worker_id, req.attempt)
         record.groups_done += 1
         record.tokens_done += group.tokens
+
+    def _judged_against(self) -> int | None:
+        latest = self.weights.latest
+        if self.training_version is None or latest is None:
+            return latest
+        return max(latest, self.training_version())
 
     def _validate(self, group_id: int, req: GroupResult) -> None:
         """422 naming the first thing wrong with a result's completions (nothing is changed)."""

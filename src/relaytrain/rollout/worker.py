@@ -57,7 +57,8 @@ class RolloutWorkerSettings:
     labels: dict[str, str] = field(default_factory=dict)
     threads: int = 1
     max_groups: int = 4
-    """Groups leased (and generated as one batch) at a time."""
+    """The most groups leased (and generated as one batch) at a time; fewer when the trainer's pace
+    would make that many stale before they are posted (:class:`Pace`)."""
     streams: int = STREAMS
     """Parallel connections of a weight pull."""
     device: str | None = None
@@ -238,6 +239,7 @@ class Session:
         self._held: bytearray | None = None  # the buffer of the version the engine holds (it may keep views of it)
         self._spare: bytearray | None = None  # the buffer of the version before: the next pull reuses it
         self._ended = threading.Event()
+        self.pace = Pace()
 
     def serve(self) -> None:
         s = self.settings
@@ -265,15 +267,22 @@ class Session:
     def _step(self) -> None:
         """One lease → generate → post, or a wait when there is nothing to do."""
         self._swap_if_ready()
+        assert self._version is not None
+        if self.pace.latest is not None and self.pace.latest - self._version >= max(self.info.max_staleness, 1):
+            # no headroom left: whatever we sampled now would be too stale once posted
+            self._swap(self._pull_now())
+        count = self.pace.lease_size(self._version, self.info.max_staleness, self.settings.max_groups)
         try:
             lease = self.manager.lease(LeaseRequest(worker_id=self.settings.worker_id, version=self._version,
-                                                    max_groups=self.settings.max_groups))
+                                                    max_groups=count))
         except Refused as exc:  # our version is too stale to be handed work
             log.info("lease refused (%s): pulling the latest weights", exc)
             self._swap(self._pull_now())
             return
-        if lease.latest_version is not None and lease.latest_version > (self._version or -1):
-            self._pull_in_background()
+        if lease.latest_version is not None:
+            self.pace.saw_version(lease.latest_version, time.monotonic())
+            if lease.latest_version > self._version:
+                self._pull_in_background()
         if not lease.groups:
             if lease.finished:
                 log.debug("run %s: every group is handed out; waiting", self.run_id)
@@ -290,6 +299,7 @@ class Session:
             self.worker.stats["groups_released"] += len(groups)
             raise
         seconds = time.monotonic() - started
+        self.pace.generated(len(groups), seconds)
         tokens = sum(len(c.token_ids) for group in completions for c in group)
         self.tokens_per_s = tokens / max(seconds, 1e-9)
         results = [(group.group_id, GroupResult(worker_id=self.settings.worker_id, attempt=group.attempt,
@@ -378,6 +388,50 @@ class Session:
     def _check_alive(self) -> None:
         if self._gone is not None:
             raise ManagerGone(f"heartbeat: {self._gone}")
+
+
+class Pace:
+    """How many groups to lease so they are posted before they go stale.
+
+    A result sampled with version ``v`` is trained only while the trainer is at most
+    ``max_staleness`` versions past ``v``. The worker measures how fast the trainer publishes
+    versions (seconds per version, from the latest version each lease reports) and how fast it
+    generates itself (seconds per group, from its batches), and leases the groups it can generate
+    within the versions of headroom left (half a version when none is): a slow worker next to a
+    fast trainer takes one group at a time instead of a batch that would be refused whole. Until
+    both rates are known it leases ``max_groups``.
+    """
+
+    SMOOTHING = 0.3
+    """Weight of the newest measurement in each moving average."""
+
+    def __init__(self) -> None:
+        self.latest: int | None = None
+        self.seconds_per_version: float | None = None
+        self.seconds_per_group: float | None = None
+        self._since: tuple[int, float] | None = None  # (version, when it was first seen)
+
+    def saw_version(self, latest: int, now: float) -> None:
+        if self._since is not None and latest > self._since[0]:
+            version, when = self._since
+            self.seconds_per_version = _average(self.seconds_per_version, (now - when) / (latest - version))
+        if self._since is None or latest > self._since[0]:
+            self._since = (latest, now)
+        self.latest = max(latest, self.latest or latest)
+
+    def generated(self, groups: int, seconds: float) -> None:
+        self.seconds_per_group = _average(self.seconds_per_group, seconds / max(groups, 1))
+
+    def lease_size(self, version: int, max_staleness: int, max_groups: int) -> int:
+        if self.seconds_per_version is None or self.seconds_per_group is None or self.latest is None:
+            return max_groups
+        headroom = max(max_staleness - (self.latest - version), 0.5)
+        fits = int(headroom * self.seconds_per_version / max(self.seconds_per_group, 1e-9))
+        return max(1, min(max_groups, fits))
+
+
+def _average(old: float | None, new: float) -> float:
+    return new if old is None else (1 - Pace.SMOOTHING) * old + Pace.SMOOTHING * new
 
 
 def release_all(manager: ManagerClient, worker_id: str, groups: list[GroupLease]) -> None:

@@ -102,7 +102,8 @@ class RolloutPool:
                            max_staleness=config.max_staleness, lease_s=config.lease_s, heartbeat_s=HEARTBEAT_S,
                            sampling=sampling, model=ModelSpec(config=base.config.to_dict(), lora=lora),
                            groups_total=self.book.total)
-        self.manager = RolloutManager(self.book, info=info, prompt_ids=self._prompt_ids, score=self._score)
+        self.manager = RolloutManager(self.book, info=info, prompt_ids=self._prompt_ids, score=self._score,
+                                      training_version=lambda: session.step)
         self._publisher = ThreadPoolExecutor(1, thread_name_prefix="rollout-publish")
         self._publishing: Future | None = None
         self._publish_lock = threading.Lock()

@@ -167,6 +167,8 @@ class Uploader(Guarded):
                     raise
                 log.warning("upload of step %d failed (%s), retrying", step, exc)
                 time.sleep(2.0 * attempt)
+        if self.trajectories is not None:  # before the commit: a durable step's trajectories are stored too
+            self.trajectories.sync()
         commit = m.CheckpointCommit(worker_id=self.worker_id, epoch=self.epoch, step=step, uri=uri,
                                     manifest_sha256=manifest_sha256(path), revision=self.store.last_commit)
         for attempt in range(1, self.attempts + 1):
@@ -187,8 +189,6 @@ class Uploader(Guarded):
         log.info("step %d of %s is durable at %s", step, self.run_id, uri)
         if self.retention is not None:
             self._prune(path.parent, step)
-        if self.trajectories is not None:
-            self.trajectories.sync()
 
     def _prune(self, output_dir: Path, durable: int) -> None:
         """Apply keep_last / keep_every locally and in the store; never the newest durable."""

@@ -1,7 +1,8 @@
-"""Rollout trajectories leave the machine with the checkpoints: after each durable checkpoint
-(and once more when the trainer ends) every new or changed file under the run's trajectory
-folder is stored under ``<run_id>/<subdir>/…`` in the run's store, so they no longer die
-with the pod. A failed upload is retried at the next checkpoint; it never stops training."""
+"""Rollout trajectories leave the machine with the checkpoints: once each checkpoint is
+uploaded, before it is committed as durable (and once more when the trainer ends), every
+new or changed file under the run's trajectory folder is stored under ``<run_id>/<subdir>/…``
+in the run's store, so a durable step's trajectories never die with the pod.
+A failed upload is retried at the next checkpoint; it never stops training."""
 
 from __future__ import annotations
 
