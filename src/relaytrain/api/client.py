@@ -135,6 +135,16 @@ class RelayClient:
         params = {"name": name} if name else None
         return m.MetricList.model_validate(self.request("GET", f"/api/v1/runs/{run_id}/metrics", params=params))
 
+    def logs(self, run_id: str, *, attempt: int | None = None, after: int | None = None,
+             limit: int = 200) -> m.LogList:
+        """One attempt's trainer output (default: the latest attempt) from offset ``after``."""
+        params: dict[str, Any] = {"limit": limit}
+        if attempt is not None:
+            params["attempt"] = attempt
+        if after is not None:
+            params["after"] = after
+        return m.LogList.model_validate(self.request("GET", f"/api/v1/runs/{run_id}/logs", params=params))
+
     def workers(self) -> list[m.WorkerInfo]:
         return [m.WorkerInfo.model_validate(w) for w in self.request("GET", "/api/v1/workers")]
 
@@ -170,6 +180,12 @@ class RelayClient:
 
     def progress(self, run_id: str, req: m.ProgressRequest) -> int:
         return int(self.request("POST", f"/api/v1/runs/{run_id}/progress", json=req.model_dump())["step"])
+
+    def append_logs(self, run_id: str, req: m.LogAppend, *, timeout_s: float | None = None,
+                    retries: int | None = None) -> m.LogAck:
+        """A holder ships chunks of its trainer's output (fenced by the epoch)."""
+        return m.LogAck.model_validate(self.request("POST", f"/api/v1/runs/{run_id}/logs", json=req.model_dump(),
+                                                    timeout_s=timeout_s, retries=retries))
 
     # -- the rollout pool -------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from relaytrain.config import RUN_ID_PATTERN, RunKind, SshHostFields
 
-from .status import AttemptOutcome, FailureClass, RunStatus, WorkerRole
+from .status import AttemptOutcome, FailureClass, LogStream, RunStatus, WorkerRole
 
 WORKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -289,6 +289,60 @@ class MetricPoint(_Wire):
 
 class MetricList(_Wire):
     items: list[MetricPoint]
+
+
+LOG_OFFSET_DOC = ("Where the chunk starts in its attempt's output: the UTF-8 bytes of both streams shipped or "
+                  "dropped before it. It grows along the attempt; ``after`` and ``next`` are such offsets.")
+
+
+class LogChunk(_Request):
+    """A piece of the trainer's output, as the worker read it (whole lines unless a line is longer
+    than a chunk)."""
+
+    seq: int = Field(..., ge=0, le=2**62, description=LOG_OFFSET_DOC)
+    stream: LogStream
+    ts: float = Field(..., ge=0, description="When the worker read it, in seconds since the epoch (its clock).")
+    text: str = Field(..., min_length=1, max_length=65_536)
+
+    @property
+    def end(self) -> int:
+        """The offset just past this chunk."""
+        return self.seq + len(self.text.encode())
+
+
+class LogAppend(LeaseRef):
+    """Chunks of the holder's trainer output, in the order read (fenced by the epoch)."""
+
+    chunks: list[LogChunk] = Field(..., min_length=1, max_length=1000)
+
+    @model_validator(mode="after")
+    def _in_order(self) -> LogAppend:
+        for i, (before, chunk) in enumerate(zip(self.chunks, self.chunks[1:], strict=False), start=1):
+            if chunk.seq < before.end:
+                raise ValueError(f"chunks.{i}.seq: {chunk.seq} overlaps the chunk before it (ending at {before.end})")
+        return self
+
+
+class LogAck(_Wire):
+    end: int = Field(..., description="The offset just past everything the commander has of this attempt.")
+    dropped: int = Field(..., description="Bytes of this attempt's output not kept (see LogList.dropped).")
+
+
+class LogLine(_Wire):
+    epoch: int
+    seq: int = Field(..., description=LOG_OFFSET_DOC)
+    stream: LogStream
+    ts: float
+    text: str
+
+
+class LogList(_Wire):
+    items: list[LogLine] = Field(..., description="One attempt's chunks, in the order they were read.")
+    next: int = Field(..., description="Pass as ``after`` for what follows (the offset past the last item).")
+    dropped: int = Field(..., description="Bytes of this attempt's output that are not kept: dropped oldest first by "
+                                          "the worker while the commander could not take them, or by the commander "
+                                          "beyond the run's logs.max_bytes.")
+    attempt: int | None = Field(..., description="The attempt (epoch) shown; None when the run has had none.")
 
 
 class AttemptLedger(_Wire):

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from relaytrain.contract.exits import FailureClass
 
-__all__ = ["TERMINAL", "AttemptOutcome", "FailureClass", "RunStatus", "WorkerRole"]
+__all__ = ["TERMINAL", "AttemptOutcome", "FailureClass", "LogStream", "RunStatus", "WorkerRole"]
 
 
 class RunStatus(StrEnum):
@@ -49,3 +49,10 @@ class WorkerRole(StrEnum):
     """``relay worker``: claims and trains runs."""
     ROLLOUT = "rollout-worker"
     """``relay rollout-worker``: generates for runs' rollout managers."""
+
+
+class LogStream(StrEnum):
+    """Which of the trainer's outputs a shipped log chunk comes from."""
+
+    STDOUT = "stdout"
+    STDERR = "stderr"

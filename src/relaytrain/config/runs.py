@@ -28,6 +28,8 @@ from .validation import format_validation_error
 
 RUN_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
 _RUN_ID_RE = re.compile(RUN_ID_PATTERN)
+DEFAULT_LOG_MAX_BYTES = 4 << 20
+"""``logs.max_bytes``: 4 MiB of each attempt's stdout and stderr kept by the commander."""
 RunKind = Literal["sft", "grpo", "command", "eval"]
 RUN_KINDS: tuple[str, ...] = ("sft", "grpo", "command", "eval")
 
@@ -306,6 +308,14 @@ class Trajectories(_Model):
         return check_trajectory_pattern(value)
 
 
+class LogsPolicy(_Model):
+    """The trainer's stdout and stderr, shipped by the worker to the commander (``relay logs``)."""
+
+    max_bytes: int = Field(DEFAULT_LOG_MAX_BYTES, ge=0, le=1 << 30,
+                           description="The most of an attempt's output the commander keeps, in bytes (UTF-8); "
+                                       "older output is dropped first. 0: nothing is shipped.")
+
+
 class _RunBase(_Model):
     run_id: str = Field(..., description="Unique name of the run; it becomes a folder name.",
                         json_schema_extra={"pattern": RUN_ID_PATTERN, "maxLength": 128})
@@ -320,6 +330,7 @@ class _RunBase(_Model):
     init_from: InitFrom | None = None
     eval: AutoEval | None = Field(None, description="Automatic evaluation of durable checkpoints.")
     trajectories: Trajectories = Field(default_factory=Trajectories)
+    logs: LogsPolicy = Field(default_factory=LogsPolicy)
 
     @field_validator("run_id")
     @classmethod

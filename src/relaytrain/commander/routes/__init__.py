@@ -14,13 +14,15 @@ rollout        ``PUT/GET /api/v1/runs/{id}/rollout``, ``GET /api/v1/rollout/runs
 tokens         ``POST /api/v1/tokens``
 ledger         ``GET /api/v1/runs/{id}/ledger``, ``GET /api/v1/ledger``
 metrics        ``GET /api/v1/runs/{id}/metrics``, ``GET /metrics``, ``GET /api/v1/health``
+logs           ``POST/GET /api/v1/runs/{id}/logs``
 =============  ===========================================================================
 """
 
 from __future__ import annotations
 
-from . import checkpoints, evals, hosts, leases, ledger, metrics, rollout, runs, tokens, workers
+from . import checkpoints, evals, hosts, leases, ledger, logs, metrics, rollout, runs, tokens, workers
 
-ROUTERS = [r.router for r in (leases, workers, runs, checkpoints, rollout, evals, ledger, hosts, tokens, metrics)]
+ROUTERS = [r.router for r in (leases, workers, runs, logs, checkpoints, rollout, evals, ledger, hosts, tokens,
+                                metrics)]
 """In the order a request is matched (FastAPI matches included routers one by one, per request):
 the workers' hot paths (renew, progress, heartbeat) first. No two routers' paths overlap."""

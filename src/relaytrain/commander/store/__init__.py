@@ -8,6 +8,7 @@ the plain functions of one area module with its connection:
 - :mod:`.runs`: submitting, reading and cancelling runs, status changes;
 - :mod:`.evals`: automatic evaluations, the checkpoints an eval scores, ``relay resume``;
 - :mod:`.rollout`: the rollout pool's discovery: announced rollout managers, rollout workers;
+- :mod:`.logs`: the trainer output the holders ship, per attempt, capped;
 - :mod:`.checkpoints`, :mod:`.events`, :mod:`.workers`, :mod:`.tokens`, :mod:`.ledger`, :mod:`.hosts`.
 
 The same code runs on SQLite (the default, ``./relay.db``) and PostgreSQL, and the same tests
@@ -31,7 +32,7 @@ from relaytrain.errors import NotFound, StoreError
 
 from . import checkpoints as ckpts
 from . import engine as _engine
-from . import evals, events, hosts, leases, ledger, rollout, runs, tokens, workers
+from . import evals, events, hosts, leases, ledger, logs, rollout, runs, tokens, workers
 from .schema import attempts
 from .tokens import hash_token
 
@@ -213,6 +214,20 @@ class Store:
         if n:
             self.counters["expiries"] += n
         return n
+
+    # -- central logs (the SQL and its offsets: logs.py) --------------------------------------
+
+    def append_logs(self, run_id: str, worker_id: str, epoch: int, chunks: list[dict[str, Any]], *,
+                    now: float | None = None) -> dict[str, int]:
+        """Store chunks of the holder's trainer output under its live lease (:func:`.logs.append`)."""
+        with self._write() as conn:
+            return logs.append(conn, run_id, worker_id, epoch, chunks, _now(now))
+
+    def list_logs(self, run_id: str, *, attempt: int | None = None, after: int = 0,
+                  limit: int = 200) -> dict[str, Any]:
+        """One attempt's chunks from offset ``after`` (default: the latest attempt; :func:`.logs.page`)."""
+        with self._read() as conn:
+            return logs.page(conn, run_id, attempt=attempt, after=after, limit=limit)
 
     # -- workers ---------------------------------------------------------------------------
 

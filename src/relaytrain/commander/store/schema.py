@@ -188,3 +188,31 @@ rollout_workers = sa.Table(
     sa.Column("registered_at", sa.Float, nullable=False),
     sa.Column("last_seen", sa.Float, nullable=False),
 )
+
+# The trainer's output, shipped by the holder of each attempt (``relay logs``): chunks in the
+# order read, keyed by their offset in the attempt's output (``seq``, in UTF-8 bytes, both
+# streams together). ``run_log_attempts`` keeps each attempt's totals: ``end_offset``, the offset past
+# everything shipped, and ``kept_bytes``, the bytes still stored (the run's logs.max_bytes at most, the
+# oldest dropped first), so their difference is what was dropped.
+run_logs = sa.Table(
+    "run_logs",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(128), sa.ForeignKey("runs.run_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("stream", sa.String(8), nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("bytes", sa.Integer, nullable=False),
+    sa.UniqueConstraint("run_id", "epoch", "seq", name="uq_run_logs_run_epoch_seq"),
+)
+
+run_log_attempts = sa.Table(
+    "run_log_attempts",
+    metadata,
+    sa.Column("run_id", sa.String(128), sa.ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("epoch", sa.Integer, primary_key=True),
+    sa.Column("end_offset", sa.BigInteger, nullable=False),
+    sa.Column("kept_bytes", sa.BigInteger, nullable=False),
+)
