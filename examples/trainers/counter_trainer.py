@@ -151,6 +151,7 @@ def main() -> int:
         step += 1
         state = advance(state, step)
         report({"step": step, "metrics": {"loss": 1.0 / step, "state_prefix": int(state[:6], 16)}})
+        print(f"step {step} state {state[:12]}", flush=True)  # a log line per step (relay logs)
         if trajectories:  # a tiny "rollout" per step, written whole then renamed
             trajectory_root.mkdir(parents=True, exist_ok=True)
             path = trajectory_root / trajectory_pattern.format(rollout_id=step)

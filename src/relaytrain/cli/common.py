@@ -23,6 +23,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from relaytrain import TOKEN_ENV
+
 if TYPE_CHECKING:
     from relaytrain.api.client import RelayClient
 
@@ -39,7 +41,7 @@ DEFAULT_WORKDIR = Path("./relay-work")
 
 
 def _token(help: str) -> Any:
-    return typer.Option("--token", envvar="RELAY_TOKEN", help=help)
+    return typer.Option("--token", envvar=TOKEN_ENV, help=help)
 
 
 def _workdir(help: str) -> Any:
@@ -59,7 +61,6 @@ DbOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 LogLevelOpt = Annotated[str, typer.Option("--log-level", help="Log level.")]
 WorkerWorkdirOpt = Annotated[Path, _workdir("Where runs live on this machine.")]
-LogsWorkdirOpt = Annotated[Path, _workdir("The worker's workdir.")]
 SyncWorkdirOpt = Annotated[Path, _workdir("The worker's workdir (runs/<run_id>/checkpoints/…).")]
 StackArg = Annotated[Path, typer.Argument(help="The stack file (stack.yaml).")]
 

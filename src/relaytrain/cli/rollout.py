@@ -7,12 +7,14 @@ from typing import Annotated
 
 import typer
 
+from relaytrain import TOKEN_ENV
+
 from .common import DEFAULT_COMMANDER, CommanderOpt, LogLevelOpt, bad_parameter, parse_labels
 
 
 def rollout_worker(
     commander: CommanderOpt = DEFAULT_COMMANDER,
-    token: Annotated[str | None, typer.Option("--token", envvar="RELAY_TOKEN",
+    token: Annotated[str | None, typer.Option("--token", envvar=TOKEN_ENV,
                                               help="Bearer token of scope rollout (or admin).")] = None,
     worker_id: Annotated[str, typer.Option("--worker-id", envvar="WORKER_ID", help="Unique id; default: hostname.")]
     = "",

@@ -1,5 +1,5 @@
 """The commands about runs: ``relay submit``, ``runs``, ``status``, ``cancel``, ``eval``,
-``resume``, ``checkpoints`` (through the commander's API) and ``logs`` (from a worker's workdir)."""
+``resume``, ``checkpoints`` and ``logs``, all through the commander's API."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import typer
 
 from .common import (
     DEFAULT_COMMANDER,
-    DEFAULT_WORKDIR,
     CommanderOpt,
     JsonOpt,
-    LogsWorkdirOpt,
     TokenOpt,
     client,
     console,
+    err_console,
     fail,
     print_json,
+    print_warning,
 )
 from .render import print_checkpoints, print_ledger, print_rollout_pool, print_run, print_runs
 
@@ -214,44 +214,59 @@ def checkpoints(
 
 def logs(
     run_id: RunIdArg,
-    workdir: LogsWorkdirOpt = DEFAULT_WORKDIR,
-    attempt: Annotated[int | None, typer.Option(help="Epoch of the attempt; default: the newest here.")] = None,
-    stream: Annotated[str, typer.Option(help="stderr or stdout.")] = "stderr",
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing as the log grows.")] = False,
-    lines: Annotated[int, typer.Option(min=1, help="Lines to show from the end.")] = 50,
+    commander: CommanderOpt = DEFAULT_COMMANDER,
+    token: TokenOpt = None,
+    attempt: Annotated[int | None, typer.Option(min=1, help="The attempt's epoch; default: the latest (with -f, "
+                                                "each attempt in turn as the run is handed on).")] = None,
+    stream: Annotated[str | None, typer.Option(help="Only stdout or only stderr; default: both, in the order "
+                                               "the worker read them.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new output until the run ends.")]
+    = False,
 ) -> None:
-    """Show a trainer's log from a worker's workdir (runs/<run_id>/logs/attempt_<epoch>/)."""
+    """Show a run's trainer output (stdout and stderr), kept by the commander, from any machine.
+
+    Each attempt keeps the run file's logs.max_bytes (default 4 MiB), the oldest output dropped
+    first; what was dropped is said on stderr.
+    """
+    from relaytrain.api.status import TERMINAL, LogStream
     from relaytrain.config import validate_run_id
 
-    if stream not in ("stderr", "stdout"):
-        fail(f"--stream: must be stderr or stdout, not {stream!r}")
     try:
         validate_run_id(run_id)
     except ValueError as exc:
         fail(f"RUN_ID: {exc}")
-    from relaytrain.contract import RunLayout
-
-    layout = RunLayout.in_workdir(workdir, run_id)
-    epochs = layout.logged_epochs()
-    if not epochs:
-        fail(f"no logs of {run_id} under {layout.logs_root}")
-    epoch = attempt if attempt is not None else epochs[-1]
-    if epoch not in epochs:
-        fail(f"--attempt: no attempt {epoch} here (have {', '.join(map(str, epochs))})")
-    path = layout.attempt_logs(epoch) / f"{stream}.log"
-    text = path.read_text(errors="replace") if path.exists() else ""
-    sys.stdout.write("".join(text.splitlines(keepends=True)[-lines:]))
-    sys.stdout.flush()
-    if follow:
-        offset = len(text.encode())
-        try:
-            while True:
-                with open(path, "rb") as handle:
-                    handle.seek(offset)
-                    chunk = handle.read()
-                offset += len(chunk)
-                sys.stdout.write(chunk.decode(errors="replace"))
-                sys.stdout.flush()
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
+    if stream is not None and stream not in tuple(LogStream):
+        fail(f"--stream: must be stdout or stderr, not {stream!r}")
+    with client(commander, token) as api:
+        epoch, after, settled = attempt, 0, False
+        while True:
+            page = api.logs(run_id, attempt=epoch, after=after, limit=1000)
+            if epoch is None and page.attempt is not None:
+                epoch = page.attempt
+            sys.stdout.write("".join(i.text for i in page.items if stream is None or i.stream == stream))
+            sys.stdout.flush()
+            after = page.next
+            if len(page.items) == 1000:
+                continue  # more is waiting
+            run = api.run(run_id) if follow else None
+            newer = run is not None and attempt is None and any(a.epoch > (epoch or 0) for a in run.attempts)
+            ended = run is None or run.status in TERMINAL or newer or any(
+                a.epoch == epoch and a.ended_at is not None for a in run.attempts)
+            if not ended:
+                time.sleep(1.0)
+                continue
+            if run is not None and not settled:
+                settled = True  # read once more: what was shipped before the attempt ended
+                continue
+            settled = False
+            if page.dropped:
+                print_warning(f"attempt {epoch}: {page.dropped} bytes of output were dropped (the oldest first: "
+                              "over the run's logs.max_bytes, or while the commander could not take them)")
+            if not newer:
+                if epoch is None:
+                    print_warning(f"{run_id} has had no attempt yet")
+                return
+            following = min((a for a in run.attempts if a.epoch > (epoch or 0)), key=lambda a: a.epoch)
+            err_console.print(f"── attempt {following.epoch} on {following.worker_id} ──", highlight=False,
+                              markup=False)
+            epoch, after = following.epoch, 0

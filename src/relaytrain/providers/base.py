@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from relaytrain import TOKEN_ENV
 from relaytrain.errors import ProviderError
 
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -154,7 +155,7 @@ def worker_env(launch: WorkerLaunch) -> dict[str, str]:
     values = {"RELAY_COMMANDER": launch.commander_url, "WORKER_ID": launch.worker_id, "RELAY_WORKDIR": "work",
               "PYTHONUNBUFFERED": "1"}
     if launch.token:
-        values["RELAY_TOKEN"] = launch.token
+        values[TOKEN_ENV] = launch.token
     if launch.gpus is not None:
         values["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in launch.gpus)
     return {**launch.env, **values}

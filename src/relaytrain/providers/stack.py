@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from relaytrain import TOKEN_ENV
 from relaytrain.api.status import WorkerRole
 from relaytrain.checkpoint import atomic_write_text
 from relaytrain.config import (
@@ -171,9 +172,9 @@ class Stack:
                 return self._commander_info(pid, started=False)
             stop_pid(pid)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if k != "RELAY_TOKEN"}
+        env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
         if self.token:
-            env["RELAY_TOKEN"] = self.token
+            env[TOKEN_ENV] = self.token
         with open(self.log_path, "ab") as log:
             proc = subprocess.Popen(self.commander_command(), stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env=env, cwd=self.base, start_new_session=True)

@@ -1,7 +1,7 @@
 """One attempt: everything a worker does with one grant, from resume to release.
 
     prepare run root → keep the lease → fetch the checkpoint to resume from → start the
-    trainer under the contract (DESIGN §6) → forward progress, make checkpoints durable →
+    trainer under the contract (DESIGN §6) → forward progress, ship its output, make checkpoints durable →
     watch for hangs, cancels, fences, preemption → classify the exit → drain → release.
 """
 
@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+from relaytrain import TOKEN_ENV
 from relaytrain.api import models as m
 from relaytrain.api.client import RelayClient
 from relaytrain.api.status import AttemptOutcome
@@ -28,6 +29,7 @@ from relaytrain.netaddr import address_towards
 
 from .guard import StopReason
 from .lease import LeaseKeeper
+from .logship import LogShipper
 from .process import TrainerProcess
 from .reporter import ProgressTailer, Reporter, Uploader
 from .trajectories import TrajectorySync
@@ -111,8 +113,14 @@ class Attempt:
             reporter = Reporter(self.client, ProgressTailer(self.paths.progress), uploader, self.paths.checkpoints,
                                 grant.run_id, self.worker_id, grant.epoch, self.stop,
                                 interval_s=self.progress_interval_s, file_runs=file_runs).start()
+            shipper = (LogShipper.for_trainer(self.client, trainer.stdout_path, trainer.stderr_path, grant.run_id,
+                                              self.worker_id, grant.epoch, self.stop,
+                                              max_bytes=config.logs.max_bytes).start()
+                       if config.logs.max_bytes else None)
             exit_ = self._supervise(trainer, reporter, config.hang_timeout_s, grace_s)
             reporter.finish()
+            if shipper is not None:
+                shipper.finish()
             if self.stop_reason == StopReason.LOST:
                 uploader.abandon()
                 return AttemptOutcome.LOST
@@ -190,7 +198,8 @@ class Attempt:
             advertise_host=self._advertise_host(),
             log_level=os.environ.get("RELAY_LOG_LEVEL", "INFO"),
         )
-        env = {**os.environ, **contract.to_env(), "PYTHONUNBUFFERED": "1"}
+        # Not the worker's token: the trainer has no business with the commander, and its output is shipped there.
+        env = {**{k: v for k, v in os.environ.items() if k != TOKEN_ENV}, **contract.to_env(), "PYTHONUNBUFFERED": "1"}
         cwd = paths.root
         if config.kind == "command":
             command = config.trainer.command
