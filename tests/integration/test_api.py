@@ -52,6 +52,12 @@ def test_tokens_and_scopes(commander):
         worker.register(m.RegisterWorker(worker_id="w1"))
         grant = worker.claim(m.ClaimRequest(worker_id="w1", wait_s=0))
         assert grant.run_id == "api-run" and grant.config["trainer"]["command"] == ["python", "train.py"]
+        chunk = m.LogChunk(seq=0, stream="stderr", ts=1, text="hello\n")
+        worker.append_logs("api-run", m.LogAppend(worker_id="w1", epoch=grant.epoch, chunks=[chunk]))
+        with pytest.raises(Forbidden):
+            worker.logs("api-run")  # shipping is the worker's; reading is not
+    with commander.client() as admin:
+        assert [i.text for i in admin.logs("api-run").items] == ["hello\n"]
     for path in ("/api/v1/runs", "/metrics", "/api/v1/workers"):
         assert httpx.get(commander.url + path).status_code == 401
 
@@ -125,6 +131,8 @@ def test_fencing_over_http(commander):
             c.commit_checkpoint("api-run", m.CheckpointCommit(**lease, step=12, uri="u", manifest_sha256=SHA))
         with pytest.raises(LeaseLost):
             c.release("api-run", m.ReleaseRequest(**lease, outcome="succeeded"))
+        with pytest.raises(LeaseLost):
+            c.append_logs("api-run", m.LogAppend(**lease, chunks=[m.LogChunk(seq=0, stream="stdout", ts=1, text="x")]))
         assert table_snapshot(commander.db) == before
         assert c.renew("api-run", "new", new.epoch).cancel_requested is False
 
@@ -175,6 +183,11 @@ BAD_BODIES = [
     ("/api/v1/runs/x/progress", b'{"worker_id": "w", "epoch": 1, "points": []}', 422),
     ("/api/v1/runs/x/checkpoints", b'{"worker_id": "w", "epoch": 1, "step": 1, "uri": "u", "manifest_sha256": "z"}',
      422),
+    ("/api/v1/runs/x/logs", b'{"worker_id": "w", "epoch": 1, "chunks": [{"seq": 0, "stream": "stdout", "ts": 1, '
+     b'"text": "abc"}, {"seq": 2, "stream": "stderr", "ts": 1, "text": "d"}]}', 422),
+    ("/api/v1/runs/x/logs", b'{"worker_id": "w", "epoch": 1, "chunks": [{"seq": 0, "stream": "tty", "ts": 1, '
+     b'"text": "a"}]}', 422),
+    ("/api/v1/runs/x/logs", b'{"worker_id": "w", "epoch": 1, "chunks": []}', 422),
     ("/api/v1/runs/unknown/lease/renew", b'{"worker_id": "w", "epoch": 1}', 404),
     ("/api/v1/runs", b"x" * (2 << 20), 413),
 ]
