@@ -291,6 +291,8 @@ class MetricList(_Wire):
     items: list[MetricPoint]
 
 
+LOG_OFFSET_MAX = 2**53
+"""The largest log offset: exact as a JSON number in any client (a double)."""
 LOG_OFFSET_DOC = ("Where the chunk starts in its attempt's output: the UTF-8 bytes of both streams shipped or "
                   "dropped before it. It grows along the attempt; ``after`` and ``next`` are such offsets.")
 
@@ -299,7 +301,7 @@ class LogChunk(_Request):
     """A piece of the trainer's output, as the worker read it (whole lines unless a line is longer
     than a chunk)."""
 
-    seq: int = Field(..., ge=0, le=2**62, description=LOG_OFFSET_DOC)
+    seq: int = Field(..., ge=0, le=LOG_OFFSET_MAX, description=LOG_OFFSET_DOC)
     stream: LogStream
     ts: float = Field(..., ge=0, description="When the worker read it, in seconds since the epoch (its clock).")
     text: str = Field(..., min_length=1, max_length=65_536)

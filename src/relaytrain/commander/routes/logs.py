@@ -31,7 +31,7 @@ async def read_logs(
     store: StoreDep,
     attempt: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="The attempt's epoch; default: "
                                          "the run's latest attempt.")] = None,
-    after: Annotated[int, Query(ge=0, le=2**62, description="Chunks that start at or after this offset "
+    after: Annotated[int, Query(ge=0, le=m.LOG_OFFSET_MAX, description="Chunks that start at or after this offset "
                                 "(pass the last answer's ``next``).")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="The most chunks to return.")] = 200,
 ) -> dict[str, Any]:
