@@ -365,7 +365,7 @@ def test_grpo_with_a_rollout_worker_learns_as_well_as_the_synchronous_trainer(
     tmp_path: Path, sft_checkpoint: tuple[Path, float]
 ) -> None:
     """Same seed, same 150 steps from the same SFT checkpoint: the trainer alone, then the trainer with one
-    rollout worker (its groups at most 2 versions stale, corrected by the behaviour weights)."""
+    rollout worker (its groups at most 4 versions stale, corrected by the behaviour weights)."""
     import threading
 
     from relaytrain.rollout.worker import RolloutWorker, RolloutWorkerSettings
@@ -381,9 +381,9 @@ def test_grpo_with_a_rollout_worker_learns_as_well_as_the_synchronous_trainer(
     )
     env = {"RELAY_INIT_FROM": str(init)}
     finish(launch(GRPORun(**settings), tmp_path / "sync", steps, env=env))
-    pooled = launch(GRPORun(**settings, rollout={"max_staleness": 2}), tmp_path / "pool", steps, env=env)
+    pooled = launch(GRPORun(**settings, rollout={"max_staleness": 4}), tmp_path / "pool", steps, env=env)
     worker = RolloutWorker(RolloutWorkerSettings(worker_id="gen-1", run_id="arith-rl", threads=1, poll_s=0.1,
-                                                 backoff_max_s=0.5, max_groups=16),
+                                                 backoff_max_s=0.5),
                            _ProgressFileDirectory(tmp_path / "pool" / "progress.jsonl"))
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
@@ -404,13 +404,15 @@ def test_grpo_with_a_rollout_worker_learns_as_well_as_the_synchronous_trainer(
     print(f"held-out exact match: SFT {accuracy_before:.1%}, GRPO alone {accuracy['sync']:.1%}, GRPO with a rollout "
           f"worker {accuracy['pool']:.1%} ({from_worker:.0f} of {steps * 8} groups from the worker, staleness max "
           f"{staleness:.0f})")
-    assert from_worker >= 0.05 * steps * 8, "the rollout worker generated almost nothing"
-    assert staleness <= 2
+    assert from_worker >= 0.10 * steps * 8, "the rollout worker generated too few of the groups trained"
+    assert staleness <= 4
     assert accuracy["pool"] > accuracy_before + 0.03, "GRPO with a rollout worker did not learn"
-    # Issue 10 asks for "within 3 points of the synchronous trainer". That is not asserted here: at this
-    # scale one run's held-out accuracy swings by ±4 points with the seed alone (the trainer alone, seeds
-    # 0-3: 62.0, 59.4, 54.4, 60.2 %), and a pool run is not reproducible (which groups the worker samples
-    # depends on timing). The multi-seed comparison is in docs/benchmarks.md ("Rollout pool: learning").
+    # Issue 10 asks for "within 3 points of the synchronous trainer": that is a mean over seeds (one run's
+    # held-out accuracy swings by ±4 points with the seed alone, and a pool run is not reproducible: which
+    # groups the worker samples depends on timing), measured by bench/rollout_learning.py (figures in
+    # docs/benchmarks.md; this seed from this start point has given -4.4 and -7.2). One seed here only
+    # rules out a pool that learns far worse.
+    assert accuracy["pool"] >= accuracy["sync"] - 0.10, "GRPO with a rollout worker learned far worse"
 
 
 def test_with_rollout_set_and_no_worker_a_run_is_bit_for_bit_the_run_without_it(tmp_path: Path) -> None:

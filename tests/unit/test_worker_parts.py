@@ -151,8 +151,9 @@ def test_the_reporter_stores_files_only_for_its_run_or_the_runs_it_may_write(tmp
     assert not stopped and not uploader.checkpoints
 
 
-def test_the_reporter_announces_rollout_managers_retries_and_stops_when_fenced(tmp_path):
-    """Through the commander's real API on SQLite: a rollout event outside the contract is dropped;
+def test_the_reporter_announces_rollout_managers_retries_and_stops_when_fenced(tmp_path, caplog):
+    """Through the commander's real API on SQLite: a rollout event outside the contract is dropped
+    (the log says which field, never its value: it may be the secret);
     one the commander cannot take (503) is kept and sent again; a stale epoch's is refused and stops
     its attempt as lost."""
     from relaytrain.contract import ROLLOUT_EVENT, event_line
@@ -183,7 +184,7 @@ def test_the_reporter_announces_rollout_managers_retries_and_stops_when_fenced(t
                             "w1", epoch, lambda *why: stops.append(why), interval_s=0.2).start()
 
         progress, stops = tmp_path / "progress-1.jsonl", []
-        progress.write_text(event_line(ROLLOUT_EVENT, url="http://10.0.0.1:4100", secret="short")
+        progress.write_text(event_line(ROLLOUT_EVENT, url="http://10.0.0.1:4100", secret="leak-me-not")
                             + event_line(ROLLOUT_EVENT, url="http://10.0.0.1:4100", secret="k" * 20, version=1))
         first = reporter(1, progress, stops)
         wait_until(lambda: len(puts) >= 2, 30, "the announcement to be tried twice")
@@ -192,6 +193,7 @@ def test_the_reporter_announces_rollout_managers_retries_and_stops_when_fenced(t
         first.finish()
         assert (announced["epoch"], announced["url"], announced["version"]) == (1, "http://10.0.0.1:4100", 1)
         assert puts[-1] is False and not stops
+        assert "outside the contract: secret:" in caplog.text and "leak-me-not" not in caplog.text
 
         db.release_lease("r", "w1", 1, outcome="preempted")
         assert db.claim_run("w1")["epoch"] == 2

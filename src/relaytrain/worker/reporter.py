@@ -292,9 +292,9 @@ class Reporter(Guarded):
             self._rollout = m.RolloutAnnounce(worker_id=self.worker_id, epoch=self.epoch, url=fields["url"],
                                               secret=fields["secret"], version=fields.get("version"),
                                               pool=fields.get("pool") or [])
-        except ValidationError as exc:
-            log.warning("%s: ignoring a rollout event outside the contract: %s", self.run_id,
-                        str(exc).replace("\n", "; "))
+        except ValidationError as exc:  # field names and messages only: the values may hold the secret
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False))
+            log.warning("%s: ignoring a rollout event outside the contract: %s", self.run_id, problems)
 
     def _rollout_due(self, announce: m.RolloutAnnounce) -> bool:
         if self._rollout_tried is None:
