@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# pytest-xdist starts its workers with COLUMNS=80 in the environment; the CLI's rich consoles would
+# freeze that width when first imported, and tests that give a CLI run its own COLUMNS would get
+# tables cut at 80 columns. Without it the consoles read the width when they print.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
 
 from tests.support.commander import PG_URL, Commander, fresh_database, pg_problem
 from tests.support.requires import missing
