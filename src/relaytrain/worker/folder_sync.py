@@ -1,22 +1,30 @@
-"""Rollout trajectories leave the machine with the checkpoints: once each checkpoint is
-uploaded, before it is committed as durable (and once more when the trainer ends), every
-new or changed file under the run's trajectory folder is stored under ``<run_id>/<subdir>/…``
-in the run's store, so a durable step's trajectories never die with the pod.
-A failed upload is retried at the next checkpoint; it never stops training."""
+"""Run files that leave the machine with the checkpoints: rollout trajectories and the trackers'
+files (TensorBoard, W&B, MLflow). Once each checkpoint is uploaded, before it is committed as
+durable (and once more when the trainer ends), every new or changed file under one of the run's
+folders is stored under ``<run_id>/<subdir>/…`` in the run's store, so a durable step's files
+never die with the pod; an index of what was stored (``<subdir>/.index.json``, uploaded last) lets
+the next machine ``restore`` the folder before its trainer resumes. A failed upload is retried at
+the next checkpoint; it never stops training. Hidden files, symbolic links and ``*.tmp`` files
+stay on the machine."""
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 from relaytrain.artifacts import ArtifactStore
-from relaytrain.errors import RelayError
+from relaytrain.errors import ArtifactMissing, RelayError
 
 log = logging.getLogger(__name__)
+INDEX_NAME = ".index.json"
+"""The stored list of a folder's files: ``{"files": {relative path: size}}``."""
 
 
-class TrajectorySync:
-    """Uploads the files of one trajectory folder that changed since the last upload."""
+class FolderSync:
+    """Uploads the files of one run folder that changed since the last upload; restores them."""
 
     def __init__(self, store: ArtifactStore, run_id: str, folder: Path, subdir: str) -> None:
         self.store = store
@@ -32,25 +40,52 @@ class TrajectorySync:
             return out
         for path in sorted(self.folder.rglob("*")):
             rel = path.relative_to(self.folder)
-            if not path.is_file() or any(part.startswith(".") for part in rel.parts) or path.suffix == ".tmp":
+            if (path.is_symlink() or not path.is_file() or any(part.startswith(".") for part in rel.parts)
+                    or path.suffix == ".tmp"):
                 continue
             stat = path.stat()
             key = (stat.st_size, stat.st_mtime_ns)
-            if self.uploaded.get(str(rel)) != key:
+            if self.uploaded.get(rel.as_posix()) != key:
                 out.append((path, f"{self.subdir}/{rel.as_posix()}", key))
         return out
 
     def sync(self) -> int:
-        """Upload what changed; returns how many files went up (0 on a failure, logged)."""
+        """Upload what changed, then the index; returns how many files went up (0 on a failure, logged)."""
         todo = self.pending()
         if not todo:
             return 0
-        try:
-            self.store.put_files([(path, name) for path, name, _ in todo], self.run_id)
-        except (RelayError, OSError) as exc:
-            log.warning("trajectories of %s not uploaded (%s); retrying at the next checkpoint", self.run_id, exc)
-            return 0
+        names = {str(path.relative_to(self.folder).as_posix()): key[0] for path, _, key in todo}
+        index = {rel: size for rel, (size, _) in self.uploaded.items()} | names
+        with tempfile.TemporaryDirectory(prefix="relay-index-") as tmp:
+            index_path = Path(tmp) / INDEX_NAME
+            index_path.write_text(json.dumps({"files": index}, indent=0, sort_keys=True), encoding="utf-8")
+            files = [(path, name) for path, name, _ in todo] + [(index_path, f"{self.subdir}/{INDEX_NAME}")]
+            try:
+                self.store.put_files(files, self.run_id)
+            except (RelayError, OSError, ValueError) as exc:
+                log.warning("%s files of %s not uploaded (%s); retrying at the next checkpoint", self.subdir,
+                            self.run_id, exc)
+                return 0
         for path, _, key in todo:
-            self.uploaded[str(path.relative_to(self.folder))] = key
-        log.info("uploaded %d trajectory files of %s", len(todo), self.run_id)
+            self.uploaded[str(path.relative_to(self.folder).as_posix())] = key
+        log.info("uploaded %d %s files of %s", len(todo), self.subdir, self.run_id)
         return len(todo)
+
+    def restore(self) -> int:
+        """Replace the local folder with the stored copy (what the index lists); returns how many
+        files came down (0: nothing stored yet). ``ArtifactError`` if the store fails."""
+        with tempfile.TemporaryDirectory(prefix="relay-index-") as tmp:
+            try:
+                index_path = self.store.get_file(self.run_id, f"{self.subdir}/{INDEX_NAME}", Path(tmp) / INDEX_NAME)
+            except ArtifactMissing:
+                return 0
+            listed = json.loads(index_path.read_text(encoding="utf-8"))["files"]
+        if self.folder.exists():
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True)
+        for rel in sorted(listed):
+            path = self.store.get_file(self.run_id, f"{self.subdir}/{rel}", self.folder / rel)
+            stat = path.stat()
+            self.uploaded[rel] = (stat.st_size, stat.st_mtime_ns)  # stored already: not sent back up
+        log.info("restored %d %s files of %s", len(listed), self.subdir, self.run_id)
+        return len(listed)
