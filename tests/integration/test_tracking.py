@@ -78,6 +78,22 @@ def test_a_resume_rewinds_every_tracker_to_the_checkpoint(tmp_path):
     assert [r["branch_step"] for r in runs] == [None, 10]  # W&B's rewind, applied when synced
 
 
+def test_grpo_reports_to_every_tracker_and_resumes_them(tmp_path):
+    out = tmp_path / "grpo"
+    argv = [sys.executable, "-m", "relaytrain.train", "grpo", "--output-dir", str(out), "--checkpoint-every", "2",
+            "--prompts-per-step", "2", "--num-generations", "2", "--run-id", "tracked-grpo", "--report-to", TRACKERS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    first = subprocess.run([*argv, "--max-steps", "3"], capture_output=True, text=True, timeout=240, env=env)
+    assert first.returncode == 0, first.stderr
+    shutil.rmtree(out / "step_00000003")  # resume from step 2: step 3 is logged again
+    second = subprocess.run([*argv, "--max-steps", "4"], capture_output=True, text=True, timeout=240, env=env)
+    assert second.returncode == 0, second.stderr
+    for tracker, series in series_of(out / "tracking", "tracked-grpo").items():
+        for metric in ("reward_mean", "loss", "kl", "perf/throughput"):
+            assert [s for s, _ in series[metric]] == [1, 2, 3, 4], (tracker, metric)
+    assert [r["branch_step"] for r in wandb_runs(out / "tracking", "tracked-grpo")] == [None, 2]
+
+
 def test_a_tracker_that_is_not_installed_is_a_permanent_error_naming_it(tmp_path):
     shadow = tmp_path / "shadow"
     shadow.mkdir()
