@@ -41,7 +41,23 @@ def test_a_folder_synced_twice_is_restored_elsewhere_as_stored(tmp_path):
     assert third.restore() == 3 and tree(third.folder) == tree(there)
 
 
-def test_nothing_stored_restores_nothing(tmp_path):
+def test_nothing_stored_restores_an_empty_folder(tmp_path):
     folder = tmp_path / "tracking"
+    (folder / "wandb").mkdir(parents=True)
+    (folder / "wandb" / "never.synced").write_text("an earlier attempt here that stored nothing")
     assert FolderSync(LocalStore(tmp_path / "store"), "run-1", folder, "tracking").restore() == 0
-    assert not folder.exists()
+    assert folder.is_dir() and tree(folder) == {}
+
+
+def test_an_attempt_that_did_not_restore_keeps_the_earlier_files_listed(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    first = FolderSync(store, "run-1", tmp_path / "a" / "rollouts", "rollouts")
+    first.folder.mkdir(parents=True)
+    (first.folder / "r1.jsonl").write_text("1")
+    assert first.sync() == 1
+    heir = FolderSync(store, "run-1", tmp_path / "b" / "rollouts", "rollouts")
+    heir.folder.mkdir(parents=True)
+    (heir.folder / "r2.jsonl").write_text("2")
+    assert heir.sync() == 1
+    third = FolderSync(store, "run-1", tmp_path / "c" / "rollouts", "rollouts")
+    assert third.restore() == 2 and tree(third.folder) == {"r1.jsonl": b"1", "r2.jsonl": b"2"}
