@@ -61,7 +61,8 @@ class Tracker(Protocol):
 
 
 class Trackers:
-    """The run's trackers, as one: numeric metrics only (None, strings, NaN-free names kept as they are)."""
+    """The run's trackers, as one. Only finite numbers are logged: a metric that is None, a string,
+    a flag or NaN is left out of that step."""
 
     def __init__(self, trackers: list[Tracker]) -> None:
         self.trackers = trackers
@@ -85,7 +86,7 @@ class Trackers:
 def open_trackers(config: SFTRun | GRPORun, contract: Contract, start_step: int) -> Trackers:
     """The trackers ``config.report_to`` names, writing under the run's ``tracking/`` folder and
     rewound to ``start_step`` (the step the attempt starts from: 0, or the resumed checkpoint's)."""
-    folder = RunLayout(contract.run_root or contract.output_dir.parent).tracking
+    folder = RunLayout(contract.run_root).tracking
     opened: list[Tracker] = []
     try:
         for name in config.report_to:
