@@ -74,14 +74,15 @@ def mlflow_series(db: Path, run_id: str) -> Series:
 
     # MLflow keeps one engine per URI for the process: read a copy under a new name, or a second
     # read of a replaced file would see the first one's.
-    copy = Path(tempfile.mkdtemp(prefix="mlflow-read-")) / "mlflow.db"
-    shutil.copyfile(db, copy)
-    client = MlflowClient(tracking_uri=f"sqlite:///{copy}")
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, filter_string=f"tags.`{MLFLOW_TAG}` = '{run_id}'")
-    assert len(runs) == 1, f"{len(runs)} MLflow runs tagged {run_id}"
-    keys = runs[0].data.metrics.keys()
-    return {k: sorted((m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, k)) for k in keys}
+    with tempfile.TemporaryDirectory(prefix="mlflow-read-") as tmp:
+        copy = Path(tmp) / "mlflow.db"
+        shutil.copyfile(db, copy)
+        client = MlflowClient(tracking_uri=f"sqlite:///{copy}")
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(experiments, filter_string=f"tags.`{MLFLOW_TAG}` = '{run_id}'")
+        assert len(runs) == 1, f"{len(runs)} MLflow runs tagged {run_id}"
+        return {k: sorted((m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, k))
+                for k in runs[0].data.metrics}
 
 
 def steps_unique_and_increasing(series: Series) -> dict[str, list[int]]:
