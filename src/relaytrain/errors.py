@@ -106,6 +106,10 @@ class ArtifactError(RelayError):
     """An artifact store operation failed."""
 
 
+class ArtifactMissing(ArtifactError):
+    """The store holds no such file or checkpoint."""
+
+
 class StaleWriter(ArtifactError):
     """The store refused a write because a newer epoch (lease holder) has written since: the
     writer has lost its lease, whether or not it knows yet."""

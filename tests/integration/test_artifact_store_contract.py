@@ -23,7 +23,7 @@ from relaytrain.artifacts import ArtifactStore, HFStore, LocalStore, S3Store, fe
 from relaytrain.artifacts.base import ProgressFn
 from relaytrain.checkpoint import list_checkpoints, load_checkpoint, manifest_sha256, verify
 from relaytrain.checkpoint.layout import step_dir_name
-from relaytrain.errors import ArtifactError
+from relaytrain.errors import ArtifactError, ArtifactMissing
 from tests.support.checkpoints import STATE, checkpoint, flip_byte, no_temporaries
 from tests.support.fake_hf import FakeHfApi
 
@@ -302,7 +302,7 @@ def test_put_file_and_get_file(tmp_path, backend) -> None:
     store.put_file(source, RUN, name)  # a new version replaces the old one
     assert store.get_file(RUN, name, fetched).read_text() == '{"acc": 0.75}'
     assert no_temporaries(fetched.parent)
-    with pytest.raises(ArtifactError, match="no such file"):
+    with pytest.raises(ArtifactMissing, match="no such file"):  # told apart from a store that fails
         store.get_file(RUN, "missing.json", tmp_path / "y")
     assert not (tmp_path / "y").exists()
     for bad in ("../escape.json", "/abs.json", "a//b.json", ""):

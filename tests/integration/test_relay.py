@@ -198,6 +198,7 @@ def test_trajectories_leave_with_the_checkpoints_across_a_kill(cluster):
     assert {f"traj_{step:05d}.jsonl" for step in range(1, durable + 1)} <= {p.name for p in stored.iterdir()}
     cluster.worker("heir")
     cluster.wait_status("audited", ("succeeded",), timeout_s=120)
-    names = sorted(p.name for p in stored.iterdir())
+    names = sorted(p.name for p in stored.iterdir() if p.name != ".index.json")
     assert names == [f"traj_{step:05d}.jsonl" for step in range(1, 41)]
+    assert sorted(json.loads((stored / ".index.json").read_text())["files"]) == names  # both machines' files
     assert json.loads((stored / "traj_00040.jsonl").read_text())["state"] == counter_final_state(40)

@@ -1,4 +1,5 @@
-"""The control plane imports no torch: config, api, commander and the CLI load in a bare interpreter."""
+"""The control plane imports no torch and no tracker (W&B, MLflow, TensorBoard): config, api,
+commander, the CLI and the worker load in a bare interpreter."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import relaytrain
 
 
 @pytest.mark.parametrize("module", ["relaytrain.config", "relaytrain.api.client", "relaytrain.commander.app",
-                                    "relaytrain.commander.store", "relaytrain.cli"])
+                                    "relaytrain.commander.store", "relaytrain.cli", "relaytrain.worker.agent"])
 def test_module_imports_without_torch(module):
-    code = (f"import sys, {module}; heavy = sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules);"
+    heavy = ("torch", "transformers", "peft", "wandb", "mlflow", "tensorboard")
+    code = (f"import sys, {module}; heavy = sorted(m for m in {heavy!r} if m in sys.modules);"
             "print(','.join(heavy))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -97,3 +97,32 @@ def test_load_reports_file_problems(tmp_path):
 def test_backoff_doubles_up_to_the_cap():
     policy = parse_run_config({**BASE, "retry": {"backoff_base_s": 2, "backoff_cap_s": 10}}).retry
     assert [policy.backoff_s(n) for n in (1, 2, 3, 4, 5)] == [2, 4, 8, 10, 10]
+
+
+SFT = {"run_id": "r", "kind": "sft", "max_steps": 10}
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    (None, []), ("none", []), ("wandb", ["wandb"]), ("tensorboard, mlflow", ["tensorboard", "mlflow"]),
+    (["mlflow", "wandb", "tensorboard"], ["mlflow", "wandb", "tensorboard"]),
+])
+def test_report_to_takes_the_transformers_spellings(given, expected):
+    config = parse_run_config({**SFT, **({} if given is None else {"report_to": given})})
+    assert config.report_to == expected
+    assert parse_run_config({**SFT, "kind": "grpo", "report_to": given or []}).report_to == expected
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ("comet", "report_to.0: Input should be 'tensorboard', 'wandb' or 'mlflow' (got 'comet')"),
+    (["wandb", "neptune"], "report_to.1: Input should be 'tensorboard', 'wandb' or 'mlflow' (got 'neptune')"),
+    ("wandb,wandb", "report_to: names a tracker twice"),
+])
+def test_an_unknown_or_repeated_tracker_is_named(given, message):
+    with pytest.raises(ConfigError) as err:
+        parse_run_config({**SFT, "report_to": given})
+    assert message in str(err.value)
+
+
+def test_report_to_is_for_the_built_in_trainers_only():
+    with pytest.raises(ConfigError, match="report_to: Extra inputs are not permitted"):
+        parse_run_config({**BASE, "report_to": "wandb"})

@@ -71,7 +71,7 @@ from relaytrain.checkpoint import (
     parse_manifest,
     step_dir_name,
 )
-from relaytrain.errors import ArtifactError, CheckpointError, StaleWriter
+from relaytrain.errors import ArtifactError, ArtifactMissing, CheckpointError, StaleWriter
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ _GIT_BLOB_LIMIT = 10 << 20
 _MISSING_ERRORS = frozenset({"EntryNotFoundError", "RemoteEntryNotFoundError"})
 
 
-class _Missing(ArtifactError):
+class _Missing(ArtifactMissing):
     """The file is not in the repository."""
 
 

@@ -30,7 +30,7 @@ from relaytrain.checkpoint import (
     temp_sibling,
     verify,
 )
-from relaytrain.errors import ArtifactError, CheckpointError
+from relaytrain.errors import ArtifactError, ArtifactMissing, CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ class LocalStore(ArtifactStore):
         """Copy ``<root>/<run_id>/files/<name>`` to ``dest`` atomically."""
         src = self._file_path(run_id, name)
         if not src.is_file():
-            raise ArtifactError(f"{src.as_uri()}: no such file in the store")
+            raise ArtifactMissing(f"{src.as_uri()}: no such file in the store")
         target = Path(dest)
         _atomic_copy(src, target, progress)
         return target

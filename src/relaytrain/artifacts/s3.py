@@ -69,7 +69,7 @@ from relaytrain.checkpoint import (
     step_dir_name,
     temp_sibling,
 )
-from relaytrain.errors import ArtifactError, CheckpointError, StaleWriter
+from relaytrain.errors import ArtifactError, ArtifactMissing, CheckpointError, StaleWriter
 
 log = logging.getLogger(__name__)
 
@@ -536,7 +536,7 @@ class S3Store(ArtifactStore):
         uri = f"s3://{self.bucket}/{key}"
         head = self._head(key, f"downloading {uri}")
         if head is None:
-            raise ArtifactError(f"{uri}: no such file in the store")
+            raise ArtifactMissing(f"{uri}: no such file in the store")
         target = Path(dest)
         target.parent.mkdir(parents=True, exist_ok=True)
         part = temp_sibling(target, target.name)

@@ -11,6 +11,7 @@ from .runs import (
     RUN_ID_PATTERN,
     RUN_KINDS,
     RUN_UNION,
+    TRACKERS,
     AutoEval,
     CheckpointPolicy,
     CommandRun,
@@ -35,6 +36,7 @@ from .runs import (
     StoreConfig,
     load_run_config,
     load_yaml,
+    parse_report_to,
     parse_run_config,
     run_config_dict,
     validate_run_id,
@@ -62,6 +64,8 @@ from .validation import format_validation_error, validation_error_lines
 
 __all__ = [
     "PROVIDER_TYPES",
+    "TRACKERS",
+    "parse_report_to",
     "AutoEval",
     "CheckpointPolicy",
     "CommandRun",

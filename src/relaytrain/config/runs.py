@@ -32,6 +32,18 @@ DEFAULT_LOG_MAX_BYTES = 4 << 20
 """``logs.max_bytes``: 4 MiB of each attempt's stdout and stderr kept by the commander."""
 RunKind = Literal["sft", "grpo", "command", "eval"]
 RUN_KINDS: tuple[str, ...] = ("sft", "grpo", "command", "eval")
+Tracker = Literal["tensorboard", "wandb", "mlflow"]
+TRACKERS: tuple[str, ...] = ("tensorboard", "wandb", "mlflow")
+"""What ``report_to`` may name (the transformers/TRL convention); each is an optional pip extra."""
+
+
+def parse_report_to(value: Any) -> Any:
+    """``report_to`` as a list: one name or a comma-separated string (``"wandb,mlflow"``) is split,
+    ``"none"`` is no tracker; anything else is left for the field's validation."""
+    if isinstance(value, str):
+        names = [part.strip() for part in value.split(",") if part.strip()]
+        return [] if names == ["none"] else names
+    return value
 
 
 def validate_run_id(value: str) -> str:
@@ -343,14 +355,33 @@ class _RunBase(_Model):
         return {"uri": value} if isinstance(value, str) else value
 
 
-class SFTRun(_RunBase):
+class _BuiltinRun(_RunBase):
+    report_to: list[Tracker] = Field(
+        default_factory=list, max_length=len(TRACKERS),
+        description="Also log the trainer's metrics to these trackers: tensorboard, wandb, mlflow (any of them; "
+                    "'none': none). Their files live in the run's tracking/ folder and travel with the run.")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, value: Any) -> Any:
+        return parse_report_to(value)
+
+    @field_validator("report_to")
+    @classmethod
+    def _report_to_once(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"names a tracker twice: {value}")
+        return value
+
+
+class SFTRun(_BuiltinRun):
     kind: Literal["sft"]
     model: str = Field("tiny", min_length=1)
     data: DataConfig = Field(default_factory=lambda: DataConfig(builtin="arithmetic"))
     trainer: SFTTrainer = Field(default_factory=SFTTrainer)
 
 
-class GRPORun(_RunBase):
+class GRPORun(_BuiltinRun):
     kind: Literal["grpo"]
     model: str = Field("tiny", min_length=1)
     data: DataConfig = Field(default_factory=lambda: DataConfig(builtin="arithmetic"))

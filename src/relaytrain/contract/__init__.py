@@ -3,7 +3,7 @@ built-in trainers, evaluation and any external trainer read it. Torch-free; impo
 ``relaytrain.errors``.
 
 - ``TrainerEnv`` (``to_env`` / ``from_env``) and ``VARIABLES``: every ``RELAY_*`` variable;
-- ``RunLayout``: a run's folders on a worker's machine; trajectory names
+- ``RunLayout``: a run's folders on a worker's machine (``TRACKING_SUBDIR``: the trackers'); trajectory names
   (``trajectory_name``, ``trajectory_id``, ``check_trajectory_pattern``);
 - ``ExitCode``, ``FailureClass``, ``Outcome``, ``exit_code_for`` (trainer side) and
   ``classify_exit`` (worker side), sharing one classifier;
@@ -26,6 +26,7 @@ from .layout import (
     CONSOLIDATED_METRICS,
     DEFAULT_TRAJECTORY_PATTERN,
     DEFAULT_TRAJECTORY_SUBDIR,
+    TRACKING_SUBDIR,
     RunLayout,
     check_trajectory_pattern,
     check_trajectory_subdir,
@@ -49,7 +50,7 @@ from .trainer import Contract
 __all__ = [
     "CHECKPOINT_EVENT", "CONSOLIDATED_METRICS", "DEFAULT_TRAJECTORY_PATTERN", "DEFAULT_TRAJECTORY_SUBDIR",
     "FILE_EVENT", "ROLLOUT_EVENT", "VARIABLES", "Contract", "Event", "Exit", "ExitCode", "FailureClass", "Outcome",
-    "Progress",
+    "Progress", "TRACKING_SUBDIR",
     "RunLayout", "TrainerEnv", "check_trajectory_pattern", "check_trajectory_subdir", "classify_exit",
     "classify_text", "clean_metrics", "event_line", "exit_code_for", "last_line", "parse_line", "progress_line",
     "runs_dir", "trajectory_id", "trajectory_name",

@@ -6,6 +6,8 @@
         logs/attempt_<epoch>/     stdout.log, stderr.log, trainer.pid
         progress/attempt_<epoch>.jsonl
         rollouts/                 RL trajectories (the run file's trajectories.subdir)
+        tracking/                 the built-in trainers' trackers (report_to): tensorboard/,
+                                  wandb/, mlflow/; travels with the run through its store
         run_config.json           the run file, as JSON
         eval_checkpoints.json     for an eval run: the checkpoints to score (fetched, verified)
         evals/<dataset>/          for an eval run: step_<N>/{metrics.json, completions.jsonl,
@@ -21,6 +23,9 @@ from pathlib import Path
 
 DEFAULT_TRAJECTORY_SUBDIR = "rollouts"
 DEFAULT_TRAJECTORY_PATTERN = "rollout_{rollout_id:08d}.jsonl"
+TRACKING_SUBDIR = "tracking"
+"""The run root's folder for TensorBoard, W&B and MLflow files, and its name among the run's
+files in the store (``<store>/<run_id>/files/tracking/…``)."""
 CONSOLIDATED_METRICS = "consolidated_metrics.csv"
 """An eval run's table: one row per step, one column per metric."""
 
@@ -42,6 +47,7 @@ class RunLayout:
         self.config = self.root / "run_config.json"
         self.eval_checkpoints = self.root / "eval_checkpoints.json"
         self.rollouts = self.root / trajectory_subdir
+        self.tracking = self.root / TRACKING_SUBDIR
 
     @classmethod
     def in_workdir(cls, workdir: str | Path, run_id: str, epoch: int = 0,
@@ -74,9 +80,10 @@ def runs_dir(workdir: str | Path) -> Path:
 def check_trajectory_subdir(subdir: str) -> str:
     """``subdir`` if it is a relative folder inside the run root, else ValueError."""
     parts = Path(subdir).parts
-    if not subdir or Path(subdir).is_absolute() or ".." in parts or parts[0] in ("checkpoints", "logs", "progress"):
-        raise ValueError(f"must be a relative folder inside the run root (not checkpoints/logs/progress), "
-                         f"got {subdir!r}")
+    if (not subdir or Path(subdir).is_absolute() or ".." in parts
+            or parts[0] in ("checkpoints", "logs", "progress", TRACKING_SUBDIR)):
+        raise ValueError(f"must be a relative folder inside the run root (not checkpoints/logs/progress/"
+                         f"{TRACKING_SUBDIR}), got {subdir!r}")
     return subdir
 
 

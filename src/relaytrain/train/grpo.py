@@ -62,6 +62,7 @@ from relaytrain.train.session import (
     train_steps,
 )
 from relaytrain.train.templates import Sample, render_all
+from relaytrain.train.tracking import open_trackers
 
 __all__ = ["GRPOSession", "Rollout", "config_hash", "run_grpo", "write_trajectories"]
 
@@ -549,10 +550,6 @@ def _mean_std(prefix: str, values: list[float | None]) -> dict[str, float | None
     }
 
 
-
-
-
-
 def run_grpo(config: GRPORun, contract: Contract) -> int:
     """Train ``config`` under ``contract`` to the target step; return the exit code (0).
 
@@ -566,10 +563,12 @@ def run_grpo(config: GRPORun, contract: Contract) -> int:
     policy = config.checkpoint
     meta = {"run_id": contract.run_id, "kind": "grpo"}
     keep_trajectories = config.trajectories.save or contract.save_rollout_trajectories
+    trackers = open_trackers(config, contract, start_step=session.step)
 
     def report(result: tuple[Rollout, dict[str, Any]], at_checkpoint: bool) -> None:
         rollout, session.last_metrics = result
         contract.report_progress(session.step, session.last_metrics)
+        trackers.log(session.step, session.last_metrics)
         if session.pool is not None:
             session.pool.after_wait()
         if keep_trajectories:  # named by the contract's pattern, the rollout id being the step
@@ -581,12 +580,14 @@ def run_grpo(config: GRPORun, contract: Contract) -> int:
         with open_manager(contract, policy) as manager:  # closing waits for an asynchronous save in flight
 
             def save() -> None:
+                trackers.flush()  # on disk before the checkpoint is: the worker stores both then
                 manager.save(session.checkpoint_state(), session.step, epoch=contract.epoch, metadata=meta)
 
             train_steps(session, contract, policy.every_steps, report, save)
     finally:
         if session.pool is not None:
             session.pool.close()
+        trackers.close()
         contract.close()
     extra = {"run_id": contract.run_id, "epoch": contract.epoch}
     if contract.stop_reason is not None:

@@ -52,6 +52,7 @@ from relaytrain.train.session import (
     train_steps,
 )
 from relaytrain.train.templates import Sample, render_all
+from relaytrain.train.tracking import Trackers, open_trackers
 
 __all__ = [
     "SFTSession",
@@ -214,16 +215,19 @@ def run_sft(config: SFTRun, contract: Contract, device: str | None = None) -> in
     resume(session, contract)
     policy = config.checkpoint
     meta = {"run_id": contract.run_id, "kind": "sft"}
+    trackers = open_trackers(config, contract, start_step=session.step)
     try:
         with open_manager(contract, policy) as manager:  # closing waits for an asynchronous save in flight
-            window = _Window(session, contract)
+            window = _Window(session, contract, trackers)
 
             def save() -> None:
                 window.report()  # the steps since the last progress line, when stopped between two
+                trackers.flush()  # on disk before the checkpoint is: the worker stores both then
                 manager.save(session.checkpoint_state(), session.step, epoch=contract.epoch, metadata=meta)
 
             train_steps(session, contract, policy.every_steps, window.add, save)
     finally:
+        trackers.close()
         contract.close()
     extra = {"run_id": contract.run_id, "epoch": contract.epoch}
     if contract.stop_reason is not None:
@@ -236,8 +240,8 @@ def run_sft(config: SFTRun, contract: Contract, device: str | None = None) -> in
 class _Window:
     """Metrics accumulated between two progress lines: at most every ``REPORT_INTERVAL_S``, and at checkpoints."""
 
-    def __init__(self, session: SFTSession, contract: Contract) -> None:
-        self.session, self.contract = session, contract
+    def __init__(self, session: SFTSession, contract: Contract, trackers: Trackers) -> None:
+        self.session, self.contract, self.trackers = session, contract, trackers
         self.steps, self.loss, self.grad_norm, self.tokens, self.lr = 0, 0.0, 0.0, 0, 0.0
         self.started = time.monotonic()
         self.last_report = self.started
@@ -271,3 +275,4 @@ class _Window:
         self.steps, self.loss, self.grad_norm, self.tokens = 0, 0.0, 0.0, 0
         self.started = self.last_report = now
         self.contract.report_progress(session.step, session.last_metrics)
+        self.trackers.log(session.step, session.last_metrics)

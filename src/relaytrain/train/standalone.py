@@ -8,6 +8,7 @@ Usage::
                                          # `touch runs/arith/STOP` (or Ctrl-C) stops cleanly
     python -m relaytrain.train sft … --resume-from auto   # the default: newest valid checkpoint
     python -m relaytrain.train sft … --lora --lr 5e-3
+    python -m relaytrain.train sft … --report-to tensorboard,wandb   # runs/arith/tracking/
 
 The flags build an ``SFTRun`` (or ``GRPORun``) config and a local ``Contract`` for the output
 folder; resuming is automatic (``--resume-from auto``): a run restarted on the same folder
@@ -35,7 +36,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from relaytrain.config import SFTRun, format_validation_error
+from relaytrain.config import TRACKERS, SFTRun, format_validation_error, parse_report_to
 from relaytrain.contract import Contract, ExitCode
 from relaytrain.errors import CheckpointError, ConfigError
 from relaytrain.train.data import BUILTIN_DATASETS
@@ -80,7 +81,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every this many steps")
     parser.add_argument("--keep-last", type=int, default=3, help="keep the newest this many checkpoints")
     parser.add_argument("--async-save", action="store_true", help="write checkpoints in a background thread")
-    parser.add_argument("--run-id", default="local", help="name of the run (progress lines, checkpoints)")
+    parser.add_argument("--run-id", default="local", help="name of the run (progress lines, checkpoints, trackers)")
+    parser.add_argument(
+        "--report-to", default="none", metavar="TRACKERS",
+        help=f"also log metrics to these trackers, comma-separated: {', '.join(TRACKERS)}, or 'none' (the default); "
+             "files in --output-dir/tracking/ (W&B offline unless WANDB_MODE is set; MLflow in a SQLite file "
+             "unless MLFLOW_TRACKING_URI is set)",
+    )
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -113,6 +120,7 @@ def common_fields(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "run_id": args.run_id,
         "kind": kind,
+        "report_to": parse_report_to(args.report_to),
         "model": args.model,
         "max_steps": args.max_steps,
         "data": data,

@@ -22,17 +22,17 @@ from relaytrain.api.client import RelayClient
 from relaytrain.api.status import AttemptOutcome
 from relaytrain.artifacts import ArtifactStore, fetch_for_resume, open_store
 from relaytrain.checkpoint import atomic_write_text
-from relaytrain.config import RunConfig, parse_run_config, run_config_dict
-from relaytrain.contract import Exit, FailureClass, Outcome, RunLayout, TrainerEnv, classify_exit
+from relaytrain.config import GRPORun, RunConfig, SFTRun, parse_run_config, run_config_dict
+from relaytrain.contract import TRACKING_SUBDIR, Exit, FailureClass, Outcome, RunLayout, TrainerEnv, classify_exit
 from relaytrain.errors import ArtifactError, CheckpointError, ConfigError, LeaseLost, NotFound, RelayError
 from relaytrain.netaddr import address_towards
 
+from .folder_sync import FolderSync
 from .guard import StopReason
 from .lease import LeaseKeeper
 from .logship import LogShipper
 from .process import TrainerProcess
 from .reporter import ProgressTailer, Reporter, Uploader
-from .trajectories import TrajectorySync
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class Attempt:
                 if grant.checkpoint is not None:  # fence the store's commits at what was recorded (HFStore)
                     store.anchor(grant.checkpoint.revision)
                 resume_from = self._resume(store)
+                folders = self._run_folders(config, store)
                 init_from = self._init_from(config, store)
                 if config.kind == "eval":
                     self._fetch_eval_checkpoints(store)
@@ -105,10 +106,8 @@ class Attempt:
                 return self._release(*self._stop_outcome(None))
             trainer = self._start_trainer(config, resume_from, init_from)
             retention = (config.checkpoint.keep_last, config.checkpoint.keep_every)
-            trajectories = (TrajectorySync(store, grant.run_id, self.paths.rollouts, config.trajectories.subdir)
-                            if config.trajectories.save else None)
             uploader = Uploader(self.client, store, grant.run_id, self.worker_id, grant.epoch, self.stop,
-                                retention=retention, trajectories=trajectories).start()
+                                retention=retention, folders=folders).start()
             file_runs = frozenset({config.trainer.source_run}) if config.kind == "eval" else frozenset()
             reporter = Reporter(self.client, ProgressTailer(self.paths.progress), uploader, self.paths.checkpoints,
                                 grant.run_id, self.worker_id, grant.epoch, self.stop,
@@ -129,11 +128,24 @@ class Attempt:
                 log.warning("checkpoints not made durable: %s", "; ".join(uploader.skipped))
             if self.stop_reason == StopReason.LOST:
                 return AttemptOutcome.LOST
-            if trajectories is not None:
-                trajectories.sync()  # those written since the last durable checkpoint
+            for folder in folders:
+                folder.sync()  # what was written since the last durable checkpoint
             return self._release(*self._outcome(exit_, trainer))
         finally:
             keeper.stop()
+
+    def _run_folders(self, config: RunConfig, store: ArtifactStore) -> list[FolderSync]:
+        """The run's folders that travel through its store: trajectories when kept, and the
+        trackers' files when the run reports to any. Those are restored here, before the trainer
+        starts, so that it continues the same experiments (docs/tracking.md)."""
+        folders = []
+        if config.trajectories.save:
+            folders.append(FolderSync(store, self.grant.run_id, self.paths.rollouts, config.trajectories.subdir))
+        if isinstance(config, SFTRun | GRPORun) and config.report_to:
+            tracking = FolderSync(store, self.grant.run_id, self.paths.tracking, TRACKING_SUBDIR)
+            tracking.restore()
+            folders.append(tracking)
+        return folders
 
     def _resume(self, store: ArtifactStore) -> str:
         """A verified local copy of the newest durable checkpoint that is intact ('' if none)."""

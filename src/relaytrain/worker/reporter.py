@@ -8,6 +8,7 @@ import contextlib
 import logging
 import queue
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,8 @@ from relaytrain.checkpoint import (
 from relaytrain.contract import Event, Progress, parse_line
 from relaytrain.errors import CheckpointError, LeaseLost, NotFound, RelayError, StaleWriter
 
+from .folder_sync import FolderSync
 from .guard import Guarded, StopFn, StopReason
-from .trajectories import TrajectorySync
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +81,14 @@ class Uploader(Guarded):
 
     def __init__(self, client: RelayClient, store: ArtifactStore, run_id: str, worker_id: str, epoch: int,
                  on_stop: StopFn, *, retention: tuple[int, int | None] | None = None, attempts: int = 3,
-                 trajectories: TrajectorySync | None = None) -> None:
+                 folders: Sequence[FolderSync] = ()) -> None:
         super().__init__("upload", client, run_id, worker_id, epoch, on_stop)
         self.store = store
         self.attempts = attempts
         if retention is not None:
             check_retention(*retention)
         self.retention = retention
-        self.trajectories = trajectories
+        self.folders = tuple(folders)
         self.durable_step: int | None = None
         self.skipped: list[str] = []
         self._queue: queue.Queue[tuple[int, Path] | tuple[Path, str, str] | None] = queue.Queue()
@@ -167,8 +168,8 @@ class Uploader(Guarded):
                     raise
                 log.warning("upload of step %d failed (%s), retrying", step, exc)
                 time.sleep(2.0 * attempt)
-        if self.trajectories is not None:  # before the commit: a durable step's trajectories are stored too
-            self.trajectories.sync()
+        for folder in self.folders:  # before the commit: a durable step's trajectories and tracker files are stored too
+            folder.sync()
         commit = m.CheckpointCommit(worker_id=self.worker_id, epoch=self.epoch, step=step, uri=uri,
                                     manifest_sha256=manifest_sha256(path), revision=self.store.last_commit)
         for attempt in range(1, self.attempts + 1):
