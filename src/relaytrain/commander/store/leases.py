@@ -25,6 +25,7 @@ from relaytrain.errors import LeaseLost, NotFound
 from ..policy import next_status
 from . import checkpoints as ckpts
 from . import evals, events
+from . import metrics as series
 from . import runs as run_rows
 from .schema import attempts, checkpoints, metrics, runs
 
@@ -136,6 +137,7 @@ def claim(conn: sa.Connection, worker_id: str, *, gpus: int, labels: dict[str, s
         "b_expires_at": expires_at, "b_step": resume_step, "b_now": now,
     }).rowcount
     assert updated == 1, "the queue row changed under its lock"
+    series.supersede(conn, chosen["run_id"], epoch, resume_step)
     conn.execute(_OPEN_ATTEMPT, {
         "run_id": chosen["run_id"], "epoch": epoch, "worker_id": worker_id, "granted_at": now,
         "last_renewed_at": now, "step_start": resume_step, "gpus": gpus, "price_per_hour": price_per_hour,
@@ -263,8 +265,10 @@ def commit_checkpoint(conn: sa.Connection, run_id: str, worker_id: str, epoch: i
 
 def record_resume(conn: sa.Connection, run_id: str, worker_id: str, epoch: int, *, step: int, note: str | None,
                   now: float) -> None:
-    """The holder resumed at ``step`` (0: from scratch); ``note`` says why not from a newer one."""
+    """The holder resumed at ``step`` (0: from scratch); ``note`` says why not from a newer one.
+    Earlier attempts' points past ``step`` are superseded (:func:`.metrics.supersede`)."""
     fenced_run(conn, run_id, worker_id, epoch, now, whole=False)
+    series.supersede(conn, run_id, epoch, step)
     conn.execute(
         attempts.update()
         .where(attempts.c.run_id == run_id, attempts.c.epoch == epoch)
