@@ -160,7 +160,7 @@ class Store:
         """The names of a run's metrics, sorted."""
         with self._read() as conn:
             runs.require(conn, run_id)
-            return series.names(conn, run_id)
+            return series.metric_names(conn, run_id)
 
     def running_gauges(self, *, now: float | None = None) -> list[dict[str, Any]]:
         """Per running run, for Prometheus: status, step, max_steps, epoch, the latest tokens/s

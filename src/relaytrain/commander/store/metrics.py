@@ -9,12 +9,14 @@ the grant offered). They are kept and can be asked for, but are not part of the 
 Reading a long series for a chart, :func:`series` downsamples on the database: the step range is
 cut into buckets of equal width and each bucket gives its lowest and highest point (min/max
 buckets, which keep every spike a chart could show), plus the series' first and last point.
-The same statements run on SQLite and PostgreSQL.
+Every read of a series seeks the series index (run, name, superseded, step, value): the cost is
+that of the points returned and of the index entries in their buckets, never a sort or a read of
+the table's rows for the whole series. The same statements run on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -48,82 +50,103 @@ def supersede(conn: sa.Connection, run_id: str, epoch: int, step: int) -> int:
     ).rowcount
 
 
-def names(conn: sa.Connection, run_id: str) -> list[str]:
-    """The names of a run's metrics, sorted."""
-    query = sa.select(metrics.c.name).where(metrics.c.run_id == run_id).distinct().order_by(metrics.c.name)
-    return list(conn.execute(query).scalars())
+def metric_names(conn: sa.Connection, run_id: str) -> list[str]:
+    """The names of a run's metrics, sorted: a loose index scan (one seek of the series index per
+    name, not a read of every point), written as a recursive query that SQLite and PostgreSQL share."""
+    first = sa.select(sa.func.min(metrics.c.name).label("name")).where(metrics.c.run_id == run_id)
+    found = first.cte("found", recursive=True)
+    following = (sa.select(sa.func.min(metrics.c.name))
+                 .where(metrics.c.run_id == run_id, metrics.c.name > found.c.name).scalar_subquery())
+    found = found.union_all(sa.select(following).where(found.c.name.is_not(None)))
+    return list(conn.execute(sa.select(found.c.name).where(found.c.name.is_not(None))).scalars())
 
 
 def series(conn: sa.Connection, run_id: str, *, names: list[str] | None = None, include_superseded: bool = False,
            max_points: int | None = None) -> list[dict[str, Any]]:
     """The points of a run's series (all, or those ``names``), ordered by name, step and epoch.
     ``max_points``: at most that many per series, downsampled (module docstring)."""
-    where = [metrics.c.run_id == run_id]
-    if names is not None:
-        where.append(metrics.c.name.in_(names))
-    if not include_superseded:
-        where.append(metrics.c.superseded == sa.false())
+    flags = [False, True] if include_superseded else [False]
+    where = [metrics.c.run_id == run_id, metrics.c.superseded.in_(flags)]
     if max_points is None:
+        if names is not None:
+            where.append(metrics.c.name.in_(names))
         rows = conn.execute(sa.select(*_POINT).where(*where).order_by(*_ORDER)).mappings().all()
         return [dict(r) for r in rows]
     if max_points < MIN_POINTS:
         raise ValueError(f"max_points: at least {MIN_POINTS} (got {max_points})")
-    sizes = conn.execute(
-        sa.select(metrics.c.name, sa.func.count(), sa.func.min(metrics.c.step), sa.func.max(metrics.c.step))
-        .where(*where).group_by(metrics.c.name)
-    ).all()
-    whole = [name for name, count, _, _ in sizes if count <= max_points]
+    whole: list[str] = []
+    ids: set[int] = set()
+    for name in sorted(set(metric_names(conn, run_id) if names is None else names)):
+        one = [*where, metrics.c.name == name]
+        ends = _ends(conn, run_id, name, flags)
+        if ends is None:
+            continue
+        if _count_upto(conn, one, max_points + 1) <= max_points:
+            whole.append(name)
+        else:
+            ids.update(ends.ids)
+            ids.update(_bucket_extremes(conn, one, ends.first, ends.last, (max_points - 2) // 2))
     out: list[dict[str, Any]] = []
     if whole:
-        query = sa.select(*_POINT).where(*where, metrics.c.name.in_(whole)).order_by(*_ORDER)
+        query = sa.select(*_POINT).where(*where, metrics.c.name.in_(whole))
         out.extend(dict(r) for r in conn.execute(query).mappings())
-    for name, count, first, last in sizes:
-        if count > max_points:
-            out.extend(_downsampled(conn, [*where, metrics.c.name == name], first, last, max_points))
+    if ids:
+        out.extend(dict(r) for r in conn.execute(sa.select(*_POINT).where(metrics.c.id.in_(sorted(ids)))).mappings())
     out.sort(key=lambda p: (p["name"], p["step"], p["epoch"]))
     return out
 
 
-def _downsampled(conn: sa.Connection, where: list[Any], first: int, last: int, max_points: int) -> list[dict]:
-    """At most ``max_points`` points of one series: its first and last, and the lowest and highest
-    point of each of ``(max_points - 2) // 2`` buckets of equal step width."""
-    keep: dict[int, dict[str, Any]] = {}
-    ends = sa.select(metrics.c.id, *_POINT).where(*where)
-    for order in ((metrics.c.step, metrics.c.epoch, metrics.c.id),
-                  (metrics.c.step.desc(), metrics.c.epoch.desc(), metrics.c.id.desc())):
-        row = conn.execute(ends.order_by(*order).limit(1)).mappings().one()
-        keep[row["id"]] = dict(row)
-    buckets = (max_points - 2) // 2
-    if buckets:
-        # BigInteger: (step - first) * buckets overflows PostgreSQL's 32-bit integer.
-        bucket = (sa.cast(metrics.c.step - first, sa.BigInteger) * buckets) // (last - first + 1)
-        picks = _extremes_sqlite if conn.dialect.name == "sqlite" else _extremes_window
-        for query in picks(where, bucket):
-            for row in conn.execute(query):
-                keep.setdefault(row.id, {c.name: row._mapping[c.name] for c in _POINT})
-    return [{k: v for k, v in p.items() if k != "id"} for p in keep.values()]
+class _Ends(NamedTuple):
+    first: int
+    last: int
+    ids: tuple[int, int]
 
 
-def _extremes_sqlite(where: list[Any], bucket: sa.ColumnElement) -> list[sa.Select]:
-    """SQLite: one scan per extreme. With a single ``min()`` or ``max()`` aggregate, SQLite takes
-    a group's bare columns from the row that holds the extreme (documented in "SELECT": "Bare
-    columns in an aggregate query"), so no window and no sort of the series is needed."""
-    return [
-        sa.select(extreme(metrics.c.value).label("value"), metrics.c.id, metrics.c.step, metrics.c.name,
-                  metrics.c.epoch, metrics.c.superseded).where(*where).group_by(bucket)
-        for extreme in (sa.func.min, sa.func.max)
-    ]
+def _ends(conn: sa.Connection, run_id: str, name: str, flags: list[bool]) -> _Ends | None:
+    """A series' first and last step and point ids (None: no point). One seek of the index per
+    end and ``superseded`` value: across two values of ``superseded`` the index is not in step order."""
+    found = []
+    for flag in flags:
+        seek = sa.select(metrics.c.step, metrics.c.id).where(
+            metrics.c.run_id == run_id, metrics.c.name == name, metrics.c.superseded == flag)
+        for order in ((metrics.c.step, metrics.c.id), (metrics.c.step.desc(), metrics.c.id.desc())):
+            row = conn.execute(seek.order_by(*order).limit(1)).first()
+            if row is not None:
+                found.append(tuple(row))
+    if not found:
+        return None
+    first, last = min(found), max(found)
+    return _Ends(first[0], last[0], (first[1], last[1]))
 
 
-def _extremes_window(where: list[Any], bucket: sa.ColumnElement) -> list[sa.Select]:
-    """Any other database (PostgreSQL): each bucket's first row by value, ascending and descending."""
-    ranked = sa.select(
-        metrics.c.id, *_POINT,
-        sa.func.row_number().over(partition_by=bucket, order_by=(metrics.c.value, metrics.c.id)).label("lo"),
-        sa.func.row_number().over(partition_by=bucket, order_by=(metrics.c.value.desc(), metrics.c.id)).label("hi"),
-    ).where(*where).subquery()
-    return [sa.select(ranked.c.id, *(ranked.c[c.name] for c in _POINT)).where(sa.or_(ranked.c.lo == 1,
-                                                                                      ranked.c.hi == 1))]
+def _count_upto(conn: sa.Connection, where: list[Any], limit: int) -> int:
+    """How many points match, counting no further than ``limit``."""
+    head = sa.select(metrics.c.id).where(*where).limit(limit).subquery()
+    return conn.execute(sa.select(sa.func.count()).select_from(head)).scalar_one()
+
+
+def _bucket_extremes(conn: sa.Connection, where: list[Any], first: int, last: int, buckets: int) -> set[int]:
+    """The ids of the lowest and highest point of each of ``buckets`` buckets of equal step width
+    between ``first`` and ``last``.
+
+    One statement: a recursive query counts the buckets, and for each, two seeks of the series
+    index take the range's lowest and highest value (the index holds step and value, so no row
+    of the table is read; a series' rows lie scattered through it). Neither a sort of the series
+    nor a temporary table of its points, on SQLite and PostgreSQL alike."""
+    if buckets < 1:
+        return set()
+    span = last - first + 1
+    start = sa.select(sa.cast(sa.literal(0), sa.BigInteger).label("i")).cte("bucket", recursive=True)
+    bucket = start.union_all(sa.select(start.c.i + 1).where(start.c.i < buckets - 1))
+    low = first + (bucket.c.i * span) // buckets  # BigInteger: i * span overflows a 32-bit integer
+    high = first + ((bucket.c.i + 1) * span) // buckets
+    in_bucket = sa.select(metrics.c.id).where(*where, metrics.c.step >= low, metrics.c.step < high)
+    lowest = in_bucket.order_by(metrics.c.value, metrics.c.id).limit(1).scalar_subquery()
+    highest = in_bucket.order_by(metrics.c.value.desc(), metrics.c.id).limit(1).scalar_subquery()
+    found: set[int] = set()
+    for pair in conn.execute(sa.select(lowest, highest).select_from(bucket)):
+        found.update(i for i in pair if i is not None)
+    return found
 
 
 def running_gauges(conn: sa.Connection, now: float) -> list[dict[str, Any]]:

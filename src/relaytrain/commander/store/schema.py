@@ -115,7 +115,8 @@ metrics = sa.Table(
     # Reported by an attempt past the step a later attempt resumed from (leases.record_resume):
     # kept, but not part of the run's series, in which each step shows once.
     sa.Column("superseded", sa.Boolean, nullable=False, server_default=sa.false()),
-    sa.Index("ix_metrics_series", "run_id", "name", "superseded", "step"),
+    # A series in step order; with ``value`` so that downsampling reads the index alone (metrics.py).
+    sa.Index("ix_metrics_series", "run_id", "name", "superseded", "step", "value"),
 )
 
 events = sa.Table(

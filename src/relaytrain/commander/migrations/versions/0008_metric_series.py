@@ -1,6 +1,8 @@
 """One metric series per run across hand-offs: a point that an earlier attempt reported past the
 step a later attempt resumed from is marked ``superseded`` (kept, hidden by default), so each
-step shows once. The series index leads with ``superseded``'s filter before ``step``'s order.
+step shows once. The series index leads with ``superseded``'s filter before ``step``'s order, and
+holds ``value``, so that downsampling a series reads the index alone (a series' rows lie
+scattered through the table, between those of every other run that reported meanwhile).
 
 Revision ID: 0008
 Revises: 0009 (0009_run_logs landed first, on 0007; this one follows it so that the history
@@ -20,7 +22,7 @@ def upgrade() -> None:
     with op.batch_alter_table("metrics") as batch:
         batch.add_column(sa.Column("superseded", sa.Boolean, nullable=False, server_default=sa.false()))
     op.drop_index("ix_metrics_run_name_step", table_name="metrics")
-    op.create_index("ix_metrics_series", "metrics", ["run_id", "name", "superseded", "step"])
+    op.create_index("ix_metrics_series", "metrics", ["run_id", "name", "superseded", "step", "value"])
 
 
 def downgrade() -> None:
