@@ -200,8 +200,9 @@ async def ingest_bench(server: Any, args: argparse.Namespace) -> dict[str, Any]:
     say(f"  {args.workers} workers: set up through the API in {time.perf_counter() - t:.1f} s")
     renewals = renew_requests(leases)
     posts = progress_requests(leases, args)
-    timing = {"warmup": args.warmup, "duration": args.duration / args.slices, "server_pid": server.pid}
-    out: dict[str, Any] = {}
+    timing = {"warmup": args.warmup, "duration": args.duration / args.slices, "server_pid": server.pid,
+              "quiet_s": args.quiet_wait}
+    out: dict[str, Any] = {"leases": leases, "rates": {}}
     async with make_lanes(server.url, token, args.concurrency, False) as lanes, \
             make_lanes(server.url, token, INGEST_LANES, False) as ingest_lanes:
         for rate in args.ingest_rates:
@@ -226,16 +227,46 @@ async def ingest_bench(server: Any, args: argparse.Namespace) -> dict[str, Any]:
                 "server_cpu_with": statistics.fmean(s.get("server_cpu", math.nan) for s in beside),
             }
             row["ratio"] = row["with_ingest"] / row["alone"] if row["alone"] else math.nan
-            out[rate] = row
+            out["rates"][rate] = row
             say(f"  ingest {rate:.0f} posts/s ({row['ingest_done']:.0f} done, p99 {row['ingest_p99_ms']:.1f} ms): "
                 f"renewals {row['alone']:.0f}/s alone, {row['with_ingest']:.0f}/s beside it: {row['ratio']:.2f}")
+    return out
+
+
+def store_direct(db: str, leases: list[Any], args: argparse.Namespace, seconds: float) -> dict[str, float]:
+    """In this process, one thread, no HTTP: ``Store.renew_lease`` and ``Store.record_progress`` (one
+    post's points) round-robin over the leases, each for ``seconds``: what one of each costs the store."""
+    from relaytrain.commander.store import Store
+
+    names = [f"m{j:02d}" for j in range(args.metrics_per_point)]
+    store = Store(db)
+    out = {}
+    try:
+        for label in ("renew", "progress"):
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                x = leases[n % len(leases)]
+                if label == "renew":
+                    store.renew_lease(x.run_id, x.worker_id, x.epoch)
+                else:
+                    points = [{"step": 1000 + n, "metrics": {m: 0.5 for m in names}}] * args.points_per_post
+                    store.record_progress(x.run_id, x.worker_id, x.epoch, points)
+                n += 1
+            out[f"{label}_ms"] = (time.perf_counter() - t0) / n * 1e3
+    finally:
+        store.close()
     return out
 
 
 def ingest(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     with database(kind, tmp, args) as db, bench_server(db, tmp, args) as server:
         say(f"[{kind}] ingest: server pid {server.pid}; load average {loadavg()}")
-        return asyncio.run(ingest_bench(server, args))
+        out = asyncio.run(ingest_bench(server, args))
+        leases = out.pop("leases")
+        out["store"] = store_direct(db, leases, args, 3.0)
+        say(f"  store alone: renew_lease {out['store']['renew_ms']:.2f} ms, record_progress "
+            f"{out['store']['progress_ms']:.2f} ms")
+        return out
 
 
 # -- driver --------------------------------------------------------------------------------------
@@ -264,14 +295,17 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> list
                       "| ingest offered posts/s | ingest done/s | ingest p99 ms | renewals/s alone | renewals/s beside "
                       "| ratio | renew p99 ms alone / beside | server CPU alone / beside |",
                       "|---:|---:|---:|---:|---:|---:|---|---|"]
-            for rate, row in res["ingest"].items():
+            for rate, row in res["ingest"]["rates"].items():
                 lines.append(f"| {rate:.0f} | {row['ingest_done']:.0f} | {row['ingest_p99_ms']:.1f} | "
                              f"{row['alone']:.0f} | {row['with_ingest']:.0f} | {row['ratio']:.2f} | "
                              f"{row['alone_p99_ms']:.1f} / {row['with_ingest_p99_ms']:.1f} | "
                              f"{row['server_cpu_alone']:.2f} / {row['server_cpu_with']:.2f} |")
-            lines += [""] + [f"- ingest {rate:.0f} posts/s: renewals x{row['ratio']:.2f}: "
-                             f"{'meets' if row['ratio'] >= 0.9 else 'misses'} >= 0.90"
-                             for rate, row in res["ingest"].items()]
+            direct = res["ingest"]["store"]
+            lines += ["", f"Store alone (one thread, no HTTP): renew_lease {direct['renew_ms']:.2f} ms, "
+                      f"record_progress {direct['progress_ms']:.2f} ms per post", ""]
+            lines += [f"- ingest {rate:.0f} posts/s: renewals x{row['ratio']:.2f}: "
+                      f"{'meets' if row['ratio'] >= 0.9 else 'misses'} >= 0.90"
+                      for rate, row in res["ingest"]["rates"].items()]
     return lines
 
 
@@ -293,6 +327,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=20.0, help="seconds measured per phase, over all slices")
     p.add_argument("--slices", type=int, default=4)
     p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--quiet-wait", type=float, default=0.0,
+                   help="before each measured slice, wait up to this long for other processes to quieten")
     p.add_argument("--pg-url", default=PG_URL)
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)

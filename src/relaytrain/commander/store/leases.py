@@ -42,6 +42,18 @@ _EXTEND_LEASE = (
     .where(runs.c.run_id == sa.bindparam("b_run_id"))
     .values(lease_expires_at=sa.bindparam("b_expires_at"), updated_at=sa.bindparam("b_now"))
 )
+# Progress (metric ingest) runs about as often as renewals: its statements are built once too.
+_INSERT_METRICS = metrics.insert()
+_SET_STEP = (
+    runs.update()
+    .where(runs.c.run_id == sa.bindparam("b_run_id"))
+    .values(step=sa.bindparam("b_step"), updated_at=sa.bindparam("b_now"))
+)
+_SET_STEP_END = (
+    attempts.update()
+    .where(attempts.c.run_id == sa.bindparam("b_run_id"), attempts.c.epoch == sa.bindparam("b_epoch"))
+    .values(step_end=sa.bindparam("b_step"))
+)
 _MARK_RENEWED = (
     attempts.update()
     .where(attempts.c.run_id == sa.bindparam("b_run_id"), attempts.c.epoch == sa.bindparam("b_epoch"))
@@ -229,10 +241,10 @@ def record_progress(conn: sa.Connection, run_id: str, worker_id: str, epoch: int
         for name, value in p.get("metrics", {}).items()
     ]
     if rows:
-        conn.execute(metrics.insert(), rows)
+        conn.execute(_INSERT_METRICS, rows)
     step = points[-1]["step"]
-    conn.execute(runs.update().where(runs.c.run_id == run_id).values(step=step, updated_at=now))
-    conn.execute(attempts.update().where(attempts.c.run_id == run_id, attempts.c.epoch == epoch).values(step_end=step))
+    conn.execute(_SET_STEP, {"b_run_id": run_id, "b_step": step, "b_now": now})
+    conn.execute(_SET_STEP_END, {"b_run_id": run_id, "b_epoch": epoch, "b_step": step})
     return step
 
 
