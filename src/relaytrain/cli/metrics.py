@@ -44,8 +44,9 @@ def metrics(
     training was kept. The table has a row per step and a column per metric."""
     if as_csv and as_json:
         bad_parameter("--csv and --json exclude each other", "'--csv' / '--json'")
+    names = None if name is None else [part.strip() for part in name.split(",")]
     with client(commander, token) as api:
-        points = api.metrics(run_id, name, include_superseded=all_points).items
+        points = api.metrics(run_id, names, include_superseded=all_points).items
     if as_json:
         print_json({"items": [p.model_dump(mode="json") for p in points]})
     elif as_csv:

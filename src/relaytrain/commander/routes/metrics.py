@@ -10,20 +10,24 @@ from fastapi.responses import Response
 
 from relaytrain import __version__
 from relaytrain.api import models as m
-from relaytrain.errors import NotFound, RequestInvalid
+from relaytrain.errors import NotFound
 
 from ..store.metrics import MAX_POINTS, MIN_POINTS
 from .deps import ADMIN, AUTHED, RunIdPath, StoreDep, TelemetryDep, call, errors
 
 router = APIRouter(tags=["metrics"])
 
+NAMES_PATTERN = r"^[^,]+(,[^,]+)*$"
+"""``name``: metric names separated by commas, none empty."""
+
 
 @router.get("/api/v1/runs/{run_id}/metrics", response_model=m.MetricList, dependencies=[ADMIN],
-            responses=errors(*AUTHED, NotFound, RequestInvalid))
+            responses=errors(*AUTHED, NotFound))
 async def run_metrics(
     run_id: RunIdPath,
     store: StoreDep,
-    name: Annotated[str | None, Query(max_length=4096, description="Comma-separated metric names; none: all.")] = None,
+    name: Annotated[str | None, Query(min_length=1, max_length=4096, pattern=NAMES_PATTERN,
+                                      description="Comma-separated metric names; none: all.")] = None,
     include_superseded: Annotated[bool, Query(description="Also the points later attempts retrained.")] = False,
     max_points: Annotated[int | None, Query(ge=MIN_POINTS, le=MAX_POINTS, description=(
         "At most this many points per series, downsampled on the server (min/max buckets; the "
@@ -32,7 +36,7 @@ async def run_metrics(
     """A run's metric series across all its attempts, ordered by name, then step. Points that an
     attempt reported past the step a later attempt resumed from are superseded: each step shows
     once unless ``include_superseded``."""
-    names = None if name is None else parse_names(name)
+    names = None if name is None else name.split(",")
     return {"items": await call(store.list_metrics, run_id, names=names, include_superseded=include_superseded,
                                 max_points=max_points)}
 
@@ -42,14 +46,6 @@ async def run_metrics(
 async def run_metric_names(run_id: RunIdPath, store: StoreDep) -> dict[str, Any]:
     """The names of a run's metrics, sorted."""
     return {"names": await call(store.metric_names, run_id)}
-
-
-def parse_names(text: str) -> list[str]:
-    """``loss,reward`` → ``["loss", "reward"]``; RequestInvalid, naming ``name``, for an empty one."""
-    names = [part.strip() for part in text.split(",")]
-    if not all(names):
-        raise RequestInvalid(f"name: a comma-separated list of metric names, none empty (got {text!r})")
-    return names
 
 
 @router.get("/metrics", dependencies=[ADMIN], response_class=Response, tags=["service"],
