@@ -105,3 +105,10 @@ def test_prometheus_per_run_gauges_for_running_runs_only(commander, client):
     client.release("m-run", m.ReleaseRequest(worker_id="w", epoch=grant.epoch, outcome="succeeded"))
     text = httpx.get(f"{commander.url}/metrics", headers=headers).text
     assert 'run_id="m-run"' not in text
+
+
+def test_a_control_character_in_a_name_is_refused(commander, client):
+    client.submit(RUN)
+    with httpx.Client(base_url=commander.url, headers={"Authorization": f"Bearer {commander.token}"}) as http:
+        response = http.get("/api/v1/runs/m-run/metrics", params={"name": "lo\x00ss"})
+    assert response.status_code == 422 and "name" in response.json()["detail"]

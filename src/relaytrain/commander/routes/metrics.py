@@ -17,8 +17,9 @@ from .deps import ADMIN, AUTHED, RunIdPath, StoreDep, TelemetryDep, call, errors
 
 router = APIRouter(tags=["metrics"])
 
-NAMES_PATTERN = r"^[^,]+(,[^,]+)*$"
-"""``name``: metric names separated by commas, none empty."""
+NAMES_PATTERN = r"^[^,\x00-\x1f]+(,[^,\x00-\x1f]+)*$"
+"""``name``: metric names separated by commas, none empty, no control character (PostgreSQL
+refuses a NUL in a text parameter)."""
 
 
 @router.get("/api/v1/runs/{run_id}/metrics", response_model=m.MetricList, dependencies=[ADMIN],
