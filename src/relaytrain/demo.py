@@ -241,8 +241,8 @@ class Demo:
         return runs
 
     def _last_metrics(self, client: RelayClient, run_id: str) -> dict[str, float]:
-        points = client.metrics(run_id).items[-40:]
-        return {p.name: p.value for p in points}
+        points = client.metrics(run_id, max_points=2).items  # each series' first and last point
+        return {p.name: p.value for p in points}  # ordered by name, then step: the last one wins
 
     def _kill_holder(self, sft: RunDetail, worker_token: str) -> None:
         victim = sft.holder

@@ -131,8 +131,15 @@ class RelayClient:
     def checkpoints(self, run_id: str) -> m.CheckpointList:
         return m.CheckpointList.model_validate(self.request("GET", f"/api/v1/runs/{run_id}/checkpoints"))
 
-    def metrics(self, run_id: str, *, name: str | None = None) -> m.MetricList:
-        params = {"name": name} if name else None
+    def metrics(self, run_id: str, name: str | list[str] | None = None, *, include_superseded: bool = False,
+                max_points: int | None = None) -> m.MetricList:
+        """A run's series (all, one ``name`` or a list of them), ordered by name then step; points a
+        later attempt retrained only with ``include_superseded``; ``max_points`` per series, downsampled."""
+        params: dict[str, Any] = {"include_superseded": include_superseded}
+        if name:
+            params["name"] = name if isinstance(name, str) else ",".join(name)
+        if max_points is not None:
+            params["max_points"] = max_points
         return m.MetricList.model_validate(self.request("GET", f"/api/v1/runs/{run_id}/metrics", params=params))
 
     def logs(self, run_id: str, *, attempt: int | None = None, after: int | None = None,
@@ -144,6 +151,9 @@ class RelayClient:
         if after is not None:
             params["after"] = after
         return m.LogList.model_validate(self.request("GET", f"/api/v1/runs/{run_id}/logs", params=params))
+
+    def metric_names(self, run_id: str) -> list[str]:
+        return m.MetricNames.model_validate(self.request("GET", f"/api/v1/runs/{run_id}/metrics/names")).names
 
     def workers(self) -> list[m.WorkerInfo]:
         return [m.WorkerInfo.model_validate(w) for w in self.request("GET", "/api/v1/workers")]

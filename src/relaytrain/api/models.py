@@ -284,11 +284,16 @@ class MetricPoint(_Wire):
     step: int
     name: str
     value: float
-    epoch: int
+    epoch: int = Field(..., description="The attempt (lease epoch) that reported it.")
+    superseded: bool = Field(False, description="Reported past the step a later attempt resumed from.")
 
 
 class MetricList(_Wire):
-    items: list[MetricPoint]
+    items: list[MetricPoint] = Field(..., description="Ordered by name, then step.")
+
+
+class MetricNames(_Wire):
+    names: list[str]
 
 
 LOG_OFFSET_MAX = 2**53

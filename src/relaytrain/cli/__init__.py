@@ -7,6 +7,7 @@ module                    commands
 :mod:`.commander`         ``serve``, ``db upgrade``, ``token create``
 :mod:`.runs`              ``submit``, ``runs``, ``status``, ``cancel``, ``eval``, ``resume``,
                           ``checkpoints``, ``logs``
+:mod:`.metrics`           ``metrics``, ``report``
 :mod:`.worker`            ``worker``
 :mod:`.rollout`           ``rollout-worker``
 :mod:`.train`             ``train``, ``demo``
@@ -32,7 +33,7 @@ import typer
 from relaytrain import __version__
 from relaytrain.errors import RelayError
 
-from . import commander, hosts, rollout, runs, stack, sync, train, worker
+from . import commander, hosts, metrics, rollout, runs, stack, sync, train, worker
 from .common import console, print_error
 
 app = typer.Typer(
@@ -61,6 +62,8 @@ app.command()(runs.cancel)
 app.command("eval")(runs.eval_)
 app.command()(runs.resume)
 app.command()(runs.checkpoints)
+app.command()(metrics.metrics)
+app.command()(metrics.report)
 app.command()(worker.worker)
 app.command("rollout-worker")(rollout.rollout_worker)
 app.command()(runs.logs)

@@ -137,6 +137,27 @@ def print_checkpoints(run_id: str, items: list[Any]) -> None:
     console.print(table if items else f"{run_id} has no durable checkpoint yet")
 
 
+# -- metrics -------------------------------------------------------------------------------------
+
+
+def print_metrics(run_id: str, points: list[Any]) -> None:
+    """A row per (step, epoch), a column per metric; superseded rows dimmed and marked."""
+    names = sorted({p.name for p in points})
+    rows: dict[tuple[int, int], dict[str, Any]] = {}
+    superseded: set[tuple[int, int]] = set()
+    for p in points:
+        rows.setdefault((p.step, p.epoch), {})[p.name] = p.value
+        if p.superseded:
+            superseded.add((p.step, p.epoch))
+    table = Table("step", "epoch", *names, title=f"{run_id}: {len(names)} metric(s), {len(rows)} step(s)")
+    for key in sorted(rows):
+        values = rows[key]
+        cells = [str(key[0]), str(key[1]) + (" superseded" if key in superseded else "")]
+        cells += [f"{values[n]:.6g}" if n in values else "" for n in names]
+        table.add_row(*cells, style="dim" if key in superseded else None)
+    console.print(table if points else f"{run_id}: no metrics reported")
+
+
 # -- hosts ---------------------------------------------------------------------------------------
 
 

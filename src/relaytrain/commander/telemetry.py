@@ -1,4 +1,6 @@
-"""Prometheus metrics of one commander (claims, grants, renewals, expiries, 409s, latency)."""
+"""Prometheus metrics of one commander (claims, grants, renewals, expiries, 409s, latency), and
+per-run gauges of the running runs (step, tokens/s, ETTR, status). Only running runs get a
+series, so the ``run_id`` label's cardinality is bounded by the workers, not by the history."""
 
 from __future__ import annotations
 
@@ -23,6 +25,15 @@ COUNTERS = {
     "fenced": "Requests refused with 409 (stale epoch, expired lease, conflicting state).",
 }
 
+RUN_GAUGES = {
+    "step": ("step", "The running run's step."),
+    "max_steps": ("max_steps", "The running run's target step."),
+    "epoch": ("epoch", "The running run's lease epoch (attempts so far)."),
+    "tokens_per_s": ("tokens_per_second", "The running run's latest reported tokens_per_s."),
+    "ettr": ("ettr", "The running run's ETTR so far: useful training time / wall time."),
+}
+"""Per running run: the key of :meth:`Store.running_gauges` → (gauge name after ``relay_run_``, help)."""
+
 
 class _StoreCollector(Collector):
     def __init__(self, telemetry: Telemetry) -> None:
@@ -38,6 +49,20 @@ class _StoreCollector(Collector):
         for status, n in self.telemetry.store.status_counts().items():
             runs.add_metric([status], n)
         yield runs
+        yield from self._per_run()
+
+    def _per_run(self) -> Iterator[Any]:
+        families = {key: GaugeMetricFamily(f"relay_run_{name}", help_text, labels=["run_id"])
+                    for key, (name, help_text) in RUN_GAUGES.items()}
+        status = GaugeMetricFamily("relay_run_status", "1 for the run's status (running runs only).",
+                                   labels=["run_id", "status"])
+        for run in self.telemetry.store.running_gauges():
+            status.add_metric([run["run_id"], run["status"]], 1)
+            for key, family in families.items():
+                if run[key] is not None:
+                    family.add_metric([run["run_id"]], run[key])
+        yield status
+        yield from families.values()
 
 
 class Telemetry:

@@ -6,6 +6,7 @@ to 1 (got 0)`` — never deep inside a worker an hour later. This package import
 ours but the errors, and no torch.
 """
 
+from .redact import REDACTED, SECRET_NAME_PARTS, is_secret_name, redact_secrets
 from .runs import (
     EVAL_METRIC_PATTERN,
     RUN_ID_PATTERN,
@@ -87,7 +88,9 @@ __all__ = [
     "ProviderConfig",
     "RUN_ID_PATTERN",
     "RUN_KINDS",
+    "REDACTED",
     "RUN_UNION",
+    "SECRET_NAME_PARTS",
     "Resources",
     "RetryPolicy",
     "RewardSpec",
@@ -104,11 +107,13 @@ __all__ = [
     "RolloutWorkerGroup",
     "WorkerGroup",
     "format_validation_error",
+    "is_secret_name",
     "load_run_config",
     "load_stack_config",
     "load_yaml",
     "parse_run_config",
     "parse_stack_config",
+    "redact_secrets",
     "run_config_dict",
     "stack_runs",
     "ttl_seconds",

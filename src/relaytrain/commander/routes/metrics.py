@@ -1,4 +1,4 @@
-"""Metrics: a run's training metrics (admin scope), the commander's own in Prometheus format
+"""Metrics: a run's training metric series and their names (admin scope), the commander's own in Prometheus format
 (``/metrics``, admin scope), and its health (``/api/v1/health``, open)."""
 
 from __future__ import annotations
@@ -12,9 +12,14 @@ from relaytrain import __version__
 from relaytrain.api import models as m
 from relaytrain.errors import NotFound
 
+from ..store.metrics import MAX_POINTS, MIN_POINTS
 from .deps import ADMIN, AUTHED, RunIdPath, StoreDep, TelemetryDep, call, errors
 
 router = APIRouter(tags=["metrics"])
+
+NAMES_PATTERN = r"^[^,\x00-\x1f]+(,[^,\x00-\x1f]+)*$"
+"""``name``: metric names separated by commas, none empty, no control character (PostgreSQL
+refuses a NUL in a text parameter)."""
 
 
 @router.get("/api/v1/runs/{run_id}/metrics", response_model=m.MetricList, dependencies=[ADMIN],
@@ -22,11 +27,26 @@ router = APIRouter(tags=["metrics"])
 async def run_metrics(
     run_id: RunIdPath,
     store: StoreDep,
-    name: Annotated[str | None, Query(max_length=128)] = None,
-    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    name: Annotated[str | None, Query(min_length=1, max_length=4096, pattern=NAMES_PATTERN,
+                                      description="Comma-separated metric names; none: all.")] = None,
+    include_superseded: Annotated[bool, Query(description="Also the points later attempts retrained.")] = False,
+    max_points: Annotated[int | None, Query(ge=MIN_POINTS, le=MAX_POINTS, description=(
+        "At most this many points per series, downsampled on the server (min/max buckets; the "
+        "first and last point kept); none: every point."))] = None,
 ) -> dict[str, Any]:
-    """The newest ``limit`` points (of metric ``name``), oldest first."""
-    return {"items": await call(store.list_metrics, run_id, name=name, limit=limit)}
+    """A run's metric series across all its attempts, ordered by name, then step. Points that an
+    attempt reported past the step a later attempt resumed from are superseded: each step shows
+    once unless ``include_superseded``."""
+    names = None if name is None else name.split(",")
+    return {"items": await call(store.list_metrics, run_id, names=names, include_superseded=include_superseded,
+                                max_points=max_points)}
+
+
+@router.get("/api/v1/runs/{run_id}/metrics/names", response_model=m.MetricNames, dependencies=[ADMIN],
+            responses=errors(*AUTHED, NotFound))
+async def run_metric_names(run_id: RunIdPath, store: StoreDep) -> dict[str, Any]:
+    """The names of a run's metrics, sorted."""
+    return {"names": await call(store.metric_names, run_id)}
 
 
 @router.get("/metrics", dependencies=[ADMIN], response_class=Response, tags=["service"],

@@ -9,6 +9,7 @@ the plain functions of one area module with its connection:
 - :mod:`.evals`: automatic evaluations, the checkpoints an eval scores, ``relay resume``;
 - :mod:`.rollout`: the rollout pool's discovery: announced rollout managers, rollout workers;
 - :mod:`.logs`: the trainer output the holders ship, per attempt, capped;
+- :mod:`.metrics`: a run's metric series across hand-offs, superseded points, downsampling;
 - :mod:`.checkpoints`, :mod:`.events`, :mod:`.workers`, :mod:`.tokens`, :mod:`.ledger`, :mod:`.hosts`.
 
 The same code runs on SQLite (the default, ``./relay.db``) and PostgreSQL, and the same tests
@@ -33,6 +34,7 @@ from relaytrain.errors import NotFound, StoreError
 from . import checkpoints as ckpts
 from . import engine as _engine
 from . import evals, events, hosts, leases, ledger, logs, rollout, runs, tokens, workers
+from . import metrics as series
 from .schema import attempts
 from .tokens import hash_token
 
@@ -145,10 +147,26 @@ class Store:
             runs.require(conn, run_id)
             return ckpts.durable(conn, run_id)
 
-    def list_metrics(self, run_id: str, *, name: str | None = None, limit: int = 10_000) -> list[dict[str, Any]]:
+    def list_metrics(self, run_id: str, *, names: list[str] | None = None, include_superseded: bool = False,
+                     max_points: int | None = None) -> list[dict[str, Any]]:
+        """A run's metric series (all, or those ``names``) ordered by name and step; superseded
+        points only when asked; at most ``max_points`` per series, downsampled (:func:`.metrics.series`)."""
         with self._read() as conn:
             runs.require(conn, run_id)
-            return runs.metric_points(conn, run_id, name=name, limit=limit)
+            return series.series(conn, run_id, names=names, include_superseded=include_superseded,
+                                 max_points=max_points)
+
+    def metric_names(self, run_id: str) -> list[str]:
+        """The names of a run's metrics, sorted."""
+        with self._read() as conn:
+            runs.require(conn, run_id)
+            return series.metric_names(conn, run_id)
+
+    def running_gauges(self, *, now: float | None = None) -> list[dict[str, Any]]:
+        """Per running run, for Prometheus: status, step, max_steps, epoch, the latest tokens/s
+        and the ETTR so far (:func:`.metrics.running_gauges`)."""
+        with self._read() as conn:
+            return series.running_gauges(conn, _now(now))
 
     def status_counts(self) -> dict[str, int]:
         with self._read() as conn:

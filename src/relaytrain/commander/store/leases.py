@@ -25,6 +25,7 @@ from relaytrain.errors import LeaseLost, NotFound
 from ..policy import next_status
 from . import checkpoints as ckpts
 from . import evals, events
+from . import metrics as series
 from . import runs as run_rows
 from .schema import attempts, checkpoints, metrics, runs
 
@@ -40,6 +41,18 @@ _EXTEND_LEASE = (
     runs.update()
     .where(runs.c.run_id == sa.bindparam("b_run_id"))
     .values(lease_expires_at=sa.bindparam("b_expires_at"), updated_at=sa.bindparam("b_now"))
+)
+# Progress (metric ingest) runs about as often as renewals: its statements are built once too.
+_INSERT_METRICS = metrics.insert()
+_SET_STEP = (
+    runs.update()
+    .where(runs.c.run_id == sa.bindparam("b_run_id"))
+    .values(step=sa.bindparam("b_step"), updated_at=sa.bindparam("b_now"))
+)
+_SET_STEP_END = (
+    attempts.update()
+    .where(attempts.c.run_id == sa.bindparam("b_run_id"), attempts.c.epoch == sa.bindparam("b_epoch"))
+    .values(step_end=sa.bindparam("b_step"))
 )
 _MARK_RENEWED = (
     attempts.update()
@@ -136,6 +149,7 @@ def claim(conn: sa.Connection, worker_id: str, *, gpus: int, labels: dict[str, s
         "b_expires_at": expires_at, "b_step": resume_step, "b_now": now,
     }).rowcount
     assert updated == 1, "the queue row changed under its lock"
+    series.supersede(conn, chosen["run_id"], epoch, resume_step)
     conn.execute(_OPEN_ATTEMPT, {
         "run_id": chosen["run_id"], "epoch": epoch, "worker_id": worker_id, "granted_at": now,
         "last_renewed_at": now, "step_start": resume_step, "gpus": gpus, "price_per_hour": price_per_hour,
@@ -227,10 +241,10 @@ def record_progress(conn: sa.Connection, run_id: str, worker_id: str, epoch: int
         for name, value in p.get("metrics", {}).items()
     ]
     if rows:
-        conn.execute(metrics.insert(), rows)
+        conn.execute(_INSERT_METRICS, rows)
     step = points[-1]["step"]
-    conn.execute(runs.update().where(runs.c.run_id == run_id).values(step=step, updated_at=now))
-    conn.execute(attempts.update().where(attempts.c.run_id == run_id, attempts.c.epoch == epoch).values(step_end=step))
+    conn.execute(_SET_STEP, {"b_run_id": run_id, "b_step": step, "b_now": now})
+    conn.execute(_SET_STEP_END, {"b_run_id": run_id, "b_epoch": epoch, "b_step": step})
     return step
 
 
@@ -263,8 +277,10 @@ def commit_checkpoint(conn: sa.Connection, run_id: str, worker_id: str, epoch: i
 
 def record_resume(conn: sa.Connection, run_id: str, worker_id: str, epoch: int, *, step: int, note: str | None,
                   now: float) -> None:
-    """The holder resumed at ``step`` (0: from scratch); ``note`` says why not from a newer one."""
+    """The holder resumed at ``step`` (0: from scratch); ``note`` says why not from a newer one.
+    Earlier attempts' points past ``step`` are superseded (:func:`.metrics.supersede`)."""
     fenced_run(conn, run_id, worker_id, epoch, now, whole=False)
+    series.supersede(conn, run_id, epoch, step)
     conn.execute(
         attempts.update()
         .where(attempts.c.run_id == run_id, attempts.c.epoch == epoch)

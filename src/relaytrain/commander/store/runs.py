@@ -13,7 +13,7 @@ from relaytrain.errors import InvalidState, NotFound, RunExists
 
 from . import checkpoints as ckpts
 from . import events
-from .schema import attempts, metrics, runs
+from .schema import attempts, runs
 
 _SUMMARY_COLUMNS = [c for c in runs.c if c.name not in ("config", "gpus", "labels", "lease_ttl_s", "not_before",
                                                         "cancel_requested", "depends_on", "source_run")]
@@ -118,17 +118,6 @@ def page(conn: sa.Connection, *, status: str | None, limit: int, offset: int) ->
     ).mappings().all()
     next_offset = offset + limit if offset + limit < total else None
     return {"items": [dict(r) for r in items], "total": total, "next_offset": next_offset}
-
-
-def metric_points(conn: sa.Connection, run_id: str, *, name: str | None, limit: int) -> list[dict[str, Any]]:
-    """The newest ``limit`` metric points of a run (of one ``name``), oldest first."""
-    query = sa.select(metrics.c.step, metrics.c.name, metrics.c.value, metrics.c.epoch).where(
-        metrics.c.run_id == run_id
-    )
-    if name is not None:
-        query = query.where(metrics.c.name == name)
-    rows = conn.execute(query.order_by(metrics.c.id.desc()).limit(limit)).mappings().all()
-    return [dict(r) for r in reversed(rows)]
 
 
 def status_counts(conn: sa.Connection) -> dict[str, int]:

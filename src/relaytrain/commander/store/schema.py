@@ -112,7 +112,11 @@ metrics = sa.Table(
     sa.Column("name", sa.String(128), nullable=False),
     sa.Column("value", sa.Float, nullable=False),
     sa.Column("ts", sa.Float, nullable=False),
-    sa.Index("ix_metrics_run_name_step", "run_id", "name", "step"),
+    # Reported by an attempt past the step a later attempt resumed from (leases.record_resume):
+    # kept, but not part of the run's series, in which each step shows once.
+    sa.Column("superseded", sa.Boolean, nullable=False, server_default=sa.false()),
+    # A series in step order; with ``value`` so that downsampling reads the index alone (metrics.py).
+    sa.Index("ix_metrics_series", "run_id", "name", "superseded", "step", "value"),
 )
 
 events = sa.Table(
