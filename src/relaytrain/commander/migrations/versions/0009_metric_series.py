@@ -4,16 +4,15 @@ step shows once. The series index leads with ``superseded``'s filter before ``st
 holds ``value``, so that downsampling a series reads the index alone (a series' rows lie
 scattered through the table, between those of every other run that reported meanwhile).
 
-Revision ID: 0008
-Revises: 0009 (0009_run_logs landed first, on 0007; this one follows it so that the history
-stays one line: 0007 → 0009 → 0008)
+Revision ID: 0009
+Revises: 0008
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0009"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

@@ -1,13 +1,13 @@
 """Central logs: the trainer output each attempt's worker ships, and each attempt's totals.
 
-Revision ID: 0009
+Revision ID: 0008
 Revises: 0007
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
+revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None
