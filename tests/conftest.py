@@ -12,8 +12,8 @@ import pytest
 for _name in ("COLUMNS", "LINES"):
     os.environ.pop(_name, None)
 
-from tests.support.commander import PG_URL, Commander, fresh_database, pg_problem
-from tests.support.requires import missing
+from tests.support.commander import PG_URL, Commander, fresh_database, pg_problem  # noqa: E402
+from tests.support.requires import missing  # noqa: E402
 
 _PG_PROBLEM: list[str | None] = []  # asked once per session
 
