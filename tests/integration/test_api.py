@@ -181,6 +181,8 @@ BAD_BODIES = [
     ("/api/v1/runs/x/lease/release", b'{"worker_id": "w", "epoch": 1, "outcome": "failed"}', 422),
     ("/api/v1/runs/x/lease/release", b'{"worker_id": "w", "epoch": 1, "outcome": "exploded"}', 422),
     ("/api/v1/runs/x/progress", b'{"worker_id": "w", "epoch": 1, "points": []}', 422),
+    ("/api/v1/runs/x/progress", b'{"worker_id": "w", "epoch": 1, "points": [{"step": 1, "metrics": {"a\\u0000": 1}}]}',
+     422),
     ("/api/v1/runs/x/checkpoints", b'{"worker_id": "w", "epoch": 1, "step": 1, "uri": "u", "manifest_sha256": "z"}',
      422),
     ("/api/v1/runs/x/logs", b'{"worker_id": "w", "epoch": 1, "chunks": [{"seq": 0, "stream": "stdout", "ts": 1, '

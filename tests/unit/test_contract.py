@@ -105,7 +105,7 @@ def test_permanent_errors_by_code_and_by_traceback():
 
 def test_progress_lines_written_by_the_trainer_are_read_by_the_worker(tmp_path):
     contract = Contract.local(tmp_path)
-    contract.report_progress(3, {"loss": 0.5, "nan": float("nan"), "note": "text"})
+    contract.report_progress(3, {"loss": 0.5, "nan": float("nan"), "note": "text", "bad\x00name": 1.0, "": 2.0})
     contract.report_checkpoint(3, tmp_path / "step_00000003")
     contract.report_event("resumed", step=0)
     contract.report_file(tmp_path / "metrics.json", "source-run", "evals/x/metrics.json")

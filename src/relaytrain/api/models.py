@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from relaytrain.config import RUN_ID_PATTERN, RunKind, SshHostFields
+from relaytrain.contract.lines import MAX_METRIC_NAME, METRIC_NAME_PATTERN
 
 from .status import AttemptOutcome, FailureClass, LogStream, RunStatus, WorkerRole
 
@@ -184,9 +185,12 @@ class ReleaseResponse(_Wire):
     not_before: float
 
 
+MetricName = Annotated[str, StringConstraints(max_length=MAX_METRIC_NAME, pattern=METRIC_NAME_PATTERN)]
+
+
 class ProgressPoint(_Request):
     step: int = Step
-    metrics: dict[str, float] = Field(default_factory=dict, max_length=256)
+    metrics: dict[MetricName, float] = Field(default_factory=dict, max_length=256)
 
 
 class ProgressRequest(LeaseRef):

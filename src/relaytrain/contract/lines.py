@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,9 @@ ROLLOUT_EVENT = "rollout"
 trainer's rollout manager is and who is attached (the worker forwards it to the commander)."""
 MAX_METRICS = 256
 MAX_METRIC_NAME = 128
+METRIC_NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+"""A metric name holds no control character (PostgreSQL cannot store NUL in text)."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -97,12 +101,15 @@ def parse_line(line: str | bytes) -> Progress | Event | None:
 
 
 def clean_metrics(raw: Any) -> dict[str, float]:
-    """Finite numbers only, at most ``MAX_METRICS`` of them, names cut to ``MAX_METRIC_NAME``."""
+    """Finite numbers only, at most ``MAX_METRICS`` of them, names cut to ``MAX_METRIC_NAME``; a
+    name with a control character (``METRIC_NAME_PATTERN``) is left out."""
     if not isinstance(raw, dict):
         return {}
     out = {}
     for name, value in list(raw.items())[:MAX_METRICS]:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             continue
-        out[str(name)[:MAX_METRIC_NAME]] = float(value)
+        name = str(name)[:MAX_METRIC_NAME]
+        if name and not _CONTROL.search(name):
+            out[name] = float(value)
     return out
