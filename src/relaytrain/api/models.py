@@ -188,9 +188,18 @@ class ReleaseResponse(_Wire):
 MetricName = Annotated[str, StringConstraints(max_length=MAX_METRIC_NAME, pattern=METRIC_NAME_PATTERN)]
 
 
+def _metric_names_schema(schema: dict[str, Any]) -> None:
+    """Say the name rule as ``propertyNames`` (pydantic writes ``patternProperties``, which lets any
+    other name through in JSON Schema's eyes)."""
+    schema.pop("patternProperties", None)
+    schema["additionalProperties"] = {"type": "number"}
+    schema["propertyNames"] = {"maxLength": MAX_METRIC_NAME, "pattern": METRIC_NAME_PATTERN}
+
+
 class ProgressPoint(_Request):
     step: int = Step
-    metrics: dict[MetricName, float] = Field(default_factory=dict, max_length=256)
+    metrics: dict[MetricName, float] = Field(default_factory=dict, max_length=256,
+                                             json_schema_extra=_metric_names_schema)
 
 
 class ProgressRequest(LeaseRef):
