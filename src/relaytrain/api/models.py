@@ -12,13 +12,20 @@ from relaytrain.contract.lines import MAX_METRIC_NAME, METRIC_NAME_PATTERN
 from .status import AttemptOutcome, FailureClass, LogStream, RunStatus, WorkerRole
 
 WORKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+WORKER_HEARTBEAT_S = 30.0
+"""How often a worker heartbeats."""
+WORKER_DEAD_AFTER_S = 3 * WORKER_HEARTBEAT_S
+"""A worker not heard from for this long is shown dead (its leases expire on their own)."""
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 ReportedOutcome = Literal[
     AttemptOutcome.SUCCEEDED, AttemptOutcome.PREEMPTED, AttemptOutcome.FAILED, AttemptOutcome.CANCELLED
 ]
 """The outcomes a worker reports (``lost`` is the commander's, for an expired lease)."""
-TokenScope = Literal["admin", "worker", "rollout"]
-"""``rollout``: a rollout worker's token; it reaches the rollout endpoints and nothing else."""
+TokenScope = Literal["admin", "worker", "rollout", "viewer"]
+"""``rollout``: a rollout worker's token; it reaches the rollout endpoints and nothing else.
+``viewer``: read-only, for the dashboard: the GET endpoints its pages read (runs, their attempts,
+metrics, checkpoints, evaluations, ledger, logs, rollout pool; workers, hosts), run configs
+redacted (:mod:`relaytrain.config.redact`); it cannot submit, cancel or create tokens."""
 
 WorkerId = Field(..., pattern=WORKER_ID_PATTERN, description="The worker's unique id.")
 Epoch = Field(..., ge=1, le=2**31 - 1, description="The fencing token of the lease.")
@@ -92,6 +99,7 @@ class WorkerInfo(_Wire):
     registered_at: float
     last_heartbeat: float
     current_run: str | None = None
+    alive: bool = Field(..., description=f"Heartbeat within the last {WORKER_DEAD_AFTER_S:.0f} s.")
 
 
 class CheckpointRef(_Wire):
@@ -529,6 +537,18 @@ class RolloutEndpoint(_Wire):
     epoch: int
     url: str
     secret: str
+    version: int | None = None
+    pool: list[RolloutWorkerView] = Field(default_factory=list)
+    updated_at: float
+
+
+class RolloutPool(_Wire):
+    """A run's rollout pool as its manager last reported it, without what rollout workers present
+    to the manager (``GET /api/v1/runs/{id}/rollout/pool``, viewer scope)."""
+
+    run_id: str
+    epoch: int
+    url: str
     version: int | None = None
     pool: list[RolloutWorkerView] = Field(default_factory=list)
     updated_at: float

@@ -95,7 +95,8 @@ def db_upgrade(db: DbOpt = DEFAULT_DB) -> None:
 def token_create(
     name: Annotated[str, typer.Option(help="A name to recognise the token by.")] = "worker",
     scope: Annotated[str, typer.Option(help="worker (worker endpoints only), rollout (a rollout worker's "
-                                            "endpoints only) or admin.")] = "worker",
+                                            "endpoints only), viewer (read-only: what the dashboard "
+                                            "reads, configs redacted) or admin.")] = "worker",
     commander: CommanderOpt = DEFAULT_COMMANDER,
     token: TokenOpt = None,
     as_json: JsonOpt = False,

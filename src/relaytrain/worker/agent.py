@@ -40,7 +40,7 @@ class WorkerSettings:
     price_per_hour: float | None = None
     provider: str = "local"
     claim_wait_s: float = 10.0
-    heartbeat_s: float = 30.0
+    heartbeat_s: float = m.WORKER_HEARTBEAT_S
     progress_interval_s: float = 1.0
     advertise_host: str | None = None
     """The address rollout workers reach this machine's trainers by; None: the one routing to the commander."""

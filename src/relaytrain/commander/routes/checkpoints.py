@@ -1,4 +1,4 @@
-"""``/api/v1/runs/{run_id}/checkpoints``: a run's durable checkpoints (admin); the holder commits
+"""``/api/v1/runs/{run_id}/checkpoints``: a run's durable checkpoints (viewer scope); the holder commits
 one under its lease (worker scope, fenced like every lease call)."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from fastapi import APIRouter
 from relaytrain.api import models as m
 from relaytrain.errors import LeaseLost, NotFound
 
-from .deps import ADMIN, AUTHED, BODY, WORKER, RunIdPath, StoreDep, call, errors
+from .deps import AUTHED, BODY, READ, WORKER, RunIdPath, StoreDep, call, errors
 
 router = APIRouter(prefix="/api/v1/runs/{run_id}/checkpoints", tags=["checkpoints"])
 
 
-@router.get("", response_model=m.CheckpointList, dependencies=[ADMIN], responses=errors(*AUTHED, NotFound))
+@router.get("", response_model=m.CheckpointList, dependencies=[READ], responses=errors(*AUTHED, NotFound))
 async def run_checkpoints(run_id: RunIdPath, store: StoreDep) -> dict[str, Any]:
     return {"items": await call(store.list_checkpoints, run_id)}
 

@@ -83,6 +83,11 @@ async def _rollout(request: Request, authorization: Annotated[str | None, Header
     return await auth.require_async(authorization, "rollout")
 
 
+async def _viewer(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+    auth: Authenticator = request.app.state.auth
+    return await auth.require_async(authorization, "viewer")
+
+
 StoreDep = Annotated[Store, Depends(_store)]
 TelemetryDep = Annotated[Telemetry, Depends(_telemetry)]
 WakeupDep = Annotated[Wakeup, Depends(_wakeup)]
@@ -92,6 +97,11 @@ WORKER = Depends(_worker)
 """Worker scope (admin reaches it too)."""
 ROLLOUT = Depends(_rollout)
 """Rollout scope: a rollout worker's discovery endpoints, and nothing else (admin reaches them too)."""
+READ = Depends(_viewer)
+"""Viewer scope: the GET endpoints the dashboard reads (admin reaches them too)."""
+ReadScope = Annotated[str, READ]
+"""The scope of a request admitted by :data:`READ` (``admin`` or ``viewer``), for a route whose
+answer depends on it (a viewer sees run configs redacted)."""
 
 RunIdPath = Annotated[str, Path(pattern=RUN_ID_PATTERN, max_length=128, description="The run's id.")]
 WorkerIdPath = Annotated[str, Path(pattern=m.WORKER_ID_PATTERN, max_length=128, description="The worker's id.")]

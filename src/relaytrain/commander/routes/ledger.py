@@ -1,4 +1,4 @@
-"""The goodput and cost ledger (DESIGN §7), per run and per provider (admin scope)."""
+"""The goodput and cost ledger (DESIGN §7), per run and per provider (viewer scope)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from fastapi import APIRouter
 from relaytrain.api import models as m
 from relaytrain.errors import NotFound
 
-from .deps import ADMIN, AUTHED, RunIdPath, StoreDep, call, errors
+from .deps import AUTHED, READ, RunIdPath, StoreDep, call, errors
 
-router = APIRouter(tags=["ledger"], dependencies=[ADMIN])
+router = APIRouter(tags=["ledger"], dependencies=[READ])
 
 
 @router.get("/api/v1/runs/{run_id}/ledger", response_model=m.RunLedger, responses=errors(*AUTHED, NotFound))

@@ -1,5 +1,5 @@
 """Central logs: the holder ships its trainer's stdout and stderr (worker scope, fenced by the
-epoch like progress); anyone with an admin token reads them, per attempt, from any machine
+epoch like progress); anyone with an admin or viewer token reads them, per attempt, from any machine
 (``relay logs``). The offsets, the per-attempt cap and ``dropped``: :mod:`relaytrain.commander.store.logs`."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 from relaytrain.api import models as m
 from relaytrain.errors import LeaseLost, NotFound
 
-from .deps import ADMIN, AUTHED, BODY, WORKER, RunIdPath, StoreDep, call, errors
+from .deps import AUTHED, BODY, READ, WORKER, RunIdPath, StoreDep, call, errors
 
 router = APIRouter(prefix="/api/v1/runs/{run_id}/logs", tags=["logs"])
 
@@ -25,7 +25,7 @@ async def append_logs(run_id: RunIdPath, req: m.LogAppend, store: StoreDep) -> d
     return await call(store.append_logs, run_id, req.worker_id, req.epoch, chunks)
 
 
-@router.get("", response_model=m.LogList, dependencies=[ADMIN], responses=errors(*AUTHED, NotFound))
+@router.get("", response_model=m.LogList, dependencies=[READ], responses=errors(*AUTHED, NotFound))
 async def read_logs(
     run_id: RunIdPath,
     store: StoreDep,

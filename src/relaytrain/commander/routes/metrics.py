@@ -1,4 +1,4 @@
-"""Metrics: a run's training metric series and their names (admin scope), the commander's own in Prometheus format
+"""Metrics: a run's training metric series and their names (viewer scope), the commander's own in Prometheus format
 (``/metrics``, admin scope), and its health (``/api/v1/health``, open)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from relaytrain.api import models as m
 from relaytrain.errors import NotFound
 
 from ..store.metrics import MAX_POINTS, MIN_POINTS
-from .deps import ADMIN, AUTHED, RunIdPath, StoreDep, TelemetryDep, call, errors
+from .deps import ADMIN, AUTHED, READ, RunIdPath, StoreDep, TelemetryDep, call, errors
 
 router = APIRouter(tags=["metrics"])
 
@@ -22,7 +22,7 @@ NAMES_PATTERN = r"^[^,\x00-\x1f]+(,[^,\x00-\x1f]+)*$"
 refuses a NUL in a text parameter)."""
 
 
-@router.get("/api/v1/runs/{run_id}/metrics", response_model=m.MetricList, dependencies=[ADMIN],
+@router.get("/api/v1/runs/{run_id}/metrics", response_model=m.MetricList, dependencies=[READ],
             responses=errors(*AUTHED, NotFound))
 async def run_metrics(
     run_id: RunIdPath,
@@ -42,7 +42,7 @@ async def run_metrics(
                                 max_points=max_points)}
 
 
-@router.get("/api/v1/runs/{run_id}/metrics/names", response_model=m.MetricNames, dependencies=[ADMIN],
+@router.get("/api/v1/runs/{run_id}/metrics/names", response_model=m.MetricNames, dependencies=[READ],
             responses=errors(*AUTHED, NotFound))
 async def run_metric_names(run_id: RunIdPath, store: StoreDep) -> dict[str, Any]:
     """The names of a run's metrics, sorted."""

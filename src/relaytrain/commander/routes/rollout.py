@@ -1,7 +1,8 @@
 """The elastic rollout pool's discovery (DESIGN §11, docs/commander.md): a training worker
 announces where its trainer's rollout manager is, under its lease (worker scope, fenced like
 progress); rollout workers ask where to go and say they exist (rollout scope: a rollout token
-reaches these endpoints and nothing else). Weights and completions never pass through here."""
+reaches these endpoints and nothing else). The dashboard reads the pool, without the manager's
+secret (viewer scope). Weights and completions never pass through here."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from fastapi import APIRouter
 from relaytrain.api import models as m
 from relaytrain.errors import LeaseLost, NotFound, RequestInvalid
 
-from .deps import ADMIN, AUTHED, BODY, ROLLOUT, WORKER, RunIdPath, StoreDep, WorkerIdPath, call, errors
+from .deps import AUTHED, BODY, READ, ROLLOUT, WORKER, RunIdPath, StoreDep, WorkerIdPath, call, errors
 
 router = APIRouter(tags=["rollout"])
 
@@ -34,6 +35,14 @@ async def rollout_endpoint(run_id: RunIdPath, store: StoreDep) -> dict[str, Any]
     return await call(store.rollout_endpoint, run_id)
 
 
+@router.get("/api/v1/runs/{run_id}/rollout/pool", response_model=m.RolloutPool, dependencies=[READ],
+            responses=errors(*AUTHED, NotFound))
+async def rollout_pool(run_id: RunIdPath, store: StoreDep) -> dict[str, Any]:
+    """The pool the run's rollout manager last reported; 404, saying why, while it has none."""
+    endpoint = await call(store.rollout_endpoint, run_id)
+    return {k: v for k, v in endpoint.items() if k in m.RolloutPool.model_fields}
+
+
 @router.get("/api/v1/rollout/runs", response_model=list[m.RolloutRun], dependencies=[ROLLOUT],
             responses=errors(*AUTHED))
 async def rollout_runs(store: StoreDep) -> list[dict[str, Any]]:
@@ -51,7 +60,7 @@ async def register_rollout_worker(worker_id: WorkerIdPath, req: m.RegisterRollou
     return await call(store.register_rollout_worker, worker_id, labels=req.labels, run_id=req.run_id)
 
 
-@router.get("/api/v1/rollout/workers", response_model=list[m.RolloutWorkerInfo], dependencies=[ADMIN],
+@router.get("/api/v1/rollout/workers", response_model=list[m.RolloutWorkerInfo], dependencies=[READ],
             responses=errors(*AUTHED))
 async def list_rollout_workers(store: StoreDep) -> list[dict[str, Any]]:
     return await call(store.list_rollout_workers)

@@ -1,4 +1,5 @@
-"""``/api/v1/runs``: submit, list, read, cancel and resume runs; a run's events (admin scope)."""
+"""``/api/v1/runs``: submit, cancel and resume runs (admin scope); list and read runs, a run's
+events (viewer scope: admin or viewer; a viewer sees the config redacted)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query
 
 from relaytrain.api import models as m
-from relaytrain.config import RunConfig
+from relaytrain.config import RunConfig, redact_secrets
 from relaytrain.errors import ConfigError, InvalidState, NotFound
 
-from .deps import ADMIN, AUTHED, BODY, RunIdPath, StoreDep, WakeupDep, call, errors
+from .deps import ADMIN, AUTHED, BODY, READ, ReadScope, RunIdPath, StoreDep, WakeupDep, call, errors
 
-router = APIRouter(prefix="/api/v1/runs", tags=["runs"], dependencies=[ADMIN])
+router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 
 
-@router.post("", response_model=m.RunDetail, status_code=201,
+@router.post("", response_model=m.RunDetail, status_code=201, dependencies=[ADMIN],
              responses=errors(*AUTHED, NotFound, InvalidState, ConfigError, *BODY))
 async def submit_run(config: Annotated[RunConfig, Body()], store: StoreDep, wakeup: WakeupDep) -> dict[str, Any]:
     """Queue a run. 409 if its id is taken, or its ``init_from`` run ended without success."""
@@ -24,7 +25,7 @@ async def submit_run(config: Annotated[RunConfig, Body()], store: StoreDep, wake
     return run
 
 
-@router.get("", response_model=m.RunList, responses=errors(*AUTHED))
+@router.get("", response_model=m.RunList, dependencies=[READ], responses=errors(*AUTHED))
 async def list_runs(
     store: StoreDep,
     status: m.RunStatus | None = None,
@@ -35,17 +36,26 @@ async def list_runs(
 
 
 @router.get("/{run_id}", response_model=m.RunDetail, responses=errors(*AUTHED, NotFound))
-async def get_run(run_id: RunIdPath, store: StoreDep) -> dict[str, Any]:
-    return await call(store.get_run, run_id)
+async def get_run(
+    run_id: RunIdPath,
+    store: StoreDep,
+    scope: ReadScope,
+    redact: Annotated[bool, Query(description="Config without secrets (always so for a viewer token).")] = False,
+) -> dict[str, Any]:
+    run = await call(store.get_run, run_id)
+    if redact or scope == "viewer":
+        run["config"] = redact_secrets(run["config"])
+    return run
 
 
-@router.post("/{run_id}/cancel", response_model=m.RunDetail, responses=errors(*AUTHED, NotFound, InvalidState))
+@router.post("/{run_id}/cancel", response_model=m.RunDetail, dependencies=[ADMIN],
+             responses=errors(*AUTHED, NotFound, InvalidState))
 async def cancel_run(run_id: RunIdPath, store: StoreDep) -> dict[str, Any]:
     """Cancel a queued run at once; ask the holder of a running one to stop."""
     return await call(store.cancel_run, run_id)
 
 
-@router.post("/{run_id}/resume", response_model=m.RunDetail,
+@router.post("/{run_id}/resume", response_model=m.RunDetail, dependencies=[ADMIN],
              responses=errors(*AUTHED, NotFound, InvalidState, ConfigError, *BODY))
 async def resume_run(run_id: RunIdPath, req: m.ResumeRequest, store: StoreDep, wakeup: WakeupDep) -> dict[str, Any]:
     """Re-open an ended run from its newest durable checkpoint, or fork it from an older one."""
@@ -54,7 +64,7 @@ async def resume_run(run_id: RunIdPath, req: m.ResumeRequest, store: StoreDep, w
     return run
 
 
-@router.get("/{run_id}/events", response_model=m.EventList, responses=errors(*AUTHED, NotFound))
+@router.get("/{run_id}/events", response_model=m.EventList, dependencies=[READ], responses=errors(*AUTHED, NotFound))
 async def run_events(
     run_id: RunIdPath,
     store: StoreDep,

@@ -1,4 +1,4 @@
-"""``/api/v1/workers``: workers register and heartbeat (worker scope); the list is the admin's."""
+"""``/api/v1/workers``: workers register and heartbeat (worker scope); the list is the viewer scope's."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from relaytrain.api import models as m
 from relaytrain.errors import NotFound
 
-from .deps import ADMIN, AUTHED, BODY, WORKER, StoreDep, WorkerIdPath, call, errors
+from .deps import AUTHED, BODY, READ, WORKER, StoreDep, WorkerIdPath, call, errors
 
 router = APIRouter(prefix="/api/v1/workers", tags=["workers"])
 
@@ -29,6 +29,6 @@ async def heartbeat(worker_id: WorkerIdPath, req: m.Heartbeat, store: StoreDep) 
     return await call(store.heartbeat, worker_id, resources=resources)
 
 
-@router.get("", response_model=list[m.WorkerInfo], dependencies=[ADMIN], responses=errors(*AUTHED))
+@router.get("", response_model=list[m.WorkerInfo], dependencies=[READ], responses=errors(*AUTHED))
 async def list_workers(store: StoreDep) -> list[dict[str, Any]]:
     return await call(store.list_workers)

@@ -263,15 +263,15 @@ class Store:
             workers.heartbeat(conn, worker_id, resources=resources, now=_now(now))
         return self.get_worker(worker_id)
 
-    def get_worker(self, worker_id: str) -> dict[str, Any]:
-        items = self.list_workers(worker_id=worker_id)
+    def get_worker(self, worker_id: str, *, now: float | None = None) -> dict[str, Any]:
+        items = self.list_workers(worker_id=worker_id, now=now)
         if not items:
             raise NotFound(f"no worker named {worker_id!r}")
         return items[0]
 
-    def list_workers(self, *, worker_id: str | None = None) -> list[dict[str, Any]]:
+    def list_workers(self, *, worker_id: str | None = None, now: float | None = None) -> list[dict[str, Any]]:
         with self._read() as conn:
-            return workers.listing(conn, worker_id=worker_id)
+            return workers.listing(conn, _now(now), worker_id=worker_id)
 
     def worker_activity(self, worker_ids: list[str]) -> dict[str, str]:
         """For each id: ``busy``, ``idle``, ``rollout`` or ``absent`` (:func:`.hosts.worker_activity`)."""

@@ -6,6 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from relaytrain.api.models import WORKER_DEAD_AFTER_S
 from relaytrain.api.status import RunStatus
 from relaytrain.errors import NotFound
 
@@ -42,8 +43,8 @@ def heartbeat(conn: sa.Connection, worker_id: str, *, resources: dict[str, Any] 
         raise NotFound(f"no worker named {worker_id!r}: register first")
 
 
-def listing(conn: sa.Connection, *, worker_id: str | None = None) -> list[dict[str, Any]]:
-    """Every worker (or the one named), with the run it holds."""
+def listing(conn: sa.Connection, now: float, *, worker_id: str | None = None) -> list[dict[str, Any]]:
+    """Every worker (or the one named), with the run it holds and whether it is alive at ``now``."""
     query = sa.select(workers, _CURRENT_RUN.label("current_run")).order_by(workers.c.worker_id)
     if worker_id is not None:
         query = query.where(workers.c.worker_id == worker_id)
@@ -57,6 +58,7 @@ def listing(conn: sa.Connection, *, worker_id: str | None = None) -> list[dict[s
             "registered_at": r["registered_at"],
             "last_heartbeat": r["last_heartbeat"],
             "current_run": r["current_run"],
+            "alive": now - r["last_heartbeat"] <= WORKER_DEAD_AFTER_S,
         }
         for r in conn.execute(query).mappings().all()
     ]
