@@ -1,7 +1,9 @@
-"""The commander's HTTP API (``/api/v1``): runs, workers, leases, checkpoints, metrics.
+"""The commander's HTTP API (``/api/v1``): runs, workers, leases, checkpoints, metrics; and the
+dashboard at ``/``.
 
-Every endpoint but ``/api/v1/health`` needs a bearer token; worker tokens reach only the
-worker endpoints. Every mutating worker call carries ``(worker_id, epoch)`` and is refused
+Every endpoint but ``/api/v1/health`` and the dashboard's static files needs a bearer token;
+worker tokens reach only the worker endpoints, viewer tokens only the reads the dashboard makes.
+Every mutating worker call carries ``(worker_id, epoch)`` and is refused
 with 409, changing nothing, unless that epoch holds the run's live lease.
 
 The routes live in :mod:`relaytrain.commander.routes`, one router per resource; this module
@@ -32,6 +34,7 @@ from relaytrain.errors import BadRequest, LeaseLost, PayloadTooLarge, RelayError
 from .auth import Authenticator
 from .hosts import HostsSettings, start_host_tasks, stop_host_tasks
 from .routes import ROUTERS
+from .routes.dashboard import UI_PREFIX, static_files
 from .routes.deps import Wakeup
 from .store import Store
 from .telemetry import Telemetry
@@ -78,6 +81,7 @@ def create_app(
     app.state.telemetry = telemetry
     for router in ROUTERS:
         app.include_router(router)
+    app.mount(UI_PREFIX, static_files(), name="ui")
     app.add_exception_handler(RelayError, _relay_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -1,0 +1,115 @@
+"""The dashboard in a real headless browser (Debian's chromium, Selenium), on a live commander
+with a run that was handed off by a ``kill -9``: the runs page lists it, its timeline shows both
+attempts, the loss chart has points, a viewer token cannot cancel a run, no secret reaches the
+page, and the page keeps its data under a banner while the commander restarts.
+
+Screenshots go to the test's tmp folder; ``RELAY_DOCS_SCREENSHOTS=1`` also rewrites docs/img/."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from tests.support.browser import chromium, screenshot, wait_for
+from tests.support.commander import Commander, wait_until
+from tests.support.relay import counter_run
+
+pytestmark = pytest.mark.slow
+
+SECRET = "hf_never_on_the_page_4242"
+
+
+def css(driver, selector: str) -> list:
+    return driver.find_elements("css selector", selector)
+
+
+def text(driver, selector: str) -> str:
+    found = css(driver, selector)
+    return found[0].text if found else ""
+
+
+def test_the_dashboard_shows_a_handed_off_run_to_a_viewer(cluster, tmp_path):
+    shots = tmp_path / "screenshots"
+    client = cluster.client
+    client.submit(counter_run("handed", cluster.store, max_steps=80, every=10,
+                              env={"HF_TOKEN": SECRET, "RELAY_NOTE": "kept"}))
+    # No worker offers a GPU: this one stays queued, for the cancel button.
+    client.submit({**counter_run("waiting", cluster.store), "resources": {"gpus": 1}})
+    cluster.worker("a")
+    cluster.worker("b")
+    wait_until(lambda: (c := cluster.run("handed").latest_checkpoint) and c.step >= 30, 60, "step 30 durable")
+    cluster.holder("handed").signal(signal.SIGKILL)
+    run = cluster.wait_status("handed", ("succeeded", "failed"))
+    assert run.status == "succeeded" and len(run.attempts) == 2, cluster.logs()
+    viewer_token = client.create_token("screen", "viewer").token
+
+    with chromium() as driver:
+        driver.get(cluster.commander.url + "/")
+        # A commander with tokens: the page asks for one, once, and keeps it in this tab.
+        wait_for(driver, lambda d: d.find_element("id", "token-form").is_displayed(), "the token form")
+        driver.find_element("id", "token-input").send_keys(viewer_token)
+        driver.find_element("css selector", "#token-form button").click()
+
+        rows = wait_for(driver, lambda d: len(css(d, "#runs tbody tr")) == 2 and css(d, "#runs tbody tr"),
+                        "the runs page to list both runs")
+        listed = {r.find_element("css selector", "td a").text: r.text for r in rows}
+        assert set(listed) == {"handed", "waiting"}
+        assert "succeeded" in listed["handed"] and "80 / 80" in listed["handed"] and "queued" in listed["waiting"]
+        assert driver.execute_script("return sessionStorage.getItem('relaytrain.token')") == viewer_token
+        screenshot(driver, shots, "dashboard-runs")
+
+        driver.get(cluster.commander.url + "/#/runs/handed")
+        attempts = wait_for(driver, lambda d: len(css(d, "#timeline .attempt")) == 2 and css(d, "#timeline .attempt"),
+                            "the timeline to show 2 attempts")
+        assert [a.get_attribute("data-outcome") for a in attempts] == ["lost", "succeeded"]
+        assert {lane.get_attribute("data-worker") for lane in css(driver, "#timeline .lane")} == {"a", "b"}
+        assert len(css(driver, "#timeline .handoff-marker")) == 1
+        loss = wait_for(driver, lambda d: css(d, '.chart[data-metric="loss"][data-points]'), "the loss chart")[0]
+        assert int(loss.get_attribute("data-points")) >= 2
+        assert loss.find_elements("css selector", "canvas"), "uPlot drew no canvas"
+        assert css(driver, "#checkpoints tbody tr") and "sha256" in text(driver, "#checkpoints").lower()
+        assert "ETTR" in text(driver, "#ledger")
+        page = driver.page_source
+        assert SECRET not in page and viewer_token not in page
+        assert '"RELAY_NOTE": "kept"' in text(driver, "#config") and '"HF_TOKEN": "***"' in text(driver, "#config")
+        screenshot(driver, shots, "dashboard-run")
+
+        # A viewer cannot cancel: the API answers 403, the page says so, the run is untouched.
+        driver.get(cluster.commander.url + "/#/runs/waiting")
+        wait_for(driver, lambda d: css(d, "#cancel"), "the cancel button").pop().click()
+        said = wait_for(driver, lambda d: text(d, "#action-message"), "the page to answer the cancel")
+        assert "cannot cancel" in said and "viewer" in said
+        assert client.run("waiting").status == "queued" and not client.run("waiting").cancel_requested
+
+        driver.get(cluster.commander.url + "/#/workers")
+        workers = wait_for(driver, lambda d: len(css(d, "#workers tbody tr")) == 2 and text(d, "#workers"),
+                           "the workers page")
+        assert "alive" in workers and "a" in workers and "b" in workers
+
+        # The commander restarts: the page keeps the last data under a banner, then recovers.
+        driver.get(cluster.commander.url + "/#/runs/handed")
+        wait_for(driver, lambda d: len(css(d, "#timeline .attempt")) == 2, "the run page again")
+        cluster.commander.stop()
+        banner = wait_for(driver, lambda d: d.find_element("id", "banner").is_displayed()
+                          and d.find_element("id", "banner").text, "the unreachable banner")
+        assert "unreachable" in banner
+        assert len(css(driver, "#timeline .attempt")) == 2 and css(driver, '.chart[data-metric="loss"] canvas')
+        screenshot(driver, shots, "dashboard-unreachable")
+        cluster.commander.start()
+        wait_for(driver, lambda d: not d.find_element("id", "banner").is_displayed(), "the banner to go", 30)
+    assert sorted(p.name for p in shots.iterdir()) == [
+        "dashboard-run.png", "dashboard-runs.png", "dashboard-unreachable.png"]
+
+
+def test_on_a_loopback_commander_without_tokens_the_page_just_works(tmp_path):
+    commander = Commander(db=str(tmp_path / "relay.db"), token=None, workdir=tmp_path).start()
+    try:
+        with commander.client() as client:
+            client.submit(counter_run("open", tmp_path / "artifacts"))
+        with chromium() as driver:
+            driver.get(commander.url + "/")
+            wait_for(driver, lambda d: "open" in text(d, "#runs"), "the runs page to list the run")
+            assert not driver.find_element("id", "token-form").is_displayed()
+    finally:
+        commander.stop()
