@@ -5,7 +5,9 @@ under ``./relay-demo/``, submits an SFT run of the tiny model on 2-digit additio
 run initialised from its result, kills the worker holding the SFT lease partway through (a
 new worker joins in its place), shows live progress, scores the base, SFT and GRPO models
 on held-out problems in a separate process, and stops everything it started.
-It exits 1 if the models did not learn.
+It exits 1 if the models did not learn. It prints the dashboard's address (with a viewer token)
+as soon as the commander is up; with ``keep`` the commander stays up after the summary, its
+workers stopped, until Ctrl-C.
 
 What it shows goes through a :class:`DemoView`; ``relay demo`` draws it with rich
 (:class:`relaytrain.cli.render.DemoScreen`).
@@ -48,6 +50,8 @@ class DemoSettings:
     threads: int = 1
     rollout_workers: int = 0
     """Rollout workers attached to the GRPO run (its trainer then hosts a rollout manager)."""
+    keep: bool = False
+    """Keep the commander (and its dashboard) up after the summary, until Ctrl-C."""
 
 
 @dataclass
@@ -102,12 +106,14 @@ class _Procs:
         self.items[name] = proc
         return proc
 
-    def stop_all(self) -> None:
-        for proc in self.items.values():
+    def stop_all(self, *, but: tuple[str, ...] = ()) -> None:
+        """Stop every process (but those named), SIGTERM first, SIGKILL after 20 s."""
+        procs = [proc for name, proc in self.items.items() if name not in but]
+        for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 20
-        for proc in self.items.values():
+        for proc in procs:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -160,22 +166,41 @@ class Demo:
         started = time.monotonic()
         self._fresh_root()
         try:
-            client = self._start_commander()
-            worker_token = client.create_token("demo-workers").token
-            for name in ("demo-w1", "demo-w2"):
-                self._start_worker(name, worker_token)
-            if self.s.rollout_workers:
-                rollout_token = client.create_token("demo-rollout", "rollout").token
-                for i in range(1, self.s.rollout_workers + 1):
-                    self._start_rollout_worker(f"demo-gen{i}", rollout_token)
-            for config in _run_configs(self.s, self.root / "artifacts"):
-                client.submit(config)
-            runs = self._watch(client, worker_token, started)
-            rollout = self._rollout_counters(client) if self.s.rollout_workers else {}
-            scores = self._score(runs)
+            try:
+                client = self._start_commander()
+                dashboard = f"{self.url}/#token={client.create_token('demo-dashboard', 'viewer').token}"
+                self.view.note(f"dashboard: {dashboard}")
+                worker_token = client.create_token("demo-workers").token
+                for name in ("demo-w1", "demo-w2"):
+                    self._start_worker(name, worker_token)
+                if self.s.rollout_workers:
+                    rollout_token = client.create_token("demo-rollout", "rollout").token
+                    for i in range(1, self.s.rollout_workers + 1):
+                        self._start_rollout_worker(f"demo-gen{i}", rollout_token)
+                for config in _run_configs(self.s, self.root / "artifacts"):
+                    client.submit(config)
+                runs = self._watch(client, worker_token, started)
+                rollout = self._rollout_counters(client) if self.s.rollout_workers else {}
+                scores = self._score(runs)
+            finally:
+                self.procs.stop_all(but=("commander",) if self.s.keep else ())
+            code = self._summary(runs, scores, time.monotonic() - started, rollout)
+            if self.s.keep:
+                self._serve_until_interrupted(dashboard)
+            return code
         finally:
             self.procs.stop_all()
-        return self._summary(runs, scores, time.monotonic() - started, rollout)
+
+    def _serve_until_interrupted(self, dashboard: str) -> None:
+        """Keep the commander up (its workers are stopped) until Ctrl-C, or until it exits."""
+        commander = self.procs.items["commander"]
+        self.view.note(f"the commander stays up (--keep): dashboard at {dashboard} ; Ctrl-C stops it")
+        try:
+            code = commander.wait()
+        except KeyboardInterrupt:
+            self.view.note("Ctrl-C: stopping the commander")
+            return
+        self.view.alert("the commander exited", f"with code {code}; see {self.root / 'logs' / 'commander.log'}")
 
     # -- processes ---------------------------------------------------------------------------
 

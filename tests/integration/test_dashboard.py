@@ -56,8 +56,9 @@ def test_the_dashboard_shows_a_handed_off_run_to_a_viewer(cluster, tmp_path):
         listed = {r.find_element("css selector", "td a").text: r.text for r in rows}
         assert set(listed) == {"handed", "waiting"}
         assert "succeeded" in listed["handed"] and "80 / 80" in listed["handed"] and "queued" in listed["waiting"]
+        assert "loss 0.01" in listed["handed"]  # the latest loss, 1/80
         assert driver.execute_script("return sessionStorage.getItem('relaytrain.token')") == viewer_token
-        screenshot(driver, shots, "dashboard-runs")
+        screenshot(driver, shots, "dashboard-runs", docs=True)
 
         driver.get(cluster.commander.url + "/#/runs/handed")
         attempts = wait_for(driver, lambda d: len(css(d, "#timeline .attempt")) == 2 and css(d, "#timeline .attempt"),
@@ -73,7 +74,7 @@ def test_the_dashboard_shows_a_handed_off_run_to_a_viewer(cluster, tmp_path):
         page = driver.page_source
         assert SECRET not in page and viewer_token not in page
         assert '"RELAY_NOTE": "kept"' in text(driver, "#config") and '"HF_TOKEN": "***"' in text(driver, "#config")
-        screenshot(driver, shots, "dashboard-run")
+        screenshot(driver, shots, "dashboard-run", docs=True)
 
         # A viewer cannot cancel: the API answers 403, the page says so, the run is untouched.
         driver.get(cluster.commander.url + "/#/runs/waiting")

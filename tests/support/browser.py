@@ -54,15 +54,15 @@ def wait_for(driver: Any, predicate: Callable[[Any], Any], what: str, timeout_s:
         raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; the page says:\n{text}") from None
 
 
-def screenshot(driver: Any, folder: Path, name: str) -> Path:
-    """Save the page as ``folder/name.png`` (and in docs/img/ with RELAY_DOCS_SCREENSHOTS=1)."""
+def screenshot(driver: Any, folder: Path, name: str, *, docs: bool = False) -> Path:
+    """Save the page as ``folder/name.png`` (and, if ``docs``, in docs/img/ with RELAY_DOCS_SCREENSHOTS=1)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
     height = driver.execute_script("return document.documentElement.scrollHeight")
     width = driver.execute_script("return document.documentElement.clientWidth")
     driver.set_window_size(max(width, 1400), min(max(height, 600), 4000))
     assert driver.save_screenshot(str(path)), f"no screenshot written to {path}"
-    if DOCS_SCREENSHOTS:
+    if docs and DOCS_SCREENSHOTS:
         DOCS_IMG.mkdir(parents=True, exist_ok=True)
         (DOCS_IMG / path.name).write_bytes(path.read_bytes())
     return path

@@ -229,7 +229,7 @@ class DemoScreen:
         self.out = out
 
     def note(self, text: str) -> None:
-        self.out.print(escape(text))
+        self.out.print(escape(text), soft_wrap=True)  # an address stays on one line, to be copied
 
     def alert(self, label: str, text: str) -> None:
         self.out.print(f"[red]{escape(label)}[/red] {escape(text)}")

@@ -32,13 +32,16 @@ def demo(
     eval_samples: Annotated[int, typer.Option(min=10, help="Held-out problems to score each model on.")] = 300,
     rollout_workers: Annotated[int, typer.Option(min=0, max=8, help="Rollout workers generating for the GRPO run "
                                                  "(its trainer then hosts a rollout manager; docs/rollout.md).")] = 0,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the commander and its dashboard up after the summary, "
+                                       "until Ctrl-C.")] = False,
 ) -> None:
     """Run the whole system here: a commander, two workers, SFT then GRPO of a tiny model on
-    2-digit addition, a worker killed mid-run, and held-out accuracy at the end (a few minutes on a CPU)."""
+    2-digit addition, a worker killed mid-run, and held-out accuracy at the end (a few minutes on a CPU).
+    It prints the dashboard's address (with a viewer token) as soon as the commander is up."""
     from relaytrain.demo import DemoSettings, run_demo
 
     from .render import DemoScreen
 
     settings = DemoSettings(root=root, sft_steps=sft_steps, grpo_steps=grpo_steps, kill_at=kill_at,
-                            eval_samples=eval_samples, rollout_workers=rollout_workers)
+                            eval_samples=eval_samples, rollout_workers=rollout_workers, keep=keep)
     raise typer.Exit(run_demo(settings, DemoScreen()))

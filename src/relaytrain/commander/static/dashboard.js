@@ -217,10 +217,10 @@ async function runExtras(run) {
 }
 
 async function latestMetrics(runId) {
-  const q = `?name=${enc(HEADLINE.join(","))}&max_points=2`;
-  const data = await optional(runPath(runId, "/metrics" + q));
+  const answers = await Promise.all(HEADLINE.map((name) =>
+    optional(runPath(runId, `/metrics?name=${enc(name)}&max_points=2`))));
   const out = {};
-  for (const p of (data && data.items) || []) {
+  for (const p of answers.flatMap((data) => (data && data.items) || [])) {
     if (!(p.name in out) || p.step >= out[p.name].step) out[p.name] = p;
   }
   return out;
@@ -304,11 +304,23 @@ async function runPage(r) {
   return () => drawRun(run, {checkpoints, evals, ledger, series, pool, events, logs});
 }
 
+const LOG_KEEP_CHARS = 200000;   // the tail of an attempt's log the page keeps and shows
+const LOG_PAGES = 20;             // pages of 1000 chunks read per refresh, at most
+let followed = null;              // {run, epoch, next, text, dropped}: the log being followed
+
 async function runLogs(id, run, attempt) {
-  const epoch = attempt || (run.attempts.length ? run.attempts[run.attempts.length - 1].epoch : null);
-  if (epoch === null) return null;
-  const data = await optional(runPath(id, `/logs?attempt=${enc(epoch)}&limit=500`));
-  return data && {epoch: Number(epoch), ...data};
+  const epoch = Number(attempt || (run.attempts.length ? run.attempts[run.attempts.length - 1].epoch : 0));
+  if (!epoch) return null;
+  let f = followed && followed.run === id && followed.epoch === epoch ? followed : {run: id, epoch, next: 0, text: "", dropped: 0};
+  for (let page = 0; page < LOG_PAGES; page++) {
+    const data = await optional(runPath(id, `/logs?attempt=${epoch}&after=${f.next}&limit=1000`));
+    if (!data) return null;   // a commander without central logs
+    f = {...f, next: data.next, dropped: data.dropped,
+         text: (f.text + data.items.map((c) => c.text).join("")).slice(-LOG_KEEP_CHARS)};
+    if (data.items.length < 1000) break;
+  }
+  followed = f;
+  return f;
 }
 
 function drawRun(run, d) {
@@ -363,6 +375,8 @@ function drawRun(run, d) {
   if (button) button.addEventListener("click", () => cancelRun(run.run_id));
   const pick = document.getElementById("log-attempt");
   if (pick) pick.addEventListener("change", (ev) => { location.hash = `#/runs/${enc(run.run_id)}?attempt=${ev.target.value}`; });
+  const log = document.getElementById("log-text");
+  if (log) log.scrollTop = log.scrollHeight;
   window.scrollTo(0, scroll);
 }
 
@@ -466,9 +480,10 @@ function logsView(run, logs) {
   if (!logs) return h`${tailView}<p class="muted">central logs: none for this run</p>`;
   const pick = h`<label>Attempt <select id="log-attempt">${run.attempts.map((a) =>
     h`<option value="${a.epoch}" ${a.epoch === logs.epoch ? raw("selected") : ""}>epoch ${a.epoch} (${a.worker_id})</option>`)}</select></label>`;
-  const text = logs.items.map((c) => c.text).join("");
-  return h`${tailView}${pick} ${logs.dropped ? h`<span class="muted">${logs.dropped} chunk(s) dropped (oldest first)</span>` : ""}
-    <pre id="log-text">${text || "(empty)"}</pre>`;
+  const cut = logs.text.length >= LOG_KEEP_CHARS ? " (its last 200,000 characters)" : "";
+  return h`${tailView}${pick} <span class="muted">the trainer's stdout and stderr${cut}${
+    logs.dropped ? `; ${logs.dropped} bytes dropped, oldest first` : ""}</span>
+    <pre id="log-text">${logs.text || "(empty)"}</pre>`;
 }
 
 // -- charts (uPlot) ------------------------------------------------------------------------------
