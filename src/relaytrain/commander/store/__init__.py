@@ -255,13 +255,13 @@ class Store:
         with self._write() as conn:
             workers.register(conn, worker_id, provider=provider, hostname=hostname, version=version,
                              resources=resources, now=_now(now))
-        return self.get_worker(worker_id)
+        return self.get_worker(worker_id, now=now)
 
     def heartbeat(self, worker_id: str, *, resources: dict[str, Any] | None = None,
                   now: float | None = None) -> dict[str, Any]:
         with self._write() as conn:
             workers.heartbeat(conn, worker_id, resources=resources, now=_now(now))
-        return self.get_worker(worker_id)
+        return self.get_worker(worker_id, now=now)
 
     def get_worker(self, worker_id: str, *, now: float | None = None) -> dict[str, Any]:
         items = self.list_workers(worker_id=worker_id, now=now)
