@@ -45,6 +45,8 @@ def test_the_dashboard_shows_a_handed_off_run_to_a_viewer(cluster, tmp_path):
     viewer_token = client.create_token("screen", "viewer").token
 
     with chromium() as driver:
+        from selenium.webdriver.support.ui import Select
+
         driver.get(cluster.commander.url + "/")
         # A commander with tokens: the page asks for one, once, and keeps it in this tab.
         wait_for(driver, lambda d: d.find_element("id", "token-form").is_displayed(), "the token form")
@@ -59,6 +61,10 @@ def test_the_dashboard_shows_a_handed_off_run_to_a_viewer(cluster, tmp_path):
         assert "loss 0.01" in listed["handed"]  # the latest loss, 1/80
         assert driver.execute_script("return sessionStorage.getItem('relaytrain.token')") == viewer_token
         screenshot(driver, shots, "dashboard-runs", docs=True)
+        Select(driver.find_element("id", "status-filter")).select_by_value("queued")
+        wait_for(driver, lambda d: [r.text.split()[0] for r in css(d, "#runs tbody tr")] == ["waiting"],
+                 "the status filter to leave the queued run only")
+        assert "status=queued" in driver.current_url
 
         driver.get(cluster.commander.url + "/#/runs/handed")
         attempts = wait_for(driver, lambda d: len(css(d, "#timeline .attempt")) == 2 and css(d, "#timeline .attempt"),

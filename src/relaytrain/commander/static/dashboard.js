@@ -8,6 +8,7 @@ const TOKEN_KEY = "relaytrain.token";
 const REFRESH_MS = 3000;
 const MAX_POINTS = 2000;           // per series: what a chart can show (the server downsamples)
 const HEADLINE = ["loss", "reward_mean"];  // the runs page's "latest" column, in this order
+const PAGE_SIZE = 50;             // runs per page of the runs page
 
 // -- the API ------------------------------------------------------------------------------------
 
@@ -234,9 +235,17 @@ async function limited(items, n, fn) {
   return out;
 }
 
+function runsHash(status, offset) {
+  const q = new URLSearchParams();
+  if (status) q.set("status", status);
+  if (offset) q.set("offset", String(offset));
+  return q.toString() ? `#/?${q}` : "#/";
+}
+
 async function runsPage(r) {
   const status = r.params.get("status") || "";
-  const list = await api(`api/v1/runs?limit=200${status ? `&status=${enc(status)}` : ""}`);
+  const offset = Math.max(0, parseInt(r.params.get("offset") || "0", 10) || 0);
+  const list = await api(`api/v1/runs?limit=${PAGE_SIZE}&offset=${offset}${status ? `&status=${enc(status)}` : ""}`);
   const more = await limited(list.items, 6, runExtras);
   return () => {
     const options = ["", ...(statuses.length ? statuses : [...new Set(list.items.map((x) => x.status))])];
@@ -252,14 +261,17 @@ async function runsPage(r) {
         tdn(x.ettr === null ? dash : `${(100 * x.ettr).toFixed(0)}%`), tdn(ago(run.created_at)),
       ].map(esc).join(""));
     });
+    const first = list.items.length ? offset + 1 : 0;
+    const prev = offset > 0 ? h`<a id="prev-page" href="${runsHash(status, Math.max(0, offset - PAGE_SIZE))}">← newer</a>` : "";
+    const next = list.next_offset !== null ? h`<a id="next-page" href="${runsHash(status, list.next_offset)}">older →</a>` : "";
     page.innerHTML = esc(h`
       <h1>Runs</h1>
       <div class="toolbar"><label>Status ${select}</label>
-        <span class="muted">${list.items.length} of ${list.total} shown, newest first</span></div>
+        <span class="muted">${first}–${offset + list.items.length} of ${list.total}, newest first</span>${prev}${next}</div>
       <section class="card" id="runs">${table(["run", "kind", "status", "progress", "holder", "#epoch",
         "#hand-offs", "latest", "#ETTR", "#age"], rows, "no runs")}</section>`);
     document.getElementById("status-filter").addEventListener("change", (ev) => {
-      location.hash = ev.target.value ? `#/?status=${enc(ev.target.value)}` : "#/";
+      location.hash = runsHash(ev.target.value, 0);
     });
   };
 }
