@@ -43,6 +43,8 @@ def test_the_dashboard_shows_a_handed_off_run_to_a_viewer(cluster, tmp_path):
     run = cluster.wait_status("handed", ("succeeded", "failed"))
     assert run.status == "succeeded" and len(run.attempts) == 2, cluster.logs()
     viewer_token = client.create_token("screen", "viewer").token
+    client.request("PUT", "/api/v1/hosts/gpu1", json={"address": "10.0.0.5", "user": "ubuntu",
+                                                      "key_path": "/keys/id_ed25519"})
 
     with chromium() as driver:
         from selenium.webdriver.support.ui import Select
@@ -93,6 +95,8 @@ def test_the_dashboard_shows_a_handed_off_run_to_a_viewer(cluster, tmp_path):
         workers = wait_for(driver, lambda d: len(css(d, "#workers tbody tr")) == 2 and text(d, "#workers"),
                            "the workers page")
         assert "alive" in workers and "a" in workers and "b" in workers
+        assert "gpu1" in text(driver, "#hosts") and "ubuntu@10.0.0.5:22" in text(driver, "#hosts")
+        assert "not polled yet" in text(driver, "#hosts")
 
         # The commander restarts: the page keeps the last data under a banner, then recovers.
         driver.get(cluster.commander.url + "/#/runs/handed")
