@@ -82,7 +82,13 @@ def test_the_dashboard_shows_a_handed_off_run_to_a_viewer(cluster, tmp_path):
         page = driver.page_source
         assert SECRET not in page and viewer_token not in page
         assert '"RELAY_NOTE": "kept"' in text(driver, "#config") and '"HF_TOKEN": "***"' in text(driver, "#config")
+        # Central logs, per attempt: the newest attempt's by default, the first one's when picked.
+        wait_for(driver, lambda d: "step 80 state" in text(d, "#log-text"), "the last attempt's log")
+        assert "resumed at step" in text(driver, "#log-text")
         screenshot(driver, shots, "dashboard-run", docs=True)
+        Select(driver.find_element("id", "log-attempt")).select_by_value("1")
+        wait_for(driver, lambda d: "step 1 state" in text(d, "#log-text"), "the first attempt's log")
+        assert "resumed at step" not in text(driver, "#log-text")
 
         # A viewer cannot cancel: the API answers 403, the page says so, the run is untouched.
         driver.get(cluster.commander.url + "/#/runs/waiting")
