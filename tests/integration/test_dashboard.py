@@ -79,6 +79,7 @@ def test_the_dashboard_shows_a_handed_off_run_to_a_viewer(cluster, tmp_path):
         assert loss.find_elements("css selector", "canvas"), "uPlot drew no canvas"
         assert css(driver, "#checkpoints tbody tr") and "sha256" in text(driver, "#checkpoints").lower()
         assert "ETTR" in text(driver, "#ledger")
+        assert "expired" in text(driver, "#events") and "resumed" in text(driver, "#events")
         page = driver.page_source
         assert SECRET not in page and viewer_token not in page
         assert '"RELAY_NOTE": "kept"' in text(driver, "#config") and '"HF_TOKEN": "***"' in text(driver, "#config")

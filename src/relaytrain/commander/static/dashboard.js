@@ -104,6 +104,7 @@ const page = document.getElementById("page");
 const banner = document.getElementById("banner");
 const tokenForm = document.getElementById("token-form");
 let timer = null;
+let generation = 0;       // the newest refresh; an older one still in flight draws nothing
 let lastGood = null;      // when the commander last answered
 let downSince = null;     // since when it has not
 let statuses = null;      // RunStatus values, from the OpenAPI document
@@ -162,6 +163,7 @@ document.getElementById("forget-token").addEventListener("click", () => {
 
 async function refresh() {
   clearTimeout(timer);
+  const mine = ++generation;
   const r = route();
   for (const a of document.querySelectorAll("header nav a")) {
     a.classList.toggle("active", a.dataset.nav === (r.page === "run" ? "runs" : r.page));
@@ -170,10 +172,12 @@ async function refresh() {
   try {
     if (statuses === null) statuses = await runStatuses();
     const draw = await PAGES[r.page](r);   // every fetch first: a failure leaves the last page on screen
-    if (route().page === r.page) draw();
+    if (mine !== generation) return;       // the address changed meanwhile: that refresh draws
+    draw();
     tokenForm.hidden = true;
     setReachable(true);
   } catch (err) {
+    if (mine !== generation) return;
     if (err instanceof Unreachable) {
       setReachable(false, err.message);
     } else if (err instanceof ApiError && err.status === 401) {
@@ -198,9 +202,9 @@ async function runStatuses() {
   // The one list of run statuses is the API's (RunStatus in its OpenAPI document).
   try {
     const doc = await fetch("openapi.json", {cache: "no-store"}).then((r) => (r.ok ? r.json() : null));
-    return (doc && doc.components.schemas.RunStatus && doc.components.schemas.RunStatus.enum) || [];
+    return (doc && doc.components.schemas.RunStatus && doc.components.schemas.RunStatus.enum) || null;
   } catch (_) {
-    return [];
+    return null;   // asked again at the next refresh
   }
 }
 
@@ -248,7 +252,7 @@ async function runsPage(r) {
   const list = await api(`api/v1/runs?limit=${PAGE_SIZE}&offset=${offset}${status ? `&status=${enc(status)}` : ""}`);
   const more = await limited(list.items, 6, runExtras);
   return () => {
-    const options = ["", ...(statuses.length ? statuses : [...new Set(list.items.map((x) => x.status))])];
+    const options = ["", ...(statuses || [...new Set(list.items.map((x) => x.status))])];
     const select = h`<select id="status-filter">${options.map((s) =>
       h`<option value="${s}" ${s === status ? raw("selected") : ""}>${s || "all statuses"}</option>`)}</select>`;
     const rows = list.items.map((run, i) => {
@@ -310,21 +314,36 @@ async function runPage(r) {
     optional(runPath(id, "/ledger")),
     metricSeries(id),
     optional(runPath(id, "/rollout/pool")),
-    api(runPath(id, "/events?limit=200")),
+    runEvents(id),
   ]);
   const logs = await runLogs(id, run, r.params.get("attempt"));
   return () => drawRun(run, {checkpoints, evals, ledger, series, pool, events, logs});
 }
 
 const LOG_KEEP_CHARS = 200000;   // the tail of an attempt's log the page keeps and shows
-const LOG_PAGES = 20;             // pages of 1000 chunks read per refresh, at most
+const PAGES_PER_REFRESH = 20;     // pages of 1000 (log chunks, events) read per refresh, at most
 let followed = null;              // {run, epoch, next, text, dropped}: the log being followed
+
+const EVENTS_SHOWN = 50;
+let events = null;                // {run, after, items}: a run's newest events, read forward
+
+async function runEvents(id) {
+  let e = events && events.run === id ? events : {run: id, after: 0, items: []};
+  for (let page = 0; page < PAGES_PER_REFRESH; page++) {
+    const data = await api(runPath(id, `/events?after=${e.after}&limit=1000`));
+    const items = [...e.items, ...data.items].slice(-EVENTS_SHOWN);
+    e = {...e, items, after: data.items.length ? data.items[data.items.length - 1].id : e.after};
+    if (data.next_after === null) break;
+  }
+  events = e;
+  return e;
+}
 
 async function runLogs(id, run, attempt) {
   const epoch = Number(attempt || (run.attempts.length ? run.attempts[run.attempts.length - 1].epoch : 0));
   if (!epoch) return null;
   let f = followed && followed.run === id && followed.epoch === epoch ? followed : {run: id, epoch, next: 0, text: "", dropped: 0};
-  for (let page = 0; page < LOG_PAGES; page++) {
+  for (let page = 0; page < PAGES_PER_REFRESH; page++) {
     const data = await optional(runPath(id, `/logs?attempt=${epoch}&after=${f.next}&limit=1000`));
     if (!data) return null;   // a commander without central logs
     f = {...f, next: data.next, dropped: data.dropped,
@@ -377,7 +396,7 @@ function drawRun(run, d) {
     <h2>Logs</h2>
     <section class="card" id="logs">${logsView(run, d.logs)}</section>
     <h2>Events</h2>
-    <section class="card" id="events">${table(["time", "kind", "message"], d.events.items.slice(-50).reverse()
+    <section class="card" id="events">${table(["time", "kind", "message"], d.events.items.slice().reverse()
       .map((e) => raw(esc([td(clock(e.ts)), td(e.kind), td(e.message)]))))}</section>
     <h2>Config <span class="muted">(secrets redacted)</span></h2>
     <section class="card"><pre id="config">${JSON.stringify(run.config, null, 2)}</pre></section>`);
