@@ -82,6 +82,8 @@ function ago(ts) {
   if (s < 172800) return `${(s / 3600).toFixed(1)}h`;
   return `${Math.round(s / 86400)}d`;
 }
+const compact = new Intl.NumberFormat("en", {notation: "compact", maximumFractionDigits: 2});
+const tick = (v) => (Math.abs(v) >= 1e4 ? compact.format(v) : num(v, 2));
 const clock = (ts) => (ts ? new Date(ts * 1000).toLocaleTimeString() : dash);
 const stamp = (ts) => (ts ? new Date(ts * 1000).toLocaleString() : dash);
 const duration = (s) => (s === null || s === undefined ? dash : s < 120 ? `${s.toFixed(1)}s` : `${(s / 60).toFixed(1)}m`);
@@ -543,7 +545,7 @@ function plot(el, name, xs, ys, marks, colour = "#1f6feb") {
   return new uPlot({
     width, height: 220, legend: {show: true}, cursor: {drag: {x: true, y: false}},
     scales: {x: {time: false}},
-    axes: [{label: "step"}, {size: 64, values: (u, ticks) => ticks.map((v) => num(v, 2))}],
+    axes: [{label: "step"}, {size: 64, values: (u, ticks) => ticks.map(tick)}],
     series: [{label: "step"}, {label: name, stroke: colour, width: 1.5, points: {show: xs.length < 60}}],
     plugins: [handoffPlugin(marks)],
   }, [xs, ys], el);
