@@ -129,5 +129,6 @@ def test_on_a_loopback_commander_without_tokens_the_page_just_works(tmp_path):
             driver.get(commander.url + "/")
             wait_for(driver, lambda d: "open" in text(d, "#runs"), "the runs page to list the run")
             assert not driver.find_element("id", "token-form").is_displayed()
+        assert f"dashboard at {commander.url}/" in commander.log_tail()  # relay serve says where it is
     finally:
         commander.stop()

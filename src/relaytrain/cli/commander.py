@@ -68,7 +68,8 @@ def serve(
     store.upgrade()
     if not token:
         print_warning("no --token: the API is open to anyone on this machine")
-    err_console.print(f"commander on http://{host}:{port} over {store.describe()}")
+    err_console.print(f"commander on http://{host}:{port} over {store.describe()}; dashboard at http://{host}:{port}/",
+                      soft_wrap=True)
     hosts = None
     if poll_hosts:
         from relaytrain.commander.hosts import serve_settings
