@@ -11,6 +11,7 @@ import signal
 
 import pytest
 
+from relaytrain.config import REDACTED
 from tests.support.browser import chromium, screenshot, wait_for
 from tests.support.commander import Commander, wait_until
 from tests.support.relay import counter_run
@@ -20,13 +21,35 @@ pytestmark = pytest.mark.slow
 SECRET = "hf_never_on_the_page_4242"
 
 
-def css(driver, selector: str) -> list:
-    return driver.find_elements("css selector", selector)
+# The page redraws every few seconds: read and act through the page's own script, at one moment,
+# never through element handles a redraw would make stale.
+
+
+def texts(driver, selector: str) -> list[str]:
+    return driver.execute_script("return [...document.querySelectorAll(arguments[0])].map(e => e.innerText)", selector)
 
 
 def text(driver, selector: str) -> str:
-    found = css(driver, selector)
-    return found[0].text if found else ""
+    found = texts(driver, selector)
+    return found[0] if found else ""
+
+
+def attrs(driver, selector: str, name: str) -> list[str | None]:
+    return driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(e => e.getAttribute(arguments[1]))", selector, name)
+
+
+def count(driver, selector: str) -> int:
+    return driver.execute_script("return document.querySelectorAll(arguments[0]).length", selector)
+
+
+def click(driver, selector: str) -> None:
+    driver.execute_script("document.querySelector(arguments[0]).click()", selector)
+
+
+def choose(driver, selector: str, value: str) -> None:
+    driver.execute_script("const e = document.querySelector(arguments[0]); e.value = arguments[1];"
+                          "e.dispatchEvent(new Event('change'))", selector, value)
 
 
 def test_the_dashboard_shows_a_handed_off_run_to_a_viewer(cluster, tmp_path):
@@ -47,59 +70,61 @@ def test_the_dashboard_shows_a_handed_off_run_to_a_viewer(cluster, tmp_path):
                                                       "key_path": "/keys/id_ed25519"})
 
     with chromium() as driver:
-        from selenium.webdriver.support.ui import Select
-
         driver.get(cluster.commander.url + "/")
         # A commander with tokens: the page asks for one, once, and keeps it in this tab.
         wait_for(driver, lambda d: d.find_element("id", "token-form").is_displayed(), "the token form")
         driver.find_element("id", "token-input").send_keys(viewer_token)
         driver.find_element("css selector", "#token-form button").click()
 
-        rows = wait_for(driver, lambda d: len(css(d, "#runs tbody tr")) == 2 and css(d, "#runs tbody tr"),
+        rows = wait_for(driver, lambda d: len(rows := texts(d, "#runs tbody tr")) == 2 and rows,
                         "the runs page to list both runs")
-        listed = {r.find_element("css selector", "td a").text: r.text for r in rows}
+        listed = {row.split()[0]: row for row in rows}
         assert set(listed) == {"handed", "waiting"}
         assert "succeeded" in listed["handed"] and "80 / 80" in listed["handed"] and "queued" in listed["waiting"]
         assert "loss 0.01" in listed["handed"]  # the latest loss, 1/80
         assert driver.execute_script("return sessionStorage.getItem('relaytrain.token')") == viewer_token
         screenshot(driver, shots, "dashboard-runs", docs=True)
-        Select(driver.find_element("id", "status-filter")).select_by_value("queued")
-        wait_for(driver, lambda d: [r.text.split()[0] for r in css(d, "#runs tbody tr")] == ["waiting"],
+        choose(driver, "#status-filter", "queued")
+        wait_for(driver, lambda d: [r.split()[0] for r in texts(d, "#runs tbody tr")] == ["waiting"],
                  "the status filter to leave the queued run only")
         assert "status=queued" in driver.current_url
 
         driver.get(cluster.commander.url + "/#/runs/handed")
-        attempts = wait_for(driver, lambda d: len(css(d, "#timeline .attempt")) == 2 and css(d, "#timeline .attempt"),
+        outcomes = wait_for(driver, lambda d: len(o := attrs(d, "#timeline .attempt", "data-outcome")) == 2 and o,
                             "the timeline to show 2 attempts")
-        assert [a.get_attribute("data-outcome") for a in attempts] == ["lost", "succeeded"]
-        assert {lane.get_attribute("data-worker") for lane in css(driver, "#timeline .lane")} == {"a", "b"}
-        assert len(css(driver, "#timeline .handoff-marker")) == 1
-        loss = wait_for(driver, lambda d: css(d, '.chart[data-metric="loss"][data-points]'), "the loss chart")[0]
-        assert int(loss.get_attribute("data-points")) >= 2
-        assert loss.find_elements("css selector", "canvas"), "uPlot drew no canvas"
-        assert css(driver, "#checkpoints tbody tr") and "sha256" in text(driver, "#checkpoints").lower()
+        assert outcomes == ["lost", "succeeded"]
+        assert set(attrs(driver, "#timeline .lane", "data-worker")) == {"a", "b"}
+        assert count(driver, "#timeline .handoff-marker") == 1
+        points = wait_for(driver, lambda d: attrs(d, '.chart[data-metric="loss"]', "data-points")[0], "the loss chart")
+        steps = [p.step for p in client.metrics("handed", "loss").items]
+        assert len(steps) >= 2 and steps == sorted(set(steps))  # each step once: a hand-off's retrained ones hidden
+        assert int(points) == len(steps)
+        assert count(driver, '.chart[data-metric="loss"] canvas'), "uPlot drew no canvas"
+        assert count(driver, "#checkpoints tbody tr") >= 3 and "sha256" in text(driver, "#checkpoints").lower()
         assert "ETTR" in text(driver, "#ledger")
         assert "expired" in text(driver, "#events") and "resumed" in text(driver, "#events")
         page = driver.page_source
         assert SECRET not in page and viewer_token not in page
-        assert '"RELAY_NOTE": "kept"' in text(driver, "#config") and '"HF_TOKEN": "***"' in text(driver, "#config")
+        assert '"RELAY_NOTE": "kept"' in text(driver, "#config")
+        assert f'"HF_TOKEN": "{REDACTED}"' in text(driver, "#config")
         # Central logs, per attempt: the newest attempt's by default, the first one's when picked.
         wait_for(driver, lambda d: "step 80 state" in text(d, "#log-text"), "the last attempt's log")
         assert "resumed at step" in text(driver, "#log-text")
         screenshot(driver, shots, "dashboard-run", docs=True)
-        Select(driver.find_element("id", "log-attempt")).select_by_value("1")
+        choose(driver, "#log-attempt", "1")
         wait_for(driver, lambda d: "step 1 state" in text(d, "#log-text"), "the first attempt's log")
         assert "resumed at step" not in text(driver, "#log-text")
 
         # A viewer cannot cancel: the API answers 403, the page says so, the run is untouched.
         driver.get(cluster.commander.url + "/#/runs/waiting")
-        wait_for(driver, lambda d: css(d, "#cancel"), "the cancel button").pop().click()
+        wait_for(driver, lambda d: count(d, "#cancel"), "the cancel button")
+        click(driver, "#cancel")
         said = wait_for(driver, lambda d: text(d, "#action-message"), "the page to answer the cancel")
         assert "cannot cancel" in said and "viewer" in said
         assert client.run("waiting").status == "queued" and not client.run("waiting").cancel_requested
 
         driver.get(cluster.commander.url + "/#/workers")
-        workers = wait_for(driver, lambda d: len(css(d, "#workers tbody tr")) == 2 and text(d, "#workers"),
+        workers = wait_for(driver, lambda d: count(d, "#workers tbody tr") == 2 and text(d, "#workers"),
                            "the workers page")
         assert "alive" in workers and "a" in workers and "b" in workers
         assert "gpu1" in text(driver, "#hosts") and "ubuntu@10.0.0.5:22" in text(driver, "#hosts")
@@ -107,12 +132,12 @@ def test_the_dashboard_shows_a_handed_off_run_to_a_viewer(cluster, tmp_path):
 
         # The commander restarts: the page keeps the last data under a banner, then recovers.
         driver.get(cluster.commander.url + "/#/runs/handed")
-        wait_for(driver, lambda d: len(css(d, "#timeline .attempt")) == 2, "the run page again")
+        wait_for(driver, lambda d: count(d, "#timeline .attempt") == 2, "the run page again")
         cluster.commander.stop()
         banner = wait_for(driver, lambda d: d.find_element("id", "banner").is_displayed()
                           and d.find_element("id", "banner").text, "the unreachable banner")
         assert "unreachable" in banner
-        assert len(css(driver, "#timeline .attempt")) == 2 and css(driver, '.chart[data-metric="loss"] canvas')
+        assert count(driver, "#timeline .attempt") == 2 and count(driver, '.chart[data-metric="loss"] canvas')
         screenshot(driver, shots, "dashboard-unreachable")
         cluster.commander.start()
         wait_for(driver, lambda d: not d.find_element("id", "banner").is_displayed(), "the banner to go", 30)

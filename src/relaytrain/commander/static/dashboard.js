@@ -224,12 +224,10 @@ async function runExtras(run) {
 }
 
 async function latestMetrics(runId) {
-  const answers = await Promise.all(HEADLINE.map((name) =>
-    optional(runPath(runId, `/metrics?name=${enc(name)}&max_points=2`))));
+  // Each series' first and last point (ordered by name, then step): the last one is the latest.
+  const data = await api(runPath(runId, `/metrics?name=${enc(HEADLINE.join(","))}&max_points=2`));
   const out = {};
-  for (const p of answers.flatMap((data) => (data && data.items) || [])) {
-    if (!(p.name in out) || p.step >= out[p.name].step) out[p.name] = p;
-  }
+  for (const p of data.items) out[p.name] = p;
   return out;
 }
 
@@ -289,21 +287,10 @@ let chartsRun = null;
 let actionMessage = null;    // what the last button press answered, for the run it was pressed on
 
 async function metricSeries(runId) {
-  const names = await optional(runPath(runId, "/metrics/names"));
-  if (names) {
-    if (!names.names.length) return {};
-    const data = await api(runPath(runId, `/metrics?name=${enc(names.names.join(","))}&max_points=${MAX_POINTS}`));
-    return groupPoints(data.items);
-  }
-  // A commander without /metrics/names (before issue 11's metrics): the newest points of every name.
-  const data = await api(runPath(runId, "/metrics?limit=100000"));
-  return groupPoints(data.items);
-}
-
-function groupPoints(items) {
+  // Every series, each step once (a hand-off's superseded points hidden), downsampled on the server.
+  const data = await api(runPath(runId, `/metrics?max_points=${MAX_POINTS}`));
   const series = {};
-  for (const p of items) (series[p.name] = series[p.name] || []).push(p);
-  for (const name of Object.keys(series)) series[name].sort((a, b) => a.step - b.step);
+  for (const p of data.items) (series[p.name] = series[p.name] || []).push(p);   // ordered by name, then step
   return series;
 }
 
