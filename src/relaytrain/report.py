@@ -3,7 +3,7 @@
     relay report arith-sft --out report.html --png curves/
 
 What it holds, all read from the commander's API (:func:`gather`): the run's summary and its
-config (secret-named values redacted, :func:`relaytrain.config.redact_secrets`); a chart of every
+config (secrets redacted, :func:`relaytrain.config.redact_secrets`); a chart of every
 metric against step, each attempt in its own colour and every hand-off marked at the step the
 next attempt resumed from (superseded points left out: each step once); the attempts as a
 timeline chart and a table; the durable checkpoints; the evaluations; the ledger.
