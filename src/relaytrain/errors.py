@@ -119,6 +119,17 @@ class ProviderError(RelayError):
     """A machine could not be created, reached or commanded."""
 
 
+class EnvironmentUnavailable(RelayError, ConnectionError):
+    """Every environment of a run stayed unreachable for ``env.down_timeout_s``, or one episode failed
+    ``env.max_attempts`` times: transient (the trainer exits ``EX_TEMPFAIL``, the relay retries later).
+    The message names the environments."""
+
+
+class EnvironmentRejected(ConfigError):
+    """An environment refused a request as invalid (a bad task at reset, an action that does not fit
+    its schema): permanent, no retry can fix it. The message names the environment and the task."""
+
+
 def error_classes() -> dict[str, type[RelayError]]:
     """Every class of the hierarchy by name (the ``error`` field of the API's error body)."""
     found: dict[str, type[RelayError]] = {"RelayError": RelayError}

@@ -126,3 +126,40 @@ def test_an_unknown_or_repeated_tracker_is_named(given, message):
 def test_report_to_is_for_the_built_in_trainers_only():
     with pytest.raises(ConfigError, match="report_to: Extra inputs are not permitted"):
         parse_run_config({**BASE, "report_to": "wandb"})
+
+
+GRPO_ENV = {"run_id": "calc-rl", "kind": "grpo", "max_steps": 3}
+
+
+def test_an_env_run_needs_no_data_and_no_reward_function():
+    config = parse_run_config({**GRPO_ENV, "env": {"urls": ["http://127.0.0.1:8001/"]}})
+    assert config.data is None and config.trainer.rewards == []
+    assert config.env.urls == ["http://127.0.0.1:8001"]  # the trailing slash dropped
+    named = parse_run_config({**GRPO_ENV, "env": {"module": "pkg.env:make"}, "data": {"builtin": "arithmetic"},
+                              "trainer": {"rewards": [{"name": "correctness", "weight": 0.5}]}})
+    assert named.data.builtin == "arithmetic" and named.trainer.rewards[0].weight == 0.5
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, "env: give exactly one of 'urls' (OpenEnv servers) or 'module' (in-process)"),
+    ({"urls": ["http://a:1"], "module": "m:f"}, "give exactly one of 'urls'"),
+    ({"urls": ["ftp://a:1"]}, "env.urls: 'ftp://a:1' is not an http:// or https:// URL"),
+    ({"urls": ["http://a:1", "http://a:1/"]}, "env.urls: names a URL twice"),
+    ({"module": "not a path"}, "env.module: 'not a path' must read 'package.module:function'"),
+    ({"urls": ["http://a:1"], "observation_template": "{unclosed"}, "env.observation_template: not a valid format string"),
+    ({"urls": ["http://a:1"], "concurrency": 0}, "env.concurrency: Input should be greater than or equal to 1"),
+    ({"urls": ["http://a:1"], "reward": "mean"}, "env.reward: Input should be 'final' or 'sum'"),
+])
+def test_bad_env_fields_are_named(env, expected):
+    with pytest.raises(ConfigError) as caught:
+        parse_run_config({**GRPO_ENV, "env": env})
+    assert expected in str(caught.value)
+
+
+def test_a_run_without_env_still_needs_data_and_a_reward():
+    with pytest.raises(ConfigError, match="trainer.rewards: at least one reward function"):
+        parse_run_config({**GRPO_ENV, "trainer": {"rewards": []}})
+    with pytest.raises(ConfigError, match="data: required unless the run has env"):
+        parse_run_config({**GRPO_ENV, "data": None})
+    with pytest.raises(ConfigError, match="rollout.generate: .nope. must read"):
+        parse_run_config({**GRPO_ENV, "rollout": {"generate": "nope"}})

@@ -220,7 +220,9 @@ class GRPOTrainer(_Model):
     skip_zero_variance_groups: bool = Field(
         False, description="Leave groups whose rewards are all equal out of the loss (no signal, no token count)."
     )
-    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="correctness")], min_length=1)
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(name="correctness")],
+        description="Reward functions and weights; with env: added to the environment's reward (default: none).")
     seed: int = 0
     save_rollout_trajectories: bool = False
     lora: LoraConfig | None = None
@@ -247,6 +249,85 @@ class RolloutConfig(_Model):
                                    description="Labels a rollout worker must offer to serve this run.")
     workers: int = Field(0, ge=0, le=64, description="The SSH autoscaler keeps this many rollout workers for the run "
                          "on its hosts' free GPUs while the run is running (0: none).")
+    generate: str | None = Field(
+        None, description="Your own rollout logic, 'pkg.mod:function' (docs/environments.md): called with a prompt "
+        "group, the policy's sampling handle and the environment client; returns the group's episodes.")
+
+    @field_validator("generate")
+    @classmethod
+    def _generate_function(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            raise ValueError(f"{value!r} must read 'package.module:function'")
+        return value
+
+
+class EnvConfig(_Model):
+    """The environments of a multi-turn GRPO run (DESIGN §11, docs/environments.md): OpenEnv servers
+    (``urls``) or a Python factory run in-process (``module``). An episode alternates policy turns
+    and observations; an environment that fails costs that episode, retried, never trained as 0."""
+
+    protocol: Literal["openenv"] = Field("openenv", description="The wire protocol of the servers.")
+    urls: list[str] = Field(default_factory=list, max_length=256,
+                            description="Replicas of one environment (http:// or https://); episodes spread over them.")
+    module: str | None = Field(None, description="An in-process environment: 'pkg.mod:factory', called once per "
+                               "episode, returning an object with reset(**kwargs) and step(action).")
+    max_turns: int = Field(4, ge=1, le=1000, description="Policy turns per episode at most.")
+    turn_timeout_s: float = Field(30.0, gt=0, le=86_400, description="Seconds one reset or step may take.")
+    episode_timeout_s: float = Field(300.0, gt=0, le=86_400,
+                                     description="Seconds of environment time one episode may take in all.")
+    concurrency: int = Field(8, ge=1, le=4096, description="Episodes in flight at once (environment sessions open).")
+    observation_template: str | None = Field(
+        None, description="A Python format over the observation's fields, e.g. '{feedback}\\n'; unset: the text "
+        "of a one-field observation, else its JSON.")
+    action_field: str = Field("message", min_length=1, description="The action's field the policy's text goes in.")
+    reward: Literal["final", "sum"] = Field("sum", description="The episode's environment reward: the last step's "
+                                            "or the sum over steps.")
+    reward_weight: float = Field(1.0, description="Weight of the environment's reward in the total.")
+    reset: dict[str, Any] = Field(default_factory=dict, description="Extra arguments of every reset.")
+    tasks: int = Field(10_000, ge=1, le=10**9, description="Without data: the reset seeds 0 … tasks-1, shuffled.")
+    max_attempts: int = Field(5, ge=1, le=100, description="Tries of one episode before the run fails.")
+    down_timeout_s: float = Field(300.0, gt=0, le=86_400, description="The run fails as transient when every "
+                                  "environment stays unreachable this long.")
+    health_interval_s: float = Field(2.0, gt=0, le=3600, description="Seconds between health checks of a replica "
+                                     "that failed.")
+    max_observation_tokens: int = Field(256, ge=1, le=1 << 20,
+                                        description="Tokens of one rendered observation at most (cut at the end).")
+
+    @field_validator("urls")
+    @classmethod
+    def _http_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", url):
+                raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        value = [url.rstrip("/") for url in value]
+        if len(set(value)) != len(value):
+            raise ValueError("names a URL twice")
+        return value
+
+    @field_validator("module")
+    @classmethod
+    def _module_function(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            raise ValueError(f"{value!r} must read 'package.module:function'")
+        return value
+
+    @field_validator("observation_template")
+    @classmethod
+    def _template_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            import string
+
+            try:
+                list(string.Formatter().parse(value))
+            except ValueError as exc:
+                raise ValueError(f"not a valid format string: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvConfig:
+        if bool(self.urls) == (self.module is not None):
+            raise ValueError("give exactly one of 'urls' (OpenEnv servers) or 'module' (in-process)")
+        return self
 
 
 class CommandTrainer(_Model):
@@ -384,11 +465,28 @@ class SFTRun(_BuiltinRun):
 class GRPORun(_BuiltinRun):
     kind: Literal["grpo"]
     model: str = Field("tiny", min_length=1)
-    data: DataConfig = Field(default_factory=lambda: DataConfig(builtin="arithmetic"))
+    data: DataConfig | None = Field(
+        default_factory=lambda: DataConfig(builtin="arithmetic"),
+        description="Prompts; with env it may be left out (each group's task is then a reset seed).")
     trainer: GRPOTrainer = Field(default_factory=GRPOTrainer)
     rollout: RolloutConfig | None = Field(
         None, description="Host a rollout manager for rollout workers; unset: the trainer generates alone."
     )
+    env: EnvConfig | None = Field(None, description="Multi-turn episodes against environments (docs/environments.md).")
+
+    @model_validator(mode="after")
+    def _env_defaults(self) -> GRPORun:
+        """With ``env``: no data and no reward function unless the file names them."""
+        if self.env is not None:
+            if "data" not in self.model_fields_set:
+                object.__setattr__(self, "data", None)
+            if "rewards" not in self.trainer.model_fields_set:
+                object.__setattr__(self, "trainer", self.trainer.model_copy(update={"rewards": []}))
+        elif self.data is None:
+            raise ValueError("data: required unless the run has env")
+        elif not self.trainer.rewards:
+            raise ValueError("trainer.rewards: at least one reward function is needed unless the run has env")
+        return self
 
     @model_validator(mode="after")
     def _trainer_saves_trajectories(self) -> GRPORun:
