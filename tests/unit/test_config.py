@@ -146,7 +146,7 @@ def test_an_env_run_needs_no_data_and_no_reward_function():
     ({"urls": ["ftp://a:1"]}, "env.urls: 'ftp://a:1' is not an http:// or https:// URL"),
     ({"urls": ["http://a:1", "http://a:1/"]}, "env.urls: names a URL twice"),
     ({"module": "not a path"}, "env.module: 'not a path' must read 'package.module:function'"),
-    ({"urls": ["http://a:1"], "observation_template": "{unclosed"}, "env.observation_template: not a valid format string"),
+    ({"urls": ["http://a:1"], "observation_template": "{unclosed"}, "env.observation_template: not a valid"),
     ({"urls": ["http://a:1"], "concurrency": 0}, "env.concurrency: Input should be greater than or equal to 1"),
     ({"urls": ["http://a:1"], "reward": "mean"}, "env.reward: Input should be 'final' or 'sum'"),
 ])
