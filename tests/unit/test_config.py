@@ -9,14 +9,31 @@ import pytest
 from relaytrain.config import load_run_config, parse_run_config, validate_run_id
 from relaytrain.errors import ConfigError
 
-EXAMPLES = sorted((Path(__file__).parents[2] / "examples" / "runs").glob("*.yaml"))
+EXAMPLES_DIR = Path(__file__).parents[2] / "examples"
+STACK_FILES = {*EXAMPLES_DIR.glob("stacks/*.yaml"), *EXAMPLES_DIR.glob("stacks/*/stack.yaml")}  # test_stack_config
+EXAMPLES = sorted(p for p in EXAMPLES_DIR.rglob("*.yaml") if p not in STACK_FILES)
+"""Every other YAML file under examples/ is a run file."""
 BASE = {"run_id": "r", "kind": "command", "max_steps": 10, "trainer": {"command": "python t.py"}}
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_run_example_is_collected():
+    assert {p.relative_to(EXAMPLES_DIR).as_posix() for p in EXAMPLES} >= {
+        "runs/arith-sft.yaml", "runs/arith-grpo.yaml", "runs/counter.yaml", "trainers/slime/run.yaml",
+        "trainers/slime/run-shell.yaml", "stacks/liveweb-arena/run.yaml"}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.relative_to(EXAMPLES_DIR).as_posix())
 def test_shipped_examples_parse(path):
     config = load_run_config(path)
     assert config.run_id == path.stem or config.run_id
+
+
+def test_the_slime_examples_are_the_two_forms_of_one_command_run():
+    argv, shell = (load_run_config(EXAMPLES_DIR / "trainers" / "slime" / n) for n in ("run.yaml", "run-shell.yaml"))
+    assert argv.kind == shell.kind == "command"
+    assert isinstance(argv.trainer.command, list) and isinstance(shell.trainer.command, str)
+    assert "relay_slime.py" in " ".join(argv.trainer.command) and "relay_slime.py" in shell.trainer.command
+    assert argv.trajectories.pattern == shell.trajectories.pattern == "rollout_{rollout_id}.pt"  # slime's own format
 
 
 def test_defaults_follow_the_design():

@@ -43,10 +43,21 @@ def test_the_local_example_is_two_workers_and_a_counter_run():
     assert config.commander.url == "http://127.0.0.1:8080" and config.commander.loopback
 
 
-def test_liveweb_worker_env_file_exists():
-    config = load_stack_config(STACKS / "liveweb-arena" / "stack.yaml")
-    env_file = STACKS / "liveweb-arena" / config.workers[0].env_file
-    assert "LIVEWEB_ARENA_ROOT=" in env_file.read_text()
+def test_the_liveweb_run_speaks_the_bridges_fields():
+    """The run's env: names the action and observation fields that bridge.py serves."""
+    import importlib.util
+    import string
+
+    folder = STACKS / "liveweb-arena"
+    (run,) = stack_runs(load_stack_config(folder / "stack.yaml"), folder)
+    spec = importlib.util.spec_from_file_location("liveweb_bridge", folder / "bridge.py")
+    bridge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bridge)
+    assert run.kind == "grpo" and run.env is not None and run.env.urls
+    assert run.env.action_field in bridge.LiveWebAction.model_fields
+    fields = {name for _, name, _, _ in string.Formatter().parse(run.env.observation_template) if name}
+    assert fields and fields <= set(bridge.LiveWebObservation.model_fields) - {"done", "reward", "metadata"}
+    assert run.env.concurrency == 8  # the bridge's --max-sessions default: one browser session per episode
 
 
 def test_defaults():
