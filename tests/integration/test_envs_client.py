@@ -55,7 +55,8 @@ def loop():
 @pytest.fixture(scope="module")
 def refusing():
     """A tiny Starlette app that passes the health and schema checks but is no OpenEnv session
-    server: ``/ws`` answers the handshake 503; under ``/plain`` there is no ``/ws`` at all (404)."""
+    server: ``/ws`` answers the handshake 503; under ``/plain`` there is no ``/ws`` at all (403);
+    under ``/full`` every session is refused ``CAPACITY_REACHED``."""
 
     async def health(request):
         return JSONResponse({"status": "healthy"})
@@ -66,8 +67,14 @@ def refusing():
     async def deny(websocket):
         await websocket.send_denial_response(PlainTextResponse("overloaded", status_code=503))
 
+    async def full(websocket):  # what openenv-core does when max_concurrent_envs sessions are open
+        await websocket.accept()
+        await websocket.send_json({"type": "error", "data": {"message": "at capacity", "code": "CAPACITY_REACHED"}})
+        await websocket.close()
+
     checks = [Route("/health", health), Route("/schema", schema)]
-    app = Starlette(routes=[*checks, WebSocketRoute("/ws", deny), Mount("/plain", routes=checks)])
+    app = Starlette(routes=[*checks, WebSocketRoute("/ws", deny), Mount("/plain", routes=checks),
+                            Mount("/full", routes=[*checks, WebSocketRoute("/ws", full)])])
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -249,6 +256,14 @@ def test_a_handshake_answered_503_is_a_server_error_retried(servers, loop, refus
     assert reward == 1.0 and wheres == [servers["b"].url]  # the first try failed at the handshake, before play
     assert failures(metrics) == {"server_error": 1} and metrics["env/retries"] == 1
     assert metrics["env/replicas_up"] == 2
+
+
+def test_a_replica_at_capacity_sends_the_episode_elsewhere_without_costing_an_attempt(servers, loop, refusing):
+    async def body(pool):
+        return await pool.run_episode(recorded([]), task="full"), pool.metrics()
+
+    reward, metrics = with_pool(loop, config(f"{refusing}/full", servers["b"].url, max_attempts=1), body)
+    assert reward == 1.0 and failures(metrics) == {"capacity": 1} and metrics["env/retries"] == 1
 
 
 def test_a_handshake_answered_4xx_is_rejected(loop, refusing):

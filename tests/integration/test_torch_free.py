@@ -16,7 +16,8 @@ import relaytrain
 
 
 @pytest.mark.parametrize("module", ["relaytrain.config", "relaytrain.api.client", "relaytrain.commander.app",
-                                    "relaytrain.commander.store", "relaytrain.cli", "relaytrain.worker.agent"])
+                                    "relaytrain.commander.store", "relaytrain.cli", "relaytrain.worker.agent",
+                                    "relaytrain.envs"])
 def test_module_imports_without_torch(module):
     heavy = ("torch", "transformers", "peft", "wandb", "mlflow", "tensorboard")
     code = (f"import sys, {module}; heavy = sorted(m for m in {heavy!r} if m in sys.modules);"

@@ -26,6 +26,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+from relaytrain.config import EnvConfig
 from relaytrain.errors import ConfigError
 
 from .session import CallRecorder, EpisodeFailed, FailureKind, _Session, describe
@@ -52,10 +53,9 @@ def load_factory(module: str) -> Callable[[], Any]:
 class InProcessSession(_Session):
     """An episode on ``factory()``, called when the session opens; ``where`` is ``module:<env.module>``."""
 
-    def __init__(self, where: str, task: str, factory: Callable[[], Any], *, action_field: str,
-                 turn_timeout_s: float, episode_timeout_s: float, on_call: CallRecorder | None = None) -> None:
-        super().__init__(where, task, action_field=action_field, turn_timeout_s=turn_timeout_s,
-                         episode_timeout_s=episode_timeout_s, on_call=on_call)
+    def __init__(self, where: str, task: str, config: EnvConfig, factory: Callable[[], Any],
+                 on_call: CallRecorder | None = None) -> None:
+        super().__init__(where, task, config, on_call)
         self._factory = factory
         self._env: Any = None
 

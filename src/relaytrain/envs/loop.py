@@ -26,6 +26,8 @@ class EnvLoop:
         """Run ``coro`` on the loop and block until it is done; its result, or its exception re-raised.
         Past ``timeout`` seconds it is cancelled and ``TimeoutError`` raised."""
         if self._closed:
+            if asyncio.iscoroutine(coro):
+                coro.close()  # never to run: no "was never awaited" warning
             raise RuntimeError("the EnvLoop is closed")
         if threading.current_thread() is self._thread:
             raise RuntimeError("EnvLoop.run called from the loop's own thread would wait on itself forever")

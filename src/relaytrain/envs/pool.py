@@ -75,9 +75,7 @@ class _Remote:
         self._http: httpx.AsyncClient | None = None
 
     async def open(self, where: str, task: str, on_call: Callable[[float], None]) -> WebSocketSession:
-        session = WebSocketSession(where, task, action_field=self.config.action_field,
-                                   turn_timeout_s=self.config.turn_timeout_s,
-                                   episode_timeout_s=self.config.episode_timeout_s, on_call=on_call)
+        session = WebSocketSession(where, task, self.config, on_call)
         await session.open()
         return session
 
@@ -128,9 +126,7 @@ class _InProcess:
         self.places = [f"module:{config.module}"]
 
     async def open(self, where: str, task: str, on_call: Callable[[float], None]) -> InProcessSession:
-        session = InProcessSession(where, task, self._factory, action_field=self.config.action_field,
-                                   turn_timeout_s=self.config.turn_timeout_s,
-                                   episode_timeout_s=self.config.episode_timeout_s, on_call=on_call)
+        session = InProcessSession(where, task, self.config, self._factory, on_call)
         await session.open()
         return session
 
@@ -251,8 +247,8 @@ class EnvPool:
         if not isinstance(failures, dict) or set(failures) - {k.value for k in FailureKind}:
             raise ValueError(f"env pool state: 'failures' must map {[k.value for k in FailureKind]} to counts, "
                              f"got {failures!r}")
-        self._episodes, self._retries = episodes, retries
-        self._failures = {kind: _count(failures, kind.value, default=0) for kind in FailureKind}
+        counts = {kind: _count(failures, kind.value, default=0) for kind in FailureKind}
+        self._episodes, self._retries, self._failures = episodes, retries, counts
 
     async def aclose(self) -> None:
         """Stop the health watcher and close the HTTP client (episodes should be over)."""

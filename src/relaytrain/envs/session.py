@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+from relaytrain.config import EnvConfig
 from relaytrain.errors import EnvironmentRejected
 
 
@@ -117,20 +118,20 @@ class _Session:
     """The timing, the timeouts and the turn count shared by both kinds of session. A subclass
     implements :meth:`_call` (one request, its reply's data) and :meth:`close`."""
 
-    def __init__(self, where: str, task: str, *, action_field: str, turn_timeout_s: float,
-                 episode_timeout_s: float, on_call: CallRecorder | None = None) -> None:
+    def __init__(self, where: str, task: str, config: EnvConfig, on_call: CallRecorder | None = None) -> None:
         self.where = where
         self.task = task
         self.turns = 0
         self.env_seconds = 0.0
-        self._action_field = action_field
-        self._turn_timeout_s = turn_timeout_s
-        self._episode_timeout_s = episode_timeout_s
+        self._action_field = config.action_field
+        self._reset_defaults = config.reset
+        self._turn_timeout_s = config.turn_timeout_s
+        self._episode_timeout_s = config.episode_timeout_s
         self._on_call = on_call
 
     async def reset(self, **kwargs: Any) -> StepResult:
-        """Start the episode; ``kwargs`` go to the environment's reset (a seed, a task...)."""
-        return await self._timed("reset", kwargs)
+        """Start the episode; ``kwargs`` (over ``env.reset``'s) go to the environment's reset (a seed, a task...)."""
+        return await self._timed("reset", {**self._reset_defaults, **kwargs})
 
     async def step(self, text: str) -> StepResult:
         """Send the policy's ``text`` as the action's ``env.action_field``."""

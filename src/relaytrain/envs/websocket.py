@@ -18,6 +18,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from relaytrain.config import EnvConfig
+
 from .session import ERROR_CODES, CallRecorder, EpisodeFailed, FailureKind, _Session, describe, rejection
 
 MAX_MESSAGE_BYTES = 32 << 20
@@ -35,10 +37,8 @@ def ws_url(url: str) -> str:
 class WebSocketSession(_Session):
     """An episode on the OpenEnv server at ``where`` (its http(s) URL). Open with :meth:`open`."""
 
-    def __init__(self, where: str, task: str, *, action_field: str, turn_timeout_s: float,
-                 episode_timeout_s: float, on_call: CallRecorder | None = None) -> None:
-        super().__init__(where, task, action_field=action_field, turn_timeout_s=turn_timeout_s,
-                         episode_timeout_s=episode_timeout_s, on_call=on_call)
+    def __init__(self, where: str, task: str, config: EnvConfig, on_call: CallRecorder | None = None) -> None:
+        super().__init__(where, task, config, on_call)
         self._ws: ClientConnection | None = None
 
     async def open(self) -> None:
