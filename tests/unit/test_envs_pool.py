@@ -420,3 +420,20 @@ def test_env_loop_close_cancels_what_still_runs():
     deadline = time.monotonic() + 10
     loop.close()
     assert cancelled.is_set() and time.monotonic() < deadline
+
+
+def test_metrics_taken_mid_episode_lose_no_later_call():
+    async def body(pool):
+        async def play(session):
+            first = await session.reset(seed=4)
+            during = pool.metrics()  # the reset's latency is in this window; the step's must be in the next
+            a, b = first.observation["text"].removesuffix("=").split("+")
+            await session.step(str(int(a) + int(b)))
+            return during
+
+        during = await pool.run_episode(play, task="mid")
+        return during, pool.metrics()
+
+    during, after = with_pool(env("make_adder"), body)
+    assert "env/step_latency_p50" in during and "env/turns_mean" not in during
+    assert "env/step_latency_p50" in after and after["env/turns_mean"] == 1.0

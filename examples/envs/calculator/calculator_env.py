@@ -2,9 +2,9 @@
 
 An episode (see README.md beside this file):
 
-    reset(seed=7)           → text "123+456="                   (reward None, done False)
-    step("calc 123+456")    → text "=579\\n"                     (reward 0.0, done False: a tool call)
-    step("579")             → text ""                            (reward 1.0, done True: the answer)
+    reset(seed=7)           → text "431+254="                   (reward None, done False)
+    step("calc 431+254")    → text "=685\\n"                     (reward 0.0, done False: a tool call)
+    step("685")             → text ""                            (reward 1.0, done True: the answer)
 
 Every character is one the tiny character-level model knows (digits, ASCII letters, punctuation,
 space, newline). ``make_env`` is the in-process factory (``env: {module: "calculator_env:make_env"}``).

@@ -220,17 +220,20 @@ class EnvPool:
             log.info("episode of task %s: try failed (%s), retrying", task, failure)
 
     def metrics(self) -> dict[str, float]:
-        """The counters (cumulative), ``env/replicas_up``, and over the calls and episodes since the
-        previous call: ``env/turns_mean``, ``env/step_latency_p50``/``p95`` (omitted when there were none)."""
+        """The counters (cumulative), ``env/replicas_up``, and over what ended since the previous call:
+        ``env/turns_mean`` (steps per completed episode) and ``env/step_latency_p50``/``p95`` (seconds of
+        the resets and steps that answered), each omitted when there was none. Safe to call from
+        another thread than the loop's (a sample landing during the call may be lost)."""
+        turns, self._window_turns = self._window_turns, []  # swapped first: the loop's thread may append meanwhile
+        latencies, self._window_latencies = self._window_latencies, []
         out: dict[str, float] = {"env/episodes": float(self._episodes), "env/retries": float(self._retries)}
         out.update({f"env/failures/{kind.value}": float(n) for kind, n in self._failures.items()})
         out["env/replicas_up"] = float(sum(r.up for r in self._replicas))
-        if self._window_turns:
-            out["env/turns_mean"] = statistics.fmean(self._window_turns)
-        if self._window_latencies:
-            out["env/step_latency_p50"] = _quantile(self._window_latencies, 0.50)
-            out["env/step_latency_p95"] = _quantile(self._window_latencies, 0.95)
-        self._window_turns, self._window_latencies = [], []
+        if turns:
+            out["env/turns_mean"] = statistics.fmean(turns)
+        if latencies:
+            out["env/step_latency_p50"] = _quantile(latencies, 0.50)
+            out["env/step_latency_p95"] = _quantile(latencies, 0.95)
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -261,11 +264,14 @@ class EnvPool:
 
     async def _try(self, replica: _Replica, play: Callable[[EnvSession], Awaitable[T]],
                    task: str) -> tuple[T, EnvSession]:
-        session = await self._backend.open(replica.where, task, self._window_latencies.append)
+        session = await self._backend.open(replica.where, task, self._record_call)
         try:
             return await play(session), session
         finally:
             await session.close()
+
+    def _record_call(self, seconds: float) -> None:
+        self._window_latencies.append(seconds)
 
     def _succeeded(self, replica: _Replica, session: EnvSession) -> None:
         self._episodes += 1
