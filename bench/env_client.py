@@ -3,8 +3,8 @@ the answer) against the example environment run in-process (``env.module``) and 
 environment served by one OpenEnv server process over WebSocket on loopback (``env.urls``), at
 concurrency 1 and 8.
 
-    .venv/bin/python bench/env_client.py               # the figures of docs/benchmarks.md, ~1 min on 2 cores
-    .venv/bin/python bench/env_client.py --quick       # a smoke run, ~20 s
+    .venv/bin/python bench/env_client.py               # the figures of docs/benchmarks.md, ~2.5 min on 2 cores
+    .venv/bin/python bench/env_client.py --quick       # a smoke run, ~40 s
 
 What runs, in one invocation
 ----------------------------
