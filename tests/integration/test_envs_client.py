@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 
 from relaytrain.config import EnvConfig
-from relaytrain.envs import EnvLoop, EnvPool, open_pool
+from relaytrain.envs import EnvLoop, EnvPool, EpisodeFailed, FailureKind, WebSocketSession, open_pool
 from relaytrain.errors import EnvironmentRejected, EnvironmentUnavailable
 from tests.support.commander import free_port, wait_until
 from tests.support.envs import CALCULATOR, EnvServer, solve, start_all
@@ -264,6 +264,25 @@ def test_a_replica_at_capacity_sends_the_episode_elsewhere_without_costing_an_at
 
     reward, metrics = with_pool(loop, config(f"{refusing}/full", servers["b"].url, max_attempts=1), body)
     assert reward == 1.0 and failures(metrics) == {"capacity": 1} and metrics["env/retries"] == 1
+
+
+def test_a_capacity_answer_is_read_even_when_the_server_closed_before_the_request(loop, refusing):
+    """openenv-core answers CAPACITY_REACHED as soon as the session opens, then closes: the reset
+    may find the connection closed, and must still read the answer (not call it a lost connection)."""
+
+    async def go():
+        session = WebSocketSession(f"{refusing}/full", "late", config(f"{refusing}/full"))
+        await session.open()
+        await asyncio.wait_for(session._ws.wait_closed(), 10)  # the server has answered and closed
+        try:
+            with pytest.raises(EpisodeFailed) as caught:
+                await session.reset(seed=1)
+        finally:
+            await session.close()
+        return caught.value
+
+    failure = loop.run(go(), timeout=30)
+    assert failure.kind is FailureKind.CAPACITY and "CAPACITY_REACHED: at capacity" in failure.message
 
 
 def test_a_handshake_answered_4xx_is_rejected(loop, refusing):

@@ -89,7 +89,10 @@ class WebSocketSession(_Session):
             raise RuntimeError(f"{op} on a session that is not open")
         try:
             async with asyncio.timeout(timeout_s):
-                await self._ws.send(json.dumps({"type": op, "data": data}))
+                try:
+                    await self._ws.send(json.dumps({"type": op, "data": data}))
+                except ConnectionClosed:
+                    pass  # a server may answer and close first (CAPACITY_REACHED): recv still reads its answer
                 raw = await self._ws.recv()
         except TimeoutError as exc:
             self.drop()
