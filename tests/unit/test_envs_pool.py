@@ -437,3 +437,15 @@ def test_metrics_taken_mid_episode_lose_no_later_call():
     during, after = with_pool(env("make_adder"), body)
     assert "env/step_latency_p50" in during and "env/turns_mean" not in during
     assert "env/step_latency_p50" in after and after["env/turns_mean"] == 1.0
+
+
+def test_failures_of_one_burst_back_a_replica_off_once() -> None:
+    """16 episodes in flight on one replica fail together (a bad task): the cooldown is 0.5 s, not 30."""
+    from relaytrain.envs.pool import BACKOFF_FIRST_S, _Replica
+
+    replica = _Replica("http://env:1")
+    for _ in range(16):
+        replica.cool_down(100.0)
+    assert replica.failures_in_row == 1 and replica.cooldown_until == 100.0 + BACKOFF_FIRST_S
+    replica.cool_down(100.0 + BACKOFF_FIRST_S)  # a failure after the cooldown ended: the next one doubles
+    assert replica.failures_in_row == 2 and replica.cooldown_until == 100.0 + 3 * BACKOFF_FIRST_S

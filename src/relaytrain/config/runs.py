@@ -474,9 +474,17 @@ class GRPORun(_BuiltinRun):
     )
     env: EnvConfig | None = Field(None, description="Multi-turn episodes against environments (docs/environments.md).")
 
+    @property
+    def plays_episodes(self) -> bool:
+        """The trainer plays episodes (``env``, or a ``rollout.generate`` hook) instead of sampling completions."""
+        return self.env is not None or (self.rollout is not None and self.rollout.generate is not None)
+
     @model_validator(mode="after")
     def _env_defaults(self) -> GRPORun:
         """With ``env``: no data and no reward function unless the file names them."""
+        if self.plays_episodes and self.rollout is not None and self.rollout.workers:
+            raise ValueError("rollout.workers: rollout workers do not play episodes yet: with env or "
+                             "rollout.generate the trainer generates alone (docs/environments.md)")
         if self.env is not None:
             if "data" not in self.model_fields_set:
                 object.__setattr__(self, "data", None)

@@ -62,6 +62,10 @@ class _Replica:
     last_error: str = ""
 
     def cool_down(self, now: float) -> None:
+        """Back off after a failure; failures of tries that were in flight together (ending while it
+        already cools down) count once, so a burst of concurrent episodes does not stretch the wait."""
+        if now < self.cooldown_until:
+            return
         self.failures_in_row += 1
         self.cooldown_until = now + min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (self.failures_in_row - 1))
 

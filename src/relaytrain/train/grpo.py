@@ -70,6 +70,10 @@ log = logging.getLogger(__name__)
 MAX_GRAD_NORM = 1.0
 """Gradients are clipped to this global norm before every optimizer step."""
 REFERENCE_FILE = "reference.safetensors"
+ENV_REWARD = "env"
+"""The environment's reward among the per-function rewards (``rewards/env_mean`` in the metrics)."""
+ENV_STATE = "env"
+"""The environment counters in ``trainer_state.json``."""
 
 
 @dataclass
@@ -96,6 +100,8 @@ class Rollout:
     """With a rollout pool: the step's ``rollout.queue.ReadyGroup`` (group id, version, source)."""
     stale: list[Any] | None = None
     """With a rollout pool: the groups found too stale on the way (regenerated, not trained)."""
+    tasks: list[dict[str, Any]] | None = None
+    """With ``env:``: each group's reset arguments."""
 
 
 class GRPOSession:
@@ -109,6 +115,7 @@ class GRPOSession:
         self.device = pick_device()
         self.rewards = load_rewards(trainer.rewards)
         self.reward_labels = _reward_labels([r.name for r in self.rewards])
+        self.reward_labels[ENV_REWARD] = ENV_REWARD
         seed_everything(trainer.seed)
         self.resumed: dict[str, Any] | None = None
         """The verified content of ``contract.resume_from`` (loaded once, before the model)."""
@@ -122,10 +129,22 @@ class GRPOSession:
         self.model.train()
         self.optimizer = make_optimizer(self.model, trainer.learning_rate, 0.0)
         self.scheduler = make_scheduler(self.optimizer, "constant", 0, self.max_steps * trainer.num_iterations)
-        self.examples = load_examples(config.data, "train")
-        self.samples = render_all(self.examples, config.data.template, self.tokenizer)
+        self.examples = self._load_examples(config)
+        self.template = config.data.template if config.data is not None else "generic"
+        self.samples = render_all(self.examples, self.template, self.tokenizer)
         self.prompt_ids = self._tokenize_prompts(self.samples)
-        self.cursor = DataCursor(len(self.samples), config.data.seed)
+        self.cursor = DataCursor(len(self.samples), config.data.seed if config.data is not None else trainer.seed)
+        self.episodes: Any = None
+        """The ``episodes.EpisodeRunner`` when the run has ``env:`` or a ``rollout.generate`` hook."""
+        hook = config.rollout.generate if config.rollout is not None else None
+        if config.env is not None or hook is not None:
+            from relaytrain.train.episodes import EpisodeRunner
+
+            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            self.episodes = EpisodeRunner(
+                config.env, sample=self._sample_turns, tokenizer=self.tokenizer,
+                max_new_tokens=trainer.max_new_tokens,
+                max_length=int(getattr(base.config, "max_position_embeddings", None) or 1 << 30), hook=hook)
         self.step = 0
         self.tokens_generated = 0
         self.last_metrics: dict[str, Any] = {}
@@ -133,7 +152,7 @@ class GRPOSession:
         self._scoring = threading.Lock()
         self.pool: Any = None
         """The ``grpo_pool.RolloutPool`` when the run file has ``rollout:``."""
-        if config.rollout is not None:
+        if config.rollout is not None and not config.plays_episodes:  # workers sample completions, not episodes
             from relaytrain.train.grpo_pool import RolloutPool
 
             self.pool = RolloutPool(self)
@@ -151,6 +170,14 @@ class GRPOSession:
         if tokenizer.eos_token_id is None:
             raise ConfigError("model: the tokenizer has no end-of-sequence token")
         return model.to(self.device), tokenizer
+
+    @staticmethod
+    def _load_examples(config: GRPORun) -> list[Example]:
+        """The data's records; an ``env`` run without data has ``env.tasks`` blank ones (each task a reset seed)."""
+        if config.data is not None:
+            return load_examples(config.data, "train")
+        assert config.env is not None
+        return [Example(prompt="", completion="", answer="") for _ in range(config.env.tasks)]
 
     def _make_reference(self, trainer: GRPOTrainer) -> Any:
         """The frozen reference policy for the KL term: None when ``beta == 0`` or with LoRA."""
@@ -205,6 +232,68 @@ class GRPOSession:
             top_p=trainer.top_p,
         )
 
+    def task(self, position: int) -> dict[str, Any]:
+        """The reset arguments of the group at ``position``: the record's index as ``seed``, then the
+        record's ``reset`` fields (a mapping), if any."""
+        index = self.cursor.index_at(position)
+        fields = self.examples[index].extra.get("reset") or {}
+        if not isinstance(fields, dict):
+            raise ConfigError(f"data: record {index}: 'reset' must be a mapping of reset arguments")
+        return {"seed": index, **fields}
+
+    def _sample_turns(self, contexts: list[list[int]], keys: list[int]) -> list[Any]:
+        """One policy turn after each context (the episode loop's sampler), with the current weights."""
+        from relaytrain.train.episodes import Turn
+        from relaytrain.train.sampling import sample_completions
+
+        trainer = self.config.trainer
+        batch = sample_completions(self.model, contexts, prompt_keys=keys, num_generations=1, seed=trainer.seed,
+                                   step=self.step, eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.pad_id,
+                                   max_new_tokens=trainer.max_new_tokens, temperature=trainer.temperature,
+                                   top_p=trainer.top_p)
+        lengths = batch.completion_lengths.tolist()
+        return [Turn(token_ids=batch.completion_ids[i, :n].tolist(), logps=batch.sampling_logps[i, :n].tolist(),
+                     finished=not bool(batch.truncated[i])) for i, n in enumerate(lengths)]
+
+    def play_groups(self, positions: list[int]) -> tuple[Any, Any]:
+        """Play the G episodes of each group at ``positions`` (``env:`` or a generate hook): the batch and
+        its ``RewardScores`` (the environment's reward, weighted, plus the run's reward functions)."""
+        from relaytrain.train.episodes import PromptGroup, episodes_to_batch
+
+        g = self.config.trainer.num_generations
+        indices = [self.cursor.index_at(p) for p in positions]
+        groups = [PromptGroup(position=p, prompt=self.samples[i].prompt, prompt_ids=self.prompt_ids[i],
+                              task=self.task(p), num_generations=g, step=self.step)
+                  for p, i in zip(positions, indices, strict=True)]
+        episodes = self.episodes.play_groups(groups)
+        batch = episodes_to_batch([group.prompt_ids for group in groups], episodes, g, self.pad_id)
+        return batch, self.score_episodes(positions, batch.completion_ids, [e.reward for gr in episodes for e in gr])
+
+    def play_tasks(self, tasks: list[dict[str, Any]], *, prompt: str = "") -> list[Any]:
+        """One episode of each task (reset arguments) with the current weights, for evaluation: the
+        ``episodes.Episode`` list (its ``reward`` is the environment's). Position ``-1 - i`` seeds task
+        ``i``'s turns, apart from every training group's."""
+        from relaytrain.train.episodes import PromptGroup
+
+        ids = self.tokenizer(prompt)["input_ids"]
+        groups = [PromptGroup(position=-1 - i, prompt=prompt, prompt_ids=list(ids), task=task, num_generations=1,
+                              step=self.step) for i, task in enumerate(tasks)]
+        return [group[0] for group in self.episodes.play_groups(groups)]
+
+    def score_episodes(self, positions: list[int], completion_ids: Any, env_rewards: list[float | None]) -> Any:
+        """``RewardScores`` of episodes: ``env.reward_weight`` × the environment's reward, plus the run's
+        reward functions on the transcript (None when no part gave a reward)."""
+        from relaytrain.train.rewards import RewardScores
+
+        weight = self.config.env.reward_weight if self.config.env is not None else 1.0
+        per_function: dict[str, list[float | None]] = {ENV_REWARD: list(env_rewards)}
+        total = [None if r is None else weight * r for r in env_rewards]
+        if self.rewards:
+            scores = self.score_groups(positions, completion_ids)
+            per_function.update(scores.per_function)
+            total = [a if b is None else b if a is None else a + b for a, b in zip(total, scores.total, strict=True)]
+        return RewardScores(per_function=per_function, total=total)
+
     def score_groups(self, positions: list[int], completion_ids: Any) -> Any:
         """The ``RewardScores`` of G completions (token ids) for each prompt at ``positions``.
 
@@ -225,7 +314,7 @@ class GRPOSession:
             texts,
             answer=[s.answer for s in samples],
             reasoning=[e.reasoning for e in examples],
-            template=[self.config.data.template] * len(samples),
+            template=[self.template] * len(samples),
             **_extra_columns(examples),
         )
 
@@ -234,9 +323,12 @@ class GRPOSession:
         from relaytrain.rollout.queue import TRAINER
         from relaytrain.train.grpo_pool import split_batch
 
-        batch = self.sample(positions)
+        if self.episodes is not None:
+            batch, scores = self.play_groups(positions)
+        else:
+            batch = self.sample(positions)
+            scores = self.score_groups(positions, batch.completion_ids)
         groups = split_batch(batch, positions, self.step, TRAINER)
-        scores = self.score_groups(positions, batch.completion_ids)
         g = batch.num_generations
         for p, group in enumerate(groups):
             group.rewards = scores.total[p * g : p * g + g]
@@ -275,19 +367,27 @@ class GRPOSession:
         else:
             first = self.cursor.examples_seen
             indices = self.cursor.next_indices(trainer.prompts_per_step)
-            batch = self.sample([first + k for k in range(len(indices))])
-            scores = self.score_groups([first + k for k in range(len(indices))], batch.completion_ids)
+            positions = [first + k for k in range(len(indices))]
+            if self.episodes is not None:
+                batch, scores = self.play_groups(positions)
+            else:
+                batch = self.sample(positions)
+                scores = self.score_groups(positions, batch.completion_ids)
         texts = self.tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
         advantages = group_advantages(rewards_tensor(scores.total), g, trainer.scale_rewards)
         skip_zero = bool(getattr(trainer, "skip_zero_variance_groups", False))
         mask = loss_mask(
-            batch.completion_mask,
+            batch.policy_mask,  # an episode's observations are read, never trained
             advantages.valid,
             truncated=batch.truncated,
             mask_truncated=trainer.mask_truncated_completions,
             skip=advantages.zero_variance if skip_zero else None,
         )
+        tasks = None
+        if self.config.env is not None:
+            tasks = [self.task(g.group_id) for g in groups] if groups is not None else [self.task(p) for p in positions]
         return Rollout(
+            tasks=tasks,
             step=self.step + 1,
             examples=[self.examples[i] for i in indices],
             samples=[self.samples[i] for i in indices],
@@ -454,12 +554,14 @@ class GRPOSession:
             outputs.append(out)
         version = self.step
         self.step += 1
-        generated = int(rollout.batch.completion_mask.sum())
+        generated = int(rollout.batch.policy_mask.sum())
         self.tokens_generated += generated
         elapsed = time.perf_counter() - started
         metrics = self._metrics(rollout, outputs, grad_norms, generated, elapsed)
         if self.pool is not None:
             metrics.update(self.pool.metrics(rollout.groups, rollout.stale or [], version))
+        if self.episodes is not None:
+            metrics.update(self.episodes.metrics())
         return rollout, metrics
 
     def _metrics(self, rollout: Rollout, outputs: list[Any], grad_norms: list[float], generated: int, elapsed: float):
@@ -502,12 +604,19 @@ class GRPOSession:
             "sampler": {"seed": self.config.trainer.seed, "next_step": self.step},
             "tokens_generated": self.tokens_generated,
         }
+        if self.episodes is not None:
+            counters[ENV_STATE] = self.episodes.state_dict()
         extra = {REFERENCE_FILE: unique_tensors(self.reference)} if self.reference is not None else {}
         if self.pool is not None:
             from relaytrain.train.grpo_pool import STATE_FILE
 
             extra[STATE_FILE] = self.pool.state_dict()
         return checkpoint_entries(self, "grpo", counters, extra)
+
+    def close(self) -> None:
+        """Close the environments (their sessions and the episode loop)."""
+        if self.episodes is not None:
+            self.episodes.close()
 
     def load_checkpoint(self, folder: str | Path) -> None:
         """Verify and restore a checkpoint written by ``checkpoint_state``."""
@@ -518,6 +627,8 @@ class GRPOSession:
         if int(state["sampler"]["seed"]) != self.config.trainer.seed:
             log.warning("trainer.seed changed from %s: sampling will differ", state["sampler"]["seed"])
         self.tokens_generated = int(state.get("tokens_generated", 0))
+        if self.episodes is not None:
+            self.episodes.load_state_dict(state.get(ENV_STATE))
         if self.pool is not None:
             from relaytrain.train.grpo_pool import STATE_FILE
 
@@ -559,7 +670,11 @@ def run_grpo(config: GRPORun, contract: Contract) -> int:
     """
     quiet_transformers()
     session = GRPOSession(config, contract)
-    resume(session, contract)
+    try:
+        resume(session, contract)
+    except BaseException:
+        session.close()
+        raise
     policy = config.checkpoint
     meta = {"run_id": contract.run_id, "kind": "grpo"}
     keep_trajectories = config.trajectories.save or contract.save_rollout_trajectories
@@ -572,7 +687,8 @@ def run_grpo(config: GRPORun, contract: Contract) -> int:
         if session.pool is not None:
             session.pool.after_wait()
         if keep_trajectories:  # named by the contract's pattern, the rollout id being the step
-            write_trajectories(rollout, contract.trajectory_path(rollout.step, config.trajectories.subdir))
+            write_trajectories(rollout, contract.trajectory_path(rollout.step, config.trajectories.subdir),
+                               session.tokenizer)
 
     if session.pool is not None:
         session.pool.start()
@@ -587,6 +703,7 @@ def run_grpo(config: GRPORun, contract: Contract) -> int:
     finally:
         if session.pool is not None:
             session.pool.close()
+        session.close()
         trackers.close()
         contract.close()
     extra = {"run_id": contract.run_id, "epoch": contract.epoch}

@@ -26,8 +26,8 @@ def perf_metrics(rollout: Rollout, elapsed: float, device: Any) -> dict[str, flo
     import torch
 
     batch = rollout.batch
-    completion = batch.completion_mask.float()
-    tokens = int(batch.prompt_mask.sum()) + int(completion.sum())
+    completion = batch.policy_mask.float()  # the sampled tokens (an episode's observations are not)
+    tokens = int(batch.prompt_mask.sum()) + int(batch.completion_mask.sum())
     metrics = {
         "perf/total_num_tokens": float(tokens),
         "perf/time_per_step": elapsed,
@@ -47,8 +47,33 @@ def _group_fields(rollout: Rollout, p: int) -> dict[str, Any]:
     return {"group_id": group.group_id, "version": group.version, "source": group.source}
 
 
-def write_trajectories(rollout: Rollout, path: Path) -> Path:
-    """Write the rollout's trajectory file ``path`` atomically: one JSON line per prompt group."""
+def _episode_fields(rollout: Rollout, rows: range, tokenizer: Any) -> dict[str, Any]:
+    """Of multi-turn episodes: the task, and each episode's turns in order, ``{"role": "policy" | "env",
+    "text": …}`` (the environment's turns are the tokens left out of the loss)."""
+    batch = rollout.batch
+    if batch.action_mask is None or tokenizer is None:
+        return {}
+    episodes = []
+    for r in rows:
+        n = int(batch.completion_mask[r].sum())
+        ids, policy = batch.completion_ids[r, :n].tolist(), batch.action_mask[r, :n].tolist()
+        turns: list[dict[str, Any]] = []
+        start = 0
+        for i in range(1, n + 1):
+            if i == n or policy[i] != policy[start]:
+                turns.append({"role": "policy" if policy[start] else "env",
+                              "text": tokenizer.decode(ids[start:i], skip_special_tokens=False)})
+                start = i
+        episodes.append(turns)
+    fields: dict[str, Any] = {"episodes": episodes, "turns": [sum(t["role"] == "policy" for t in e) for e in episodes]}
+    if rollout.tasks is not None:
+        fields["task"] = rollout.tasks[rows.start // batch.num_generations]
+    return fields
+
+
+def write_trajectories(rollout: Rollout, path: Path, tokenizer: Any = None) -> Path:
+    """Write the rollout's trajectory file ``path`` atomically: one JSON line per prompt group (with
+    ``tokenizer``, a multi-turn episode's turns too)."""
     g = rollout.batch.num_generations
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,6 +91,7 @@ def write_trajectories(rollout: Rollout, path: Path) -> Path:
                 "advantages": [float(rollout.advantages.advantages[r]) for r in rows],
                 "truncated": [bool(rollout.batch.truncated[r]) for r in rows],
                 **_group_fields(rollout, p),
+                **_episode_fields(rollout, rows, tokenizer),
             }
         )
     atomic_write_text(path, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))

@@ -202,9 +202,9 @@ def load_reward(spec: RewardSpec) -> Reward:
 
 
 def load_rewards(specs: Sequence[RewardSpec]) -> list[Reward]:
-    """Resolve every reward spec; raises ConfigError on the first that cannot be imported."""
-    if not specs:
-        raise ConfigError("trainer.rewards: give at least one reward function")
+    """Resolve every reward spec; raises ConfigError on the first that cannot be imported. (None is
+    fine: a run with ``env:`` may be scored by its environment alone; the run file's validation says
+    when one is needed.)"""
     rewards = [load_reward(spec) for spec in specs]
     names = [r.name for r in rewards]
     duplicates = sorted({n for n in names if names.count(n) > 1})

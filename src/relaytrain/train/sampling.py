@@ -56,11 +56,19 @@ class SampledBatch:
     sampling_logps: Tensor
     """(N, L) log-probability of each token under the distribution it was drawn from (0 on padding)."""
     num_generations: int
+    action_mask: Tensor | None = None
+    """(N, L) 1 on the policy's own tokens, for multi-turn episodes whose completions also hold the
+    environment's observations (``train.episodes``); None: every completion token is the policy's."""
 
     @property
     def completion_lengths(self) -> Tensor:
-        """(N,) generated tokens per completion, EOS included."""
+        """(N,) tokens per completion, EOS included (an episode's observations too)."""
         return self.completion_mask.sum(dim=1)
+
+    @property
+    def policy_mask(self) -> Tensor:
+        """(N, L) 1 on the tokens the policy sampled: the ones a loss may train."""
+        return self.completion_mask if self.action_mask is None else self.action_mask
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[Tensor, Tensor]:
