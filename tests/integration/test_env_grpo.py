@@ -244,3 +244,23 @@ def test_a_worker_runs_an_env_run_to_the_end(tmp_path: Path, cluster) -> None:
     assert run.status == "succeeded", cluster.logs()
     episodes = cluster.client.metrics("calc-grpo", "env/episodes").items
     assert [(p.step, p.value) for p in episodes] == [(1, PER_STEP * G), (2, 2 * PER_STEP * G)]
+
+
+def test_with_data_each_group_starts_from_its_records_prompt_and_reset_fields(tmp_path: Path) -> None:
+    data = tmp_path / "tasks.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Add {i}: ", "answer": str(12 + i), "reset": {"task": f"12+{i}"}})
+                            + "\n" for i in range(5)))
+    config = env_run({"module": "calculator_env:make_env"}, data={"path": str(data)},
+                     trainer={"prompts_per_step": 5, "num_generations": 2})
+    session = GRPOSession(config, Contract.local(tmp_path / "ckpt"))
+    try:
+        rollout = session.rollout()
+    finally:
+        session.close()
+    tokenizer = session.tokenizer
+    for p, task in enumerate(rollout.tasks):  # the record's index is the seed, its reset column the rest
+        i = int(task["task"].split("+")[1])
+        assert task == {"seed": i, "task": f"12+{i}"}
+        prompt = tokenizer.decode(rollout.batch.prompt_ids[p * 2], skip_special_tokens=True)
+        context = tokenizer.decode(rollout.batch.completion_ids[p * 2][rollout.batch.action_mask[p * 2] == 0])
+        assert prompt == f"Add {i}: " and context.startswith(f"12+{i}=")

@@ -166,6 +166,7 @@ def test_an_env_run_needs_no_data_and_no_reward_function():
     ({"urls": ["http://a:1"], "observation_template": "{unclosed"}, "env.observation_template: not a valid"),
     ({"urls": ["http://a:1"], "concurrency": 0}, "env.concurrency: Input should be greater than or equal to 1"),
     ({"urls": ["http://a:1"], "reward": "mean"}, "env.reward: Input should be 'final' or 'sum'"),
+    ({"urls": ["http://a:1"], "down_timeout_s": 600}, "env.down_timeout_s (600) must be below hang_timeout_s (600)"),
 ])
 def test_bad_env_fields_are_named(env, expected):
     with pytest.raises(ConfigError) as caught:

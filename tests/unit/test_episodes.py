@@ -141,3 +141,33 @@ def test_a_sampler_error_reaches_every_waiting_episode() -> None:
 
     results = asyncio.run(main())
     assert [str(r) for r in results] == ["out of memory", "out of memory"]
+
+
+@pytest.mark.parametrize(("straggler_s", "expected"), [(0.02, [[10, 20], [11, 21]]), (1.0, [[10, 20], [11], [21]])])
+def test_a_batch_waits_briefly_for_episodes_still_in_their_environment(straggler_s, expected) -> None:
+    """Turns sampled one by one cost nearly as much as a batch: a turn waits for an episode still in its
+    environment up to half the last batch's time (here 0.1 s), no longer."""
+    import time
+
+    calls: list[list[int]] = []
+
+    def sample(contexts: list[list[int]], keys: list[int]) -> list[Turn]:
+        calls.append(sorted(keys))
+        time.sleep(0.2)
+        return [Turn(token_ids=[key], logps=[-1.0], finished=True) for key in keys]
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = _Batcher(sample, executor)
+
+            async def episode(key: int, env_s: float) -> None:
+                async with batcher.episode():
+                    await batcher.generate([key], key * 10)
+                    async with batcher.environment():
+                        await asyncio.sleep(env_s)
+                    await batcher.generate([key], key * 10 + 1)
+
+            await asyncio.gather(episode(1, 0.0), episode(2, straggler_s))
+
+    asyncio.run(main())
+    assert calls == expected

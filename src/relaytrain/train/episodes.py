@@ -127,6 +127,10 @@ def episode_reward(rewards: Sequence[float | None], mode: str) -> float | None:
 SETTLE_ROUNDS = 2
 """Loop iterations with nothing changing before a batch is sampled: episodes just started or just
 answered get to reach their next wait first (with an in-process environment, all of them)."""
+STRAGGLER_SHARE = 0.5
+"""While some episodes still wait on their environment, a batch waits for them up to this share of
+the last batch's sampling time (a turn sampled alone costs nearly as much as a batch of them)."""
+STRAGGLER_MAX_S = 0.1
 
 
 class _Batcher:
@@ -144,6 +148,10 @@ class _Batcher:
         self._busy = False
         self._settling = False
         self._changes = 0
+        self._first_pending = 0.0
+        self._last_batch_s = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        """The straggler wait in progress, if any."""
 
     @contextlib.asynccontextmanager
     async def episode(self) -> AsyncIterator[None]:
@@ -166,7 +174,10 @@ class _Batcher:
             self._changed()
 
     async def generate(self, context: list[int], key: int) -> Turn:
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self._pending:
+            self._first_pending = loop.time()
         self._pending.append((context, key, future))
         self._changed()
         return await future
@@ -176,25 +187,37 @@ class _Batcher:
 
     def _changed(self) -> None:
         self._changes += 1
+        if self._timer is not None and not self.in_env:  # the stragglers are back: no reason to wait longer
+            self._timer.cancel()
+            self._timer, self._settling = None, False
         if self._ready() and not self._settling:
             self._settling = True
             asyncio.get_running_loop().call_soon(self._settle, self._changes, 0)
 
     def _settle(self, seen: int, quiet: int) -> None:
-        self._settling = False
+        self._settling, self._timer = False, None
         if not self._ready():  # an episode is still running: its next wait calls _changed again
             return
+        loop = asyncio.get_running_loop()
         if self._changes != seen or quiet < SETTLE_ROUNDS:
             self._settling = True
-            asyncio.get_running_loop().call_soon(self._settle, self._changes, 0 if self._changes != seen else quiet + 1)
+            loop.call_soon(self._settle, self._changes, 0 if self._changes != seen else quiet + 1)
             return
+        if self.in_env:  # episodes about to come back from their environment: worth a short wait
+            wait = self._first_pending + min(STRAGGLER_MAX_S, STRAGGLER_SHARE * self._last_batch_s) - loop.time()
+            if wait > 0:
+                self._settling = True
+                self._timer = loop.call_later(wait, self._settle, self._changes, SETTLE_ROUNDS)
+                return
         batch, self._pending = self._pending, []
         self._busy = True
         asyncio.get_running_loop().create_task(self._run(batch))
 
     async def _run(self, batch: list[tuple[list[int], int, asyncio.Future]]) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
-            turns = await asyncio.get_running_loop().run_in_executor(
+            turns = await loop.run_in_executor(
                 self._executor, self._sample, [c for c, _, _ in batch], [k for _, k, _ in batch])
         except BaseException as exc:  # every waiting episode sees the sampler's error
             for _, _, future in batch:
@@ -205,6 +228,7 @@ class _Batcher:
                 if not future.done():
                     future.set_result(turn)
         finally:
+            self._last_batch_s = loop.time() - started
             self._busy = False
             self._changed()
 
