@@ -264,3 +264,65 @@ def test_with_data_each_group_starts_from_its_records_prompt_and_reset_fields(tm
         prompt = tokenizer.decode(rollout.batch.prompt_ids[p * 2], skip_special_tokens=True)
         context = tokenizer.decode(rollout.batch.completion_ids[p * 2][rollout.batch.action_mask[p * 2] == 0])
         assert prompt == f"Add {i}: " and context.startswith(f"12+{i}=")
+
+
+def test_a_rollout_worker_plays_the_episodes_the_trainer_would(tmp_path: Path, calc_sft: Path) -> None:
+    """``rollout:`` on an env run: a rollout worker opens its own environments and plays leased groups with
+    the published weights; what it posts is what the trainer would have played (same keys, same weights,
+    an in-process environment), and the trainer trains it, environment tokens out of the loss."""
+    import threading
+
+    from relaytrain.rollout.engine import TorchEngine
+    from relaytrain.rollout.worker import RolloutWorker, RolloutWorkerSettings
+    from tests.support.commander import wait_until
+
+    config = env_run({"module": "calculator_env:make_env"}, calc_sft, max_steps=6,
+                     rollout={"max_staleness": 4, "lease_s": 60})
+    session = GRPOSession(config, Contract.local(tmp_path / "ckpt", init_from=calc_sft))
+    manager = session.pool.manager
+
+    class Directory:
+        def runs(self) -> list[Any]:
+            return []
+
+        def endpoint(self, run_id: str) -> Any:
+            return type("Endpoint", (), {"url": manager.url, "secret": manager.secret})()
+
+        def register(self, worker_id: str, labels: dict[str, str], run_id: str | None) -> None:
+            pass
+
+    settings = RolloutWorkerSettings(worker_id="rw-env", run_id="calc-grpo", max_groups=2, poll_s=0.05,
+                                     backoff_max_s=0.2, register_every_s=0.5)
+    worker = RolloutWorker(settings, Directory(), engine_factory=lambda: TorchEngine(threads=1, device="cpu"))
+    thread = threading.Thread(target=worker.run, daemon=True)
+    try:
+        session.pool.start()
+        thread.start()
+        wait_until(lambda: "rw-env" in manager.workers, 60, "the rollout worker registers")
+        session.pool.publish(force=True)
+        wait_until(lambda: manager.book.counts()["ready"] >= 2, 120, "groups played by the rollout worker")
+        ready, _ = manager.book.take_ready(2, version=0)
+        for group in ready:
+            assert group.source == "rw-env" and group.version == 0 and group.action_mask is not None
+            (mine,) = session.generate_groups([group.group_id])  # the trainer's own play of the same group
+            assert group.token_ids == mine.token_ids and group.action_mask == mine.action_mask
+            assert group.rewards == mine.rewards and group.per_function["env"] == mine.per_function["env"]
+        manager.book.load_state_dict(manager.book.state_dict() | {"ready": [
+            {**g.__dict__} for g in ready]})  # back on the shelf, to be trained
+        sources = []
+        while session.step < 3:
+            rollout, metrics = session.train_step()
+            sources += [g.source for g in rollout.groups]
+            assert rollout.batch.action_mask is not None and metrics["loss_tokens"] > 0
+    finally:
+        worker.stop()
+        thread.join(timeout=60)
+        session.pool.close()
+        session.close()
+    assert "rw-env" in sources and multi_turn(rollout)
+
+
+def multi_turn(rollout: Any) -> bool:
+    """Some episode of the rollout has more than one policy turn (an observation between two actions)."""
+    mask = rollout.batch.action_mask.tolist()
+    return any(sum(1 for a, b in zip(row, row[1:], strict=False) if a == 0 and b == 1) >= 2 for row in mask)

@@ -254,3 +254,55 @@ def test_a_batch_of_results_is_taken_item_by_item_each_saying_why_not(manager: R
     assert "num_generations=2" in items[1]["detail"] and "not leased" in items[2]["detail"]
     assert manager.book.counts() == {"pending": 4, "leased": 1, "ready": 1, "trained": 0}
     assert http.post("/groups/results", json={"results": []}).status_code == 422
+
+
+def test_an_episode_run_leases_tasks_and_takes_only_whole_episodes(clock: Clock) -> None:
+    """A run that plays episodes: each lease carries the group's reset arguments; a result needs one action
+    mask entry per token and no log-probability on the environment's tokens; the environment's rewards
+    reach the trainer's score."""
+    sampling = SamplingSettings(num_generations=2, max_new_tokens=MAX_NEW, temperature=1.0, top_p=1.0, seed=0,
+                                eos_token_id=EOS, pad_token_id=0, vocab_size=VOCAB)
+    info = ManagerInfo(run_id="r", epoch=3, max_staleness=1, lease_s=30, heartbeat_s=2, sampling=sampling,
+                       model=ModelSpec(config={"model_type": "llama"}), groups_total=2,
+                       env={"module": "calc:make_env"}, tokenizer_files={"tokenizer.json": "{}"})
+    scored: list[Any] = []
+
+    def score(group_id: int, token_ids: list[list[int]], env_rewards: list[float | None]) -> tuple[list, dict]:
+        scored.append((group_id, env_rewards))
+        return [r if r is None else 2 * r for r in env_rewards], {"env": env_rewards}
+
+    manager = RolloutManager(GroupBook(2, max_staleness=1, lease_s=30), info=info, prompt_ids=lambda g: [1],
+                             score=score, clock=clock, task=lambda g: {"seed": 10 + g})
+    manager.start(host="127.0.0.1", port=0, advertise="127.0.0.1")
+    try:
+        with httpx.Client(base_url=manager.url + PREFIX, headers={"Authorization": f"Bearer {manager.secret}"}) as http:
+            register(http)
+            manager.publish_weights(0, b"w")
+            leased = http.post("/groups/lease", json={"worker_id": "w1", "version": 0, "max_groups": 1}).json()
+            (group,) = leased["groups"]
+            assert group["task"] == {"seed": 10 + group["group_id"]}
+
+            def episode(mask: list[int] | None, logps: list[float], reward: float | None) -> dict[str, Any]:
+                return {"token_ids": [5, 6, 7, EOS], "logps": logps, "finished": True, "action_mask": mask,
+                        "env_reward": reward}
+
+            good = episode([0, 1, 1, 1], [0.0, -0.5, -0.5, -0.1], 1.0)
+            for bad, detail in [
+                (episode(None, [0.0, -0.5, -0.5, -0.1], 1.0), "action_mask: required for an episode"),
+                (episode([0, 1, 1], [0.0, -0.5, -0.5, -0.1], 1.0), "action_mask: required for an episode"),
+                (episode([0, 1, 1, 1], [-0.3, -0.5, -0.5, -0.1], 1.0), "the environment's tokens carry no"),
+            ]:
+                answer = http.post(f"/groups/{group['group_id']}/result",
+                                   json={"worker_id": "w1", "attempt": group["attempt"], "version": 0,
+                                         "completions": [good, bad]})
+                assert answer.status_code == 422 and detail in answer.json()["detail"]
+            assert not scored  # nothing refused was scored
+            answer = http.post(f"/groups/{group['group_id']}/result",
+                               json={"worker_id": "w1", "attempt": group["attempt"], "version": 0,
+                                     "completions": [good, episode([0, 1, 1, 1], [0.0, -1.0, -1.0, -1.0], None)]})
+            assert answer.status_code == 200 and answer.json()["accepted"]
+        (ready,), _ = manager.book.take_ready(1, version=0)
+        assert scored == [(group["group_id"], [1.0, None])]
+        assert ready.rewards == [2.0, None] and ready.action_mask == [[0, 1, 1, 1], [0, 1, 1, 1]]
+    finally:
+        manager.stop()

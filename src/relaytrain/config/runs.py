@@ -482,9 +482,6 @@ class GRPORun(_BuiltinRun):
     @model_validator(mode="after")
     def _env_defaults(self) -> GRPORun:
         """With ``env``: no data and no reward function unless the file names them."""
-        if self.plays_episodes and self.rollout is not None and self.rollout.workers:
-            raise ValueError("rollout.workers: rollout workers do not play episodes yet: with env or "
-                             "rollout.generate the trainer generates alone (docs/environments.md)")
         if self.env is not None and self.env.down_timeout_s >= self.hang_timeout_s:
             raise ValueError(f"env.down_timeout_s ({self.env.down_timeout_s:g}) must be below hang_timeout_s "
                              f"({self.hang_timeout_s:g}): the worker would kill the trainer as hung first")

@@ -165,6 +165,31 @@ class TorchEngine(Engine):
         return [rows[i * g : (i + 1) * g] for i in range(len(groups))]
 
 
+    def sample_turns(self, contexts: list[list[int]], keys: list[int], settings: SamplingSettings,
+                     version: int) -> list[Any]:
+        """One policy turn after each context (``train.episodes.Turn``), with weights ``version``: what a
+        rollout worker's episodes are played with, sampled as the trainer's episode loop samples."""
+        from relaytrain.train.episodes import Turn
+        from relaytrain.train.sampling import sample_completions
+
+        with self._lock:
+            if self._model is None or self._version != version:
+                raise EngineError(f"asked to sample with weights v{version}, holding v{self._version}")
+            batch = sample_completions(self._model, contexts, prompt_keys=keys, num_generations=1,
+                                       seed=settings.seed, step=version, eos_token_id=settings.eos_token_id,
+                                       pad_token_id=settings.pad_token_id, max_new_tokens=settings.max_new_tokens,
+                                       temperature=settings.temperature, top_p=settings.top_p)
+        lengths = batch.completion_lengths.tolist()
+        return [Turn(token_ids=batch.completion_ids[i, :n].tolist(), logps=batch.sampling_logps[i, :n].tolist(),
+                     finished=not bool(batch.truncated[i])) for i, n in enumerate(lengths)]
+
+    @property
+    def max_length(self) -> int:
+        """The model's context length (what an episode may grow to)."""
+        base = self._model.get_base_model() if hasattr(self._model, "get_base_model") else self._model
+        return int(getattr(base.config, "max_position_embeddings", None) or 1 << 30)
+
+
 def _dtype(name: Any) -> Any:
     """The torch dtype a config names (``"bfloat16"``, ``"torch.float16"``); float32 when it names none."""
     import torch

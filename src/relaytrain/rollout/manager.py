@@ -71,8 +71,9 @@ HEARTBEAT_S = 2.0
 LOST_AFTER_BEATS = 3
 REAP_INTERVAL_S = 0.25
 
-Score = Callable[[int, list[list[int]]], tuple[list[float | None], dict[str, list[float | None]]]]
-"""``score(group_id, token_ids per completion) -> (total rewards, per-function rewards)``."""
+Score = Callable[..., tuple[list[float | None], dict[str, list[float | None]]]]
+"""``score(group_id, token_ids per completion) -> (total rewards, per-function rewards)``; for a run that
+plays episodes, with ``env_rewards=`` (the environment's reward of each episode) too."""
 
 
 @dataclass
@@ -148,8 +149,11 @@ class RolloutManager:
 
     def __init__(self, book: GroupBook, *, info: ManagerInfo, prompt_ids: Callable[[int], list[int]],
                  score: Score, secret: str | None = None, clock: Callable[[], float] = time.monotonic,
-                 training_version: Callable[[], int] | None = None) -> None:
+                 training_version: Callable[[], int] | None = None,
+                 task: Callable[[int], dict[str, Any]] | None = None) -> None:
         self.book = book
+        self.task = task
+        """A run that plays episodes: the reset arguments of group ``g``, handed out with its lease."""
         self.training_version = training_version
         """The version the trainer trains next (its step), which may be ahead of the latest published
         one: a result is judged stale against it, as the trainer will judge it when it takes it."""
@@ -334,7 +338,8 @@ class RolloutManager:
                 raise GroupRefused(409, "no weights published yet: wait and pull")
             taken = self.book.lease(req.worker_id, req.max_groups, version=req.version, latest=latest,
                                     now=self.clock())
-            groups = [GroupLease(group_id=g, attempt=a, prompt_ids=self.prompt_ids(g), deadline_s=self.book.lease_s)
+            groups = [GroupLease(group_id=g, attempt=a, prompt_ids=self.prompt_ids(g), deadline_s=self.book.lease_s,
+                                 task=self.task(g) if self.task is not None else None)
                       for g, a in taken]
             return LeaseResponse(groups=groups, latest_version=latest, finished=not groups and self.book.finished)
 
@@ -366,10 +371,15 @@ class RolloutManager:
         self._validate(group_id, req)
         self.book.check_result(group_id, req.worker_id, req.attempt, version=req.version, latest=self._judged_against())
         token_ids = [c.token_ids for c in req.completions]
-        rewards, per_function = self.score(group_id, token_ids)
+        if self.info.plays_episodes:
+            rewards, per_function = self.score(group_id, token_ids, env_rewards=[c.env_reward for c in req.completions])
+            masks: list[list[int]] | None = [list(c.action_mask or []) for c in req.completions]
+        else:
+            rewards, per_function = self.score(group_id, token_ids)
+            masks = None
         group = ReadyGroup(group_id=group_id, version=req.version, source=req.worker_id, token_ids=token_ids,
                            logps=[c.logps for c in req.completions], finished=[c.finished for c in req.completions],
-                           rewards=rewards, per_function=per_function)
+                           rewards=rewards, per_function=per_function, action_mask=masks)
         self.book.accept(group, req.worker_id, req.attempt)
         record.groups_done += 1
         record.tokens_done += group.tokens
@@ -386,8 +396,13 @@ class RolloutManager:
         if len(req.completions) != sampling.num_generations:
             raise GroupRefused(422, f"completions: {len(req.completions)} for group {group_id}, expected "
                                     f"num_generations={sampling.num_generations}")
+        if self.info.plays_episodes:
+            self._validate_episodes(req)
+            return
         for i, c in enumerate(req.completions):
             where = f"completions[{i}]"
+            if c.action_mask is not None or c.env_reward is not None:
+                raise GroupRefused(422, f"{where}: action_mask and env_reward are for runs that play episodes")
             if len(c.token_ids) > sampling.max_new_tokens:
                 raise GroupRefused(422, f"{where}.token_ids: {len(c.token_ids)} tokens, more than "
                                         f"max_new_tokens={sampling.max_new_tokens}")
@@ -404,6 +419,24 @@ class RolloutManager:
             if not c.finished and (eos or len(c.token_ids) != sampling.max_new_tokens):
                 raise GroupRefused(422, f"{where}: not finished, so it must hold max_new_tokens="
                                         f"{sampling.max_new_tokens} tokens and no EOS")
+
+
+    def _validate_episodes(self, req: GroupResult) -> None:
+        """As ``_validate``, for episodes: an action mask as long as the tokens, some policy token, logps
+        0 on the environment's tokens."""
+        vocab = self.info.sampling.vocab_size
+        for i, c in enumerate(req.completions):
+            where = f"completions[{i}]"
+            if c.action_mask is None or len(c.action_mask) != len(c.token_ids):
+                raise GroupRefused(422, f"{where}.action_mask: required for an episode, one 0/1 per token "
+                                        f"({len(c.token_ids)})")
+            if len(c.logps) != len(c.token_ids):
+                raise GroupRefused(422, f"{where}.logps: {len(c.logps)} values for {len(c.token_ids)} tokens")
+            bad = next((t for t in c.token_ids if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise GroupRefused(422, f"{where}.token_ids: {bad} is not a token id (vocabulary of {vocab})")
+            if any(m == 0 and lp != 0 for m, lp in zip(c.action_mask, c.logps, strict=True)):
+                raise GroupRefused(422, f"{where}.logps: the environment's tokens carry no log-probability (0)")
 
 
 async def _slices(view: memoryview) -> AsyncIterator[memoryview]:

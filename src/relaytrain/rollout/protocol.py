@@ -82,6 +82,17 @@ class ManagerInfo(_Wire):
     sampling: SamplingSettings
     model: ModelSpec
     groups_total: int = Field(..., description="Groups in the whole run (max_steps × prompts_per_step).")
+    env: dict[str, Any] | None = Field(None, description="A run that plays episodes: its ``env`` section "
+                                       "(``config.EnvConfig``), which a worker opens its own environments with.")
+    generate: str | None = Field(None, description="A run's ``rollout.generate`` hook (``pkg.mod:function``): a "
+                                 "worker plays each group with it.")
+    tokenizer_files: dict[str, str] | None = Field(
+        None, description="For a run that plays episodes: the tokenizer's files (name → text), which a worker "
+        "decodes actions and encodes observations with.")
+
+    @property
+    def plays_episodes(self) -> bool:
+        return self.env is not None or self.generate is not None
 
 
 class RegisterWorker(_Wire):
@@ -131,6 +142,7 @@ class GroupLease(_Wire):
     attempt: int
     prompt_ids: list[int]
     deadline_s: float = Field(..., description="Seconds from now until the group is re-queued.")
+    task: dict[str, Any] | None = Field(None, description="A run that plays episodes: the group's reset arguments.")
 
 
 class LeaseResponse(_Wire):
@@ -142,7 +154,25 @@ class LeaseResponse(_Wire):
 class Completion(_Wire):
     token_ids: list[int] = Field(..., min_length=1, description="Generated tokens, EOS included when reached.")
     logps: list[float] = Field(..., description="Sampling log-prob of each token (same length).")
-    finished: bool = Field(..., description="Ended with EOS (else truncated at max_new_tokens).")
+    finished: bool = Field(..., description="Ended with EOS (else truncated at max_new_tokens); an episode: "
+                           "ended by its environment (else at max_turns).")
+    action_mask: list[int] | None = Field(None, description="An episode: 1 on the policy's tokens, 0 on the "
+                                          "environment's (same length as token_ids).")
+    env_reward: float | None = Field(None, description="An episode: the environment's reward (None: it gave none).")
+
+    @field_validator("action_mask")
+    @classmethod
+    def _zeros_and_ones(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(v not in (0, 1) for v in value):
+            raise ValueError("must hold only 0 and 1")
+        return value
+
+    @field_validator("env_reward")
+    @classmethod
+    def _finite_reward(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{value} is not a finite number")
+        return value
 
     @field_validator("logps")
     @classmethod

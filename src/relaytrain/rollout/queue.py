@@ -53,6 +53,8 @@ class ReadyGroup:
     rewards: list[float | None]
     """The weighted total reward of each completion."""
     per_function: dict[str, list[float | None]] = field(default_factory=dict)
+    action_mask: list[list[int]] | None = None
+    """Episodes: 1 on the policy's tokens of each completion, 0 on the environment's."""
 
     @property
     def tokens(self) -> int:

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 from relaytrain.errors import RelayError
 from relaytrain.rollout.manager_client import STREAMS, ManagerClient, ManagerGone, PulledWeights, Refused
 from relaytrain.rollout.protocol import (
+    Completion,
     GroupLease,
     GroupResult,
     LeaseRequest,
@@ -246,6 +247,12 @@ class Session:
         info = self.manager.info()
         self.engine = self.worker.engine_for(info)
         self.info = info
+        self.episodes: Any = None
+        """An ``EpisodeRunner`` when the run plays episodes (``env:`` or ``rollout.generate``)."""
+        if info.plays_episodes:
+            self.episodes = episode_runner(info, self.engine, lambda: self._version)
+            log.info("run %s plays episodes: %s", self.run_id,
+                     ", ".join(self.episodes.pool.urls) if self.episodes.pool is not None else info.generate)
         registered = self.manager.register(RegisterWorker(worker_id=s.worker_id, threads=s.threads, labels=s.labels))
         self.worker.stats["sessions"] += 1
         log.info("registered with the rollout manager of run %s (epoch %d) at %s", self.run_id, info.epoch,
@@ -263,6 +270,8 @@ class Session:
         finally:
             self._ended.set()
             self._puller.shutdown(wait=False, cancel_futures=True)
+            if self.episodes is not None:
+                self.episodes.close()
 
     def _step(self) -> None:
         """One lease → generate → post, or a wait when there is nothing to do."""
@@ -293,7 +302,10 @@ class Session:
     def _generate_and_post(self, groups: list[GroupLease]) -> None:
         started = time.monotonic()
         try:
-            completions = self.engine.generate(groups, self.info.sampling, self._version)
+            if self.episodes is not None:
+                completions = play_groups(self.episodes, groups, self.info, self._version)
+            else:
+                completions = self.engine.generate(groups, self.info.sampling, self._version)
         except BaseException:
             release_all(self.manager, self.settings.worker_id, groups)
             self.worker.stats["groups_released"] += len(groups)
@@ -388,6 +400,46 @@ class Session:
     def _check_alive(self) -> None:
         if self._gone is not None:
             raise ManagerGone(f"heartbeat: {self._gone}")
+
+
+def episode_runner(info: ManagerInfo, engine: Any, version: Callable[[], int | None]) -> Any:
+    """The episode loop of a run that plays episodes, on this worker: its own environments (the run's
+    ``env``), the run's tokenizer, the engine's turns with the weights it holds (``version()``)."""
+    import tempfile
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from relaytrain.config import EnvConfig
+    from relaytrain.train.episodes import EpisodeRunner
+
+    with tempfile.TemporaryDirectory() as folder:
+        for name, text in (info.tokenizer_files or {}).items():
+            (Path(folder) / Path(name).name).write_text(text, encoding="utf-8")
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+
+    def sample(contexts: list[list[int]], keys: list[int]) -> list[Any]:
+        held = version()
+        assert held is not None, "episodes played before weights were pulled"
+        return engine.sample_turns(contexts, keys, info.sampling, held)
+
+    env = EnvConfig.model_validate(info.env) if info.env is not None else None
+    return EpisodeRunner(env, sample=sample, tokenizer=tokenizer, max_new_tokens=info.sampling.max_new_tokens,
+                         max_length=engine.max_length, hook=info.generate)
+
+
+def play_groups(runner: Any, groups: list[GroupLease], info: ManagerInfo, version: int) -> list[list[Completion]]:
+    """Play the G episodes of each leased group, as the trainer would (same keys, same weights version):
+    completions with the policy's mask and the environment's reward."""
+    from relaytrain.train.episodes import PromptGroup
+
+    tokenizer = runner.policy.tokenizer
+    prompts = [PromptGroup(position=g.group_id, prompt=tokenizer.decode(g.prompt_ids, skip_special_tokens=True),
+                           prompt_ids=list(g.prompt_ids), task=dict(g.task or {}),
+                           num_generations=info.sampling.num_generations, step=version) for g in groups]
+    played = runner.play_groups(prompts)
+    return [[Completion(token_ids=e.token_ids, logps=e.logps, finished=e.done, action_mask=e.action_mask,
+                        env_reward=e.reward) for e in episodes] for episodes in played]
 
 
 class Pace:

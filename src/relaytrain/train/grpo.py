@@ -152,7 +152,7 @@ class GRPOSession:
         self._scoring = threading.Lock()
         self.pool: Any = None
         """The ``grpo_pool.RolloutPool`` when the run file has ``rollout:``."""
-        if config.rollout is not None and not config.plays_episodes:  # workers sample completions, not episodes
+        if config.rollout is not None:
             from relaytrain.train.grpo_pool import RolloutPool
 
             self.pool = RolloutPool(self)

@@ -56,8 +56,15 @@ def groups_to_batch(groups: list[ReadyGroup], prompt_ids: list[list[int]], num_g
         logps[row, :n] = torch.tensor(group.logps[k], dtype=torch.float32)
         mask[row, :n] = 1
     truncated = torch.tensor([not group.finished[k] for _, group, k in rows], dtype=torch.bool)
+    action = None
+    if any(group.action_mask is not None for group in groups):  # episodes: the policy's tokens only
+        action = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, (_, group, k) in enumerate(rows):
+            assert group.action_mask is not None, f"group {group.group_id} is not an episode group"
+            action[row, : len(group.action_mask[k])] = torch.tensor(group.action_mask[k], dtype=torch.long)
     return SampledBatch(prompt_ids=prompts, prompt_mask=prompt_mask, completion_ids=ids, completion_mask=mask,
-                        truncated=truncated, sampling_logps=logps, num_generations=num_generations)
+                        truncated=truncated, sampling_logps=logps, num_generations=num_generations,
+                        action_mask=action)
 
 
 def split_batch(batch: Any, group_ids: list[int], version: int, source: str) -> list[ReadyGroup]:
@@ -73,8 +80,26 @@ def split_batch(batch: Any, group_ids: list[int], version: int, source: str) -> 
             logps=[batch.sampling_logps[r, : lengths[r]].tolist() for r in rows],
             finished=[not bool(batch.truncated[r]) for r in rows],
             rewards=[], per_function={},
+            action_mask=None if batch.action_mask is None else [batch.action_mask[r, : lengths[r]].tolist()
+                                                                for r in rows],
         ))
     return groups
+
+
+def tokenizer_files(tokenizer: Any) -> dict[str, str]:
+    """The tokenizer's files (``save_pretrained``) as text, for rollout workers that play episodes."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer.save_pretrained(folder)
+        files = {}
+        for path in sorted(Path(folder).iterdir()):
+            try:
+                files[path.name] = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                log.warning("tokenizer file %s is not text: rollout workers do without it", path.name)
+        return files
 
 
 class RolloutPool:
@@ -98,12 +123,18 @@ class RolloutPool:
             vocab_size=int(base.config.vocab_size),
         )
         lora = trainer.lora.model_dump(mode="json") if trainer.lora is not None else None
+        episodes = session.config.plays_episodes
+        env = session.config.env
         info = ManagerInfo(run_id=session.contract.run_id, epoch=session.contract.epoch, version=None,
                            max_staleness=config.max_staleness, lease_s=config.lease_s, heartbeat_s=HEARTBEAT_S,
                            sampling=sampling, model=ModelSpec(config=base.config.to_dict(), lora=lora),
-                           groups_total=self.book.total)
+                           groups_total=self.book.total,
+                           env=env.model_dump(mode="json") if env is not None else None,
+                           generate=config.generate, tokenizer_files=tokenizer_files(session.tokenizer) if episodes
+                           else None)
         self.manager = RolloutManager(self.book, info=info, prompt_ids=self._prompt_ids, score=self._score,
-                                      training_version=lambda: session.step)
+                                      training_version=lambda: session.step,
+                                      task=session.task if episodes else None)
         self._publisher = ThreadPoolExecutor(1, thread_name_prefix="rollout-publish")
         self._publishing: Future | None = None
         self._publish_lock = threading.Lock()
@@ -145,8 +176,12 @@ class RolloutPool:
     def _prompt_ids(self, group_id: int) -> list[int]:
         return self.session.prompt_ids[self.session.cursor.index_at(group_id)]
 
-    def _score(self, group_id: int, token_ids: list[list[int]]) -> tuple[list[float | None], dict[str, list]]:
-        scores = self.session.score_groups([group_id], token_ids)
+    def _score(self, group_id: int, token_ids: list[list[int]],
+               env_rewards: list[float | None] | None = None) -> tuple[list[float | None], dict[str, list]]:
+        if env_rewards is not None:  # an episode group: the environment's reward, and the run's functions
+            scores = self.session.score_episodes([group_id], token_ids, env_rewards)
+        else:
+            scores = self.session.score_groups([group_id], token_ids)
         return scores.total, scores.per_function
 
     def next_groups(self) -> tuple[list[ReadyGroup], list[ReadyGroup]]:
