@@ -25,10 +25,14 @@ def steps_in(text: str) -> list[int]:
     return [int(n) for n in re.findall(r"^step (\d+) state ", text, re.M)]
 
 
+STEPS = 300
+
+
 def test_logs_are_read_through_the_commander_across_a_kill_9_hand_off(cluster, tmp_path):
     elsewhere = tmp_path / "elsewhere"  # not a worker's folder: the logs come from the commander
     elsewhere.mkdir()
-    cluster.client.submit(counter_run("chatty", cluster.store, max_steps=120, every=10, step_s=0.04))
+    # long enough (12 s) that the victim is still training when it is killed, however slowly its logs arrive
+    cluster.client.submit(counter_run("chatty", cluster.store, max_steps=STEPS, every=10, step_s=0.04))
     env = {**os.environ, "RELAY_COMMANDER": cluster.commander.url, "RELAY_TOKEN": cluster.commander.token}
     follower = subprocess.Popen([sys.executable, "-m", "relaytrain.cli", "logs", "chatty", "-f"], cwd=elsewhere,
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -37,6 +41,7 @@ def test_logs_are_read_through_the_commander_across_a_kill_9_hand_off(cluster, t
         cluster.wait_step("chatty", 30)
         wait_until(lambda: 25 in steps_in(relay("logs", "chatty", commander=cluster.commander, cwd=elsewhere).stdout),
                    30, "the victim's output to reach the commander")
+        assert cluster.run("chatty").status == "running", "the run ended before the kill: make it longer"
         victim.signal(signal.SIGKILL)
         cluster.worker("heir")
         run = cluster.wait_status("chatty", ("succeeded",), timeout_s=120)
@@ -50,16 +55,17 @@ def test_logs_are_read_through_the_commander_across_a_kill_9_hand_off(cluster, t
     resumed_at = run.attempts[1].step_start
 
     first = relay("logs", "chatty", "--attempt", "1", commander=cluster.commander, cwd=elsewhere).stdout
-    assert steps_in(first)[:25] == list(range(1, 26)) and 120 not in steps_in(first)
+    assert steps_in(first)[:25] == list(range(1, 26)) and STEPS not in steps_in(first)
     second = relay("logs", "chatty", commander=cluster.commander, cwd=elsewhere).stdout
     assert f"resumed at step {resumed_at}" in second  # the trainer's stderr, with its stdout
-    assert steps_in(second) == list(range(resumed_at + 1, 121))
+    assert steps_in(second) == list(range(resumed_at + 1, STEPS + 1))
     only_stdout = relay("logs", "chatty", "--stream", "stdout", commander=cluster.commander, cwd=elsewhere).stdout
     assert "resumed at step" not in only_stdout and steps_in(only_stdout) == steps_in(second)
 
     assert "── attempt 2 on heir ──" in err  # the follower moved on to the heir's attempt
     followed = steps_in(out)
-    assert followed[:25] == list(range(1, 26)) and followed[-(120 - resumed_at):] == list(range(resumed_at + 1, 121))
+    assert followed[:25] == list(range(1, 26))
+    assert followed[-(STEPS - resumed_at):] == list(range(resumed_at + 1, STEPS + 1))
 
     missing = relay("logs", "chatty", "--attempt", "7", commander=cluster.commander, check=False, cwd=elsewhere)
     assert missing.returncode == 1 and "no attempt 7 (attempts: 1, 2)" in missing.stderr
