@@ -26,7 +26,7 @@ pytest.importorskip("openenv")
 
 from relaytrain.config import GRPORun, SFTRun, parse_run_config  # noqa: E402
 from relaytrain.contract import Contract, ExitCode  # noqa: E402
-from relaytrain.train.grpo import GRPOSession  # noqa: E402
+from relaytrain.train.grpo import GRPOSession, run_grpo  # noqa: E402
 from tests.support.envs import CALCULATOR, calculator_servers  # noqa: E402
 from tests.support.grpo import finish, launch, progress, state_digests  # noqa: E402
 
@@ -162,12 +162,19 @@ def test_a_task_the_environment_refuses_fails_the_run_as_permanent_naming_it(tmp
 
 
 def test_an_in_process_environment_resumes_bit_for_bit(tmp_path: Path, calc_sft: Path) -> None:
+    """Straight to step 4, against to step 2 then resumed (a new session, as a new process would build)."""
     config = env_run({"module": "calculator_env:make_env"}, calc_sft, max_steps=4, trajectories={"save": True})
-    init = {"RELAY_INIT_FROM": str(calc_sft)}
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    for process in [launch(config, straight, 4, env=init), launch(config, interrupted, 2, env=init)]:
-        finish(process)
-    finish(launch(config, interrupted, 4, resume=interrupted / "checkpoints" / "step_00000002", env=init))
+
+    def contract(root: Path, **fields: Any) -> Contract:
+        return Contract.local(root / "checkpoints", init_from=str(calc_sft), rollout_trajectory_root=root / "rollouts",
+                              **fields)
+
+    assert run_grpo(config, contract(straight)) == ExitCode.OK
+    assert run_grpo(config, contract(interrupted, max_steps=2)) == ExitCode.OK
+    assert not (interrupted / "checkpoints" / "step_00000004").exists()
+    resume = interrupted / "checkpoints" / "step_00000002"
+    assert run_grpo(config, contract(interrupted, resume_from=resume)) == ExitCode.OK
 
     for step in ("step_00000002", "step_00000004"):
         a = state_digests(straight / "checkpoints" / step)
@@ -177,7 +184,8 @@ def test_an_in_process_environment_resumes_bit_for_bit(tmp_path: Path, calc_sft:
         name = f"rollout_{step:08d}.jsonl"
         assert (straight / "rollouts" / name).read_bytes() == (interrupted / "rollouts" / name).read_bytes()
     assert any(len(e) > 2 for g in trajectories(straight / "rollouts") for e in g["episodes"])  # multi-turn ones
-    assert last_metrics(straight)["env/episodes"] == last_metrics(interrupted)["env/episodes"] == 4 * PER_STEP * G
+    ends = [last_metrics(root / "checkpoints")["env/episodes"] for root in (straight, interrupted)]
+    assert ends == [4 * PER_STEP * G] * 2  # the counters came back with the checkpoint
 
 
 def success_rate(session: GRPOSession) -> tuple[float, float]:
@@ -212,10 +220,11 @@ def test_a_generate_hook_brings_its_own_rollout(tmp_path: Path) -> None:
         "trainer": {"prompts_per_step": 2, "num_generations": 4, "max_new_tokens": 6}})
     session = GRPOSession(alone, Contract.local(tmp_path / "alone"))
     try:
-        assert session.pool is None  # no rollout manager: the trainer plays the hook
-        rollout, metrics = session.train_step()
+        rollout, metrics = session.train_step()  # no rollout worker attached: the trainer plays the hook
     finally:
+        session.pool.close()
         session.close()
+    assert {group.source for group in rollout.groups} == {"trainer"}
     batch = rollout.batch
     assert batch.action_mask is not None and bool(batch.action_mask.eq(batch.completion_mask).all())
     texts = session.tokenizer.batch_decode(rollout.batch.completion_ids, skip_special_tokens=True)
@@ -228,6 +237,7 @@ def test_a_generate_hook_brings_its_own_rollout(tmp_path: Path) -> None:
     try:
         rollout, metrics = session.train_step()
     finally:
+        session.pool.close()
         session.close()
     context = session.tokenizer.decode(rollout.batch.completion_ids[0][rollout.batch.action_mask[0] == 0])
     assert "hint: " in context and metrics["env/episodes"] == PER_STEP * G
