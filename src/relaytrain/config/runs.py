@@ -46,6 +46,13 @@ def parse_report_to(value: Any) -> Any:
     return value
 
 
+def check_function_path(value: str | None) -> str | None:
+    """``value`` if it names a function as ``package.module:function`` (or is None), else ValueError."""
+    if value is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+        raise ValueError(f"{value!r} must read 'package.module:function'")
+    return value
+
+
 def validate_run_id(value: str) -> str:
     """Return ``value`` if it is a safe run id (it becomes a folder name), else raise ValueError."""
     if not isinstance(value, str) or not _RUN_ID_RE.fullmatch(value):
@@ -256,9 +263,7 @@ class RolloutConfig(_Model):
     @field_validator("generate")
     @classmethod
     def _generate_function(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
-            raise ValueError(f"{value!r} must read 'package.module:function'")
-        return value
+        return check_function_path(value)
 
 
 class EnvConfig(_Model):
@@ -307,9 +312,7 @@ class EnvConfig(_Model):
     @field_validator("module")
     @classmethod
     def _module_function(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
-            raise ValueError(f"{value!r} must read 'package.module:function'")
-        return value
+        return check_function_path(value)
 
     @field_validator("observation_template")
     @classmethod
