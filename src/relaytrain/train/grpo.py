@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy as copy_module
 import logging
-import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from relaytrain.config import GRPORun, GRPOTrainer
 from relaytrain.contract import Contract, ExitCode
 from relaytrain.errors import CheckpointError, ConfigError
 from relaytrain.train.data import DataCursor, Example, load_examples
-from relaytrain.train.grpo_report import perf_metrics, write_trajectories
+from relaytrain.train.grpo_report import reward_labels, step_metrics, write_trajectories
 from relaytrain.train.model_io import is_lora, load_model_weights, unique_tensors
 from relaytrain.train.rewards import load_rewards, score_completions
 from relaytrain.train.session import (
@@ -114,7 +113,7 @@ class GRPOSession:
         self.max_steps = contract.max_steps or config.max_steps
         self.device = pick_device()
         self.rewards = load_rewards(trainer.rewards)
-        self.reward_labels = _reward_labels([r.name for r in self.rewards])
+        self.reward_labels = reward_labels([r.name for r in self.rewards])
         self.reward_labels[ENV_REWARD] = ENV_REWARD
         seed_everything(trainer.seed)
         self.resumed: dict[str, Any] | None = None
@@ -402,65 +401,22 @@ class GRPOSession:
         )
 
     def policy_logps(self, model: Any, rollout: Rollout, rows: Any = None) -> Any:
-        """(N, L) log-probs of the sampled completions under ``model`` at the sampling temperature.
-
-        With ``rows`` (indices), only those completions go through the model; the others read 0.
-        The completions of one prompt share it: each prompt is read once, and its keys and values
-        (with their gradient) are handed to every completion of it, as the sampler does. Same
-        numbers as one pass over prompt + completion per row, with a third to a half less work."""
+        """(N, L) log-probs of the sampled completions under ``model`` at the sampling temperature
+        (``sampling.completion_logits``). With ``rows`` (indices), only those completions go through
+        the model; the others read 0."""
         import torch
 
         from relaytrain.train.grpo_loss import token_logps
+        from relaytrain.train.sampling import completion_logits
 
         batch = rollout.batch
         n = batch.completion_ids.shape[0]
         picked = torch.arange(n) if rows is None else rows.cpu()
-        logits = self._shared_prompt_logits(model, batch, picked)
-        if logits is None:  # a model whose cache cannot be shared: one pass per row
-            logits = self._row_logits(model, batch, picked)
+        logits = completion_logits(model, batch, picked, self.device)
         logps = token_logps(logits, batch.completion_ids[picked].to(self.device), self.config.trainer.temperature)
         if rows is None:
             return logps
         return logps.new_zeros(batch.completion_ids.shape).index_copy(0, picked.to(self.device), logps)
-
-    def _row_logits(self, model: Any, batch: Any, picked: Any) -> Any:
-        """(R, L, V) next-token logits for the completions ``picked``, prompt and completion in one pass."""
-        import torch
-
-        from relaytrain.train.sampling import position_ids_from_mask
-
-        ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)[picked].to(self.device)
-        mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)[picked].to(self.device)
-        width = batch.completion_ids.shape[1]
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
-        return logits[:, -width - 1 : -1, :]
-
-    def _shared_prompt_logits(self, model: Any, batch: Any, picked: Any) -> Any:
-        """As ``_row_logits``, reading each prompt once; None when the model's cache cannot be shared."""
-        import torch
-
-        from relaytrain.train.sampling import model_cache, position_ids_from_mask
-
-        groups, of_row = torch.unique(picked // batch.num_generations, return_inverse=True)
-        first = groups * batch.num_generations  # a row of each group: they all hold the same prompt
-        prompt_ids, prompt_mask = batch.prompt_ids[first].to(self.device), batch.prompt_mask[first].to(self.device)
-        out = model(input_ids=prompt_ids, attention_mask=prompt_mask,
-                    position_ids=position_ids_from_mask(prompt_mask), use_cache=True)
-        cache_name, cache = model_cache(out)
-        if not hasattr(cache, "batch_select_indices"):
-            return None
-        of_row = of_row.to(self.device)
-        cache.batch_select_indices(of_row)  # differentiable: indexing the prompt's keys and values
-        head = out.logits[:, -1:, :][of_row]  # predicts each completion's first token
-        completion = batch.completion_ids[picked].to(self.device)
-        width = completion.shape[1]
-        if width == 1:
-            return head
-        mask = torch.cat([prompt_mask[of_row], batch.completion_mask[picked].to(self.device)], dim=1)
-        positions = position_ids_from_mask(mask)[:, prompt_mask.shape[1] : -1]
-        rest = model(input_ids=completion[:, :-1], attention_mask=mask[:, :-1], position_ids=positions,
-                     use_cache=True, **{cache_name: cache}).logits
-        return torch.cat([head, rest], dim=1)
 
     def active_rows(self, rollout: Rollout) -> Any:
         """The completions that can move the weights, or None for all of them.
@@ -557,43 +513,14 @@ class GRPOSession:
         generated = int(rollout.batch.policy_mask.sum())
         self.tokens_generated += generated
         elapsed = time.perf_counter() - started
-        metrics = self._metrics(rollout, outputs, grad_norms, generated, elapsed)
+        metrics = step_metrics(rollout, outputs, grad_norms, generated, elapsed, reward_labels=self.reward_labels,
+                               lr=self.optimizer.param_groups[0]["lr"], data_epoch=self.cursor.epoch,
+                               device=self.device)
         if self.pool is not None:
             metrics.update(self.pool.metrics(rollout.groups, rollout.stale or [], version))
         if self.episodes is not None:
             metrics.update(self.episodes.metrics())
         return rollout, metrics
-
-    def _metrics(self, rollout: Rollout, outputs: list[Any], grad_norms: list[float], generated: int, elapsed: float):
-        scores, adv = rollout.scores, rollout.advantages
-        metrics: dict[str, Any] = {}
-        metrics.update(_mean_std("reward", scores.total))
-        for name, values in scores.per_function.items():
-            metrics.update(_mean_std(f"rewards/{self.reward_labels[name]}", values))
-        n = len(outputs)
-        lengths = rollout.batch.completion_lengths.float()
-        metrics.update(
-            {
-                "loss": sum(float(o.loss.item()) for o in outputs) / n,
-                "kl": sum(o.kl for o in outputs) / n,
-                "clip_low": sum(o.clip_low for o in outputs) / n,
-                "clip_high": sum(o.clip_high for o in outputs) / n,
-                "clip_fraction": sum(o.clip_fraction for o in outputs) / n,
-                "grad_norm": sum(grad_norms) / n,
-                "lr": self.optimizer.param_groups[0]["lr"],
-                "completion_length": float(lengths.mean()),
-                "completion_length_max": float(lengths.max()),
-                "truncated_fraction": float(rollout.batch.truncated.float().mean()),
-                "zero_variance_groups": adv.num_zero_variance_groups,
-                "loss_tokens": outputs[0].tokens,
-                "tokens_per_s": generated / max(rollout.seconds, 1e-9),
-                "sample_s": rollout.seconds,
-                "step_s": elapsed,
-                "data_epoch": self.cursor.epoch,
-            }
-        )
-        metrics.update(perf_metrics(rollout, elapsed, self.device))
-        return metrics
 
     # -- checkpoint state -------------------------------------------------------------------
 
@@ -641,24 +568,6 @@ def _extra_columns(examples: list[Example]) -> dict[str, list[Any]]:
     extras = [e.extra for e in examples]
     names = sorted({k for extra in extras for k in extra} - {"answer", "reasoning", "template"})
     return {name: [extra.get(name) for extra in extras] for name in names}
-
-
-
-
-def _reward_labels(names: list[str]) -> dict[str, str]:
-    """Short metric labels: the function's name (``pkg.mod:brevity`` -> ``brevity``) unless ambiguous."""
-    short = {name: name.rpartition(":")[2] for name in names}
-    taken = list(short.values())
-    return {name: label if taken.count(label) == 1 else name for name, label in short.items()}
-
-
-def _mean_std(prefix: str, values: list[float | None]) -> dict[str, float | None]:
-    """``{prefix}_mean`` and ``{prefix}_std`` (population) over the values that are not None."""
-    present = [v for v in values if v is not None]
-    return {
-        f"{prefix}_mean": statistics.fmean(present) if present else None,
-        f"{prefix}_std": statistics.pstdev(present) if len(present) > 1 else (0.0 if present else None),
-    }
 
 
 def run_grpo(config: GRPORun, contract: Contract) -> int:

@@ -1,11 +1,13 @@
 """What one GRPO step reports: its ``perf/*`` metrics and its trajectory lines.
 
-Public API: ``write_trajectories(rollout, path)``, ``perf_metrics(rollout, elapsed, device)``.
+Public API: ``step_metrics(...)`` (everything a step reports), ``perf_metrics(rollout, elapsed, device)``,
+``reward_labels(names)``, ``write_trajectories(rollout, path)``.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +15,58 @@ from relaytrain.checkpoint import atomic_write_text
 
 if TYPE_CHECKING:
     from relaytrain.train.grpo import Rollout
+
+
+def step_metrics(rollout: Rollout, outputs: list[Any], grad_norms: list[float], generated: int, elapsed: float,
+                 *, reward_labels: dict[str, str], lr: float, data_epoch: int, device: Any) -> dict[str, Any]:
+    """The metrics of one step: rewards (total and per function, labelled by ``reward_labels``), the
+    loss terms averaged over the step's ``outputs`` (one per optimizer iteration), lengths, timings and
+    ``perf_metrics``."""
+    scores, adv = rollout.scores, rollout.advantages
+    metrics: dict[str, Any] = {}
+    metrics.update(_mean_std("reward", scores.total))
+    for name, values in scores.per_function.items():
+        metrics.update(_mean_std(f"rewards/{reward_labels[name]}", values))
+    n = len(outputs)
+    lengths = rollout.batch.completion_lengths.float()
+    metrics.update(
+        {
+            "loss": sum(float(o.loss.item()) for o in outputs) / n,
+            "kl": sum(o.kl for o in outputs) / n,
+            "clip_low": sum(o.clip_low for o in outputs) / n,
+            "clip_high": sum(o.clip_high for o in outputs) / n,
+            "clip_fraction": sum(o.clip_fraction for o in outputs) / n,
+            "grad_norm": sum(grad_norms) / n,
+            "lr": lr,
+            "completion_length": float(lengths.mean()),
+            "completion_length_max": float(lengths.max()),
+            "truncated_fraction": float(rollout.batch.truncated.float().mean()),
+            "zero_variance_groups": adv.num_zero_variance_groups,
+            "loss_tokens": outputs[0].tokens,
+            "tokens_per_s": generated / max(rollout.seconds, 1e-9),
+            "sample_s": rollout.seconds,
+            "step_s": elapsed,
+            "data_epoch": data_epoch,
+        }
+    )
+    metrics.update(perf_metrics(rollout, elapsed, device))
+    return metrics
+
+
+def reward_labels(names: list[str]) -> dict[str, str]:
+    """Short metric labels: the function's name (``pkg.mod:brevity`` -> ``brevity``) unless ambiguous."""
+    short = {name: name.rpartition(":")[2] for name in names}
+    taken = list(short.values())
+    return {name: label if taken.count(label) == 1 else name for name, label in short.items()}
+
+
+def _mean_std(prefix: str, values: list[float | None]) -> dict[str, float | None]:
+    """``{prefix}_mean`` and ``{prefix}_std`` (population) over the values that are not None."""
+    present = [v for v in values if v is not None]
+    return {
+        f"{prefix}_mean": statistics.fmean(present) if present else None,
+        f"{prefix}_std": statistics.pstdev(present) if len(present) > 1 else (0.0 if present else None),
+    }
 
 
 def perf_metrics(rollout: Rollout, elapsed: float, device: Any) -> dict[str, float]:

@@ -191,6 +191,48 @@ def model_cache(out: Any) -> tuple[str, Any]:
     return name, getattr(out, name, None)
 
 
+def completion_logits(model: Any, batch: SampledBatch, picked: Tensor, device: Any) -> Tensor:
+    """(R, L, V) next-token logits of the completions ``picked`` of ``batch`` under ``model``.
+
+    The completions of one prompt share it: each prompt is read once and its keys and values (with
+    their gradient) are handed to every completion of it, as the sampler does. Same numbers as one
+    pass over prompt + completion per row, with a third to a half less work; a model whose cache
+    cannot be shared gets that one pass per row."""
+    logits = _shared_prompt_logits(model, batch, picked, device)
+    return _row_logits(model, batch, picked, device) if logits is None else logits
+
+
+def _row_logits(model: Any, batch: SampledBatch, picked: Tensor, device: Any) -> Tensor:
+    ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)[picked].to(device)
+    mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)[picked].to(device)
+    width = batch.completion_ids.shape[1]
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+    return logits[:, -width - 1 : -1, :]
+
+
+def _shared_prompt_logits(model: Any, batch: SampledBatch, picked: Tensor, device: Any) -> Tensor | None:
+    groups, of_row = torch.unique(picked // batch.num_generations, return_inverse=True)
+    first = groups * batch.num_generations  # a row of each group: they all hold the same prompt
+    prompt_ids, prompt_mask = batch.prompt_ids[first].to(device), batch.prompt_mask[first].to(device)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask,
+                position_ids=position_ids_from_mask(prompt_mask), use_cache=True)
+    cache_name, cache = model_cache(out)
+    if not hasattr(cache, "batch_select_indices"):
+        return None
+    of_row = of_row.to(device)
+    cache.batch_select_indices(of_row)  # differentiable: indexing the prompt's keys and values
+    head = out.logits[:, -1:, :][of_row]  # predicts each completion's first token
+    completion = batch.completion_ids[picked].to(device)
+    width = completion.shape[1]
+    if width == 1:
+        return head
+    mask = torch.cat([prompt_mask[of_row], batch.completion_mask[picked].to(device)], dim=1)
+    positions = position_ids_from_mask(mask)[:, prompt_mask.shape[1] : -1]
+    rest = model(input_ids=completion[:, :-1], attention_mask=mask[:, :-1], position_ids=positions,
+                 use_cache=True, **{cache_name: cache}).logits
+    return torch.cat([head, rest], dim=1)
+
+
 def _device_of(model: Any) -> torch.device:
     parameter = next(iter(model.parameters()), None)
     return parameter.device if parameter is not None else torch.device("cpu")
