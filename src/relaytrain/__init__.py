@@ -6,3 +6,8 @@ TOKEN_ENV = "RELAY_TOKEN"
 """The environment variable every ``relay`` command reads its bearer token from (``--token``). A
 worker never passes it on to its trainer. Here, not in ``api``, so that ``relay --help`` need not
 import the API's modules."""
+
+CA_CERT_ENV = "RELAY_CA_CERT"
+"""The environment variable every client of the commander (``relay`` commands, workers, rollout
+workers) reads the CA certificate it verifies an ``https://`` commander with (``--ca-cert``). Unset:
+the system's CAs. Beside :data:`TOKEN_ENV`, for the same reason."""

@@ -98,6 +98,11 @@ class CommanderUnavailable(RelayError):
     """The commander could not be reached."""
 
 
+class TlsError(RelayError):
+    """A TLS certificate or key is unusable, or the commander's certificate could not be verified.
+    Not a :class:`CommanderUnavailable`: retrying cannot fix it, so nobody waits it out."""
+
+
 class CheckpointError(RelayError):
     """A checkpoint is invalid or could not be written."""
 

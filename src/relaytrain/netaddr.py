@@ -30,6 +30,17 @@ def is_host(host: str) -> bool:
         return bare == host and _DNS_NAME.fullmatch(host) is not None
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a server on this machine (``localhost``, 127.0.0.0/8, ``::1``):
+    the line between local use and a commander other machines reach (and must reach over TLS)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host[1:-1] if host.startswith("[") else host).is_loopback
+    except ValueError:
+        return False
+
+
 def route_address(host: str, port: int = 80) -> str:
     """The IP address of this machine's interface that routes to ``host`` (no packet is sent).
     Raises ``OSError`` when ``host`` does not resolve or no route leads there."""

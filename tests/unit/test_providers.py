@@ -102,8 +102,10 @@ def test_print_lium_command_from_the_example_stack():
     line = " ".join(result.output.split())
     assert line.startswith("lium up --gpu H100 --count 1 --name relay-worker-0 --template_id relaytrain-worker")
     assert "--volume new:name=relay-checkpoints --ttl 12h" in line
-    assert "-e COMMANDER_URL=http://203.0.113.10:8080 -e WORKER_ID=relay-worker-0" in line
-    assert line.endswith('--yes --no-ssh -e "RELAY_TOKEN=$RELAY_TOKEN"')
+    assert "-e COMMANDER_URL=https://203.0.113.10:8080 -e WORKER_ID=relay-worker-0" in line
+    assert '--yes --no-ssh -e "RELAY_TOKEN=$RELAY_TOKEN" ' in line  # then the CA the pod needs (the stack serves TLS)
+    assert line.endswith("examples/stacks/tls/ca.pem: copy it into the pod and set RELAY_CA_CERT to its path there "
+                         "(docs/deploy.md, TLS)")
 
 
 def test_print_lium_command_from_flags_and_bad_flags():

@@ -70,10 +70,27 @@ def test_defaults():
 
 
 def test_commander_urls():
-    c = StackCommander(host="0.0.0.0", port=9000)
+    c = StackCommander(host="0.0.0.0", port=9000, insecure_http=True)
     assert c.url == "http://127.0.0.1:9000" and c.worker_url == c.url and not c.loopback
-    c = StackCommander(host="0.0.0.0", public_url="http://10.1.2.3:9000/")
+    c = StackCommander(host="0.0.0.0", public_url="http://10.1.2.3:9000/", insecure_http=True)
     assert c.worker_url == "http://10.1.2.3:9000"
+    c = StackCommander(host="0.0.0.0", port=9000, tls_cert="tls/server.pem", tls_key="tls/server-key.pem",
+                       public_url="https://relay.example.org:9000")
+    assert (c.url, c.worker_url, c.tls) == ("https://127.0.0.1:9000", "https://relay.example.org:9000", True)
+    assert StackCommander(host="::1", port=9000).url == "http://[::1]:9000"
+
+
+@pytest.mark.parametrize(("fields", "expected"), [
+    ({"host": "0.0.0.0"}, "commander: host 0.0.0.0 is not loopback: without TLS tokens would cross"),
+    ({"tls_cert": "s.pem"}, "commander: tls_cert and tls_key go together"),
+    ({"tls_key": "k.pem"}, "commander: tls_cert and tls_key go together"),
+    ({"tls_cert": "s.pem", "tls_key": "k.pem", "insecure_http": True}, "insecure_http cannot be combined"),
+    ({"tls_cert": "s.pem", "tls_key": "k.pem", "public_url": "http://10.0.0.5:8080"}, "public_url must be https://"),
+])
+def test_commander_tls_rules(fields, expected):
+    with pytest.raises(ConfigError) as caught:
+        parse_stack_config({"commander": fields})
+    assert expected in str(caught.value)
 
 
 @pytest.mark.parametrize(("ttl", "seconds"), [("45m", 2700), ("6h", 21600), ("2d", 172800), ("90s", 90)])

@@ -1,6 +1,7 @@
 """A typed HTTP client of the commander, shared by the CLI and the worker.
 
-Connection errors and 502/503/504 are retried with exponential backoff; a 4xx never is.
+Connection errors and 502/503/504 are retried with exponential backoff; a 4xx never is, nor a
+certificate the client cannot verify (:class:`relaytrain.errors.TlsError`: no retry can fix it).
 Errors come back as the named exceptions of :mod:`relaytrain.errors`.
 """
 
@@ -8,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from relaytrain.errors import CommanderUnavailable, RelayError, error_class, error_classes
+from relaytrain.tls import client_context, verification_error, verification_failure
 
 from . import models as m
 
@@ -37,7 +40,8 @@ def _error_for(response: httpx.Response) -> RelayError:
 
 
 class RelayClient:
-    """Talks to one commander. ``retries`` bounds attempts on connection errors."""
+    """Talks to one commander. ``retries`` bounds attempts on connection errors; ``ca_cert`` is the CA
+    an ``https://`` commander's certificate is verified with (None: the system's CAs)."""
 
     def __init__(
         self,
@@ -48,13 +52,15 @@ class RelayClient:
         retries: int = 5,
         backoff_s: float = 0.5,
         transport: httpx.BaseTransport | None = None,
+        ca_cert: str | Path | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s, transport=transport)
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s, transport=transport,
+                                  verify=client_context(ca_cert))
 
     def close(self) -> None:
         self._http.close()
@@ -77,6 +83,8 @@ class RelayClient:
             try:
                 response = self._http.request(method, path, json=json, params=params, timeout=timeout)
             except httpx.TransportError as exc:
+                if (failure := verification_failure(exc)) is not None:
+                    raise verification_error(self.base_url, failure) from exc
                 last = exc
                 log.debug("%s %s failed (%s), attempt %d/%d", method, path, exc, attempt + 1, attempts)
                 continue
@@ -86,7 +94,10 @@ class RelayClient:
             if response.is_success:
                 return response.json()
             raise _error_for(response)
-        raise CommanderUnavailable(f"cannot reach the commander at {self.base_url}: {last}") from last
+        hint = ""
+        if isinstance(last, httpx.RemoteProtocolError) and self.base_url.startswith("http://"):
+            hint = " (if it serves https, use an https:// URL)"
+        raise CommanderUnavailable(f"cannot reach the commander at {self.base_url}: {last}{hint}") from last
 
     # -- service -----------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ module                    commands
 :mod:`.sync`              ``sync …``, ``push-latest``
 :mod:`.stack`             ``launch-stack``, ``stack status|down``, ``print-lium-command``
 :mod:`.hosts`             ``hosts add|list|rm``
+:mod:`.tls`               ``tls init``
 :mod:`.common`            the console pair, ``fail``, the option types, JSON, ``--label``
 :mod:`.render`            tables and progress
 ========================  ==========================================================
@@ -33,7 +34,7 @@ import typer
 from relaytrain import __version__
 from relaytrain.errors import RelayError
 
-from . import commander, hosts, metrics, rollout, runs, stack, sync, train, worker
+from . import commander, hosts, metrics, rollout, runs, stack, sync, tls, train, worker
 from .common import console, print_error
 
 app = typer.Typer(
@@ -77,6 +78,7 @@ app.add_typer(commander.db_app, name="db")
 app.add_typer(sync.sync_app, name="sync")
 app.add_typer(stack.stack_app, name="stack")
 app.add_typer(hosts.hosts_app, name="hosts")
+app.add_typer(tls.tls_app, name="tls")
 
 
 def main() -> None:

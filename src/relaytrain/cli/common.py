@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from relaytrain import TOKEN_ENV
+from relaytrain import CA_CERT_ENV, TOKEN_ENV
 
 if TYPE_CHECKING:
     from relaytrain.api.client import RelayClient
@@ -50,6 +50,12 @@ def _workdir(help: str) -> Any:
 
 CommanderOpt = Annotated[
     str, typer.Option("--commander", envvar="RELAY_COMMANDER", help="Commander URL.", show_default=True)
+]
+CaCertOpt = Annotated[
+    Path | None,
+    typer.Option("--ca-cert", envvar=CA_CERT_ENV, exists=True, dir_okay=False, readable=True,
+                 help="CA certificate to verify an https:// commander with (relay tls init's ca.pem); "
+                      "default: the system's CAs."),
 ]
 TokenOpt = Annotated[str | None, _token("Bearer token (admin, or worker for workers).")]
 AdminTokenOpt = Annotated[str | None, _token("Admin token.")]
@@ -119,7 +125,7 @@ def print_json(data: Any) -> None:
     console.print_json(json.dumps(data, default=str))
 
 
-def client(commander: str, token: str | None) -> RelayClient:
+def client(commander: str, token: str | None, ca_cert: Path | None = None) -> RelayClient:
     from relaytrain.api.client import RelayClient
 
-    return RelayClient(commander, token, retries=2)
+    return RelayClient(commander, token, retries=2, ca_cert=ca_cert)

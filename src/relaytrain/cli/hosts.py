@@ -10,6 +10,7 @@ import typer
 from .common import (
     DEFAULT_COMMANDER,
     AdminTokenOpt,
+    CaCertOpt,
     CommanderOpt,
     JsonOpt,
     client,
@@ -24,8 +25,8 @@ from .render import print_hosts
 hosts_app = typer.Typer(help="SSH hosts the commander polls for GPUs and starts workers on.", no_args_is_help=True)
 
 
-def _call(commander: str, token: str | None, method: str, path: str, **kwargs: Any) -> Any:
-    with relay_errors(), client(commander, token) as api:
+def _call(commander: str, token: str | None, ca_cert: Path | None, method: str, path: str, **kwargs: Any) -> Any:
+    with relay_errors(), client(commander, token, ca_cert) as api:
         return api.request(method, path, **kwargs)
 
 
@@ -42,6 +43,7 @@ def hosts_add(
     workdir: Annotated[str, typer.Option(help="Folder for workers on the host (relative: to home).")] = "relay",
     known_hosts: Annotated[Path | None, typer.Option(help="known_hosts file to verify its host key.")] = None,
     commander: CommanderOpt = DEFAULT_COMMANDER,
+    ca_cert: CaCertOpt = None,
     token: AdminTokenOpt = None,
 ) -> None:
     """Add (or change) a host: the commander polls its GPUs and may start workers there."""
@@ -56,7 +58,7 @@ def hosts_add(
                              price_per_hour=price_per_hour, python=python, workdir=workdir)
     except ValidationError as exc:
         fail("; ".join(validation_error_lines(exc)))
-    host = _call(commander, token, "PUT", f"/api/v1/hosts/{name}", json=spec.model_dump(exclude={"name"}))
+    host = _call(commander, token, ca_cert, "PUT", f"/api/v1/hosts/{name}", json=spec.model_dump(exclude={"name"}))
     console.print(f"host [bold]{host['name']}[/bold]: {host['user']}@{host['address']}:{host['port']}"
                   " (its GPUs are read at the next poll)")
 
@@ -64,11 +66,12 @@ def hosts_add(
 @hosts_app.command("list")
 def hosts_list(
     commander: CommanderOpt = DEFAULT_COMMANDER,
+    ca_cert: CaCertOpt = None,
     token: AdminTokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List hosts: reachable or not (and why), GPUs, free GPUs, workers started there."""
-    items = _call(commander, token, "GET", "/api/v1/hosts")
+    items = _call(commander, token, ca_cert, "GET", "/api/v1/hosts")
     if as_json:
         print_json(items)
         return
@@ -80,8 +83,9 @@ def hosts_rm(
     name: Annotated[str, typer.Argument(help="The host's name.")],
     force: Annotated[bool, typer.Option("--force", help="Even while workers started there are alive.")] = False,
     commander: CommanderOpt = DEFAULT_COMMANDER,
+    ca_cert: CaCertOpt = None,
     token: AdminTokenOpt = None,
 ) -> None:
     """Forget a host (its workers, if any, keep running until stopped)."""
-    _call(commander, token, "DELETE", f"/api/v1/hosts/{name}", params={"force": str(force).lower()})
+    _call(commander, token, ca_cert, "DELETE", f"/api/v1/hosts/{name}", params={"force": str(force).lower()})
     console.print(f"host {name} removed")

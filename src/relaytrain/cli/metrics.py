@@ -14,6 +14,7 @@ import typer
 
 from .common import (
     DEFAULT_COMMANDER,
+    CaCertOpt,
     CommanderOpt,
     JsonOpt,
     TokenOpt,
@@ -38,6 +39,7 @@ def metrics(
     all_points: Annotated[bool, typer.Option("--all", help="Also the points superseded by a hand-off (an attempt's "
                                                           "steps past where the next one resumed).")] = False,
     commander: CommanderOpt = DEFAULT_COMMANDER,
+    ca_cert: CaCertOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Print a run's metric series across all its attempts: each step once, from the attempt whose
@@ -45,7 +47,7 @@ def metrics(
     if as_csv and as_json:
         bad_parameter("--csv and --json exclude each other", "'--csv' / '--json'")
     names = None if name is None else [part.strip() for part in name.split(",")]
-    with client(commander, token) as api:
+    with client(commander, token, ca_cert) as api:
         points = api.metrics(run_id, names, include_superseded=all_points).items
     if as_json:
         print_json({"items": [p.model_dump(mode="json") for p in points]})
@@ -63,6 +65,7 @@ def report(
     png: Annotated[Path | None, typer.Option("--png", help="Also write each metric's chart as a PNG into this "
                                                          "folder.")] = None,
     commander: CommanderOpt = DEFAULT_COMMANDER,
+    ca_cert: CaCertOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Write one self-contained HTML report of a run (charts of every metric with hand-offs marked,
@@ -70,7 +73,7 @@ def report(
     from relaytrain.report import gather, render_html, write_pngs
 
     _need_matplotlib()
-    with client(commander, token) as api:
+    with client(commander, token, ca_cert) as api:
         data = gather(api, run_id, now=time.time())
     _write_atomically(out, render_html(data))
     console.print(f"wrote {out} ({len(data.series)} metric chart(s), {len(data.run.attempts)} attempt(s))")

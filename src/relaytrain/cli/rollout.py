@@ -9,11 +9,12 @@ import typer
 
 from relaytrain import TOKEN_ENV
 
-from .common import DEFAULT_COMMANDER, CommanderOpt, LogLevelOpt, bad_parameter, parse_labels
+from .common import DEFAULT_COMMANDER, CaCertOpt, CommanderOpt, LogLevelOpt, bad_parameter, parse_labels
 
 
 def rollout_worker(
     commander: CommanderOpt = DEFAULT_COMMANDER,
+    ca_cert: CaCertOpt = None,
     token: Annotated[str | None, typer.Option("--token", envvar=TOKEN_ENV,
                                               help="Bearer token of scope rollout (or admin).")] = None,
     worker_id: Annotated[str, typer.Option("--worker-id", envvar="WORKER_ID", help="Unique id; default: hostname.")]
@@ -49,4 +50,4 @@ def rollout_worker(
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = RolloutWorkerSettings(worker_id=worker_id, run_id=run, labels=labels, threads=threads,
                                      max_groups=max_groups, streams=streams, device=device)
-    raise typer.Exit(RolloutWorker(settings, CommanderDirectory(commander, token)).run())
+    raise typer.Exit(RolloutWorker(settings, CommanderDirectory(commander, token, ca_cert)).run())

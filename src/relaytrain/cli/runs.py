@@ -12,6 +12,7 @@ import typer
 
 from .common import (
     DEFAULT_COMMANDER,
+    CaCertOpt,
     CommanderOpt,
     JsonOpt,
     TokenOpt,
@@ -34,6 +35,7 @@ RunIdArg = Annotated[str, typer.Argument(help="The run's id.")]
 def submit(
     run_file: Annotated[Path, typer.Argument(help="The run's YAML file.")],
     commander: CommanderOpt = DEFAULT_COMMANDER,
+    ca_cert: CaCertOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Validate a run file and queue the run."""
@@ -44,7 +46,7 @@ def submit(
         config = load_run_config(run_file)
     except ConfigError as exc:
         fail(str(exc))
-    with client(commander, token) as api:
+    with client(commander, token, ca_cert) as api:
         run = api.submit(run_config_dict(config))
     console.print(f"submitted [bold]{run.run_id}[/bold] ({run.kind}, {run.max_steps} steps): {run.status}")
 
@@ -53,11 +55,12 @@ def runs(
     status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
     commander: CommanderOpt = DEFAULT_COMMANDER,
+    ca_cert: CaCertOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List runs, newest first."""
-    with client(commander, token) as api:
+    with client(commander, token, ca_cert) as api:
         page = api.runs(status=status, limit=limit)
     if as_json:
         print_json(page.model_dump(mode="json"))
@@ -68,11 +71,12 @@ def runs(
 def status(
     run_id: RunIdArg,
     commander: CommanderOpt = DEFAULT_COMMANDER,
+    ca_cert: CaCertOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show a run: status, step, lease, attempts, the latest durable checkpoint, and its rollout pool."""
-    with client(commander, token) as api:
+    with client(commander, token, ca_cert) as api:
         run = api.run(run_id)
         ledger = api.ledger(run_id)
         pool = _rollout_pool(api, run)
@@ -102,12 +106,13 @@ def _rollout_pool(api: RelayClient, run: RunDetail) -> RolloutEndpoint | None:
 def cancel(
     run_id: RunIdArg,
     commander: CommanderOpt = DEFAULT_COMMANDER,
+    ca_cert: CaCertOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Cancel a run: at once if queued; a running one stops within one renew interval."""
     from relaytrain.api.status import RunStatus
 
-    with client(commander, token) as api:
+    with client(commander, token, ca_cert) as api:
         run = api.cancel(run_id)
     if run.status == RunStatus.CANCELLED:
         console.print(f"{run_id} cancelled")
@@ -138,6 +143,7 @@ def eval_(
     timeout: Annotated[float, typer.Option(min=1, help="Seconds allowed per checkpoint.")] = 900,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the scores and print them.")] = False,
     commander: CommanderOpt = DEFAULT_COMMANDER,
+    ca_cert: CaCertOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Score a run's durable checkpoints, each in its own process, on any free worker."""
@@ -148,7 +154,7 @@ def eval_(
 
     settings = {"dataset": dataset, "metrics": [m.strip() for m in metrics.split(",") if m.strip()],
                 "samples": samples, "subset_frac": subset_frac, "template": template, "timeout_s": timeout}
-    with client(commander, token) as api:
+    with client(commander, token, ca_cert) as api:
         source = api.run(run)
         try:
             config = build_eval_run(source.model_dump(), settings, steps=_parse_steps(steps), tag=time_tag())
@@ -171,6 +177,7 @@ def resume(
     from_step: Annotated[str, typer.Option(help="latest, or an older durable step to fork from.")] = "latest",
     additional_steps: Annotated[int, typer.Option(min=0, help="Raise max_steps by this much.")] = 0,
     commander: CommanderOpt = DEFAULT_COMMANDER,
+    ca_cert: CaCertOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Continue an ended run from its newest durable checkpoint; from an older step, fork it into
@@ -180,7 +187,7 @@ def resume(
 
     if from_step != "latest" and not from_step.isdigit():
         fail(f"--from-step: expected latest or a step number, got {from_step!r}")
-    with client(commander, token) as api:
+    with client(commander, token, ca_cert) as api:
         run = api.run(run_id)
         durable = {c.step: c for c in api.checkpoints(run_id).items}
         step = max(durable) if from_step == "latest" and durable else int(from_step) if from_step.isdigit() else None
@@ -200,11 +207,12 @@ def resume(
 def checkpoints(
     run_id: RunIdArg,
     commander: CommanderOpt = DEFAULT_COMMANDER,
+    ca_cert: CaCertOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List a run's durable checkpoints."""
-    with client(commander, token) as api:
+    with client(commander, token, ca_cert) as api:
         items = api.checkpoints(run_id).items
     if as_json:
         print_json([c.model_dump() for c in items])
@@ -215,6 +223,7 @@ def checkpoints(
 def logs(
     run_id: RunIdArg,
     commander: CommanderOpt = DEFAULT_COMMANDER,
+    ca_cert: CaCertOpt = None,
     token: TokenOpt = None,
     attempt: Annotated[int | None, typer.Option(min=1, help="The attempt's epoch; default: the latest (with -f, "
                                                 "each attempt in turn as the run is handed on).")] = None,
@@ -237,7 +246,7 @@ def logs(
         fail(f"RUN_ID: {exc}")
     if stream is not None and stream not in tuple(LogStream):
         fail(f"--stream: must be stdout or stderr, not {stream!r}")
-    with client(commander, token) as api:
+    with client(commander, token, ca_cert) as api:
         epoch, after, settled = attempt, 0, False
         while True:
             page = api.logs(run_id, attempt=epoch, after=after, limit=1000)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import StackArg, StackTokenOpt, console, fail, print_json, relay_errors
+from .common import StackArg, StackTokenOpt, console, fail, print_json, print_warning, relay_errors
 
 stack_app = typer.Typer(help="Inspect or stop what relay launch-stack started.", no_args_is_help=True)
 
@@ -72,6 +72,7 @@ def print_lium_command(
 
     fields: dict[str, Any] = {"type": "lium"}
     name = "relay"
+    ca_cert = None
     if stack_file is not None:
         stack = _stack(stack_file, None)
         if stack.config.provider.type != "lium":
@@ -79,6 +80,7 @@ def print_lium_command(
         fields = stack.config.provider.model_dump()
         name = stack.config.provider.pod_name or stack.config.name
         commander_url = commander_url or stack.config.commander.worker_url
+        ca_cert = stack.ca_cert
     given = {"template_id": template_id, "executor": executor, "gpu_type": gpu, "gpu_count": count, "volume": volume,
              "ttl": ttl}
     fields.update({k: v for k, v in given.items() if v is not None})
@@ -91,3 +93,6 @@ def print_lium_command(
     argv = lium_up_command(config, pod_name=pod, env=env)
     line = " ".join(shlex.quote(a) for a in argv)
     console.print(line + ' -e "RELAY_TOKEN=$RELAY_TOKEN"', soft_wrap=True, markup=False, highlight=False)
+    if ca_cert:
+        print_warning(f"the pod verifies the commander with {ca_cert}: copy it into the pod and set RELAY_CA_CERT "
+                      "to its path there (docs/deploy.md, TLS)")

@@ -10,6 +10,7 @@ import typer
 from .common import (
     DEFAULT_COMMANDER,
     DEFAULT_WORKDIR,
+    CaCertOpt,
     CommanderOpt,
     LogLevelOpt,
     TokenOpt,
@@ -21,6 +22,7 @@ from .common import (
 
 def worker(
     commander: CommanderOpt = DEFAULT_COMMANDER,
+    ca_cert: CaCertOpt = None,
     token: TokenOpt = None,
     worker_id: Annotated[str, typer.Option("--worker-id", envvar="WORKER_ID", help="Unique id; default: hostname.")]
     = "",
@@ -60,7 +62,7 @@ def worker(
     logging.basicConfig(level=log_level.upper(), format=f"%(asctime)s %(levelname)s [{worker_id}] %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = WorkerSettings(
-        commander=commander, token=token, worker_id=worker_id, workdir=workdir.resolve(),
+        commander=commander, token=token, ca_cert=ca_cert, worker_id=worker_id, workdir=workdir.resolve(),
         labels=labels, kinds=kind or None, max_runs=max_runs, price_per_hour=price_per_hour,
         provider=provider, claim_wait_s=claim_wait, advertise_host=advertise_host,
     )

@@ -50,9 +50,9 @@ class HostAccess(Protocol):
 
     def start_worker(self, host: Mapping[str, Any], *, worker_id: str, gpus: list[int], commander_url: str,
                      token: str | None, claim_wait_s: float | None,
-                     rollout: RolloutLaunch | None = None) -> dict[str, Any]:
-        """Start a worker (a rollout worker when ``rollout`` is set) pinned to ``gpus``; its handle
-        (``pid``, files)."""
+                     rollout: RolloutLaunch | None = None, ca_cert: str | None = None) -> dict[str, Any]:
+        """Start a worker (a rollout worker when ``rollout`` is set) pinned to ``gpus``, verifying the
+        commander with ``ca_cert`` (copied there); its handle (``pid``, files)."""
         ...
 
     def stop_worker(self, host: Mapping[str, Any], assignment: Mapping[str, Any]) -> None:
@@ -69,6 +69,8 @@ class HostsSettings:
     """Worker-scope token for those workers; None when the API is open."""
     rollout_token: str | None = None
     """Rollout-scope token for the rollout workers it starts; None when the API is open."""
+    ca_cert: str | None = None
+    """CA certificate (a file here) the workers it starts verify ``commander_url`` with; None: system CAs."""
     poll_interval_s: float = 30.0
     """Seconds between two polls of every host."""
     scale_interval_s: float = 5.0
@@ -156,7 +158,8 @@ async def _start_on(store: Store, settings: HostsSettings, host: dict[str, Any],
             _access(settings).start_worker, host, worker_id=worker_id, gpus=gpus,
             commander_url=settings.commander_url,
             token=settings.rollout_token if rollout is not None else settings.worker_token,
-            claim_wait_s=None if rollout is not None else settings.claim_wait_s, rollout=rollout)
+            claim_wait_s=None if rollout is not None else settings.claim_wait_s, rollout=rollout,
+            ca_cert=settings.ca_cert)
     except ProviderError as exc:
         log.warning("cannot start a %s on %s: %s", role.value, host["name"], exc)
         await asyncio.to_thread(store.release_gpus, host["name"], worker_id, error=str(exc))
@@ -290,13 +293,13 @@ async def stop_host_tasks(tasks: list[asyncio.Task]) -> None:
 
 
 def serve_settings(store: Store, *, public_url: str, admin_token: str | None, poll_interval_s: float,
-                   autoscale: bool) -> HostsSettings:
+                   autoscale: bool, ca_cert: str | None = None) -> HostsSettings:
     """Settings for ``relay serve --poll-hosts``: the workers it starts get a fresh worker token, and
     the rollout workers a fresh rollout token, when the API needs one (only a token's hash is
     stored, so each start of the commander makes new ones). ProviderError at once when asyncssh is
     missing."""
     settings = HostsSettings(commander_url=public_url.rstrip("/"), poll_interval_s=poll_interval_s,
-                             scale_interval_s=min(5.0, poll_interval_s), autoscale=autoscale)
+                             scale_interval_s=min(5.0, poll_interval_s), autoscale=autoscale, ca_cert=ca_cert)
     _access(settings)
     settings.worker_token = store.create_token("autoscaler", "worker") if admin_token else None
     settings.rollout_token = store.create_token("autoscaler-rollout", "rollout") if admin_token else None

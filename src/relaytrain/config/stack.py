@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from relaytrain.errors import ConfigError
+from relaytrain.netaddr import is_loopback, url_host
 
 from .runs import (
     RUN_ID_PATTERN,
@@ -25,7 +26,6 @@ from .runs import (
 HOST_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _HOST_NAME_RE = re.compile(HOST_NAME_PATTERN)
 _TTL_RE = re.compile(r"^(\d+)([smhd])$")
-_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def validate_host_name(value: str) -> str:
@@ -59,6 +59,15 @@ class StackCommander(_Model):
     wait_s: float = Field(30.0, gt=0, le=600, description="Seconds to wait for /api/v1/health after the start.")
     restart_if_running: bool = Field(False, description="Stop a commander running from pid_path and start anew.")
     sweep_interval_s: float = Field(5.0, ge=0.05, le=600, description="Seconds between lease-expiry sweeps.")
+    tls_cert: str | None = Field(None, description="Serve https with this certificate (relay tls init's server.pem).")
+    tls_key: str | None = Field(None, description="The certificate's private key (relay tls init's server-key.pem).")
+    ca_cert: str | None = Field(
+        None, description="CA certificate the workers (and launch-stack) verify the commander with (relay tls init's "
+        "ca.pem), copied to every worker; unset: the system's CAs."
+    )
+    insecure_http: bool = Field(
+        False, description="Serve plain http off loopback (tokens cross the network in clear): a trusted network only."
+    )
 
     @field_validator("public_url")
     @classmethod
@@ -67,11 +76,28 @@ class StackCommander(_Model):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/") if value else value
 
+    @model_validator(mode="after")
+    def _tls_or_loopback(self) -> StackCommander:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.tls and self.insecure_http:
+            raise ValueError("insecure_http cannot be combined with tls_cert/tls_key")
+        if not self.tls and not self.insecure_http and not self.loopback:
+            raise ValueError(f"host {self.host} is not loopback: without TLS tokens would cross the network in clear; "
+                             "give tls_cert and tls_key (relay tls init makes them) or insecure_http: true")
+        if self.tls and self.public_url and not self.public_url.startswith("https://"):
+            raise ValueError("public_url must be https:// when the commander serves TLS")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
     @property
     def url(self) -> str:
         """Where this machine reaches the commander."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{url_host(host)}:{self.port}"
 
     @property
     def worker_url(self) -> str:
@@ -80,7 +106,7 @@ class StackCommander(_Model):
 
     @property
     def loopback(self) -> bool:
-        return self.host in _LOOPBACK_HOSTS
+        return is_loopback(self.host)
 
 
 class LocalProviderConfig(_Model):

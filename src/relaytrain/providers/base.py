@@ -6,6 +6,7 @@ A worker lives in its own folder on the machine::
 
     <machine.workdir>/<worker_id>/
       worker.env    its configuration (commander URL, token, id, GPUs, extra environment), mode 0600
+      ca.pem        the CA certificate it verifies an https:// commander with (RELAY_CA_CERT), if given
       worker.pid    the pid of the detached worker process (a session leader)
       worker.log    its stdout and stderr
       work/         RELAY_WORKDIR: runs, checkpoints, trainer logs
@@ -22,8 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from relaytrain import TOKEN_ENV
+from relaytrain import CA_CERT_ENV, TOKEN_ENV
 from relaytrain.errors import ProviderError
+from relaytrain.tls import CA_CERT
 
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -90,6 +92,9 @@ class WorkerLaunch:
     claim_wait_s: float | None = None
     rollout: RolloutLaunch | None = None
     """Set: start ``relay rollout-worker`` (these settings) instead of ``relay worker``."""
+    ca_cert: str | None = None
+    """The CA certificate (a file on this machine) the worker verifies an ``https://`` commander with:
+    copied into the worker's folder; None: the machine's system CAs."""
 
 
 @dataclass
@@ -156,6 +161,8 @@ def worker_env(launch: WorkerLaunch) -> dict[str, str]:
               "PYTHONUNBUFFERED": "1"}
     if launch.token:
         values[TOKEN_ENV] = launch.token
+    if launch.ca_cert:
+        values[CA_CERT_ENV] = CA_CERT  # beside worker.env, in the folder the worker runs in
     if launch.gpus is not None:
         values["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in launch.gpus)
     return {**launch.env, **values}
@@ -237,6 +244,8 @@ class Provider(ABC):
             local.write_text(render_env_file(worker_env(launch)), encoding="utf-8")
             os.chmod(local, 0o600)
             self.upload(machine, local, f"{folder}/worker.env")
+        if launch.ca_cert:
+            self.upload(machine, Path(launch.ca_cert), f"{folder}/{CA_CERT}")
         argv = " ".join(shlex.quote(a) for a in worker_argv(machine.python, self.type, launch))
         script = "\n".join([
             "set -e",

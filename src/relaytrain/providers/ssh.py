@@ -186,13 +186,13 @@ class SshHostAccess:
 
     def start_worker(self, host: Mapping[str, Any], *, worker_id: str, gpus: list[int], commander_url: str,
                      token: str | None, claim_wait_s: float | None,
-                     rollout: RolloutLaunch | None = None) -> dict[str, Any]:
+                     rollout: RolloutLaunch | None = None, ca_cert: str | None = None) -> dict[str, Any]:
         """Start ``relay worker`` (``relay rollout-worker`` with ``rollout``) on the host, pinned to
         ``gpus``; its handle (pid, files) as a dict. ProviderError if it cannot."""
         provider, machine = self._provider(host)
         launch = WorkerLaunch(worker_id=worker_id, commander_url=commander_url, token=token,
                               labels=dict(host["labels"]), gpus=gpus, price_per_hour=host["price_per_hour"],
-                              claim_wait_s=claim_wait_s, rollout=rollout)
+                              claim_wait_s=claim_wait_s, rollout=rollout, ca_cert=ca_cert)
         return provider.start_worker(machine, launch).to_dict()
 
     def stop_worker(self, host: Mapping[str, Any], assignment: Mapping[str, Any]) -> None:

@@ -34,6 +34,7 @@ from relaytrain.config import (
     stack_runs,
 )
 from relaytrain.errors import RelayError, RunExists
+from relaytrain.tls import client_context
 
 from .base import Machine, Provider, ProviderError, RolloutLaunch, WorkerHandle, WorkerLaunch, parse_env_file
 from .factory import make_provider, resolve
@@ -115,6 +116,7 @@ class Stack:
         self.state_path = self.launch_dir / STATE_FILE
         self.pid_path, self.log_path = resolve(self.base, c.pid_path), resolve(self.base, c.log_path)
         self.db = c.state_path if "://" in c.state_path else str(resolve(self.base, c.state_path))
+        self.ca_cert = str(resolve(self.base, c.ca_cert)) if c.ca_cert else None
         self._provider: Provider | None = None
 
     @property
@@ -126,7 +128,7 @@ class Stack:
     def client(self) -> Any:
         from relaytrain.api.client import RelayClient
 
-        return RelayClient(self.config.commander.url, self.token, retries=2, timeout_s=30)
+        return RelayClient(self.config.commander.url, self.token, retries=2, timeout_s=30, ca_cert=self.ca_cert)
 
     def read_state(self) -> dict[str, Any] | None:
         try:
@@ -141,16 +143,23 @@ class Stack:
         c = self.config.commander
         argv = [c.python_bin or sys.executable, "-m", "relaytrain.cli", "serve", "--db", self.db, "--host", c.host,
                 "--port", str(c.port), "--sweep-interval", str(c.sweep_interval_s)]
+        if c.tls_cert and c.tls_key:
+            argv += ["--tls-cert", str(resolve(self.base, c.tls_cert)), "--tls-key", str(resolve(self.base, c.tls_key))]
+        if c.insecure_http:
+            argv.append("--insecure-http")
         if isinstance(self.config.provider, SshProviderConfig):
             argv += ["--poll-hosts", "--public-url", c.worker_url,
                      "--poll-interval", str(self.config.provider.poll_interval_s)]
+            if self.ca_cert:
+                argv += ["--ca-cert", self.ca_cert]
             if not self.config.provider.autoscale:
                 argv.append("--no-autoscale")
         return argv
 
     def healthy(self) -> bool:
         try:
-            return httpx.get(f"{self.config.commander.url}/api/v1/health", timeout=2).status_code == 200
+            return httpx.get(f"{self.config.commander.url}/api/v1/health", timeout=2,
+                             verify=client_context(self.ca_cert)).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -211,11 +220,13 @@ class Stack:
                 worker_id = f"{self.config.name}-{group.name}-{i}"
                 if isinstance(group, RolloutWorkerGroup):
                     launch = WorkerLaunch(worker_id=worker_id, commander_url=self.config.commander.worker_url,
-                                          token=rollout_token, labels=dict(group.labels), gpus=group.gpus, env=env,
+                                          ca_cert=self.ca_cert, token=rollout_token, labels=dict(group.labels),
+                                          gpus=group.gpus, env=env,
                                           rollout=RolloutLaunch(threads=group.threads, run_id=group.run))
                 else:
                     launch = WorkerLaunch(worker_id=worker_id, commander_url=self.config.commander.worker_url,
-                                          token=worker_token, labels=dict(group.labels), kinds=list(group.kinds),
+                                          ca_cert=self.ca_cert, token=worker_token, labels=dict(group.labels),
+                                          kinds=list(group.kinds),
                                           gpus=group.gpus, price_per_hour=group.price_per_hour,
                                           max_runs=group.max_runs, env=env)
                 out.append((group.name, group.host or worker_id, launch))

@@ -31,10 +31,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from relaytrain.errors import RelayError
+from relaytrain.errors import RelayError, TlsError
 from relaytrain.rollout.manager_client import STREAMS, ManagerClient, ManagerGone, PulledWeights, Refused
 from relaytrain.rollout.protocol import (
     Completion,
@@ -86,10 +87,10 @@ class Directory(Protocol):
 class CommanderDirectory:
     """The commander's rollout endpoints, through :class:`relaytrain.api.client.RelayClient`."""
 
-    def __init__(self, commander: str, token: str | None) -> None:
+    def __init__(self, commander: str, token: str | None, ca_cert: str | Path | None = None) -> None:
         from relaytrain.api.client import RelayClient
 
-        self.client = RelayClient(commander, token, timeout_s=10, retries=2)
+        self.client = RelayClient(commander, token, timeout_s=10, retries=2, ca_cert=ca_cert)
 
     def runs(self) -> list[Any]:
         return self.client.rollout_runs()
@@ -165,6 +166,9 @@ class RolloutWorker:
             except ManagerGone as exc:
                 log.warning("run %s: %s; asking the commander where its manager is", self._run_id, exc)
                 backoff = s.poll_s
+            except TlsError:  # the commander's certificate cannot be trusted: no wait fixes that
+                self._stopping.set()
+                raise
             except RelayError as exc:  # the commander is down or refused: back off
                 log.warning("%s; retrying", exc)
                 backoff = min(s.backoff_max_s, max(s.poll_s, backoff * 2 or s.poll_s))

@@ -44,12 +44,15 @@ class WorkerSettings:
     progress_interval_s: float = 1.0
     advertise_host: str | None = None
     """The address rollout workers reach this machine's trainers by; None: the one routing to the commander."""
+    ca_cert: Path | None = None
+    """The CA an ``https://`` commander's certificate is verified with; None: the system's CAs."""
 
 
 class Worker:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
-        self.client = RelayClient(settings.commander, settings.token, timeout_s=10, retries=2)
+        self.client = RelayClient(settings.commander, settings.token, timeout_s=10, retries=2,
+                                  ca_cert=settings.ca_cert)
         self.resources = m.WorkerResources(gpus=gpu_inventory(), labels=settings.labels,
                                            price_per_hour=settings.price_per_hour)
         self._stopping = threading.Event()
