@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,11 +17,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
 
 from relaytrain import CA_CERT_ENV, TOKEN_ENV
+from relaytrain.api.client import RelayClient
+from relaytrain.cli.stack import launch_stack_command, stack_app
 from relaytrain.tls import CA_CERT, SERVER_CERT, SERVER_KEY, client_context
 from tests.support.commander import Commander, free_port, wait_until
-from tests.support.relay import COUNTER, WorkerProc, counter_final_state, counter_run
+from tests.support.relay import COUNTER, WorkerProc, counter_final_state, counter_run, process_alive
 
 pytestmark = pytest.mark.slow
 
@@ -78,8 +84,6 @@ class TlsCommander(Commander):
             return False
 
     def client(self, token: str | None = None):
-        from relaytrain.api.client import RelayClient
-
         return RelayClient(self.url, token if token is not None else self.token, retries=2, ca_cert=self.ca)
 
 
@@ -130,6 +134,9 @@ def test_the_cli_verifies_with_the_ca_and_refuses_without_it(served):
     err = " ".join(without.stderr.split())
     assert "certificate verify failed" in err and served.url in err and "--ca-cert" in err
     assert "cannot reach" not in err
+
+    plain = relay("runs", "--commander", served.url.replace("https://", "http://"), env=auth)
+    assert plain.returncode == 1 and "use an https:// URL" in " ".join(plain.stderr.split())
 
 
 def test_status_of_a_run_with_the_ca(served, tmp_path):
@@ -237,3 +244,48 @@ def test_serve_refuses_a_key_of_another_certificate(tmp_path):
     assert result.returncode == 1
     assert "--tls-key" in result.stderr and "KEY_VALUES_MISMATCH" in result.stderr.replace("\n", "")
     assert not (tmp_path / "x.db").exists() and port_is_free(port)
+
+
+# -- launch-stack: the commander over https, the CA copied to every worker ---------------------------------
+
+
+def test_a_local_stack_serves_https_and_gives_its_workers_the_ca(tmp_path):
+    def stack(*args: str) -> str:
+        app = typer.Typer()
+        app.command("launch-stack")(launch_stack_command)
+        app.add_typer(stack_app, name="stack")
+        result = CliRunner().invoke(app, list(args), env={"COLUMNS": "250", TOKEN_ENV: "tls-stack-admin"})
+        assert result.exit_code == 0, f"relay {' '.join(args)}: {result.output}\n{result.exception!r}"
+        return result.output
+
+    tls_init(tmp_path / "tls")
+    example = Path(__file__).resolve().parents[2] / "examples" / "stacks" / "local.yaml"
+    data = yaml.safe_load(example.read_text())
+    data["commander"].update(port=free_port(), tls_cert="tls/server.pem", tls_key="tls/server-key.pem",
+                             ca_cert="tls/ca.pem")
+    data["workers"] = [{**data["workers"][0], "count": 1}]
+    data["runs"] = [counter_run("tls-stack", tmp_path / "artifacts", max_steps=20, every=10)]
+    path = tmp_path / "stack.yaml"
+    path.write_text(yaml.safe_dump(data))
+    summary = json.loads(stack("launch-stack", str(path)))
+    pids = [summary["commander"]["pid"], *(w["pid"] for w in summary["workers"])]
+    try:
+        assert summary["commander"]["url"].startswith("https://127.0.0.1:")
+        (worker,) = summary["workers"]
+        folder = Path(worker["config_path"]).parent
+        assert (folder / CA_CERT).read_bytes() == (tmp_path / "tls" / CA_CERT).read_bytes()
+        assert f"{CA_CERT_ENV}={CA_CERT}" in (folder / "worker.env").read_text()
+        from relaytrain.api.client import RelayClient
+
+        with RelayClient(summary["commander"]["url"], "tls-stack-admin", ca_cert=tmp_path / "tls" / CA_CERT) as c:
+            run = wait_until(lambda: (r := c.run("tls-stack")).status in ("succeeded", "failed") and r, 120,
+                             "the run to finish")
+            assert run.status == "succeeded" and run.step == 20
+        assert json.loads(stack("stack", "status", str(path)))["commander"]["healthy"]
+        stack("stack", "down", str(path), "--grace", "30")
+        for pid in pids:
+            wait_until(lambda p=pid: not process_alive(p), 10, f"pid {pid} to be gone after stack down")
+    finally:
+        for pid in pids:
+            if process_alive(pid):
+                os.kill(pid, signal.SIGKILL)
