@@ -7,6 +7,8 @@
 #   RELAY_WORKDIR      where runs, checkpoints and logs live; default: /mnt/relay (mount a volume there)
 #   RELAY_PROVIDER     recorded in the run's ledger (local, ssh, lium); optional
 #   RELAY_WORKER_ARGS  more `relay worker` options, e.g. "--label region=eu --price-per-hour 2.1"
+#   RELAY_CA_CERT      the CA certificate (a file in the container: mount it) of an https:// commander
+#                      (relay tls init's ca.pem); unset: the public CAs. `relay worker` reads it itself.
 #
 # Extra arguments to the container are passed to `relay worker` as well. SIGTERM reaches the
 # worker (tini forwards it): the run is checkpointed and released as preempted.

@@ -10,4 +10,4 @@ import the API's modules."""
 CA_CERT_ENV = "RELAY_CA_CERT"
 """The environment variable every client of the commander (``relay`` commands, workers, rollout
 workers) reads the CA certificate it verifies an ``https://`` commander with (``--ca-cert``). Unset:
-the system's CAs. Beside :data:`TOKEN_ENV`, for the same reason."""
+the public CAs. Beside :data:`TOKEN_ENV`, for the same reason."""

@@ -10,6 +10,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -182,6 +183,11 @@ def test_a_certificate_for_another_name_is_refused(tmp_path):
                        "--workdir", str(tmp_path / "w"), "--worker-id", "refused")
         assert worker.returncode == 1, worker.stderr[-2000:]
         assert "certificate verify failed" in " ".join(worker.stderr.split())
+
+        rollout = relay("rollout-worker", "--commander", other.url, "--ca-cert", str(other.ca), "--token", "admin",
+                        "--worker-id", "refused-rollout")
+        assert rollout.returncode == 1, rollout.stderr[-2000:]
+        assert "certificate verify failed" in " ".join(rollout.stderr.split())
     finally:
         proc.terminate()
         proc.wait(timeout=15)
@@ -227,6 +233,7 @@ def test_serve_off_loopback_with_insecure_http_starts(tmp_path):
     (["--tls-key", "{tls}/server-key.pem"], "'--tls-cert'"),
     (["--tls-cert", "{tls}/server.pem", "--tls-key", "{tls}/server-key.pem", "--insecure-http"], "'--insecure-http'"),
     (["--tls-cert", "{tls}/nope.pem", "--tls-key", "{tls}/server-key.pem"], "'--tls-cert'"),
+    (["--ca-cert", "{tls}/ca.pem"], "'--ca-cert'"),
 ])
 def test_serve_bad_tls_flags_name_the_flag(tmp_path, args, message):
     tls = tls_init(tmp_path / "tls")
@@ -289,3 +296,35 @@ def test_a_local_stack_serves_https_and_gives_its_workers_the_ca(tmp_path):
         for pid in pids:
             if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_worker_started_over_ssh_gets_the_ca_and_registers(served, tmp_path):
+    """The ssh provider (a real OpenSSH server on loopback) copies the CA next to worker.env; the
+    worker it starts verifies the https commander with it and registers."""
+    from relaytrain.config import SshHostConfig
+    from relaytrain.providers.base import WorkerLaunch
+    from relaytrain.providers.ssh import SshProvider
+    from tests.support.sshd import Sshd
+
+    sshd = Sshd(tmp_path / "sshd").start()  # skips without OpenSSH (fails under CI=true)
+    try:
+        host = SshHostConfig(name="box", address="127.0.0.1", port=sshd.port, key_path=str(sshd.client_key),
+                             python=sys.executable, workdir=str(tmp_path / "remote"))
+        provider = SshProvider([host])
+        machine = provider.create("box")
+        with served.client() as client:
+            token = client.create_token("ssh-tls").token
+            handle = provider.start_worker(machine, WorkerLaunch(worker_id="ssh-tls-w", commander_url=served.url,
+                                                                 token=token, ca_cert=str(served.ca)))
+            try:
+                folder = Path(handle.dir)
+                assert (folder / CA_CERT).read_bytes() == served.ca.read_bytes()
+                assert stat.S_IMODE((folder / CA_CERT).stat().st_mode) == 0o600
+                wait_until(lambda: any(w.worker_id == "ssh-tls-w" for w in client.workers()), 60,
+                           f"the worker to register ({folder / 'worker.log'})")
+                assert provider.stop_worker(machine, handle, grace_s=20) in ("stopped", "killed")
+            finally:
+                if process_alive(handle.pid):
+                    os.kill(handle.pid, signal.SIGKILL)
+    finally:
+        sshd.stop()

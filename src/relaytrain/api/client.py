@@ -41,7 +41,7 @@ def _error_for(response: httpx.Response) -> RelayError:
 
 class RelayClient:
     """Talks to one commander. ``retries`` bounds attempts on connection errors; ``ca_cert`` is the CA
-    an ``https://`` commander's certificate is verified with (None: the system's CAs)."""
+    an ``https://`` commander's certificate is verified with (None: the public CAs)."""
 
     def __init__(
         self,

@@ -55,7 +55,7 @@ def serve(
     ca_cert: Annotated[Path | None, typer.Option(
         "--ca-cert", exists=True, dir_okay=False, readable=True,
         help="With --poll-hosts: the CA certificate workers started over SSH verify this commander with (copied "
-        "to them); default: the system's CAs.")] = None,
+        "to them); default: the public CAs.")] = None,
     poll_interval: Annotated[float, typer.Option(min=0.2, help="Seconds between GPU polls.")] = 30.0,
     autoscale: Annotated[bool, typer.Option("--autoscale/--no-autoscale",
                                             help="With --poll-hosts: start workers for queued runs.")] = True,
@@ -70,6 +70,8 @@ def serve(
         given, missing = ("--tls-cert", "--tls-key") if tls_key is None else ("--tls-key", "--tls-cert")
         bad_parameter(f"{given} needs {missing} too (both or neither)", f"'{missing}'")
     tls = tls_cert is not None
+    if ca_cert is not None and not poll_hosts:
+        bad_parameter("is for the workers --poll-hosts starts; give --poll-hosts too", "'--ca-cert'")
     if tls and insecure_http:
         bad_parameter("cannot be combined with --tls-cert/--tls-key", "'--insecure-http'")
     if not is_loopback(host):

@@ -55,7 +55,7 @@ CaCertOpt = Annotated[
     Path | None,
     typer.Option("--ca-cert", envvar=CA_CERT_ENV, exists=True, dir_okay=False, readable=True,
                  help="CA certificate to verify an https:// commander with (relay tls init's ca.pem); "
-                      "default: the system's CAs."),
+                      "default: the public CAs."),
 ]
 TokenOpt = Annotated[str | None, _token("Bearer token (admin, or worker for workers).")]
 AdminTokenOpt = Annotated[str | None, _token("Admin token.")]

@@ -70,7 +70,7 @@ class HostsSettings:
     rollout_token: str | None = None
     """Rollout-scope token for the rollout workers it starts; None when the API is open."""
     ca_cert: str | None = None
-    """CA certificate (a file here) the workers it starts verify ``commander_url`` with; None: system CAs."""
+    """CA certificate (a file here) the workers it starts verify ``commander_url`` with; None: the public CAs."""
     poll_interval_s: float = 30.0
     """Seconds between two polls of every host."""
     scale_interval_s: float = 5.0

@@ -63,7 +63,7 @@ class StackCommander(_Model):
     tls_key: str | None = Field(None, description="The certificate's private key (relay tls init's server-key.pem).")
     ca_cert: str | None = Field(
         None, description="CA certificate the workers (and launch-stack) verify the commander with (relay tls init's "
-        "ca.pem), copied to every worker; unset: the system's CAs."
+        "ca.pem), copied to every worker; unset: the public CAs."
     )
     insecure_http: bool = Field(
         False, description="Serve plain http off loopback (tokens cross the network in clear): a trusted network only."

@@ -94,7 +94,7 @@ class WorkerLaunch:
     """Set: start ``relay rollout-worker`` (these settings) instead of ``relay worker``."""
     ca_cert: str | None = None
     """The CA certificate (a file on this machine) the worker verifies an ``https://`` commander with:
-    copied into the worker's folder; None: the machine's system CAs."""
+    copied into the worker's folder; None: the public CAs."""
 
 
 @dataclass

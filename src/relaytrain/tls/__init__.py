@@ -8,7 +8,8 @@ Standard library only, so that the API client (and ``relay --help``) need not im
 A commander on the open internet serves https with a certificate of its own small CA; every client
 (``relay`` commands, workers, rollout workers) is given that CA's certificate (``--ca-cert`` /
 ``RELAY_CA_CERT``) and verifies the commander against it, hostname included. A client given no CA
-verifies against the system's CAs (a commander behind a certificate from a public CA).
+verifies against the public CAs, as httpx does by default (certifi's bundle, or ``SSL_CERT_FILE``):
+a commander behind a certificate from a public CA, a reverse proxy's say.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ _NAME_MISMATCH = (62, 64)
 
 def client_context(ca_cert: str | Path | None) -> ssl.SSLContext | bool:
     """What a client verifies the commander with (httpx's ``verify=``): an SSL context trusting only
-    ``ca_cert``, or ``True`` (the system's CAs) when there is none. Hostnames are always checked."""
+    ``ca_cert``, or ``True`` (the public CAs) when there is none. Hostnames are always checked."""
     if not ca_cert:
         return True
     try:

@@ -45,7 +45,7 @@ class WorkerSettings:
     advertise_host: str | None = None
     """The address rollout workers reach this machine's trainers by; None: the one routing to the commander."""
     ca_cert: Path | None = None
-    """The CA an ``https://`` commander's certificate is verified with; None: the system's CAs."""
+    """The CA an ``https://`` commander's certificate is verified with; None: the public CAs."""
 
 
 class Worker:
