@@ -112,3 +112,24 @@ def test_a_mismatched_key_is_refused_naming_the_flag(tmp_path):
         check_server_files(tmp_path / "a" / SERVER_CERT, tmp_path / "b" / SERVER_KEY)
     with pytest.raises(TlsError, match="--tls-cert"):
         check_server_files(tmp_path / "a" / SERVER_KEY, tmp_path / "a" / SERVER_KEY)
+
+
+def test_every_command_that_talks_to_a_commander_takes_ca_cert():
+    """Generated from the app: a new command with --commander and no --ca-cert fails here."""
+    import typer
+
+    def walk(command, path: str):
+        yield path, command
+        if hasattr(command, "commands"):  # a group (typer's own click, vendored or not)
+            for name, sub in command.commands.items():
+                yield from walk(sub, f"{path} {name}")
+
+    seen, missing = [], []
+    for path, command in walk(typer.main.get_command(app), "relay"):
+        flags = {flag for param in command.params for flag in getattr(param, "opts", [])}
+        if "--commander" in flags:
+            seen.append(path)
+            if "--ca-cert" not in flags:
+                missing.append(path)
+    assert len(seen) >= 15 and "relay worker" in seen and "relay rollout-worker" in seen
+    assert missing == []
