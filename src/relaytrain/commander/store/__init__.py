@@ -13,14 +13,14 @@ the plain functions of one area module with its connection:
 - :mod:`.checkpoints`, :mod:`.events`, :mod:`.workers`, :mod:`.tokens`, :mod:`.ledger`, :mod:`.hosts`.
 
 The same code runs on SQLite (the default, ``./relay.db``) and PostgreSQL, and the same tests
-run on both. Every method takes ``now=`` (seconds since the epoch) for tests; by default the clock.
+run on both. Every method takes ``now=`` (seconds since the epoch) for tests; by default the time
+is read inside the method's transaction, on PostgreSQL from the database's clock (:mod:`.clock`).
 """
 
 from __future__ import annotations
 
 import collections
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -35,14 +35,11 @@ from . import checkpoints as ckpts
 from . import engine as _engine
 from . import evals, events, hosts, leases, ledger, logs, rollout, runs, tokens, workers
 from . import metrics as series
+from .clock import Clock
 from .schema import attempts
 from .tokens import hash_token
 
 __all__ = ["Store", "hash_token"]
-
-
-def _now(now: float | None) -> float:
-    return time.time() if now is None else now
 
 
 class Store:
@@ -56,6 +53,11 @@ class Store:
         # whose sleeps would dominate tail latency.
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else nullcontext()
         self.counters: collections.Counter[str] = collections.Counter()
+        self.clock = Clock(self.dialect)
+
+    def _clock(self, conn: sa.Connection, now: float | None) -> float:
+        """The transaction's ``now``: the one given (tests), else :class:`.clock.Clock`'s, read on ``conn``."""
+        return self.clock.now(conn, now)
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -101,21 +103,24 @@ class Store:
         """Queue a validated run. RunExists if the id is taken; NotFound if init_from names no run.
         ``resume_from`` (a checkpoint ref of another run) makes a fork that resumes it."""
         with self._write() as conn:
-            runs.insert(conn, config, _now(now), resume_from=resume_from)
+            now = self._clock(conn, now)
+            runs.insert(conn, config, now, resume_from=resume_from)
         return self.get_run(config.run_id)
 
     def cancel_run(self, run_id: str, *, now: float | None = None) -> dict[str, Any]:
         """Cancel a queued run at once; ask the holder of a running one to stop (seen on renew)."""
         with self._write() as conn:
-            runs.cancel(conn, run_id, _now(now))
+            now = self._clock(conn, now)
+            runs.cancel(conn, run_id, now)
         return self.get_run(run_id)
 
     def reopen_run(self, run_id: str, *, from_step: int | None = None, additional_steps: int = 0,
                    now: float | None = None) -> dict[str, Any]:
         """``relay resume`` (:func:`.evals.reopen`). Returns the run to watch."""
         with self._write() as conn:
+            now = self._clock(conn, now)
             watch = evals.reopen(conn, run_id, from_step=from_step, additional_steps=additional_steps,
-                                 now=_now(now))
+                                 now=now)
         return self.get_run(watch)
 
     def get_run(self, run_id: str) -> dict[str, Any]:
@@ -166,7 +171,8 @@ class Store:
         """Per running run, for Prometheus: status, step, max_steps, epoch, the latest tokens/s
         and the ETTR so far (:func:`.metrics.running_gauges`)."""
         with self._read() as conn:
-            return series.running_gauges(conn, _now(now))
+            now = self._clock(conn, now)
+            return series.running_gauges(conn, now)
 
     def status_counts(self) -> dict[str, int]:
         with self._read() as conn:
@@ -184,8 +190,8 @@ class Store:
                   kinds: list[str] | None = None, price_per_hour: float | None = None,
                   now: float | None = None) -> dict[str, Any] | None:
         """Grant the best run this worker can serve, or None. Expired leases are reclaimed first."""
-        now = _now(now)
         with self._write() as conn:
+            now = self._clock(conn, now)
             self._count_expired(leases.expire(conn, now))
             return leases.claim(conn, worker_id, gpus=gpus, labels=labels or {}, kinds=kinds,
                                 price_per_hour=price_per_hour, now=now)
@@ -193,40 +199,46 @@ class Store:
     def renew_lease(self, run_id: str, worker_id: str, epoch: int, *, now: float | None = None) -> dict[str, Any]:
         """Extend a live lease by its ttl. Returns ``expires_at``, ``ttl_s``, ``cancel_requested``."""
         with self._write() as conn:
-            return leases.renew(conn, run_id, worker_id, epoch, _now(now))
+            now = self._clock(conn, now)
+            return leases.renew(conn, run_id, worker_id, epoch, now)
 
     def record_progress(self, run_id: str, worker_id: str, epoch: int, points: list[dict[str, Any]], *,
                         now: float | None = None) -> int:
         """Store progress points ``{step, metrics}`` under a live lease; returns the run's step."""
         with self._write() as conn:
-            return leases.record_progress(conn, run_id, worker_id, epoch, points, _now(now))
+            now = self._clock(conn, now)
+            return leases.record_progress(conn, run_id, worker_id, epoch, points, now)
 
     def commit_checkpoint(self, run_id: str, worker_id: str, epoch: int, *, step: int, uri: str,
                           manifest_sha256: str, revision: str | None = None,
                           now: float | None = None) -> dict[str, Any]:
         """Record a checkpoint that is durable in the store (:func:`.leases.commit_checkpoint`)."""
         with self._write() as conn:
+            now = self._clock(conn, now)
             return leases.commit_checkpoint(conn, run_id, worker_id, epoch, step=step, uri=uri,
-                                            manifest_sha256=manifest_sha256, revision=revision, now=_now(now))
+                                            manifest_sha256=manifest_sha256, revision=revision, now=now)
 
     def record_resume(self, run_id: str, worker_id: str, epoch: int, *, step: int, note: str | None = None,
                       now: float | None = None) -> None:
         """The holder resumed at ``step`` (0: from scratch); ``note`` says why not from a newer one."""
         with self._write() as conn:
-            leases.record_resume(conn, run_id, worker_id, epoch, step=step, note=note, now=_now(now))
+            now = self._clock(conn, now)
+            leases.record_resume(conn, run_id, worker_id, epoch, step=step, note=note, now=now)
 
     def release_lease(self, run_id: str, worker_id: str, epoch: int, *, outcome: str,
                       failure_class: str | None = None, message: str | None = None, stderr_tail: str | None = None,
                       step: int | None = None, now: float | None = None) -> dict[str, Any]:
         """End a live lease with an outcome and apply the retry policy. Returns the run's new status."""
         with self._write() as conn:
+            now = self._clock(conn, now)
             return leases.release(conn, run_id, worker_id, epoch, outcome=outcome, failure_class=failure_class,
-                                  message=message, stderr_tail=stderr_tail, step=step, now=_now(now))
+                                  message=message, stderr_tail=stderr_tail, step=step, now=now)
 
     def expire_leases(self, *, now: float | None = None) -> int:
         """Reclaim every lease past its deadline (the sweeper). Returns how many were reclaimed."""
         with self._write() as conn:
-            return self._count_expired(leases.expire(conn, _now(now)))
+            now = self._clock(conn, now)
+            return self._count_expired(leases.expire(conn, now))
 
     def _count_expired(self, n: int) -> int:
         if n:
@@ -239,7 +251,8 @@ class Store:
                     now: float | None = None) -> dict[str, int]:
         """Store chunks of the holder's trainer output under its live lease (:func:`.logs.append`)."""
         with self._write() as conn:
-            return logs.append(conn, run_id, worker_id, epoch, chunks, _now(now))
+            now = self._clock(conn, now)
+            return logs.append(conn, run_id, worker_id, epoch, chunks, now)
 
     def list_logs(self, run_id: str, *, attempt: int | None = None, after: int = 0,
                   limit: int = 200) -> dict[str, Any]:
@@ -253,14 +266,16 @@ class Store:
                         resources: dict[str, Any], now: float | None = None) -> dict[str, Any]:
         """Create or refresh a worker's record."""
         with self._write() as conn:
+            now = self._clock(conn, now)
             workers.register(conn, worker_id, provider=provider, hostname=hostname, version=version,
-                             resources=resources, now=_now(now))
+                             resources=resources, now=now)
         return self.get_worker(worker_id, now=now)
 
     def heartbeat(self, worker_id: str, *, resources: dict[str, Any] | None = None,
                   now: float | None = None) -> dict[str, Any]:
         with self._write() as conn:
-            workers.heartbeat(conn, worker_id, resources=resources, now=_now(now))
+            now = self._clock(conn, now)
+            workers.heartbeat(conn, worker_id, resources=resources, now=now)
         return self.get_worker(worker_id, now=now)
 
     def get_worker(self, worker_id: str, *, now: float | None = None) -> dict[str, Any]:
@@ -271,7 +286,8 @@ class Store:
 
     def list_workers(self, *, worker_id: str | None = None, now: float | None = None) -> list[dict[str, Any]]:
         with self._read() as conn:
-            return workers.listing(conn, _now(now), worker_id=worker_id)
+            now = self._clock(conn, now)
+            return workers.listing(conn, now, worker_id=worker_id)
 
     def worker_activity(self, worker_ids: list[str]) -> dict[str, str]:
         """For each id: ``busy``, ``idle``, ``rollout`` or ``absent`` (:func:`.hosts.worker_activity`)."""
@@ -285,29 +301,34 @@ class Store:
                          now: float | None = None) -> dict[str, Any]:
         """Record the run's rollout manager under a live lease (:func:`.rollout.announce`)."""
         with self._write() as conn:
+            now = self._clock(conn, now)
             return rollout.announce(conn, run_id, worker_id, epoch, url=url, secret=secret, version=version,
-                                    pool=pool or [], now=_now(now))
+                                    pool=pool or [], now=now)
 
     def rollout_endpoint(self, run_id: str, *, now: float | None = None) -> dict[str, Any]:
         """The run's current rollout manager, or NotFound saying why there is none."""
         with self._read() as conn:
-            return rollout.endpoint(conn, run_id, _now(now))
+            now = self._clock(conn, now)
+            return rollout.endpoint(conn, run_id, now)
 
     def rollout_runs(self, *, now: float | None = None) -> list[dict[str, Any]]:
         """Running runs with a current rollout manager, fewest rollout workers first."""
         with self._read() as conn:
-            return rollout.wanting(conn, _now(now))
+            now = self._clock(conn, now)
+            return rollout.wanting(conn, now)
 
     def rollout_autoscale_demand(self, *, now: float | None = None) -> list[dict[str, Any]]:
         """Running runs that want rollout workers from the SSH autoscaler (:func:`.rollout.autoscale_demand`)."""
         with self._read() as conn:
-            return rollout.autoscale_demand(conn, _now(now))
+            now = self._clock(conn, now)
+            return rollout.autoscale_demand(conn, now)
 
     def register_rollout_worker(self, worker_id: str, *, labels: dict[str, str] | None = None,
                                 run_id: str | None = None, now: float | None = None) -> dict[str, Any]:
         """Create or refresh a rollout worker's record (its heartbeat too)."""
         with self._write() as conn:
-            rollout.register_worker(conn, worker_id, labels=labels or {}, run_id=run_id, now=_now(now))
+            now = self._clock(conn, now)
+            rollout.register_worker(conn, worker_id, labels=labels or {}, run_id=run_id, now=now)
             return rollout.list_workers(conn, worker_id=worker_id)[0]
 
     def list_rollout_workers(self) -> list[dict[str, Any]]:
@@ -319,7 +340,8 @@ class Store:
     def create_token(self, name: str, scope: str, *, now: float | None = None) -> str:
         """A new random token; only its hash is kept. The plain token is returned once."""
         with self._write() as conn:
-            return tokens.create(conn, name, scope, _now(now))
+            now = self._clock(conn, now)
+            return tokens.create(conn, name, scope, now)
 
     def token_scope(self, token: str) -> str | None:
         """The scope of a live token, or None."""
@@ -335,19 +357,22 @@ class Store:
     def run_ledger(self, run_id: str, *, now: float | None = None) -> dict[str, Any]:
         """The ledger of one run: every attempt, the run's totals, and totals per provider."""
         with self._read() as conn:
-            return ledger.run_ledger(conn, run_id, _now(now))
+            now = self._clock(conn, now)
+            return ledger.run_ledger(conn, run_id, now)
 
     def provider_ledger(self, *, now: float | None = None) -> dict[str, Any]:
         """Totals per provider over every run."""
         with self._read() as conn:
-            return ledger.provider_ledger(conn, _now(now))
+            now = self._clock(conn, now)
+            return ledger.provider_ledger(conn, now)
 
     # -- hosts (DESIGN §10) ----------------------------------------------------------------
 
     def put_host(self, name: str, spec: dict[str, Any], *, now: float | None = None) -> dict[str, Any]:
         """Create a host or change its connection fields (its poll and its workers are kept)."""
         with self._write() as conn:
-            hosts.put_host(conn, name, spec, _now(now))
+            now = self._clock(conn, now)
+            hosts.put_host(conn, name, spec, now)
         return self.get_host(name)
 
     def get_host(self, name: str) -> dict[str, Any]:
@@ -361,12 +386,14 @@ class Store:
     def remove_host(self, name: str, *, force: bool = False, now: float | None = None) -> None:
         """Forget a host. InvalidState while workers started there are alive, unless ``force``."""
         with self._write() as conn:
-            hosts.remove_host(conn, name, force=force, now=_now(now))
+            now = self._clock(conn, now)
+            hosts.remove_host(conn, name, force=force, now=now)
 
     def set_host_enabled(self, name: str, enabled: bool, *, now: float | None = None) -> dict[str, Any]:
         """A disabled host is still polled, but the autoscaler starts nothing there."""
         with self._write() as conn:
-            hosts.set_host_enabled(conn, name, enabled, _now(now))
+            now = self._clock(conn, now)
+            hosts.set_host_enabled(conn, name, enabled, now)
         return self.get_host(name)
 
     def record_poll(self, name: str, *, gpus: list[dict[str, Any]] | None, error: str | None,
@@ -374,26 +401,30 @@ class Store:
                     now: float | None = None) -> list[dict[str, Any]]:
         """Store one poll (:func:`.hosts.record_poll`); returns the workers found gone."""
         with self._write() as conn:
+            now = self._clock(conn, now)
             return hosts.record_poll(conn, name, gpus=gpus, error=error, checked=checked_pids or set(),
-                                     alive=alive_pids or set(), now=_now(now))
+                                     alive=alive_pids or set(), now=now)
 
     def reserve_gpus(self, name: str, *, worker_id: str, gpus: list[int], run_id: str | None = None,
                      role: WorkerRole = WorkerRole.WORKER, now: float | None = None) -> bool:
         """Atomically hold ``gpus`` of an enabled, reachable host for a worker (of ``role``) about to
         start. False (and nothing changes) when any of them is busy or already held."""
         with self._write() as conn:
+            now = self._clock(conn, now)
             return hosts.reserve_gpus(conn, name, worker_id=worker_id, gpus=gpus, run_id=run_id, role=role,
-                                      now=_now(now))
+                                      now=now)
 
     def assign_worker(self, name: str, worker_id: str, handle: dict[str, Any], *, now: float | None = None) -> None:
         """Record the started worker's pid and files on its reservation."""
         with self._write() as conn:
-            hosts.assign_worker(conn, name, worker_id, handle, _now(now))
+            now = self._clock(conn, now)
+            hosts.assign_worker(conn, name, worker_id, handle, now)
 
     def release_gpus(self, name: str, worker_id: str, *, error: str | None = None, now: float | None = None) -> None:
         """Drop a worker's reservation (it failed to start, or was stopped); ``error`` goes on the host."""
         with self._write() as conn:
-            hosts.release_gpus(conn, name, worker_id, error=error, now=_now(now))
+            now = self._clock(conn, now)
+            hosts.release_gpus(conn, name, worker_id, error=error, now=now)
 
     def ended_runs(self, run_ids: list[str]) -> set[str]:
         """Those of ``run_ids`` that ended or no longer exist."""
@@ -403,4 +434,5 @@ class Store:
     def gpu_demand(self, *, now: float | None = None) -> list[dict[str, Any]]:
         """Queued runs that could start now: ``run_id``, ``gpus``, ``labels``, best first."""
         with self._read() as conn:
-            return hosts.gpu_demand(conn, _now(now))
+            now = self._clock(conn, now)
+            return hosts.gpu_demand(conn, now)
