@@ -1,20 +1,28 @@
 """A typed HTTP client of the commander, shared by the CLI and the worker.
 
-Connection errors and 502/503/504 are retried with exponential backoff; a 4xx never is, nor a
-certificate the client cannot verify (:class:`relaytrain.errors.TlsError`: no retry can fix it).
+The client may be given several commander URLs (replicas over one PostgreSQL database): it
+sticks to the one that answers and moves to the next when a request to it fails to get an
+answer: a transport error (refused, reset, a timeout) or a 502/503/504 (a proxy or the replica
+saying it cannot serve). Each round of tries goes once over every replica, starting with the
+current one, within one request timeout in all, so a killed replica costs a refused connection,
+not a renewal interval, and a call never outlasts its timeout (the lease keeper's self-fence
+counts on that). Failed rounds are retried with exponential backoff; a 4xx never is.
 Errors come back as the named exceptions of :mod:`relaytrain.errors`.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
-from relaytrain.errors import CommanderUnavailable, RelayError, error_class, error_classes
+from relaytrain.errors import CommanderUnavailable, ConfigError, RelayError, error_class, error_classes
 from relaytrain.tls import client_context, verification_error, verification_failure
 
 from . import models as m
@@ -22,6 +30,29 @@ from . import models as m
 log = logging.getLogger(__name__)
 
 _RETRY_STATUS = (502, 503, 504)
+
+
+def commander_urls(value: str | Sequence[str]) -> list[str]:
+    """The commander URLs of ``--commander`` / ``RELAY_COMMANDER``: one URL, several separated by
+    commas, or a list of them; without trailing slashes, duplicates dropped, in their order.
+    ConfigError naming the first that is not an ``http(s)://host[:port]`` URL."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    urls: list[str] = []
+    for item in items:
+        url = item.strip().rstrip("/")
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"commander URL {item.strip()!r} is not an http:// or https:// URL with a host "
+                              f"(several are separated by commas)")
+        if url not in urls:
+            urls.append(url)
+    if not urls:
+        raise ConfigError("no commander URL given")
+    return urls
 
 
 def _error_for(response: httpx.Response) -> RelayError:
@@ -40,12 +71,13 @@ def _error_for(response: httpx.Response) -> RelayError:
 
 
 class RelayClient:
-    """Talks to one commander. ``retries`` bounds attempts on connection errors; ``ca_cert`` is the CA
-    an ``https://`` commander's certificate is verified with (None: the public CAs)."""
+    """Talks to a commander, through whichever of ``base_url``'s replicas answers (:func:`commander_urls`).
+    ``retries`` bounds the further rounds over them when none answered; ``ca_cert`` is the CA an
+    ``https://`` commander's certificate is verified with (None: the public CAs)."""
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         token: str | None = None,
         *,
         timeout_s: float = 30.0,
@@ -55,12 +87,19 @@ class RelayClient:
         ca_cert: str | Path | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.base_url = base_url.rstrip("/")
+        self.base_urls = commander_urls(base_url)
+        self._current = 0
+        self._switch = threading.Lock()  # the worker's threads share one client
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s, transport=transport,
+        self._http = httpx.Client(headers=headers, timeout=timeout_s, transport=transport,
                                   verify=client_context(ca_cert))
+
+    @property
+    def base_url(self) -> str:
+        """The replica requests go to now (the last one that answered)."""
+        return self.base_urls[self._current]
 
     def close(self) -> None:
         self._http.close()
@@ -71,33 +110,55 @@ class RelayClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _fail_over(self, failed: str, why: object) -> None:
+        """``failed`` gave no answer: move on to the next replica, unless another thread already did."""
+        if len(self.base_urls) == 1:
+            return
+        with self._switch:
+            if self.base_url != failed:
+                return
+            self._current = (self._current + 1) % len(self.base_urls)
+        log.warning("commander %s gave no answer (%s); moving to %s", failed, why, self.base_url)
+
     def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
                 timeout_s: float | None = None, retries: int | None = None) -> Any:
-        """Send one request; retry transport failures; raise a named error on any non-2xx."""
-        attempts = (self.retries if retries is None else retries) + 1
-        timeout = httpx.Timeout(timeout_s or self.timeout_s)
+        """Send one request; fail over and retry transport failures; raise a named error on any non-2xx."""
+        rounds = (self.retries if retries is None else retries) + 1
+        timeout = timeout_s or self.timeout_s
         last: Exception | None = None
-        for attempt in range(attempts):
-            if attempt:
-                time.sleep(min(10.0, self.backoff_s * 2 ** (attempt - 1)))
-            try:
-                response = self._http.request(method, path, json=json, params=params, timeout=timeout)
-            except httpx.TransportError as exc:
-                if (failure := verification_failure(exc)) is not None:
-                    raise verification_error(self.base_url, failure) from exc
-                last = exc
-                log.debug("%s %s failed (%s), attempt %d/%d", method, path, exc, attempt + 1, attempts)
-                continue
-            if response.status_code in _RETRY_STATUS and attempt + 1 < attempts:
-                last = _error_for(response)
-                continue
-            if response.is_success:
-                return response.json()
-            raise _error_for(response)
+        for round_ in range(rounds):
+            if round_:
+                time.sleep(min(10.0, self.backoff_s * 2 ** (round_ - 1)))
+            deadline = time.monotonic() + timeout
+            for _ in self.base_urls:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                url = self.base_url
+                try:
+                    response = self._http.request(method, url + path, json=json, params=params,
+                                                  timeout=httpx.Timeout(left))
+                except httpx.TransportError as exc:
+                    if (failure := verification_failure(exc)) is not None:
+                        raise verification_error(url, failure) from exc
+                    last = exc
+                    log.debug("%s %s%s failed (%s), round %d/%d", method, url, path, exc, round_ + 1, rounds)
+                    self._fail_over(url, exc)
+                    continue
+                if response.status_code in _RETRY_STATUS:
+                    last = _error_for(response)
+                    self._fail_over(url, f"HTTP {response.status_code}")
+                    continue
+                if response.is_success:
+                    return response.json()
+                raise _error_for(response)
+        if isinstance(last, RelayError):  # the last answer was a 502/503/504: its own error
+            raise last
+        where = ", ".join(self.base_urls)
         hint = ""
-        if isinstance(last, httpx.RemoteProtocolError) and self.base_url.startswith("http://"):
+        if isinstance(last, httpx.RemoteProtocolError) and any(u.startswith("http://") for u in self.base_urls):
             hint = " (if it serves https, use an https:// URL)"
-        raise CommanderUnavailable(f"cannot reach the commander at {self.base_url}: {last}{hint}") from last
+        raise CommanderUnavailable(f"cannot reach the commander at {where}: {last}{hint}") from last
 
     # -- service -----------------------------------------------------------------------------
 

@@ -48,8 +48,21 @@ def _workdir(help: str) -> Any:
     return typer.Option("--workdir", envvar="RELAY_WORKDIR", help=help)
 
 
+def _commander_urls(value: str) -> str:
+    """``--commander``: every URL checked (:func:`relaytrain.api.client.commander_urls`) before the command runs."""
+    from relaytrain.api.client import commander_urls
+    from relaytrain.errors import ConfigError
+
+    try:
+        return ",".join(commander_urls(value))
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
 CommanderOpt = Annotated[
-    str, typer.Option("--commander", envvar="RELAY_COMMANDER", help="Commander URL.", show_default=True)
+    str, typer.Option("--commander", envvar="RELAY_COMMANDER", callback=_commander_urls, show_default=True,
+                      help="Commander URL; several replicas' URLs separated by commas (the next is tried when "
+                           "one does not answer).")
 ]
 CaCertOpt = Annotated[
     Path | None,
