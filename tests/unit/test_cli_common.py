@@ -46,3 +46,39 @@ def test_fail_always_raises_and_prints_the_message_as_is(capsys):
 def test_print_json_renders_what_json_lacks_as_text(capsys, tmp_path):
     print_json({"path": tmp_path, "n": [1, 2]})
     assert json.loads(capsys.readouterr().out) == {"path": str(tmp_path), "n": [1, 2]}
+
+
+def _commands_with_commander() -> list[list[str]]:
+    """The argv path of every ``relay`` command that takes ``--commander``."""
+    found: list[list[str]] = []
+
+    def walk(command, path: list[str]) -> None:
+        if hasattr(command, "commands"):  # a group (typer's own click)
+            for name, sub in command.commands.items():
+                walk(sub, [*path, name])
+        elif any(p.name == "commander" for p in command.params):
+            found.append(path)
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+COMMANDER_COMMANDS = _commands_with_commander()
+
+
+def test_the_worker_the_rollout_worker_and_the_client_commands_take_commander():
+    assert {"worker", "rollout-worker", "runs", "status", "submit"} <= {" ".join(c) for c in COMMANDER_COMMANDS}
+
+
+@pytest.mark.parametrize("command", COMMANDER_COMMANDS, ids=" ".join)
+def test_every_command_refuses_a_bad_commander_url_naming_it(command):
+    """Checked before anything else (the command's own arguments are not even given here)."""
+    result = CliRunner().invoke(app, [*command, "--commander", "http://127.0.0.1:9,notaurl"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert "'--commander'" in result.output and "'notaurl'" in result.output, result.output
+
+
+def test_relay_commander_from_the_environment_is_checked_too():
+    result = CliRunner().invoke(app, ["runs"], env={"COLUMNS": "200", "RELAY_COMMANDER": "http://a, ftp://b"})
+    assert result.exit_code == 2
+    assert "'ftp://b'" in result.output, result.output
