@@ -59,6 +59,46 @@ def test_a_replica_whose_clock_runs_ahead_grants_nothing_early(pg_url, monkeypat
         right.close()
 
 
+def _waiting_for_locks(store: Store) -> int:
+    """Sessions of this database waiting for a lock now (a transaction of its own: the view is a snapshot)."""
+    import sqlalchemy as sa
+
+    with store.engine.connect() as conn:
+        return conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                    "AND datname = current_database()")).scalar_one()
+
+
+@pytest.mark.postgres
+def test_a_renewal_that_waits_for_its_run_is_dated_after_the_wait(pg_url, monkeypatch):
+    """Another transaction holds the run's row lock and lets go without changing it; the renewal
+    waiting for it is dated once it has the lock (dated at the transaction's start, or by the
+    locking statement's own target list, it would be dated before the wait)."""
+    import threading
+
+    import sqlalchemy as sa
+
+    from relaytrain.commander.store.schema import runs
+    from tests.support.commander import wait_until
+
+    store = _store(pg_url, monkeypatch)
+    store.upgrade()
+    try:
+        store.submit_run(run("r"))
+        store.claim_run("w")
+        renewed: dict = {}
+        with store.engine.connect() as holder:
+            with holder.begin():
+                holder.execute(sa.select(runs.c.run_id).where(runs.c.run_id == "r").with_for_update())
+                renewal = threading.Thread(target=lambda: renewed.update(store.renew_lease("r", "w", 1)))
+                renewal.start()
+                wait_until(lambda: _waiting_for_locks(store) > 0, 30, "the renewal to wait for the lock")
+                released_at = store.clock.now(holder)
+            renewal.join(30)
+        assert renewed["expires_at"] >= released_at + TTL_S
+    finally:
+        store.close()
+
+
 def test_the_process_clock_dates_sqlite_leases_and_explicit_now_wins(db_url, monkeypatch):
     store = _store(db_url, monkeypatch, offset_s=1000.0)
     store.upgrade()

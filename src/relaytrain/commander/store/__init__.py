@@ -14,7 +14,8 @@ the plain functions of one area module with its connection:
 
 The same code runs on SQLite (the default, ``./relay.db``) and PostgreSQL, and the same tests
 run on both. Every method takes ``now=`` (seconds since the epoch) for tests; by default the time
-is read inside the method's transaction, on PostgreSQL from the database's clock (:mod:`.clock`).
+is read inside the method's transaction, on PostgreSQL from the database's clock, by fenced calls
+in the statement that locks their run (:mod:`.clock`).
 """
 
 from __future__ import annotations
@@ -199,14 +200,14 @@ class Store:
     def renew_lease(self, run_id: str, worker_id: str, epoch: int, *, now: float | None = None) -> dict[str, Any]:
         """Extend a live lease by its ttl. Returns ``expires_at``, ``ttl_s``, ``cancel_requested``."""
         with self._write() as conn:
-            now = self._clock(conn, now)
+            now = self.clock.for_fence(now)
             return leases.renew(conn, run_id, worker_id, epoch, now)
 
     def record_progress(self, run_id: str, worker_id: str, epoch: int, points: list[dict[str, Any]], *,
                         now: float | None = None) -> int:
         """Store progress points ``{step, metrics}`` under a live lease; returns the run's step."""
         with self._write() as conn:
-            now = self._clock(conn, now)
+            now = self.clock.for_fence(now)
             return leases.record_progress(conn, run_id, worker_id, epoch, points, now)
 
     def commit_checkpoint(self, run_id: str, worker_id: str, epoch: int, *, step: int, uri: str,
@@ -214,7 +215,7 @@ class Store:
                           now: float | None = None) -> dict[str, Any]:
         """Record a checkpoint that is durable in the store (:func:`.leases.commit_checkpoint`)."""
         with self._write() as conn:
-            now = self._clock(conn, now)
+            now = self.clock.for_fence(now)
             return leases.commit_checkpoint(conn, run_id, worker_id, epoch, step=step, uri=uri,
                                             manifest_sha256=manifest_sha256, revision=revision, now=now)
 
@@ -222,7 +223,7 @@ class Store:
                       now: float | None = None) -> None:
         """The holder resumed at ``step`` (0: from scratch); ``note`` says why not from a newer one."""
         with self._write() as conn:
-            now = self._clock(conn, now)
+            now = self.clock.for_fence(now)
             leases.record_resume(conn, run_id, worker_id, epoch, step=step, note=note, now=now)
 
     def release_lease(self, run_id: str, worker_id: str, epoch: int, *, outcome: str,
@@ -230,7 +231,7 @@ class Store:
                       step: int | None = None, now: float | None = None) -> dict[str, Any]:
         """End a live lease with an outcome and apply the retry policy. Returns the run's new status."""
         with self._write() as conn:
-            now = self._clock(conn, now)
+            now = self.clock.for_fence(now)
             return leases.release(conn, run_id, worker_id, epoch, outcome=outcome, failure_class=failure_class,
                                   message=message, stderr_tail=stderr_tail, step=step, now=now)
 
@@ -251,7 +252,7 @@ class Store:
                     now: float | None = None) -> dict[str, int]:
         """Store chunks of the holder's trainer output under its live lease (:func:`.logs.append`)."""
         with self._write() as conn:
-            now = self._clock(conn, now)
+            now = self.clock.for_fence(now)
             return logs.append(conn, run_id, worker_id, epoch, chunks, now)
 
     def list_logs(self, run_id: str, *, attempt: int | None = None, after: int = 0,
@@ -301,7 +302,7 @@ class Store:
                          now: float | None = None) -> dict[str, Any]:
         """Record the run's rollout manager under a live lease (:func:`.rollout.announce`)."""
         with self._write() as conn:
-            now = self._clock(conn, now)
+            now = self.clock.for_fence(now)
             return rollout.announce(conn, run_id, worker_id, epoch, url=url, secret=secret, version=version,
                                     pool=pool or [], now=now)
 

@@ -8,14 +8,16 @@ server's clock, read on the transaction's own connection: one clock for every re
 theirs say. SQLite is one file on one machine behind one commander: its process clock is the only
 clock there is, read once the transaction holds the write lock.
 
-Which PostgreSQL function: ``clock_timestamp()``, the time when it is evaluated. ``now()`` (the
-transaction's start) and ``statement_timestamp()`` (the statement's arrival) both date what a
-statement does before any lock wait inside it. The time is read by its own statement at the start
-of the transaction, so a write transaction is dated after it began; the one lock a write then waits
-on is the run row taken by the fence (``FOR UPDATE``). A renewal dated before that wait sets a
-deadline a little *earlier* than one dated after it: the safe side, since the worker's own
-deadline runs from when it *sent* the request, earlier still. Grants take their row with ``SKIP
-LOCKED`` and never wait.
+Which PostgreSQL function, and when: ``clock_timestamp()``, the time when it is evaluated, read
+after the locks a call waits for. ``now()`` is the transaction's start and ``statement_timestamp()``
+the statement's: both date a call before a lock wait inside it, and a lease granted or renewed
+after a wait must not be dated before it. Even ``clock_timestamp()`` in the target list of a
+``SELECT … FOR UPDATE`` is evaluated before the row lock is waited for (when the holder releases
+the row without changing it), so the fence reads it in an outer query over the locking one
+(:func:`.leases.fenced_run`): every fenced call (renewal, progress, checkpoint, release, logs,
+rollout announcement) is dated in the same round trip that locks its run, after the lock is
+held. Other writes (claims, the sweeper, submissions) read it by a statement of their own at
+the start of their transaction; a claim takes its row with ``SKIP LOCKED`` and never waits.
 
 A test can set the process clock ahead or behind by :data:`CLOCK_OFFSET_ENV` seconds, read here
 and nowhere else, to start a real replica whose clock is wrong.
@@ -34,7 +36,9 @@ from relaytrain.errors import ConfigError
 CLOCK_OFFSET_ENV = "RELAY_CLOCK_OFFSET_S"
 """Test only: seconds added to this process's clock (``relay serve`` with a clock that is wrong)."""
 
-_DB_NOW = sa.text("SELECT extract(epoch FROM clock_timestamp())::float8")
+DATABASE_NOW = sa.literal_column("extract(epoch FROM clock_timestamp())::float8")
+"""PostgreSQL's clock, seconds since the epoch, when the expression is evaluated."""
+_SELECT_NOW = sa.select(DATABASE_NOW)
 
 
 def process_offset() -> float:
@@ -63,5 +67,12 @@ class Clock:
         if now is not None:
             return now
         if self.from_database:
-            return conn.execute(_DB_NOW).scalar_one()
+            return conn.execute(_SELECT_NOW).scalar_one()
+        return time.time() + self.offset
+
+    def for_fence(self, now: float | None = None) -> float | None:
+        """``now`` for a fenced call (inside its transaction): None on PostgreSQL, where the fence
+        reads the database's clock in its own statement, once the run's row is locked."""
+        if now is not None or self.from_database:
+            return now
         return time.time() + self.offset

@@ -27,6 +27,7 @@ from . import checkpoints as ckpts
 from . import evals, events
 from . import metrics as series
 from . import runs as run_rows
+from .clock import DATABASE_NOW
 from .schema import attempts, checkpoints, metrics, runs
 
 CLAIM_BATCH = 64  # candidates read per page, without locks
@@ -35,8 +36,20 @@ FALLBACKS = 4  # older durable checkpoints a grant offers in case the newest tur
 # What the fence needs of a run; calls that need the rest (config, retries) ask for the whole row.
 _LEASE_COLUMNS = (runs.c.run_id, runs.c.epoch, runs.c.status, runs.c.holder, runs.c.lease_expires_at,
                   runs.c.lease_ttl_s, runs.c.cancel_requested)
-_FENCE_ROW = sa.select(runs).where(runs.c.run_id == sa.bindparam("run_id")).with_for_update()
-_FENCE_LEASE = sa.select(*_LEASE_COLUMNS).where(runs.c.run_id == sa.bindparam("run_id")).with_for_update()
+
+
+def _fence_statement(columns: tuple[sa.ColumnElement, ...], dated: bool) -> sa.Select:
+    """The run row, locked; ``dated``: with the database's clock beside it, read *above* the lock
+    (an outer query over the locking one), so after any wait for it. Read in the locking query
+    itself, PostgreSQL evaluates it before the wait (:mod:`.clock`)."""
+    locked = sa.select(*columns).where(runs.c.run_id == sa.bindparam("run_id")).with_for_update()
+    if not dated:
+        return locked
+    return sa.select(locked.subquery("locked"), DATABASE_NOW.label("database_now"))
+
+
+_FENCE = {(whole, dated): _fence_statement(tuple(runs.c) if whole else _LEASE_COLUMNS, dated)
+          for whole in (True, False) for dated in (True, False)}
 _EXTEND_LEASE = (
     runs.update()
     .where(runs.c.run_id == sa.bindparam("b_run_id"))
@@ -206,25 +219,36 @@ def _pick(conn: sa.Connection, *, gpus: int, labels: dict[str, str], kinds: list
 # -- fence ---------------------------------------------------------------------------------------
 
 
-def fenced_run(conn: sa.Connection, run_id: str, worker_id: str, epoch: int, now: float, *,
-               whole: bool = True) -> dict:
+class Fenced(NamedTuple):
+    run: dict  # the run row (or only the lease's columns), locked
+    now: float  # the time the fenced call is dated by
+
+
+def fenced_run(conn: sa.Connection, run_id: str, worker_id: str, epoch: int, now: float | None, *,
+               whole: bool = True) -> Fenced:
     """The run row, locked, if ``(worker_id, epoch)`` holds its live lease; else LeaseLost.
-    Without ``whole``, only the lease's columns (``_LEASE_COLUMNS``)."""
-    row = conn.execute(_FENCE_ROW if whole else _FENCE_LEASE, {"run_id": run_id}).mappings().first()
+    Without ``whole``, only the lease's columns (``_LEASE_COLUMNS``). ``now`` None (PostgreSQL):
+    the database's clock, read by the same statement once the row lock is held, and returned."""
+    dated = now is None
+    assert not dated or conn.dialect.name == "postgresql", "only PostgreSQL has a clock the fence can read"
+    row = conn.execute(_FENCE[whole, dated], {"run_id": run_id}).mappings().first()
     if row is None:
         raise NotFound(f"no run named {run_id!r}")
+    row = dict(row)
+    if dated:
+        now = row.pop("database_now")
     if row["epoch"] != epoch:
         raise LeaseLost(f"run {run_id}: epoch {epoch} is stale (current epoch is {row['epoch']})")
     if row["status"] != RunStatus.RUNNING or row["holder"] != worker_id:
         raise LeaseLost(f"run {run_id}: {worker_id} does not hold a live lease at epoch {epoch}")
     if row["lease_expires_at"] is None or row["lease_expires_at"] <= now:
         raise LeaseLost(f"run {run_id}: the lease at epoch {epoch} has expired")
-    return dict(row)
+    return Fenced(row, now)
 
 
-def renew(conn: sa.Connection, run_id: str, worker_id: str, epoch: int, now: float) -> dict[str, Any]:
+def renew(conn: sa.Connection, run_id: str, worker_id: str, epoch: int, now: float | None) -> dict[str, Any]:
     """Extend a live lease by its ttl. Returns ``expires_at``, ``ttl_s``, ``cancel_requested``."""
-    row = fenced_run(conn, run_id, worker_id, epoch, now, whole=False)
+    row, now = fenced_run(conn, run_id, worker_id, epoch, now, whole=False)
     expires_at = now + row["lease_ttl_s"]
     conn.execute(_EXTEND_LEASE, {"b_run_id": run_id, "b_expires_at": expires_at, "b_now": now})
     conn.execute(_MARK_RENEWED, {"b_run_id": run_id, "b_epoch": epoch, "b_now": now})
@@ -232,9 +256,9 @@ def renew(conn: sa.Connection, run_id: str, worker_id: str, epoch: int, now: flo
 
 
 def record_progress(conn: sa.Connection, run_id: str, worker_id: str, epoch: int, points: list[dict[str, Any]],
-                    now: float) -> int:
+                    now: float | None) -> int:
     """Store progress points ``{step, metrics}`` under a live lease; returns the run's step."""
-    fenced_run(conn, run_id, worker_id, epoch, now, whole=False)
+    now = fenced_run(conn, run_id, worker_id, epoch, now, whole=False).now
     rows = [
         {"run_id": run_id, "epoch": epoch, "step": p["step"], "name": name, "value": value, "ts": now}
         for p in points
@@ -249,11 +273,11 @@ def record_progress(conn: sa.Connection, run_id: str, worker_id: str, epoch: int
 
 
 def commit_checkpoint(conn: sa.Connection, run_id: str, worker_id: str, epoch: int, *, step: int, uri: str,
-                      manifest_sha256: str, revision: str | None, now: float) -> dict[str, Any]:
+                      manifest_sha256: str, revision: str | None, now: float | None) -> dict[str, Any]:
     """Record a checkpoint that is durable in the store, under a live lease; idempotent for the same
     epoch and step. ``revision``: the store's commit holding it, for stores with history (the Hub).
     Queues the run's automatic evaluation of that step, if it asks for one."""
-    run = fenced_run(conn, run_id, worker_id, epoch, now)
+    run, now = fenced_run(conn, run_id, worker_id, epoch, now)
     key = (checkpoints.c.run_id == run_id, checkpoints.c.step == step, checkpoints.c.epoch == epoch)
     if conn.execute(sa.select(checkpoints.c.id).where(*key)).first():
         conn.execute(checkpoints.update().where(*key).values(uri=uri, manifest_sha256=manifest_sha256,
@@ -276,10 +300,10 @@ def commit_checkpoint(conn: sa.Connection, run_id: str, worker_id: str, epoch: i
 
 
 def record_resume(conn: sa.Connection, run_id: str, worker_id: str, epoch: int, *, step: int, note: str | None,
-                  now: float) -> None:
+                  now: float | None) -> None:
     """The holder resumed at ``step`` (0: from scratch); ``note`` says why not from a newer one.
     Earlier attempts' points past ``step`` are superseded (:func:`.metrics.supersede`)."""
-    fenced_run(conn, run_id, worker_id, epoch, now, whole=False)
+    now = fenced_run(conn, run_id, worker_id, epoch, now, whole=False).now
     series.supersede(conn, run_id, epoch, step)
     conn.execute(
         attempts.update()
@@ -296,10 +320,10 @@ def record_resume(conn: sa.Connection, run_id: str, worker_id: str, epoch: int, 
 
 def release(conn: sa.Connection, run_id: str, worker_id: str, epoch: int, *, outcome: AttemptOutcome,
             failure_class: FailureClass | None, message: str | None, stderr_tail: str | None, step: int | None,
-            now: float) -> dict[str, Any]:
+            now: float | None) -> dict[str, Any]:
     """End a live lease with an outcome; the run's next status is the retry policy's
     (:func:`~relaytrain.commander.policy.next_status`). Returns it."""
-    row = fenced_run(conn, run_id, worker_id, epoch, now)
+    row, now = fenced_run(conn, run_id, worker_id, epoch, now)
     _close_attempt(conn, row, outcome, failure_class, message, stderr_tail, step, now)
     policy = RetryPolicy.model_validate(row["config"].get("retry", {}))
     decision = next_status(outcome, failure_class, row["retries_used"], policy,

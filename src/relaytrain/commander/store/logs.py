@@ -31,12 +31,12 @@ _PAGE = 256  # chunks read at a time when dropping the oldest
 
 
 def append(conn: sa.Connection, run_id: str, worker_id: str, epoch: int, chunks: Sequence[dict[str, Any]],
-           now: float) -> dict[str, int]:
+           now: float | None) -> dict[str, int]:
     """Store ``chunks`` (``seq``, ``stream``, ``ts``, ``text``, in order) of the trainer output of
     ``(worker_id, epoch)``, under its live lease (else LeaseLost, changing nothing); then drop
     the attempt's oldest chunks beyond the run's ``logs.max_bytes``. Returns the attempt's
     ``end`` (the offset past everything shipped) and ``dropped`` (bytes not kept)."""
-    run = fenced_run(conn, run_id, worker_id, epoch, now)  # the run row stays locked: appends never race
+    run, _ = fenced_run(conn, run_id, worker_id, epoch, now)  # the run row stays locked: appends never race
     cap = LogsPolicy.model_validate(run["config"].get("logs", {})).max_bytes
     key = (run_log_attempts.c.run_id == run_id, run_log_attempts.c.epoch == epoch)
     totals = conn.execute(sa.select(run_log_attempts.c.end_offset, run_log_attempts.c.kept_bytes).where(*key)).first()

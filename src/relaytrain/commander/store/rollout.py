@@ -50,11 +50,11 @@ def _endpoint_dict(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def announce(conn: sa.Connection, run_id: str, worker_id: str, epoch: int, *, url: str, secret: str,
-             version: int | None, pool: list[dict[str, Any]], now: float) -> dict[str, Any]:
+             version: int | None, pool: list[dict[str, Any]], now: float | None) -> dict[str, Any]:
     """Record where the trainer of ``(worker_id, epoch)`` hosts its rollout manager, under that live
     lease (else LeaseLost, changing nothing). The run row stays locked to the end of the
     transaction, so the upsert of the run's one row never races another announcement."""
-    fenced_run(conn, run_id, worker_id, epoch, now, whole=False)
+    now = fenced_run(conn, run_id, worker_id, epoch, now, whole=False).now
     values = {"epoch": epoch, "url": url, "secret": secret, "version": version, "pool": pool, "updated_at": now}
     key = rollout_endpoints.c.run_id == run_id
     old = conn.execute(sa.select(rollout_endpoints.c.epoch, rollout_endpoints.c.url).where(key)).first()
