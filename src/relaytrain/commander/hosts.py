@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -244,7 +243,7 @@ async def _scale_rollout(store: Store, settings: HostsSettings, hosts: list[dict
 async def scale_once(store: Store, settings: HostsSettings, *, now: float | None = None) -> list[dict[str, Any]]:
     """Start the workers the queue needs now, then the rollout workers running runs want; returns
     ``{host, worker_id, gpus, run_id, pid, role}`` of each."""
-    now = time.time() if now is None else now
+    now = await asyncio.to_thread(store.now) if now is None else now  # the clock the store dates by
     hosts = await asyncio.to_thread(store.list_hosts)
     ids = [a["worker_id"] for h in hosts for a in h["assignments"]]
     activity = await asyncio.to_thread(store.worker_activity, ids)

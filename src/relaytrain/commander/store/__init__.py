@@ -56,6 +56,12 @@ class Store:
         self.counters: collections.Counter[str] = collections.Counter()
         self.clock = Clock(self.dialect)
 
+    def now(self) -> float:
+        """The store's time now (:mod:`.clock`), for callers that compare their own deadlines with
+        times the store recorded (the autoscaler)."""
+        with self._read() as conn:
+            return self._clock(conn, None)
+
     def _clock(self, conn: sa.Connection, now: float | None) -> float:
         """The transaction's ``now``: the one given (tests), else :class:`.clock.Clock`'s, read on ``conn``."""
         return self.clock.now(conn, now)
