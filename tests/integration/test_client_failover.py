@@ -149,3 +149,20 @@ def test_commander_urls_names_the_bad_one(value, bad):
         commander_urls(value)
     with pytest.raises(ConfigError, match=f"commander URL {bad!r}"):
         RelayClient(value)
+
+
+def test_a_rollout_worker_asks_the_next_replica_when_one_is_down(tmp_path):
+    from relaytrain.rollout.worker import CommanderDirectory
+    from tests.support.commander import Commander
+
+    commander = Commander(db=str(tmp_path / "relay.db"), token="admin", workdir=tmp_path).start()
+    try:
+        with commander.client() as admin:
+            token = admin.create_token("gen", scope="rollout").token
+        directory = CommanderDirectory(f"{dead_url()},{commander.url}", token)
+        assert directory.runs() == []
+        assert directory.endpoint("no-such-run") is None
+        assert directory.client.base_url == commander.url
+        directory.client.close()
+    finally:
+        commander.stop()

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class WorkerSettings:
     commander: str
+    """The commander's URL, or its replicas' separated by commas (:func:`relaytrain.api.client.commander_urls`)."""
     token: str | None
     worker_id: str
     workdir: Path
