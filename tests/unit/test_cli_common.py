@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from relaytrain.cli import app
 from relaytrain.cli.common import fail, parse_labels, print_json
+from tests.support.cli import commands, flags
 
 
 def test_labels_are_key_value_pairs():
@@ -48,22 +49,7 @@ def test_print_json_renders_what_json_lacks_as_text(capsys, tmp_path):
     assert json.loads(capsys.readouterr().out) == {"path": str(tmp_path), "n": [1, 2]}
 
 
-def _commands_with_commander() -> list[list[str]]:
-    """The argv path of every ``relay`` command that takes ``--commander``."""
-    found: list[list[str]] = []
-
-    def walk(command, path: list[str]) -> None:
-        if hasattr(command, "commands"):  # a group (typer's own click)
-            for name, sub in command.commands.items():
-                walk(sub, [*path, name])
-        elif any(p.name == "commander" for p in command.params):
-            found.append(path)
-
-    walk(typer.main.get_command(app), [])
-    return found
-
-
-COMMANDER_COMMANDS = _commands_with_commander()
+COMMANDER_COMMANDS = [list(path) for path, command in commands() if "--commander" in flags(command)]
 
 
 def test_the_worker_the_rollout_worker_and_the_client_commands_take_commander():

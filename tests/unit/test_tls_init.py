@@ -116,20 +116,14 @@ def test_a_mismatched_key_is_refused_naming_the_flag(tmp_path):
 
 def test_every_command_that_talks_to_a_commander_takes_ca_cert():
     """Generated from the app: a new command with --commander and no --ca-cert fails here."""
-    import typer
-
-    def walk(command, path: str):
-        yield path, command
-        if hasattr(command, "commands"):  # a group (typer's own click, vendored or not)
-            for name, sub in command.commands.items():
-                yield from walk(sub, f"{path} {name}")
+    from tests.support.cli import commands, flags
 
     seen, missing = [], []
-    for path, command in walk(typer.main.get_command(app), "relay"):
-        flags = {flag for param in command.params for flag in getattr(param, "opts", [])}
-        if "--commander" in flags:
+    for path, command in commands():
+        path = " ".join(("relay", *path))
+        if "--commander" in flags(command):
             seen.append(path)
-            if "--ca-cert" not in flags:
+            if "--ca-cert" not in flags(command):
                 missing.append(path)
     assert len(seen) >= 15 and "relay worker" in seen and "relay rollout-worker" in seen
     assert missing == []
