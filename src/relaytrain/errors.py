@@ -94,6 +94,11 @@ class PayloadTooLarge(BadRequest):
     http_status = 413
 
 
+class WorkerEnvMissing(RelayError):
+    """A run references a variable (``{from_worker_env: NAME}``) that this worker's environment does
+    not hold. The message names the variables and the worker; another worker may hold them."""
+
+
 class CommanderUnavailable(RelayError):
     """The commander could not be reached."""
 

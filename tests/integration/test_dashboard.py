@@ -56,7 +56,7 @@ def test_the_dashboard_shows_a_handed_off_run_to_a_viewer(cluster, tmp_path):
     shots = tmp_path / "screenshots"
     client = cluster.client
     client.submit(counter_run("handed", cluster.store, max_steps=80, every=10,
-                              env={"HF_TOKEN": SECRET, "RELAY_NOTE": "kept"}))
+                              env={"HF_TOKEN": {"value": SECRET, "secret": False}, "RELAY_NOTE": "kept"}))
     # No worker offers a GPU: this one stays queued, for the cancel button.
     client.submit({**counter_run("waiting", cluster.store), "resources": {"gpus": 1}})
     cluster.worker("a")

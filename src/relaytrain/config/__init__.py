@@ -43,6 +43,16 @@ from .runs import (
     run_config_dict,
     validate_run_id,
 )
+from .secret_refs import (
+    ENV_NAME_PATTERN,
+    ENV_NAME_RE,
+    EnvValue,
+    FromWorkerEnv,
+    NotSecret,
+    check_env_name,
+    inline_secrets,
+    resolve_env,
+)
 from .stack import (
     HOST_NAME_PATTERN,
     PROVIDER_TYPES,
@@ -116,6 +126,14 @@ __all__ = [
     "parse_run_config",
     "parse_stack_config",
     "redact_secrets",
+    "ENV_NAME_PATTERN",
+    "ENV_NAME_RE",
+    "EnvValue",
+    "FromWorkerEnv",
+    "NotSecret",
+    "check_env_name",
+    "inline_secrets",
+    "resolve_env",
     "run_config_dict",
     "stack_runs",
     "ttl_seconds",

@@ -14,7 +14,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import to_jsonable_python
 
 from relaytrain.contract import (
     DEFAULT_TRAJECTORY_PATTERN,
@@ -24,6 +34,7 @@ from relaytrain.contract import (
 )
 from relaytrain.errors import ConfigError
 
+from .secret_refs import EnvValue, env_value, inline_secrets, inline_secrets_message, refuse_inline_env_secrets
 from .validation import format_validation_error
 
 RUN_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
@@ -337,8 +348,18 @@ class CommandTrainer(_Model):
     """An external trainer started by the worker under the contract of DESIGN §6."""
 
     command: str | list[str] = Field(..., description="A shell command line, or an argv list.")
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+    env: dict[str, Annotated[EnvValue, BeforeValidator(env_value)]] = Field(
+        default_factory=dict,
+        description="Extra environment variables: a string, {from_worker_env: NAME} (read from the worker's "
+                    "environment when the trainer starts: how a secret is given), or {value: TEXT, secret: false} "
+                    "for a name that looks secret but is not (docs/security.md).")
     cwd: str | None = Field(None, description="Working folder; the run root when unset.")
+
+    @field_validator("env")
+    @classmethod
+    def _no_inline_secret(cls, value: dict[str, EnvValue]) -> dict[str, EnvValue]:
+        refuse_inline_env_secrets(value)
+        return value
 
     @field_validator("command")
     @classmethod
@@ -437,6 +458,16 @@ class _RunBase(_Model):
     @classmethod
     def _store_from_string(cls, value: Any) -> Any:
         return {"uri": value} if isinstance(value, str) else value
+
+    @field_validator("*")
+    @classmethod
+    def _no_secret_in_clear(cls, value: Any) -> Any:
+        """The commander stores and shows the run file as it is: nothing :func:`redact_secrets`
+        would hide may be in it (``trainer.env`` says so per variable, with its fix)."""
+        found = inline_secrets(to_jsonable_python(value))
+        if found:
+            raise ValueError(inline_secrets_message(found))
+        return value
 
 
 class _BuiltinRun(_RunBase):

@@ -1,13 +1,18 @@
 """One way to show a pydantic validation error: one line per problem, ``field.path: message``.
 
 Used for run files, stack files, the commander's 422 answers and the CLI's flag errors, so
-a user reads the same line wherever a value is refused. Imports nothing of ours.
+a user reads the same line wherever a value is refused. A refused value is quoted back, less
+what :mod:`.redact` hides (credentials in a URL), and not at all when it is text under a name that
+looks secret: an error is shown and logged, so it must not carry the secret it refused. Imports
+nothing of ours but that rule.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol
+
+from .redact import is_secret_name, redact_secrets
 
 _UNION_TAG_ERRORS = ("union_tag_invalid", "union_tag_not_found")
 _SHOWN_INPUT = 60
@@ -32,7 +37,9 @@ def _got(err: Mapping[str, Any]) -> str:
         return ""
     if isinstance(err["input"], dict | list):
         return ""
-    shown = repr(err["input"])
+    if isinstance(err["input"], str) and any(is_secret_name(str(part)) for part in err.get("loc", ())):
+        return ""
+    shown = repr(redact_secrets(err["input"]))
     return f" (got {shown[:_SHOWN_INPUT]}{'…' if len(shown) > _SHOWN_INPUT else ''})"
 
 

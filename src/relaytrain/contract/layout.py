@@ -1,6 +1,6 @@
 """Where a run lives on a worker's machine, and how its trajectory files are named.
 
-    <workdir>/runs/<run_id>/
+    <workdir>/runs/<run_id>/            mode 0700: the worker's user's alone
         checkpoints/              RELAY_OUTPUT_DIR (step_<N:08d>/, latest)
         init/<source run>/        an init_from checkpoint, fetched
         logs/attempt_<epoch>/     stdout.log, stderr.log, trainer.pid
@@ -8,7 +8,7 @@
         rollouts/                 RL trajectories (the run file's trajectories.subdir)
         tracking/                 the built-in trainers' trackers (report_to): tensorboard/,
                                   wandb/, mlflow/; travels with the run through its store
-        run_config.json           the run file, as JSON
+        run_config.json           the run file, as JSON (mode 0600; secrets only as references)
         eval_checkpoints.json     for an eval run: the checkpoints to score (fetched, verified)
         evals/<dataset>/          for an eval run: step_<N>/{metrics.json, completions.jsonl,
                                   summary.json} and consolidated_metrics.csv
@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import string
 from pathlib import Path
@@ -26,6 +27,8 @@ DEFAULT_TRAJECTORY_PATTERN = "rollout_{rollout_id:08d}.jsonl"
 TRACKING_SUBDIR = "tracking"
 """The run root's folder for TensorBoard, W&B and MLflow files, and its name among the run's
 files in the store (``<store>/<run_id>/files/tracking/…``)."""
+RUN_ROOT_MODE = 0o700
+"""A run root's mode on a worker: it holds the run file, the trainer's output and its checkpoints."""
 CONSOLIDATED_METRICS = "consolidated_metrics.csv"
 """An eval run's table: one row per step, one column per metric."""
 
@@ -68,6 +71,10 @@ class RunLayout:
         return self.root / "evals" / dataset_label
 
     def make(self) -> None:
+        """Create the run's folders; the run root is the worker's user's alone (its run file,
+        logs and checkpoints are nobody else's on a shared machine)."""
+        self.root.mkdir(mode=RUN_ROOT_MODE, parents=True, exist_ok=True)
+        os.chmod(self.root, RUN_ROOT_MODE)  # also a root made before, or under a looser umask
         for folder in (self.checkpoints, self.logs, self.progress.parent, self.rollouts):
             folder.mkdir(parents=True, exist_ok=True)
 

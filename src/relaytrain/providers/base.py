@@ -2,7 +2,7 @@
 file to it, remove it. Starting, checking and stopping a detached ``relay worker`` is built
 once, here, on top of those four, so local processes, SSH hosts and Lium pods behave alike.
 
-A worker lives in its own folder on the machine::
+A worker lives in its own folder on the machine, every file its user's alone (umask 077)::
 
     <machine.workdir>/<worker_id>/
       worker.env    its configuration (commander URL, token, id, GPUs, extra environment), mode 0600
@@ -10,12 +10,14 @@ A worker lives in its own folder on the machine::
       worker.pid    the pid of the detached worker process (a session leader)
       worker.log    its stdout and stderr
       work/         RELAY_WORKDIR: runs, checkpoints, trainer logs
+
+The token and the extra environment reach the worker through ``worker.env``, never its command
+line (which every user of the machine sees in ``ps``).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import tempfile
 from abc import ABC, abstractmethod
@@ -24,10 +26,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from relaytrain import CA_CERT_ENV, TOKEN_ENV
+from relaytrain.config import ENV_NAME_RE as _ENV_KEY
 from relaytrain.errors import ProviderError
 from relaytrain.tls import CA_CERT
-
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # A POSIX-sh test that pid $1 is a live relaytrain process (not a zombie, not a reused pid).
 _ALIVE_FN = (
@@ -249,8 +250,9 @@ class Provider(ABC):
         argv = " ".join(shlex.quote(a) for a in worker_argv(machine.python, self.type, launch))
         script = "\n".join([
             "set -e",
+            "umask 077",
             f"cd {shlex.quote(folder)}",
-            "rm -f worker.pid && mkdir -p work",
+            "chmod 700 . && rm -f worker.pid && mkdir -p work",
             "S=; command -v setsid >/dev/null 2>&1 && S=setsid",
             "nohup $S sh -c 'echo $$ > worker.pid; set -a; . ./worker.env; set +a; exec \"$@\"' relay-worker "
             f"{argv} >> worker.log 2>&1 < /dev/null &",

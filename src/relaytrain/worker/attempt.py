@@ -22,9 +22,17 @@ from relaytrain.api.client import RelayClient
 from relaytrain.api.status import AttemptOutcome
 from relaytrain.artifacts import ArtifactStore, fetch_for_resume, open_store
 from relaytrain.checkpoint import atomic_write_text
-from relaytrain.config import GRPORun, RunConfig, SFTRun, parse_run_config, run_config_dict
+from relaytrain.config import GRPORun, RunConfig, SFTRun, parse_run_config, resolve_env, run_config_dict
 from relaytrain.contract import TRACKING_SUBDIR, Exit, FailureClass, Outcome, RunLayout, TrainerEnv, classify_exit
-from relaytrain.errors import ArtifactError, CheckpointError, ConfigError, LeaseLost, NotFound, RelayError
+from relaytrain.errors import (
+    ArtifactError,
+    CheckpointError,
+    ConfigError,
+    LeaseLost,
+    NotFound,
+    RelayError,
+    WorkerEnvMissing,
+)
 from relaytrain.netaddr import address_towards
 
 from .folder_sync import FolderSync
@@ -35,6 +43,14 @@ from .process import TrainerProcess
 from .reporter import ProgressTailer, Reporter, Uploader
 
 log = logging.getLogger(__name__)
+
+RUN_FILE_MODE = 0o600
+"""``run_config.json`` is the worker's copy of the run file: readable by the worker's user only."""
+MISSING_ENV_CLASS = FailureClass.PERMANENT
+"""A run that references a variable this worker lacks fails for good, naming both: a retry could land
+on the same worker at once (nothing steers a requeued run away from it), and the run's author or the
+worker's operator must act. A class that requeues the run elsewhere without spending a retry is the
+better fit once there is one that avoids the worker (docs/security.md)."""
 
 BUILTIN = {
     "sft": [sys.executable, "-m", "relaytrain.train.run"],
@@ -85,6 +101,7 @@ class Attempt:
         try:
             try:
                 config = parse_run_config(grant.config)
+                trainer_env = self._trainer_env(config)
                 self.paths = RunLayout.in_workdir(self.workdir, grant.run_id, grant.epoch, config.trajectories.subdir)
                 self.paths.make()
                 store = open_store(config.store)
@@ -95,6 +112,9 @@ class Attempt:
                 init_from = self._init_from(config, store)
                 if config.kind == "eval":
                     self._fetch_eval_checkpoints(store)
+            except WorkerEnvMissing as exc:
+                log.error("cannot start %s: %s", grant.run_id, exc)
+                return self._release(AttemptOutcome.FAILED, MISSING_ENV_CLASS, str(exc))
             except (ConfigError, ValueError) as exc:
                 return self._release(AttemptOutcome.FAILED, FailureClass.PERMANENT, f"bad run: {exc}")
             except (ArtifactError, CheckpointError, OSError) as exc:
@@ -104,7 +124,7 @@ class Attempt:
                 return AttemptOutcome.LOST
             if self.stop_reason not in (None, StopReason.LOST):  # fenced, cancelled or preempted while downloading
                 return self._release(*self._stop_outcome(None))
-            trainer = self._start_trainer(config, resume_from, init_from)
+            trainer = self._start_trainer(config, trainer_env, resume_from, init_from)
             retention = (config.checkpoint.keep_last, config.checkpoint.keep_every)
             uploader = Uploader(self.client, store, grant.run_id, self.worker_id, grant.epoch, self.stop,
                                 retention=retention, folders=folders).start()
@@ -196,9 +216,17 @@ class Attempt:
         return str(fetch_for_resume(store, ref.store_run_id, ref.step, ref.manifest_sha256, dest,
                                     revision=ref.revision))
 
-    def _start_trainer(self, config: RunConfig, resume_from: str, init_from: str) -> TrainerProcess:
+    def _trainer_env(self, config: RunConfig) -> dict[str, str]:
+        """The run's extra trainer environment, its ``from_worker_env`` references read from this
+        worker's environment (the values go to the trainer and nowhere else: not to a file or a log)."""
+        if config.kind != "command":
+            return {}
+        return resolve_env(config.trainer.env, os.environ, worker_id=self.worker_id)
+
+    def _start_trainer(self, config: RunConfig, trainer_env: dict[str, str], resume_from: str,
+                       init_from: str) -> TrainerProcess:
         grant, paths = self.grant, self.paths
-        atomic_write_text(paths.config, json.dumps(run_config_dict(config), indent=1))
+        atomic_write_text(paths.config, json.dumps(run_config_dict(config), indent=1), mode=RUN_FILE_MODE)
         contract = TrainerEnv(
             run_id=grant.run_id, epoch=grant.epoch, run_root=paths.root, output_dir=paths.checkpoints,
             resume_from=Path(resume_from) if resume_from else None, init_from=init_from or None,
@@ -216,7 +244,7 @@ class Attempt:
         if config.kind == "command":
             command = config.trainer.command
             argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
-            env.update(config.trainer.env)
+            env.update(trainer_env)
             if config.trainer.cwd:
                 cwd = Path(config.trainer.cwd).expanduser()
         else:
