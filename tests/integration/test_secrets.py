@@ -11,6 +11,7 @@ import stat
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from relaytrain.contract import RunLayout
@@ -59,3 +60,19 @@ def test_a_variable_the_worker_lacks_fails_the_run_once_naming_it_and_the_worker
     assert run.attempts[0].failure_class == "permanent" and expected in run.attempts[0].message
     logs = RunLayout.in_workdir(w.workdir, "unreferenced", 1).logs
     assert not (logs / "trainer.pid").exists(), "no trainer was started"
+
+
+def test_submitting_an_inline_secret_is_a_422_naming_the_field_that_changes_nothing(commander):
+    from tests.integration.test_api import table_snapshot
+
+    run = counter_run("pasted", Path("artifacts"), env={"HF_TOKEN": SENTINEL})
+    before = table_snapshot(commander.db)
+    answer = httpx.post(f"{commander.url}/api/v1/runs", json=run,
+                        headers={"Authorization": f"Bearer {commander.token}"})
+    assert answer.status_code == 422 and SENTINEL not in answer.text, answer.text
+    detail = answer.json()["detail"]
+    assert detail.startswith("trainer.env: HF_TOKEN looks like a secret") and "{from_worker_env: HF_TOKEN}" in detail
+    assert table_snapshot(commander.db) == before
+    run["trainer"]["env"] = {"HF_TOKEN": {"from_worker_env": "HF_TOKEN"}}
+    with commander.client() as client:
+        assert client.submit(run).config["trainer"]["env"] == {"HF_TOKEN": {"from_worker_env": "HF_TOKEN"}}
