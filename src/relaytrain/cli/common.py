@@ -41,7 +41,8 @@ DEFAULT_WORKDIR = Path("./relay-work")
 
 
 def _token(help: str) -> Any:
-    return typer.Option("--token", envvar=TOKEN_ENV, help=help)
+    return typer.Option("--token", envvar=TOKEN_ENV, help=f"{help} Prefer {TOKEN_ENV}: a command line is visible "
+                        "to every user of the machine (ps).")
 
 
 def _workdir(help: str) -> Any:
