@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from relaytrain import TOKEN_ENV
 from relaytrain.api.client import RelayClient
 from relaytrain.api.models import RunDetail
 from relaytrain.api.status import TERMINAL, RunStatus
@@ -99,10 +100,12 @@ class _Procs:
 
     items: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    def start(self, name: str, argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    def start(self, name: str, argv: list[str], log: Path, env: dict[str, str], token: str) -> subprocess.Popen:
+        """Start ``argv`` with its bearer ``token`` in its environment: a command line is public (ps)."""
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**env, TOKEN_ENV: token},
+                                    start_new_session=True)
         self.items[name] = proc
         return proc
 
@@ -218,8 +221,8 @@ class Demo:
 
     def _start_commander(self) -> RelayClient:
         argv = self._relay("serve", "--db", str(self.root / "relay.db"), "--port", str(self.port),
-                           "--token", self.token, "--sweep-interval", "1", "--log-level", "warning")
-        proc = self.procs.start("commander", argv, self.root / "logs" / "commander.log", self.env)
+                           "--sweep-interval", "1", "--log-level", "warning")
+        proc = self.procs.start("commander", argv, self.root / "logs" / "commander.log", self.env, self.token)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -233,16 +236,16 @@ class Demo:
         raise RuntimeError("the commander did not come up within 60 s")
 
     def _start_worker(self, name: str, token: str) -> None:
-        argv = self._relay("worker", "--commander", self.url, "--token", token, "--worker-id", name,
+        argv = self._relay("worker", "--commander", self.url, "--worker-id", name,
                            "--workdir", str(self.root / "workers" / name), "--claim-wait", "2")
-        self.procs.start(name, argv, self.root / "logs" / f"{name}.log", self.env)
+        self.procs.start(name, argv, self.root / "logs" / f"{name}.log", self.env, token)
         self.workers.append(name)
         self.view.note(f"worker {name} started (log {self.root / 'logs' / f'{name}.log'})")
 
     def _start_rollout_worker(self, name: str, token: str) -> None:
-        argv = self._relay("rollout-worker", "--commander", self.url, "--token", token, "--worker-id", name,
+        argv = self._relay("rollout-worker", "--commander", self.url, "--worker-id", name,
                            "--run", GRPO_RUN, "--threads", str(self.s.threads))
-        self.procs.start(name, argv, self.root / "logs" / f"{name}.log", self.env)
+        self.procs.start(name, argv, self.root / "logs" / f"{name}.log", self.env, token)
         self.view.note(f"rollout worker {name} started for {GRPO_RUN} (log {self.root / 'logs' / f'{name}.log'})")
 
     # -- watching ----------------------------------------------------------------------------
