@@ -29,7 +29,9 @@ The contract (docs/trainer-contract.md), all of it:
 Knobs for tests and demos (environment): ``COUNTER_STEP_S`` seconds per step (0.05),
 ``COUNTER_EVERY`` checkpoint interval (else ``RELAY_CHECKPOINT_EVERY``, else 10),
 ``COUNTER_FAIL_AT=STEP:CODE`` exit with CODE at STEP, ``COUNTER_HANG_AT=STEP`` stop
-reporting and hang at STEP, ``COUNTER_CRASH_IN_SAVE_AT=STEP`` die halfway through that save.
+reporting and hang at STEP, ``COUNTER_CRASH_IN_SAVE_AT=STEP`` die halfway through that save,
+``COUNTER_PAD_MB=N`` give every checkpoint an N MB ``weights.bin`` (a model's weights, for a
+full disk: the save then fails with ``OSError: [Errno 28] No space left on device``).
 """
 
 from __future__ import annotations
@@ -75,11 +77,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save(output_dir: Path, step: int, state: str, crash_in_save: bool) -> Path:
+def save(output_dir: Path, step: int, state: str, crash_in_save: bool, pad_mb: int = 0) -> Path:
     """Write step_<N> atomically: temp folder → fsync → rename → latest."""
     output_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step}-", dir=output_dir))
     files = {"state.json": json.dumps({"step": step, "state": state}), "notes.txt": f"counter at step {step}\n"}
+    if pad_mb:
+        files["weights.bin"] = "w" * (pad_mb << 20)
     for i, (name, text) in enumerate(files.items()):
         with open(tmp / name, "w") as handle:
             handle.write(text)
@@ -113,6 +117,7 @@ def main() -> int:
     fail_step, fail_code = (int(x) for x in fail_at.split(":")) if fail_at else (None, None)
     hang_at = env_int("COUNTER_HANG_AT")
     crash_at = env_int("COUNTER_CRASH_IN_SAVE_AT")
+    pad_mb = env_int("COUNTER_PAD_MB", 0)
     progress_path = os.environ.get("RELAY_PROGRESS_FILE")
     stop_file = os.environ.get("RELAY_STOP_FILE")
     progress = open(progress_path, "a") if progress_path else sys.stdout
@@ -132,7 +137,7 @@ def main() -> int:
         print(f"resumed at step {step} from {resume}", file=sys.stderr)
 
     def checkpoint() -> None:
-        path = save(output_dir, step, state, crash_in_save=(step == crash_at))
+        path = save(output_dir, step, state, crash_in_save=(step == crash_at), pad_mb=pad_mb)
         report({"event": "checkpoint", "step": step, "path": str(path)})
 
     while step < max_steps:

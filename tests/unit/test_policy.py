@@ -11,7 +11,7 @@ from relaytrain.config import RetryPolicy
 
 POLICY = RetryPolicy(max_retries=2, backoff_base_s=10, backoff_cap_s=15)
 S, Q, F, C = RunStatus.SUCCEEDED, RunStatus.QUEUED, RunStatus.FAILED, RunStatus.CANCELLED
-T, P = FailureClass.TRANSIENT, FailureClass.PERMANENT
+T, P, M = FailureClass.TRANSIENT, FailureClass.PERMANENT, FailureClass.MACHINE
 
 CASES = [
     # outcome            class  used cancel -> status used backoff error starts with
@@ -27,6 +27,10 @@ CASES = [
     (AttemptOutcome.FAILED, T, 0, False, Q, 1, 10.0, "transient failure (1/2 retries): boom"),
     (AttemptOutcome.FAILED, T, 1, False, Q, 2, 15.0, "transient failure (2/2 retries): boom"),  # capped backoff
     (AttemptOutcome.FAILED, T, 2, False, F, 3, 0.0, "retries exhausted (2); last error: boom"),
+    # the machine's fault: queued again at once, however many retries were spent, spending none
+    (AttemptOutcome.FAILED, M, 0, False, Q, 0, 0.0, "machine fault (not counted in retries): boom"),
+    (AttemptOutcome.FAILED, M, 2, False, Q, 2, 0.0, "machine fault (not counted in retries): boom"),
+    (AttemptOutcome.FAILED, M, 0, True, C, 0, 0.0, None),
 ]
 
 

@@ -235,8 +235,9 @@ class RelayClient:
     def register(self, req: m.RegisterWorker) -> m.WorkerInfo:
         return m.WorkerInfo.model_validate(self.request("POST", "/api/v1/workers/register", json=req.model_dump()))
 
-    def heartbeat(self, worker_id: str, resources: m.WorkerResources | None = None) -> m.WorkerInfo:
-        body = m.Heartbeat(resources=resources).model_dump()
+    def heartbeat(self, worker_id: str, resources: m.WorkerResources | None = None,
+                  health: m.WorkerHealth | None = None) -> m.WorkerInfo:
+        body = m.Heartbeat(resources=resources, health=health).model_dump(mode="json")
         return m.WorkerInfo.model_validate(self.request("POST", f"/api/v1/workers/{worker_id}/heartbeat", json=body))
 
     def claim(self, req: m.ClaimRequest) -> m.Grant | None:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from relaytrain.config import RUN_ID_PATTERN, RunKind, SshHostFields
 from relaytrain.contract.lines import MAX_METRIC_NAME, METRIC_NAME_PATTERN
 
-from .status import AttemptOutcome, FailureClass, LogStream, RunStatus, WorkerRole
+from .status import AttemptOutcome, FailureClass, LogStream, RunStatus, WorkerCondition, WorkerRole
 
 WORKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 WORKER_HEARTBEAT_S = 30.0
@@ -86,8 +86,20 @@ class RegisterWorker(_Request):
     resources: WorkerResources = Field(default_factory=WorkerResources)
 
 
+class WorkerHealth(_Wire):
+    condition: WorkerCondition = Field(..., description="ok, or degraded: the worker claims nothing.")
+    reason: str | None = Field(None, max_length=2000, description="Why the worker is degraded.")
+
+    @model_validator(mode="after")
+    def _reason_with_degraded(self) -> WorkerHealth:
+        if (self.condition == WorkerCondition.DEGRADED) != bool(self.reason):
+            raise ValueError("reason is required when condition is 'degraded', and only then")
+        return self
+
+
 class Heartbeat(_Request):
     resources: WorkerResources | None = None
+    health: WorkerHealth | None = Field(None, description="The machine's condition now; None leaves it as it was.")
 
 
 class WorkerInfo(_Wire):
@@ -100,6 +112,9 @@ class WorkerInfo(_Wire):
     last_heartbeat: float
     current_run: str | None = None
     alive: bool = Field(..., description=f"Heartbeat within the last {WORKER_DEAD_AFTER_S:.0f} s.")
+    condition: WorkerCondition = WorkerCondition.OK
+    condition_reason: str | None = Field(None, description="Why the worker is degraded.")
+    condition_since: float | None = Field(None, description="When the worker last changed its condition.")
 
 
 class CheckpointRef(_Wire):
@@ -267,6 +282,9 @@ class RunDetail(RunSummary):
     not_before: float
     depends_on: str | None
     source_run: str | None
+    avoid_worker: str | None = Field(None, description="The worker whose machine fault ended the last attempt: "
+                                                       "not granted this run again before avoid_until.")
+    avoid_until: float | None = None
     attempts: list[AttemptInfo]
     latest_checkpoint: CheckpointRef | None
     evaluations: list[Evaluation] = Field(default_factory=list)

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from relaytrain.contract.exits import FailureClass
 
-__all__ = ["TERMINAL", "AttemptOutcome", "FailureClass", "LogStream", "RunStatus", "WorkerRole"]
+__all__ = ["TERMINAL", "AttemptOutcome", "FailureClass", "LogStream", "RunStatus", "WorkerCondition", "WorkerRole"]
 
 
 class RunStatus(StrEnum):
@@ -49,6 +49,15 @@ class WorkerRole(StrEnum):
     """``relay worker``: claims and trains runs."""
     ROLLOUT = "rollout-worker"
     """``relay rollout-worker``: generates for runs' rollout managers."""
+
+
+class WorkerCondition(StrEnum):
+    """What a worker says of its machine (``relay worker`` heartbeats it; ``relay status`` shows it)."""
+
+    OK = "ok"
+    DEGRADED = "degraded"
+    """A machine fault stayed after the worker freed what it could (a full disk, a failed GPU): the
+    worker claims nothing until the fault is gone, and keeps heartbeating with the reason."""
 
 
 class LogStream(StrEnum):

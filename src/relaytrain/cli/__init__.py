@@ -8,7 +8,7 @@ module                    commands
 :mod:`.runs`              ``submit``, ``runs``, ``status``, ``cancel``, ``eval``, ``resume``,
                           ``checkpoints``, ``logs``
 :mod:`.metrics`           ``metrics``, ``report``
-:mod:`.worker`            ``worker``
+:mod:`.worker`            ``worker``, ``workers``
 :mod:`.rollout`           ``rollout-worker``
 :mod:`.train`             ``train``, ``demo``
 :mod:`.sync`              ``sync …``, ``push-latest``
@@ -66,6 +66,7 @@ app.command()(runs.checkpoints)
 app.command()(metrics.metrics)
 app.command()(metrics.report)
 app.command()(worker.worker)
+app.command()(worker.workers)
 app.command("rollout-worker")(rollout.rollout_worker)
 app.command()(runs.logs)
 app.command(**train.TRAIN_SETTINGS)(train.train)

@@ -60,6 +60,25 @@ def print_runs(page: Any) -> None:
         console.print(f"{len(page.items)} of {page.total} runs shown")
 
 
+def print_degraded(workers: list[dict[str, Any]]) -> None:
+    """The degraded ones among ``workers``, each with its reason."""
+    from relaytrain.api.status import WorkerCondition
+
+    for w in workers:
+        if w["condition"] == WorkerCondition.DEGRADED:
+            console.print(f"[yellow]worker {escape(w['worker_id'])} is degraded[/yellow] since "
+                          f"{when(w['condition_since'])} (claims nothing): {escape(w['condition_reason'] or '')}")
+
+
+def print_workers(items: list[dict[str, Any]]) -> None:
+    table = Table("worker", "provider", "host", "alive", "condition", "run", "last heartbeat", "reason")
+    for w in items:
+        table.add_row(escape(w["worker_id"]), w["provider"], escape(w["hostname"] or "-"),
+                      "yes" if w["alive"] else "no", w["condition"], w["current_run"] or "-", ago(w["last_heartbeat"]),
+                      escape(w["condition_reason"] or "-"))
+    console.print(table)
+
+
 def print_ledger(ledger: dict[str, Any]) -> None:
     if not ledger["attempts"]:
         return
@@ -74,7 +93,7 @@ def print_ledger(ledger: dict[str, Any]) -> None:
 
 
 def print_run(run: dict[str, Any]) -> None:
-    from relaytrain.api.status import RunStatus
+    from relaytrain.api.status import FailureClass, RunStatus
 
     console.print(f"[bold]{run['run_id']}[/bold]  {run['kind']}  [bold]{run['status']}[/bold]"
                   f"  step {run['step']}/{run['max_steps']}  epoch {run['epoch']}")
@@ -82,8 +101,13 @@ def print_run(run: dict[str, Any]) -> None:
         console.print(f"held by {run['holder']}, lease expires {ago(run['lease_expires_at'])}")
     if run["cancel_requested"] and run["status"] == RunStatus.RUNNING:
         console.print("cancel requested")
+    machine = sum(a["failure_class"] == FailureClass.MACHINE for a in run["attempts"])
     console.print(f"retries {run['retries_used']}/{run['max_retries']}"
+                  + (f", {machine} machine fault{'s' * (machine != 1)} not counted" if machine else "")
                   + (f", next try {ago(run['not_before'])}" if run["status"] == RunStatus.QUEUED else ""))
+    if run.get("avoid_worker") and run["status"] == RunStatus.QUEUED and (run["avoid_until"] or 0) > time.time():
+        console.print(f"kept from {run['avoid_worker']} until {when(run['avoid_until'])} "
+                      "(its machine failed the last attempt) unless another worker takes it")
     ckpt = run["latest_checkpoint"]
     console.print(f"latest durable checkpoint: step {ckpt['step']} at {ckpt['uri']}" if ckpt
                   else "latest durable checkpoint: none")
@@ -93,6 +117,8 @@ def print_run(run: dict[str, Any]) -> None:
             outcome = a["outcome"] or RunStatus.RUNNING
             if a["failure_class"]:
                 outcome += f" ({a['failure_class']})"
+            if a["failure_class"] == FailureClass.MACHINE:
+                outcome += ", not counted in retries"
             end = a["step_end"] if a["step_end"] is not None else "…"
             table.add_row(str(a["epoch"]), a["worker_id"], when(a["granted_at"]), when(a["ended_at"]), outcome,
                           f"{a['step_start']}→{end}", "-" if a["steps_lost"] is None else str(a["steps_lost"]))

@@ -23,7 +23,7 @@ from .common import (
     print_json,
     print_warning,
 )
-from .render import print_checkpoints, print_ledger, print_rollout_pool, print_run, print_runs
+from .render import print_checkpoints, print_degraded, print_ledger, print_rollout_pool, print_run, print_runs
 
 if TYPE_CHECKING:
     from relaytrain.api.client import RelayClient
@@ -75,16 +75,21 @@ def status(
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show a run: status, step, lease, attempts, the latest durable checkpoint, and its rollout pool."""
+    """Show a run: status, step, lease, attempts, the latest durable checkpoint, its rollout pool, and
+    which of the workers it ran on are degraded (and why)."""
     with client(commander, token, ca_cert) as api:
         run = api.run(run_id)
         ledger = api.ledger(run_id)
         pool = _rollout_pool(api, run)
+        tried = {a.worker_id for a in run.attempts}
+        workers = [w for w in api.workers() if w.worker_id in tried]
     if as_json:
         print_json({**run.model_dump(mode="json"), "ledger": ledger.model_dump(mode="json"),
-                    "rollout": pool.model_dump(mode="json", exclude={"secret"}) if pool else None})
+                    "rollout": pool.model_dump(mode="json", exclude={"secret"}) if pool else None,
+                    "workers": [w.model_dump(mode="json") for w in workers]})
         return
     print_run(run.model_dump())
+    print_degraded([w.model_dump() for w in workers])
     if pool is not None:
         print_rollout_pool(pool.model_dump())
     print_ledger(ledger.model_dump())

@@ -1,4 +1,4 @@
-"""``relay worker``: claim runs, supervise their trainers, keep their leases."""
+"""``relay worker``: claim runs, supervise their trainers, keep their leases; ``relay workers``: list them."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ from .common import (
     DEFAULT_WORKDIR,
     CaCertOpt,
     CommanderOpt,
+    JsonOpt,
     LogLevelOpt,
     TokenOpt,
     WorkerWorkdirOpt,
+    client,
     fail,
     parse_labels,
+    print_json,
 )
 
 
@@ -67,3 +70,20 @@ def worker(
         provider=provider, claim_wait_s=claim_wait, advertise_host=advertise_host,
     )
     raise typer.Exit(Worker(settings).run())
+
+
+def workers(
+    commander: CommanderOpt = DEFAULT_COMMANDER,
+    ca_cert: CaCertOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the workers: alive or not, the run each holds, and whether its machine is degraded (and why)."""
+    from .render import print_workers
+
+    with client(commander, token, ca_cert) as api:
+        items = api.workers()
+    if as_json:
+        print_json([w.model_dump(mode="json") for w in items])
+        return
+    print_workers([w.model_dump() for w in items])

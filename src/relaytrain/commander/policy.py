@@ -3,6 +3,9 @@
 - ``succeeded`` → the run succeeded;
 - ``cancelled``, or any outcome once a cancel was asked → cancelled;
 - ``preempted`` → queued again at once, spending no retry;
+- ``failed`` and ``machine`` (the worker's machine failed it: a full disk, a sick GPU) → queued
+  again at once, spending no retry; the release keeps it from that worker for a while
+  (:data:`MACHINE_AVOID_S`, :func:`relaytrain.commander.store.leases.release`);
 - ``failed`` and ``permanent`` → failed;
 - ``failed`` and ``transient`` → queued after a backoff, spending one retry; once the retries
   are spent, failed.
@@ -16,6 +19,10 @@ from dataclasses import dataclass
 
 from relaytrain.api.status import AttemptOutcome, FailureClass, RunStatus
 from relaytrain.config import RetryPolicy
+
+MACHINE_AVOID_S = 120.0
+"""After a machine fault, the run is not granted back to that worker for this long, unless another
+worker took it since (anti-affinity); then any worker may have it again."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,9 @@ def next_status(outcome: AttemptOutcome, failure_class: FailureClass | None, ret
         return Decision(RunStatus.CANCELLED, retries_used)
     if outcome in (AttemptOutcome.PREEMPTED, AttemptOutcome.LOST):
         return Decision(RunStatus.QUEUED, retries_used)
+    if failure_class == FailureClass.MACHINE:
+        return Decision(RunStatus.QUEUED, retries_used,
+                        last_error=f"machine fault (not counted in retries): {said}")
     if failure_class == FailureClass.PERMANENT:
         return Decision(RunStatus.FAILED, retries_used, last_error=f"permanent failure: {said}")
     retries = retries_used + 1

@@ -3,6 +3,10 @@ runs each grant as an :class:`~relaytrain.worker.attempt.Attempt`.
 
 SIGTERM or SIGINT is a preemption notice: the trainer is asked to checkpoint and stop, the
 checkpoint is made durable, the lease is released as ``preempted``, and the worker exits.
+
+An attempt ended by a fault of this machine (a full disk, a failed GPU) is followed by
+:class:`~relaytrain.worker.machine.MachineHealth`: the worker frees what it can and, if the fault
+stays, is degraded: it claims nothing, heartbeats the reason, and rechecks every ``recheck_s``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from relaytrain.errors import CommanderUnavailable, NotFound, RelayError
 from .attempt import Attempt
 from .guard import StopReason
 from .inventory import gpu_inventory
+from .machine import MachineHealth
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,8 @@ class WorkerSettings:
     """The address rollout workers reach this machine's trainers by; None: the one routing to the commander."""
     ca_cert: Path | None = None
     """The CA an ``https://`` commander's certificate is verified with; None: the public CAs."""
+    recheck_s: float = 10.0
+    """While degraded for a full disk, how often the free space is checked again."""
 
 
 class Worker:
@@ -59,6 +66,7 @@ class Worker:
         self._stopping = threading.Event()
         self._current: Attempt | None = None
         self.outcomes: list[tuple[str, int, str]] = []
+        self.health = MachineHealth(settings.worker_id, settings.workdir)
 
     def preempt(self, why: str = "preemption notice") -> None:
         """Stop after the current attempt is checkpointed and released as preempted."""
@@ -79,12 +87,16 @@ class Worker:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         self._register()
+        self._beat()  # the condition this process starts in (ok): a restart clears a degraded record
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
         done = 0
         gpus = ", ".join(g.name for g in self.resources.gpus) or "no GPUs"
         log.info("worker %s serving %s (%s) from %s", s.worker_id, s.commander, gpus, s.workdir)
         while not self._stopping.is_set() and (s.max_runs is None or done < s.max_runs):
+            if self.health.degraded and not self._recovered():
+                self._stopping.wait(s.recheck_s)
+                continue
             asked = time.monotonic()
             try:
                 grant = self.client.claim(m.ClaimRequest(worker_id=s.worker_id, resources=self.resources,
@@ -105,6 +117,10 @@ class Worker:
             self._current = None
             self.outcomes.append((grant.run_id, grant.epoch, outcome))
             done += 1
+            if attempt.fault is not None:
+                self.health.after_fault(attempt.fault, attempt.fault_message, attempt.disk_need)
+                if self.health.degraded:
+                    self._beat()
         self._stopping.set()
         self.client.close()
         return 0
@@ -122,11 +138,23 @@ class Worker:
                     raise
                 log.warning("%s; retrying registration", exc)
 
+    def _recovered(self) -> bool:
+        """Check a degraded machine again; True (and the commander told at once) once it is fit."""
+        if not self.health.recheck():
+            return False
+        self._beat()
+        return True
+
     def _heartbeat(self) -> None:
         while not self._stopping.wait(self.settings.heartbeat_s):
-            try:
-                self.client.heartbeat(self.settings.worker_id)
-            except NotFound:
-                self._register()
-            except RelayError as exc:
-                log.warning("heartbeat failed: %s", exc)
+            self._beat()
+
+    def _beat(self) -> None:
+        """Heartbeat with the machine's condition (it is sent every time: a commander restored from
+        a backup, or a worker that re-registered, learns it again)."""
+        try:
+            self.client.heartbeat(self.settings.worker_id, health=self.health.wire())
+        except NotFound:
+            self._register()
+        except RelayError as exc:
+            log.warning("heartbeat failed: %s", exc)

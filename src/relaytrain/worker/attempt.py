@@ -23,7 +23,16 @@ from relaytrain.api.status import AttemptOutcome
 from relaytrain.artifacts import ArtifactStore, fetch_for_resume, open_store
 from relaytrain.checkpoint import atomic_write_text
 from relaytrain.config import GRPORun, RunConfig, SFTRun, parse_run_config, resolve_env, run_config_dict
-from relaytrain.contract import TRACKING_SUBDIR, Exit, FailureClass, Outcome, RunLayout, TrainerEnv, classify_exit
+from relaytrain.contract import (
+    TRACKING_SUBDIR,
+    Exit,
+    FailureClass,
+    MachineFault,
+    Outcome,
+    RunLayout,
+    TrainerEnv,
+    classify_exit,
+)
 from relaytrain.errors import (
     ArtifactError,
     CheckpointError,
@@ -39,6 +48,7 @@ from .folder_sync import FolderSync
 from .guard import StopReason
 from .lease import LeaseKeeper
 from .logship import LogShipper
+from .machine import DiskNeed, checkpoint_bytes, disk_message, fault_of, free_bytes
 from .process import TrainerProcess
 from .reporter import ProgressTailer, Reporter, Uploader
 
@@ -76,6 +86,13 @@ class Attempt:
         self.advertise_host = advertise_host
         self.stop_reason: StopReason | None = None
         self.stop_message = ""
+        self.fault: MachineFault | None = None
+        """The machine fault that ended the attempt, if one did (released as ``failed (machine)``)."""
+        self.fault_message = ""
+        self.disk_need: DiskNeed | None = None
+        """For a full disk: what the run needs here (its checkpoint size, how many it keeps)."""
+        self._keep_last = 1
+        self._uploader: Uploader | None = None
         self._wake = threading.Event()
         self._lock = threading.RLock()  # stop() may run in a signal handler on the main thread
 
@@ -118,16 +135,25 @@ class Attempt:
             except (ConfigError, ValueError) as exc:
                 return self._release(AttemptOutcome.FAILED, FailureClass.PERMANENT, f"bad run: {exc}")
             except (ArtifactError, CheckpointError, OSError) as exc:
+                if (fault := fault_of(exc)) is not None:
+                    return self._release(*self._machine_outcome(fault, f"could not prepare the run: {exc}"))
                 return self._release(AttemptOutcome.FAILED, FailureClass.TRANSIENT, f"could not prepare the run: {exc}")
             except (LeaseLost, NotFound) as exc:
                 self.stop(StopReason.LOST, str(exc))
                 return AttemptOutcome.LOST
             if self.stop_reason not in (None, StopReason.LOST):  # fenced, cancelled or preempted while downloading
                 return self._release(*self._stop_outcome(None))
-            trainer = self._start_trainer(config, trainer_env, resume_from, init_from)
+            self._keep_last = config.checkpoint.keep_last
+            try:
+                trainer = self._start_trainer(config, trainer_env, resume_from, init_from)
+            except OSError as exc:
+                if (fault := fault_of(exc)) is None:
+                    raise
+                return self._release(*self._machine_outcome(fault, f"could not start the trainer: {exc}"))
             retention = (config.checkpoint.keep_last, config.checkpoint.keep_every)
             uploader = Uploader(self.client, store, grant.run_id, self.worker_id, grant.epoch, self.stop,
                                 retention=retention, folders=folders).start()
+            self._uploader = uploader
             file_runs = frozenset({config.trainer.source_run}) if config.kind == "eval" else frozenset()
             reporter = Reporter(self.client, ProgressTailer(self.paths.progress), uploader, self.paths.checkpoints,
                                 grant.run_id, self.worker_id, grant.epoch, self.stop,
@@ -176,6 +202,8 @@ class Attempt:
                 path = fetch_for_resume(store, ref.store_run_id, ref.step, ref.manifest_sha256,
                                         self.paths.checkpoints, revision=ref.revision)
             except (ArtifactError, CheckpointError) as exc:
+                if fault_of(exc) is not None:  # this machine's fault, not the checkpoint's: never start over for it
+                    raise
                 problems.append(f"step {ref.step}: {exc}")
                 log.warning("cannot resume %s from step %d: %s", self.grant.run_id, ref.step, exc)
                 continue
@@ -292,7 +320,25 @@ class Attempt:
             return AttemptOutcome.SUCCEEDED, None, exit_.message, None
         if exit_.outcome == Outcome.STOPPED or self.stop_reason not in (None, StopReason.LOST):
             return self._stop_outcome(trainer)
+        if exit_.fault is not None:
+            return self._machine_outcome(exit_.fault, exit_.message, trainer.stderr_tail())
         return AttemptOutcome.FAILED, exit_.failure_class, exit_.message, trainer.stderr_tail()
+
+    def _machine_outcome(self, fault: MachineFault, said: str,
+                         stderr_tail: str | None = None) -> tuple[AttemptOutcome, str | None, str, str | None]:
+        """Release as the machine's fault, named for the operator; the worker acts on it after the
+        release (:class:`relaytrain.worker.machine.MachineHealth`)."""
+        if fault == MachineFault.DISK:
+            self.disk_need = DiskNeed(checkpoint_bytes(self.paths.checkpoints), self._keep_last + 1)
+            free = free_bytes(self.paths.root)
+            said = f"{disk_message(self.worker_id, self.paths.root, free, self.disk_need.checkpoint)} ({said})"
+        elif fault == MachineFault.GPU:
+            said = f"GPU fault on worker {self.worker_id} ({said})"
+        else:
+            said = f"the store cannot be reached from worker {self.worker_id} ({said})"
+        self.fault, self.fault_message = fault, said
+        log.warning("%s epoch %d: %s", self.grant.run_id, self.grant.epoch, said)
+        return AttemptOutcome.FAILED, FailureClass.MACHINE, said, stderr_tail
 
     def _stop_outcome(self, trainer: TrainerProcess | None) -> tuple[AttemptOutcome, str | None, str, str | None]:
         reason = self.stop_reason
@@ -300,6 +346,8 @@ class Attempt:
             return AttemptOutcome.CANCELLED, None, self.stop_message, None
         if reason == StopReason.CRASHED:
             tail = trainer.stderr_tail() if trainer else None
+            if self._uploader is not None and self._uploader.fault is not None:
+                return self._machine_outcome(self._uploader.fault, self.stop_message, tail)
             return AttemptOutcome.FAILED, FailureClass.TRANSIENT, self.stop_message, tail
         return AttemptOutcome.PREEMPTED, None, self.stop_message, None
 

@@ -28,11 +28,12 @@ from relaytrain.checkpoint import (
     verify,
     write_manifest,
 )
-from relaytrain.contract import Event, Progress, parse_line
+from relaytrain.contract import Event, MachineFault, Progress, disk_full, parse_line
 from relaytrain.errors import CheckpointError, LeaseLost, NotFound, RelayError, StaleWriter
 
 from .folder_sync import FolderSync
 from .guard import Guarded, StopFn, StopReason
+from .machine import store_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ class Uploader(Guarded):
         self._queue: queue.Queue[tuple[int, Path] | tuple[Path, str, str] | None] = queue.Queue()
         self._seen: set[int] = set()
         self._dead = False
+        self.fault: MachineFault | None = None
+        """Set when the uploader died of its machine: this disk is full, or the store cannot be reached from here."""
 
     def submit(self, step: int, path: Path) -> None:
         if step not in self._seen:
@@ -145,29 +148,20 @@ class Uploader(Guarded):
             log.warning(self.skipped[-1])
             return
         if not (path / MANIFEST_NAME).exists():
-            write_manifest(path, step, epoch=self.epoch)
+            try:
+                write_manifest(path, step, epoch=self.epoch)
+            except OSError as exc:
+                if disk_full(exc):  # this machine's disk; a full disk behind the store is the store's
+                    self.fault = MachineFault.DISK
+                raise
         check = verify(path)
         if not check.ok:
             self.skipped.append(f"step {step}: not uploaded, invalid: {check.reason}")
             log.warning(self.skipped[-1])
             return
-        for attempt in range(1, self.attempts + 1):
-            try:
-                uri = self.store.put_checkpoint(path, self.run_id, step)
-                break
-            except StaleWriter as exc:  # a newer holder has written: this lease is gone
-                self._dead = True
-                self.on_stop(StopReason.LOST, f"checkpoint upload refused: {exc}")
-                return
-            except RelayError as exc:
-                if not path.is_dir():  # the trainer pruned it mid-upload; a newer one follows
-                    self.skipped.append(f"step {step}: {path} vanished during upload (pruned by the trainer?)")
-                    log.warning(self.skipped[-1])
-                    return
-                if attempt == self.attempts:
-                    raise
-                log.warning("upload of step %d failed (%s), retrying", step, exc)
-                time.sleep(2.0 * attempt)
+        uri = self._put(step, path)
+        if uri is None:
+            return
         for folder in self.folders:  # before the commit: a durable step's trajectories and tracker files are stored too
             folder.sync()
         commit = m.CheckpointCommit(worker_id=self.worker_id, epoch=self.epoch, step=step, uri=uri,
@@ -190,6 +184,28 @@ class Uploader(Guarded):
         log.info("step %d of %s is durable at %s", step, self.run_id, uri)
         if self.retention is not None:
             self._prune(path.parent, step)
+
+    def _put(self, step: int, path: Path) -> str | None:
+        """Upload one checkpoint (retried); its URI, or None when there is nothing more to do with it."""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return self.store.put_checkpoint(path, self.run_id, step)
+            except StaleWriter as exc:  # a newer holder has written: this lease is gone
+                self._dead = True
+                self.on_stop(StopReason.LOST, f"checkpoint upload refused: {exc}")
+                return None
+            except RelayError as exc:
+                if not path.is_dir():  # the trainer pruned it mid-upload; a newer one follows
+                    self.skipped.append(f"step {step}: {path} vanished during upload (pruned by the trainer?)")
+                    log.warning(self.skipped[-1])
+                    return None
+                if attempt == self.attempts:
+                    if store_unreachable(exc):  # this machine cannot reach the store: its fault, not the run's
+                        self.fault = MachineFault.STORE
+                    raise
+                log.warning("upload of step %d failed (%s), retrying", step, exc)
+                time.sleep(2.0 * attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _prune(self, output_dir: Path, durable: int) -> None:
         """Apply keep_last / keep_every locally and in the store; never the newest durable."""

@@ -24,9 +24,10 @@ async def register_worker(req: m.RegisterWorker, store: StoreDep) -> dict[str, A
 @router.post("/{worker_id}/heartbeat", response_model=m.WorkerInfo, dependencies=[WORKER],
              responses=errors(*AUTHED, NotFound, *BODY))
 async def heartbeat(worker_id: WorkerIdPath, req: m.Heartbeat, store: StoreDep) -> dict[str, Any]:
-    """404 until the worker registered."""
+    """404 until the worker registered. ``health``: the worker's machine is ok, or degraded (and why)."""
     resources = req.resources.model_dump(mode="json") if req.resources else None
-    return await call(store.heartbeat, worker_id, resources=resources)
+    health = req.health.model_dump(mode="json") if req.health else None
+    return await call(store.heartbeat, worker_id, resources=resources, health=health)
 
 
 @router.get("", response_model=list[m.WorkerInfo], dependencies=[READ], responses=errors(*AUTHED))

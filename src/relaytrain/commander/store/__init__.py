@@ -279,10 +279,11 @@ class Store:
         return self.get_worker(worker_id, now=now)
 
     def heartbeat(self, worker_id: str, *, resources: dict[str, Any] | None = None,
-                  now: float | None = None) -> dict[str, Any]:
+                  health: dict[str, Any] | None = None, now: float | None = None) -> dict[str, Any]:
+        """The worker is alive; ``health`` (``{condition, reason}``): what it says of its machine."""
         with self._write() as conn:
             now = self._clock(conn, now)
-            workers.heartbeat(conn, worker_id, resources=resources, now=now)
+            workers.heartbeat(conn, worker_id, resources=resources, health=health, now=now)
         return self.get_worker(worker_id, now=now)
 
     def get_worker(self, worker_id: str, *, now: float | None = None) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from relaytrain.api.status import AttemptOutcome, FailureClass, RunStatus
 from relaytrain.config import RetryPolicy
 from relaytrain.errors import LeaseLost, NotFound
 
-from ..policy import next_status
+from ..policy import MACHINE_AVOID_S, next_status
 from . import checkpoints as ckpts
 from . import evals, events
 from . import metrics as series
@@ -93,10 +93,17 @@ CLAIMABLE_NOW = _claimable_now()
 """A queued run past its backoff whose ``init_from`` run (if any) succeeded; parameter ``now``."""
 
 
+NOT_AVOIDING = sa.or_(runs.c.avoid_worker.is_(None), runs.c.avoid_worker != sa.bindparam("worker_id"),
+                     runs.c.avoid_until <= sa.bindparam("now"))
+"""Anti-affinity: the run does not avoid the claiming worker ``worker_id`` at ``now`` (a machine fault
+of that worker's ended its last attempt less than ``policy.MACHINE_AVOID_S`` ago). A filter on the
+rows the queue's index already reads: the claim reads no more rows than before."""
+
+
 def _claim_statements(with_kinds: bool) -> _ClaimStatements:
-    """Parameters: ``now``, ``gpus``, with ``kinds`` a list of kinds; ``after_priority``,
+    """Parameters: ``now``, ``gpus``, ``worker_id``, with ``kinds`` a list of kinds; ``after_priority``,
     ``after_created``, ``after_run_id`` for the next page; ``candidates`` for the lock."""
-    claimable = [*CLAIMABLE_NOW, runs.c.gpus <= sa.bindparam("gpus")]
+    claimable = [*CLAIMABLE_NOW, runs.c.gpus <= sa.bindparam("gpus"), NOT_AVOIDING]
     if with_kinds:
         claimable.append(runs.c.kind.in_(sa.bindparam("kinds", expanding=True)))
     queue_order = (runs.c.priority.desc(), runs.c.created_at, runs.c.run_id)
@@ -134,7 +141,7 @@ _GRANT = (
            runs.c.status == RunStatus.QUEUED)
     .values(status=RunStatus.RUNNING, holder=sa.bindparam("b_holder"), epoch=sa.bindparam("b_new_epoch"),
             lease_expires_at=sa.bindparam("b_expires_at"), step=sa.bindparam("b_step"),
-            updated_at=sa.bindparam("b_now"))
+            updated_at=sa.bindparam("b_now"), avoid_worker=None, avoid_until=None)
 )
 _OPEN_ATTEMPT = attempts.insert()
 _ATTEMPT_STEPS = (
@@ -149,7 +156,7 @@ _ATTEMPT_STEPS = (
 def claim(conn: sa.Connection, worker_id: str, *, gpus: int, labels: dict[str, str], kinds: list[str] | None,
           price_per_hour: float | None, now: float) -> dict[str, Any] | None:
     """Grant the best run this worker can serve, or None. Reclaim expired leases first (:func:`expire`)."""
-    chosen = _pick(conn, gpus=gpus, labels=labels, kinds=kinds, now=now)
+    chosen = _pick(conn, worker_id, gpus=gpus, labels=labels, kinds=kinds, now=now)
     if chosen is None:
         return None
     epoch = chosen["epoch"] + 1
@@ -185,9 +192,10 @@ def claim(conn: sa.Connection, worker_id: str, *, gpus: int, labels: dict[str, s
     }
 
 
-def _pick(conn: sa.Connection, *, gpus: int, labels: dict[str, str], kinds: list[str] | None,
+def _pick(conn: sa.Connection, worker_id: str, *, gpus: int, labels: dict[str, str], kinds: list[str] | None,
           now: float) -> dict[str, Any] | None:
-    """The highest-priority, oldest queued run this worker can serve, locked for update.
+    """The highest-priority, oldest queued run this worker can serve (and that does not avoid it:
+    :data:`NOT_AVOIDING`), locked for update.
 
     Candidates are read in queue order a page at a time, without locks. Among those whose
     labels the worker carries, the first still claimable is then locked, every condition
@@ -197,7 +205,7 @@ def _pick(conn: sa.Connection, *, gpus: int, labels: dict[str, str], kinds: list
     database lock, so the first candidate is always free.
     """
     statements = _CLAIM[bool(kinds)]
-    params: dict[str, Any] = {"now": now, "gpus": gpus}
+    params: dict[str, Any] = {"now": now, "gpus": gpus, "worker_id": worker_id}
     if kinds:
         params["kinds"] = list(kinds)
     page = statements.first_page
@@ -322,7 +330,8 @@ def release(conn: sa.Connection, run_id: str, worker_id: str, epoch: int, *, out
             failure_class: FailureClass | None, message: str | None, stderr_tail: str | None, step: int | None,
             now: float | None) -> dict[str, Any]:
     """End a live lease with an outcome; the run's next status is the retry policy's
-    (:func:`~relaytrain.commander.policy.next_status`). Returns it."""
+    (:func:`~relaytrain.commander.policy.next_status`). Returns it. A machine fault keeps the run
+    from this worker for ``MACHINE_AVOID_S`` unless another worker takes it first (anti-affinity)."""
     row, now = fenced_run(conn, run_id, worker_id, epoch, now)
     _close_attempt(conn, row, outcome, failure_class, message, stderr_tail, step, now)
     policy = RetryPolicy.model_validate(row["config"].get("retry", {}))
@@ -330,8 +339,10 @@ def release(conn: sa.Connection, run_id: str, worker_id: str, epoch: int, *, out
                            cancel_requested=row["cancel_requested"], message=message)
     not_before = now + decision.backoff_s
     last_error = row["last_error"] if decision.last_error is None else decision.last_error
+    avoid = ({"avoid_worker": worker_id, "avoid_until": now + MACHINE_AVOID_S}
+             if failure_class == FailureClass.MACHINE and decision.status == RunStatus.QUEUED else {})
     run_rows.set_status(conn, row, decision.status, now, retries_used=decision.retries_used, not_before=not_before,
-                        last_error=last_error)
+                        last_error=last_error, **avoid)
     detail = f"{outcome}" + (f" ({failure_class}): {message}" if failure_class else "")
     events.add(conn, run_id, "released", f"epoch {epoch} ended {detail}; run is {decision.status}",
                {"epoch": epoch, "outcome": outcome, "failure_class": failure_class, "status": decision.status}, now)

@@ -16,7 +16,8 @@ from . import events
 from .schema import attempts, runs
 
 _SUMMARY_COLUMNS = [c for c in runs.c if c.name not in ("config", "gpus", "labels", "lease_ttl_s", "not_before",
-                                                        "cancel_requested", "depends_on", "source_run")]
+                                                        "cancel_requested", "depends_on", "source_run",
+                                                        "avoid_worker", "avoid_until")]
 _HIDDEN_ATTEMPT_FIELDS = ("id", "run_id", "last_renewed_at", "gpus", "price_per_hour")
 
 

@@ -39,6 +39,10 @@ runs = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float, nullable=True),
+    # Anti-affinity (policy.MACHINE_AVOID_S): the worker whose machine fault ended the last attempt,
+    # not granted this run again before ``avoid_until``; cleared by the next grant.
+    sa.Column("avoid_worker", sa.String(128), nullable=True),
+    sa.Column("avoid_until", sa.Float, nullable=True),
     sa.Index("ix_runs_expiry", "status", "lease_expires_at"),  # the expiry check inside every claim
     sa.Index("ix_runs_holder", "holder"),  # a worker's current run (register, heartbeat, the autoscaler)
     sa.Index("ix_runs_depends_on", "depends_on"),
@@ -83,6 +87,10 @@ workers = sa.Table(
     sa.Column("version", sa.String(32), nullable=True),
     sa.Column("registered_at", sa.Float, nullable=False),
     sa.Column("last_heartbeat", sa.Float, nullable=False),
+    # What the worker last said of its machine (api.status.WorkerCondition), why, and since when.
+    sa.Column("condition", sa.String(16), nullable=False, server_default="ok"),
+    sa.Column("condition_reason", sa.Text, nullable=True),
+    sa.Column("condition_since", sa.Float, nullable=True),
 )
 
 checkpoints = sa.Table(

@@ -36,9 +36,20 @@ def register(conn: sa.Connection, worker_id: str, *, provider: str, hostname: st
         events.add(conn, None, "worker", f"worker {worker_id} registered", {"worker_id": worker_id}, now)
 
 
-def heartbeat(conn: sa.Connection, worker_id: str, *, resources: dict[str, Any] | None, now: float) -> None:
-    """The worker is alive (and, with ``resources``, offers these now). NotFound before it registered."""
+def heartbeat(conn: sa.Connection, worker_id: str, *, resources: dict[str, Any] | None,
+              health: dict[str, Any] | None = None, now: float) -> None:
+    """The worker is alive (and, with ``resources``, offers these now; with ``health``, its machine
+    is in this condition: a change is recorded as an event). NotFound before it registered."""
     values: dict[str, Any] = {"last_heartbeat": now, **(_resource_values(resources) if resources is not None else {})}
+    if health is not None:
+        was = conn.execute(sa.select(workers.c.condition, workers.c.condition_reason)
+                           .where(workers.c.worker_id == worker_id)).first()
+        changed = was is not None and (was.condition, was.condition_reason) != (health["condition"], health["reason"])
+        if changed:
+            values.update(condition=health["condition"], condition_reason=health["reason"], condition_since=now)
+            said = f": {health['reason']}" if health["reason"] else ""
+            events.add(conn, None, "worker", f"worker {worker_id} is {health['condition']}{said}",
+                       {"worker_id": worker_id, "condition": health["condition"]}, now)
     if not conn.execute(workers.update().where(workers.c.worker_id == worker_id).values(**values)).rowcount:
         raise NotFound(f"no worker named {worker_id!r}: register first")
 
@@ -59,6 +70,9 @@ def listing(conn: sa.Connection, now: float, *, worker_id: str | None = None) ->
             "last_heartbeat": r["last_heartbeat"],
             "current_run": r["current_run"],
             "alive": now - r["last_heartbeat"] <= WORKER_DEAD_AFTER_S,
+            "condition": r["condition"],
+            "condition_reason": r["condition_reason"],
+            "condition_since": r["condition_since"],
         }
         for r in conn.execute(query).mappings().all()
     ]
