@@ -69,7 +69,7 @@ def test_an_avoiding_run_does_not_hide_the_next_one(store):
 
 @pytest.mark.parametrize("failure_class", [FailureClass.TRANSIENT, None])
 def test_other_endings_set_no_avoidance(store, failure_class):
-    store.submit_run(run("r", retry={"max_retries": 3, "backoff_base_s": 0}), now=1)
+    store.submit_run(run("r", retry={"max_retries": 3, "backoff_base_s": 0.5}), now=1)
     store.claim_run("w1", now=2)
     outcome = AttemptOutcome.FAILED if failure_class else AttemptOutcome.PREEMPTED
     store.release_lease("r", "w1", 1, outcome=outcome, failure_class=failure_class, message="x", now=3)

@@ -4,6 +4,7 @@ SIGTERM, SIGKILL) as one, and its exit classified by the contract (DESIGN §6–
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import signal
@@ -16,6 +17,8 @@ from pathlib import Path
 from relaytrain.checkpoint import atomic_write_text
 
 from . import fence
+
+log = logging.getLogger(__name__)
 
 FENCE_SCRIPT = Path(fence.__file__).resolve()
 FENCE_EXIT_S = 5.0
@@ -55,11 +58,16 @@ class TrainerProcess:
         return self.proc.poll()
 
     def request_stop(self, reason: str) -> None:
-        """Begin a graceful stop: the stop file now; :meth:`advance_stop` escalates."""
+        """Begin a graceful stop: the stop file now (SIGTERM, the contract's other way to ask, if the
+        file cannot be written: a full disk); :meth:`advance_stop` escalates."""
         if self._stop_started is None:
             self.stop_reason = reason
             self._stop_started = time.monotonic()
-            atomic_write_text(self.stop_file, reason + "\n")
+            try:
+                atomic_write_text(self.stop_file, reason + "\n")
+            except OSError as exc:
+                log.warning("cannot write the stop file %s (%s): asking the trainer by SIGTERM", self.stop_file, exc)
+                self.terminate()
 
     @property
     def stopping(self) -> bool:

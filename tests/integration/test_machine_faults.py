@@ -1,0 +1,121 @@
+"""A machine's fault is charged to the machine (issue 13, item 5), on a real small filesystem.
+
+The operator's story: a worker whose workdir is a 45 MB filesystem takes a run whose checkpoints
+soon fill it. Before, every save failed, the same worker took the run back until its retries were
+spent, and the run failed for good. Now the attempt ends as the machine's fault (no retry spent),
+the worker frees its local copies and, still short of room, reports itself degraded and claims
+nothing; the run goes to the roomy worker (anti-affinity) and succeeds; ``relay status`` and
+``relay workers`` show both.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from relaytrain.contract import ExitCode, FailureClass, MachineFault, classify_exit, exit_code_for
+from tests.support.commander import wait_until
+from tests.support.relay import COUNTER, counter_final_state, counter_run
+from tests.support.smallfs import small_fs, used_mb
+
+SMALL_MB = 45
+
+
+@pytest.fixture
+def sick_workdir(tmp_path):
+    with small_fs(tmp_path / "sick", SMALL_MB) as path:
+        yield path
+
+
+def relay(cluster, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "relaytrain.cli", *args, "--commander", cluster.commander.url,
+                           "--token", "admin"], capture_output=True, text=True, timeout=60,
+                          env={"COLUMNS": "250", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_torch_save_on_a_full_filesystem_is_the_machines_fault(tmp_path):
+    """What torch.save really raises on a full disk, read by both sides of the contract."""
+    torch = pytest.importorskip("torch")
+    with small_fs(tmp_path / "tiny", 1) as folder:
+        with pytest.raises(RuntimeError) as raised:
+            torch.save({"w": torch.zeros(1 << 19)}, folder / "x.pt")
+    assert exit_code_for(raised.value) == ExitCode.TEMPFAIL
+    tail = f"Traceback (most recent call last):\n  ...\nRuntimeError: {raised.value}\n"
+    exit_ = classify_exit(ExitCode.TEMPFAIL, tail, stop_requested=False, killed_for=None)
+    assert (exit_.failure_class, exit_.fault) == (FailureClass.MACHINE, MachineFault.DISK), str(raised.value)
+
+
+def check_outcome(cluster, run_id: str, sick: str, healthy: str) -> None:
+    """The run succeeded on the healthy worker without spending a retry; the sick one's attempts
+    were machine faults naming the disk; the sick worker is degraded, and both show."""
+    run = cluster.run(run_id)
+    assert run.status == "succeeded", cluster.logs()
+    assert run.retries_used == 0
+    tried = [(a.worker_id, a.outcome, a.failure_class) for a in run.attempts]
+    assert tried[0] == (sick, "failed", FailureClass.MACHINE), tried
+    assert tried[-1] == (healthy, "succeeded", None), tried
+    assert [w for w, _, _ in tried].count(sick) == 1, f"granted back to the sick worker: {tried}"
+    assert run.attempts[0].message.startswith(f"disk full on worker {sick} at "), run.attempts[0].message
+    assert "the checkpoint needs" in run.attempts[0].message
+    info = wait_until(lambda: next((w for w in cluster.client.workers() if w.worker_id == sick
+                                    and w.condition == "degraded"), None), 30, "the sick worker to be degraded")
+    assert info.condition_reason.startswith(f"disk full on worker {sick} at "), info.condition_reason
+    status = relay(cluster, "status", run_id)
+    assert "failed (machine), not counted in retries" in status, status
+    assert f"worker {sick} is degraded" in status and "disk full" in status, status
+    assert "retries 0/3" in status, status
+    workers = relay(cluster, "workers")
+    assert "degraded" in workers and sick in workers, workers
+
+
+@pytest.mark.parametrize("given", ["argv", "shell"])
+def test_a_full_disk_moves_a_counter_run_to_a_roomy_worker(cluster, sick_workdir, given):
+    """Each checkpoint carries 8 MB: five fit on 45 MB, the sixth does not."""
+    config = counter_run("fills", cluster.store, max_steps=60, every=5, step_s=0.02, env={"COUNTER_PAD_MB": "8"})
+    if given == "shell":
+        config["trainer"]["command"] = f"exec {sys.executable} {COUNTER}"
+    cluster.client.submit(config)
+    sick = cluster.worker("sick")
+    assert sick.workdir == sick_workdir
+    wait_until(lambda: cluster.run("fills").holder == "sick", 60, "the sick worker to take the run")
+    healthy = cluster.worker("healthy")
+    cluster.wait_status("fills", ("succeeded", "failed"), timeout_s=120)
+    check_outcome(cluster, "fills", "sick", "healthy")
+    latest = cluster.run("fills").latest_checkpoint
+    assert latest.step == 60
+    assert counter_final_state(60) in (Path(latest.uri.removeprefix("file://")) / "state.json").read_text()
+    assert used_mb(sick_workdir) < 8, f"the sick worker left {used_mb(sick_workdir):.1f} MB in use"
+    assert healthy.proc.poll() is None and sick.proc.poll() is None
+
+
+@pytest.mark.slow
+def test_the_issues_sft_run_is_not_failed_by_a_full_disk(cluster, sick_workdir):
+    """The issue's scenario: a tiny SFT run, keep_last 5, checkpoints of about 13 MB on a 45 MB
+    workdir: three saves fit, the fourth fails inside torch.save."""
+    pytest.importorskip("transformers")
+    steps = 40
+    cluster.client.submit({
+        "run_id": "sft-full", "kind": "sft", "model": "tiny", "data": {"builtin": "arithmetic"},
+        "max_steps": steps, "checkpoint": {"every_steps": 5, "keep_last": 5},
+        "lease": {"ttl_s": 3, "margin_s": 1.5, "grace_s": 1}, "retry": {"max_retries": 3},
+        "store": str(cluster.store),
+    })
+    started = time.monotonic()
+    cluster.worker("sick")
+    wait_until(lambda: cluster.run("sft-full").holder == "sick", 60, "the sick worker to take the run")
+    cluster.worker("healthy")
+    run = cluster.wait_status("sft-full", ("succeeded", "failed"), timeout_s=240)
+    took = time.monotonic() - started
+    check_outcome(cluster, "sft-full", "sick", "healthy")
+    tried = ", ".join(f"{a.worker_id}: {a.outcome} {a.failure_class or ''} steps {a.step_start}->{a.step_end} "
+                      f"lost {a.steps_lost}" for a in run.attempts)
+    print(f"\nissue scenario: {len(run.attempts)} attempts ({tried}), {took:.0f}s to success, retries used "
+          f"{run.retries_used}, the sick workdir {used_mb(sick_workdir):.1f} of {SMALL_MB} MB in use")
+    assert run.latest_checkpoint.step == steps
+    assert used_mb(sick_workdir) < 13
