@@ -173,9 +173,11 @@ class MachineHealth:
                         total / MB)
             if free < total:
                 self._disk_need = total
-                keep = f" ({need.keep} checkpoints of {need.checkpoint / MB:.0f} MB)" if need is not None else ""
-                self._degrade(f"{disk_message(self.worker_id, runs_dir(self.workdir), free, total)}{keep}, "
-                              f"after freeing {freed / MB:.0f} MB of local checkpoint copies")
+                keep = (f" ({need.keep} checkpoints of {need.checkpoint / MB:.0f} MB: keep_last and the one being "
+                        "written)" if need is not None else "")
+                self._degrade(f"disk full on worker {self.worker_id} at {runs_dir(self.workdir)}: {free / MB:.0f} MB "
+                              f"free after freeing {freed / MB:.0f} MB of local checkpoint copies; the last run needs "
+                              f"{total / MB:.0f} MB here{keep}")
 
     def recheck(self) -> bool:
         """Check a disk fault again; True if the worker may claim."""
