@@ -318,10 +318,10 @@ class Attempt:
         """(outcome, failure class, message, stderr tail) to release with."""
         if exit_.outcome == Outcome.SUCCEEDED:
             return AttemptOutcome.SUCCEEDED, None, exit_.message, None
+        if exit_.fault is not None and self.stop_reason in (None, StopReason.CRASHED):
+            return self._machine_outcome(exit_.fault, exit_.message, trainer.stderr_tail())
         if exit_.outcome == Outcome.STOPPED or self.stop_reason not in (None, StopReason.LOST):
             return self._stop_outcome(trainer)
-        if exit_.fault is not None:
-            return self._machine_outcome(exit_.fault, exit_.message, trainer.stderr_tail())
         return AttemptOutcome.FAILED, exit_.failure_class, exit_.message, trainer.stderr_tail()
 
     def _machine_outcome(self, fault: MachineFault, said: str,
