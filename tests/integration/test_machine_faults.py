@@ -119,3 +119,25 @@ def test_the_issues_sft_run_is_not_failed_by_a_full_disk(cluster, sick_workdir):
           f"{run.retries_used}, the sick workdir {used_mb(sick_workdir):.1f} of {SMALL_MB} MB in use")
     assert run.latest_checkpoint.step == steps
     assert used_mb(sick_workdir) < 13
+
+
+def test_a_disk_degraded_worker_claims_again_once_the_disk_has_room(tmp_path):
+    """The recovery rule: degraded while the free space is short of the failed run's need,
+    ok again at the first check after someone made room (here: another tenant's file removed)."""
+    from relaytrain.contract import RunLayout
+    from relaytrain.worker.machine import MB, DiskNeed, MachineHealth
+
+    with small_fs(tmp_path / "small", 10) as workdir:
+        copies = RunLayout.in_workdir(workdir, "r").checkpoints / "step_00000010"
+        copies.mkdir(parents=True)
+        (copies / "weights.bin").write_bytes(b"w" * (2 * MB))
+        ballast = workdir / "someone-elses.bin"  # not the worker's to delete
+        ballast.write_bytes(b"b" * (7 * MB))
+        health = MachineHealth("w", workdir)
+        health.after_fault(MachineFault.DISK, "disk full", DiskNeed(checkpoint=2 * MB, keep=3))
+        assert not copies.exists(), "the local checkpoint copy was not freed"
+        assert health.degraded and health.reason.startswith(f"disk full on worker w at {workdir}/runs: ")
+        assert "the last run needs 6 MB here (3 checkpoints of 2 MB" in health.reason
+        assert not health.recheck() and health.wire().condition == "degraded"
+        ballast.unlink()
+        assert health.recheck() and health.wire().model_dump() == {"condition": "ok", "reason": None}

@@ -118,6 +118,7 @@ class Attempt:
         try:
             try:
                 config = parse_run_config(grant.config)
+                self._keep_last = config.checkpoint.keep_last
                 trainer_env = self._trainer_env(config)
                 self.paths = RunLayout.in_workdir(self.workdir, grant.run_id, grant.epoch, config.trajectories.subdir)
                 self.paths.make()
@@ -143,7 +144,6 @@ class Attempt:
                 return AttemptOutcome.LOST
             if self.stop_reason not in (None, StopReason.LOST):  # fenced, cancelled or preempted while downloading
                 return self._release(*self._stop_outcome(None))
-            self._keep_last = config.checkpoint.keep_last
             try:
                 trainer = self._start_trainer(config, trainer_env, resume_from, init_from)
             except OSError as exc:
