@@ -584,7 +584,9 @@ async function workersPage() {
     api("api/v1/workers"), api("api/v1/hosts"), api("api/v1/rollout/workers"),
   ]);
   return () => {
-    const wrows = workers.map((w) => raw(esc([td(w.worker_id), td(badge(w.alive ? "alive" : "dead")), td(w.provider),
+    const state = (w) => !w.alive ? badge("dead")  // a degraded worker claims nothing until its fault is gone
+      : w.condition === "degraded" ? h`${badge("degraded")} ${w.condition_reason || ""}` : badge("alive");
+    const wrows = workers.map((w) => raw(esc([td(w.worker_id), td(state(w)), td(w.provider),
       td(w.hostname || dash), td(Object.entries(w.resources.labels).map(([k, v]) => `${k}=${v}`).join(", ") || dash, "mono"),
       td(w.resources.gpus.length ? w.resources.gpus.map((g) => g.name).join(", ") : "none"),
       td(w.current_run ? h`<a href="#/runs/${enc(w.current_run)}">${w.current_run}</a>` : dash),
