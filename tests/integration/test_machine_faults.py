@@ -141,3 +141,35 @@ def test_a_disk_degraded_worker_claims_again_once_the_disk_has_room(tmp_path):
         assert not health.recheck() and health.wire().condition == "degraded"
         ballast.unlink()
         assert health.recheck() and health.wire().model_dump() == {"condition": "ok", "reason": None}
+
+
+def test_a_store_this_machine_cannot_reach_moves_the_run_and_degrades_nothing(cluster, moto, monkeypatch,
+                                                                               tmp_path):
+    """Two workers, one S3 store: one worker's endpoint goes nowhere (a closed port on its side:
+    its network cannot reach the store), the other's is the store. The cut-off worker's uploads
+    fail to connect: its machine's fault, no retry spent, and the run finishes on the other."""
+    import uuid
+
+    from tests.support.commander import free_port
+
+    pytest.importorskip("boto3")
+    for name, value in {**moto.env(), "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
+        monkeypatch.setenv(name, value)  # the workers inherit them: the standard AWS configuration
+    bucket = f"relay-{uuid.uuid4().hex[:12]}"
+    moto.client().create_bucket(Bucket=bucket)
+    config = counter_run("cut-off", cluster.store, max_steps=30, every=5, step_s=0.02)
+    config["store"] = {"uri": f"s3://{bucket}/relay"}
+    cluster.client.submit(config)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
+    cluster.worker("cut")
+    wait_until(lambda: cluster.run("cut-off").holder == "cut", 60, "the cut-off worker to take the run")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto.url)
+    cluster.worker("connected")
+    run = cluster.wait_status("cut-off", ("succeeded", "failed"), timeout_s=180)
+    assert run.status == "succeeded" and run.retries_used == 0, cluster.logs()
+    tried = [(a.worker_id, a.outcome, a.failure_class) for a in run.attempts]
+    assert tried == [("cut", "failed", FailureClass.MACHINE), ("connected", "succeeded", None)], tried
+    assert run.attempts[0].message.startswith("the store cannot be reached from worker cut"), run.attempts[0].message
+    cut = next(w for w in cluster.client.workers() if w.worker_id == "cut")
+    assert cut.condition == "ok" and cut.alive

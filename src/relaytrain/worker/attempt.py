@@ -315,11 +315,14 @@ class Attempt:
         return classify_exit(code, trainer.stderr_tail(), stop_requested=trainer.stopping, killed_for=killed_for)
 
     def _outcome(self, exit_: Exit, trainer: TrainerProcess) -> tuple[AttemptOutcome, str | None, str, str | None]:
-        """(outcome, failure class, message, stderr tail) to release with."""
-        if exit_.outcome == Outcome.SUCCEEDED:
-            return AttemptOutcome.SUCCEEDED, None, exit_.message, None
+        """(outcome, failure class, message, stderr tail) to release with. A trainer that finished
+        while the uploader died has not succeeded: its last checkpoints are not durable."""
         if exit_.fault is not None and self.stop_reason in (None, StopReason.CRASHED):
             return self._machine_outcome(exit_.fault, exit_.message, trainer.stderr_tail())
+        if self._uploader is not None and self._uploader.died:
+            return self._stop_outcome(trainer)
+        if exit_.outcome == Outcome.SUCCEEDED:
+            return AttemptOutcome.SUCCEEDED, None, exit_.message, None
         if exit_.outcome == Outcome.STOPPED or self.stop_reason not in (None, StopReason.LOST):
             return self._stop_outcome(trainer)
         return AttemptOutcome.FAILED, exit_.failure_class, exit_.message, trainer.stderr_tail()

@@ -95,6 +95,8 @@ class Uploader(Guarded):
         self._queue: queue.Queue[tuple[int, Path] | tuple[Path, str, str] | None] = queue.Queue()
         self._seen: set[int] = set()
         self._dead = False
+        self.died = False
+        """The thread died (an upload that failed for good): what was submitted since is not durable."""
         self.fault: MachineFault | None = None
         """Set when the uploader died of its machine: this disk is full, or the store cannot be reached from here."""
 
@@ -127,7 +129,7 @@ class Uploader(Guarded):
                 self._upload(*item)
 
     def _died(self, exc: BaseException) -> None:
-        self._dead = True
+        self._dead = self.died = True
         super()._died(exc)
 
     def _put_file(self, path: Path, run_id: str, name: str) -> None:
