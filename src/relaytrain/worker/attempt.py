@@ -130,18 +130,9 @@ class Attempt:
                 init_from = self._init_from(config, store)
                 if config.kind == "eval":
                     self._fetch_eval_checkpoints(store)
-            except WorkerEnvMissing as exc:
-                log.error("cannot start %s: %s", grant.run_id, exc)
-                return self._release(AttemptOutcome.FAILED, MISSING_ENV_CLASS, str(exc))
-            except (ConfigError, ValueError) as exc:
-                return self._release(AttemptOutcome.FAILED, FailureClass.PERMANENT, f"bad run: {exc}")
-            except (ArtifactError, CheckpointError, OSError) as exc:
-                if (fault := fault_of(exc)) is not None:
-                    return self._release(*self._machine_outcome(fault, f"could not prepare the run: {exc}"))
-                return self._release(AttemptOutcome.FAILED, FailureClass.TRANSIENT, f"could not prepare the run: {exc}")
-            except (LeaseLost, NotFound) as exc:
-                self.stop(StopReason.LOST, str(exc))
-                return AttemptOutcome.LOST
+            except (WorkerEnvMissing, ConfigError, ValueError, ArtifactError, CheckpointError, OSError, LeaseLost,
+                    NotFound) as exc:
+                return self._unprepared(exc)
             if self.stop_reason not in (None, StopReason.LOST):  # fenced, cancelled or preempted while downloading
                 return self._release(*self._stop_outcome(None))
             try:
@@ -179,6 +170,20 @@ class Attempt:
             return self._release(*self._outcome(exit_, trainer))
         finally:
             keeper.stop()
+
+    def _unprepared(self, exc: Exception) -> str:
+        """Release an attempt whose run could not be prepared (the exceptions :meth:`run` catches)."""
+        if isinstance(exc, WorkerEnvMissing):
+            log.error("cannot start %s: %s", self.grant.run_id, exc)
+            return self._release(AttemptOutcome.FAILED, MISSING_ENV_CLASS, str(exc))
+        if isinstance(exc, ConfigError | ValueError):
+            return self._release(AttemptOutcome.FAILED, FailureClass.PERMANENT, f"bad run: {exc}")
+        if isinstance(exc, LeaseLost | NotFound):
+            self.stop(StopReason.LOST, str(exc))
+            return AttemptOutcome.LOST
+        if (fault := fault_of(exc)) is not None:
+            return self._release(*self._machine_outcome(fault, f"could not prepare the run: {exc}"))
+        return self._release(AttemptOutcome.FAILED, FailureClass.TRANSIENT, f"could not prepare the run: {exc}")
 
     def _run_folders(self, config: RunConfig, store: ArtifactStore) -> list[FolderSync]:
         """The run's folders that travel through its store: trajectories when kept, and the
