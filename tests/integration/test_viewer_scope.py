@@ -31,7 +31,7 @@ VIEWER_ROUTES = {
     ("GET", "/api/v1/hosts"), ("GET", "/api/v1/hosts/{name}"),
 }
 """Every route a viewer token may call: what the dashboard reads."""
-PATH_VALUES = {"run_id": "seen", "worker_id": "w1", "name": "host1"}
+PATH_VALUES = {"run_id": "seen", "worker_id": "w1", "name": "host1", "token_id": "1"}
 
 
 def test_a_viewer_token_reads_what_the_dashboard_shows_and_changes_nothing(commander):

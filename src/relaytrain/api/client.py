@@ -165,9 +165,15 @@ class RelayClient:
     def health(self) -> m.Health:
         return m.Health.model_validate(self.request("GET", "/api/v1/health"))
 
-    def create_token(self, name: str, scope: str = "worker") -> m.TokenCreated:
-        body = {"name": name, "scope": scope}
-        return m.TokenCreated.model_validate(self.request("POST", "/api/v1/tokens", json=body))
+    def create_token(self, name: str, scope: str = "worker", *, expires_in_s: int | None = None) -> m.TokenCreated:
+        body = {"name": name, "scope": scope, "expires_in_s": expires_in_s}
+        return m.TokenCreated.model_validate(self.request("POST", "/api/v1/tokens", json=body, retries=0))
+
+    def tokens(self) -> list[m.TokenInfo]:
+        return [m.TokenInfo.model_validate(t) for t in self.request("GET", "/api/v1/tokens")]
+
+    def revoke_token(self, token_id: int) -> m.TokenInfo:
+        return m.TokenInfo.model_validate(self.request("POST", f"/api/v1/tokens/{token_id}/revoke"))
 
     # -- runs --------------------------------------------------------------------------------
 

@@ -21,11 +21,19 @@ ReportedOutcome = Literal[
     AttemptOutcome.SUCCEEDED, AttemptOutcome.PREEMPTED, AttemptOutcome.FAILED, AttemptOutcome.CANCELLED
 ]
 """The outcomes a worker reports (``lost`` is the commander's, for an expired lease)."""
-TokenScope = Literal["admin", "worker", "rollout", "viewer"]
-"""``rollout``: a rollout worker's token; it reaches the rollout endpoints and nothing else.
-``viewer``: read-only, for the dashboard: the GET endpoints its pages read (runs, their attempts,
-metrics, checkpoints, evaluations, ledger, logs, rollout pool; workers, hosts), run configs
-redacted (:mod:`relaytrain.config.redact`); it cannot submit, cancel or create tokens."""
+TokenScope = Literal["admin", "submit", "worker", "rollout", "viewer"]
+"""What a token reaches (docs/commander.md, "Tokens and scopes"; the routes' decisions:
+:mod:`relaytrain.commander.routes.deps`). ``admin``: everything. ``submit``: submit, cancel and
+resume runs (``kind: command`` included: code that runs on workers) and read what a viewer reads,
+run configs unredacted. ``worker``: the worker endpoints. ``rollout``: a rollout worker's
+endpoints and nothing else. ``viewer``: read-only, for the dashboard: the GET endpoints its pages
+read (runs, their attempts, metrics, checkpoints, evaluations, ledger, logs, rollout pool;
+workers, hosts), run configs redacted (:mod:`relaytrain.config.redact`)."""
+TOKEN_CACHE_S = 30.0
+"""How long a commander trusts a token it read from its database: a revoked token is refused
+within this time (an expired one at once)."""
+TOKEN_EXPIRES_IN_MAX_S = 10 * 365 * 86400
+"""The longest expiry a token may be given (ten years); no expiry at all is ``None``."""
 
 WorkerId = Field(..., pattern=WORKER_ID_PATTERN, description="The worker's unique id.")
 Epoch = Field(..., ge=1, le=2**31 - 1, description="The fencing token of the lease.")
@@ -434,13 +442,25 @@ class ProviderLedger(_Wire):
 
 
 class TokenCreate(_Request):
-    name: str = Field(..., min_length=1, max_length=128)
+    name: str = Field(..., min_length=1, max_length=128, description="A name to recognise the token by.")
     scope: TokenScope = "worker"
+    expires_in_s: int | None = Field(None, ge=1, le=TOKEN_EXPIRES_IN_MAX_S,
+                                     description="Refused this many seconds after its creation; none: never expires.")
 
 
-class TokenCreated(_Wire):
+class TokenInfo(_Wire):
+    """A token as ``relay token list`` shows it: never the token, nor its hash."""
+
+    id: int
     name: str
     scope: TokenScope
+    created_at: float
+    expires_at: float | None = Field(None, description="Refused from then on; none: never expires.")
+    revoked_at: float | None = None
+    last_used_at: float | None = Field(None, description="Its last use, to the minute (written once a minute).")
+
+
+class TokenCreated(TokenInfo):
     token: str = Field(..., description="Shown once; only its hash is stored.")
 
 

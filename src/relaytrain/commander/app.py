@@ -2,7 +2,8 @@
 dashboard at ``/``.
 
 Every endpoint but ``/api/v1/health`` and the dashboard's static files needs a bearer token;
-worker tokens reach only the worker endpoints, viewer tokens only the reads the dashboard makes.
+each route says which scopes reach it (:mod:`relaytrain.commander.routes.deps`), and the app
+refuses to start with a route that does not.
 Every mutating worker call carries ``(worker_id, epoch)`` and is refused
 with 409, changing nothing, unless that epoch holds the run's live lease.
 
@@ -28,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from relaytrain import __version__
+from relaytrain.api.models import TOKEN_CACHE_S
 from relaytrain.config import RUN_UNION, format_validation_error
 from relaytrain.errors import BadRequest, LeaseLost, PayloadTooLarge, RelayError, RequestInvalid
 
@@ -35,7 +37,7 @@ from .auth import Authenticator
 from .hosts import HostsSettings, start_host_tasks, stop_host_tasks
 from .routes import ROUTERS
 from .routes.dashboard import UI_PREFIX, static_files
-from .routes.deps import Wakeup
+from .routes.deps import Wakeup, check_access
 from .store import Store
 from .telemetry import Telemetry
 
@@ -52,9 +54,11 @@ def create_app(
     claim_poll_s: float = 0.5,
     max_body_bytes: int = MAX_BODY_BYTES,
     hosts: HostsSettings | None = None,
+    auth_cache_s: float = TOKEN_CACHE_S,
 ) -> FastAPI:
     """The commander as an ASGI app over ``store`` (already migrated). With ``hosts``, it also
-    polls SSH hosts' GPUs and starts workers on them (``relay serve --poll-hosts``)."""
+    polls SSH hosts' GPUs and starts workers on them (``relay serve --poll-hosts``). A token
+    revoked in the database is refused within ``auth_cache_s``."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,10 +81,11 @@ def create_app(
     )
     telemetry = Telemetry(store)
     app.state.store = store
-    app.state.auth = Authenticator(store, admin_token)
+    app.state.auth = Authenticator(store, admin_token, cache_s=auth_cache_s)
     app.state.telemetry = telemetry
     for router in ROUTERS:
         app.include_router(router)
+    check_access(app)
     app.mount(UI_PREFIX, static_files(), name="ui")
     app.add_exception_handler(RelayError, _relay_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)

@@ -1,5 +1,6 @@
-"""The commander's HTTP API, one router per resource; each route takes the store (and the
-authenticator's scope, telemetry, the claim wakeup) with ``Depends`` from the app's state.
+"""The commander's HTTP API, one router per resource; each route takes the store (and telemetry,
+the claim wakeup) with ``Depends`` from the app's state, and exactly one scope decision
+(:class:`.deps.Access`: who may call it; the app refuses to start with a route that has none).
 
 =============  ===========================================================================
 runs           ``POST/GET /api/v1/runs``, ``GET /api/v1/runs/{id}``, ``…/cancel``, ``…/resume``,
@@ -11,7 +12,7 @@ evals          ``GET /api/v1/runs/{id}/evaluations``
 hosts          ``GET/PUT/PATCH/DELETE /api/v1/hosts[/{name}]``
 rollout        ``PUT/GET /api/v1/runs/{id}/rollout``, ``…/rollout/pool``, ``GET /api/v1/rollout/runs``,
                ``PUT /api/v1/rollout/workers/{worker_id}``, ``GET /api/v1/rollout/workers``
-tokens         ``POST /api/v1/tokens``
+tokens         ``POST/GET /api/v1/tokens``, ``POST /api/v1/tokens/{id}/revoke``
 ledger         ``GET /api/v1/runs/{id}/ledger``, ``GET /api/v1/ledger``
 metrics        ``GET /api/v1/runs/{id}/metrics``, ``GET /metrics``, ``GET /api/v1/health``
 logs           ``POST/GET /api/v1/runs/{id}/logs``

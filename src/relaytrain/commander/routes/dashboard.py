@@ -13,10 +13,12 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from .deps import OPEN
+
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 UI_PREFIX = "/ui"
 
-router = APIRouter(tags=["dashboard"], include_in_schema=False)
+router = APIRouter(tags=["dashboard"], include_in_schema=False, dependencies=[OPEN])
 
 
 @router.get("/")

@@ -9,7 +9,9 @@ import contextlib
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Path, Request
+import fastapi.routing
+from fastapi import Depends, FastAPI, Header, Path, Request
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from relaytrain.api import models as m
@@ -68,40 +70,103 @@ async def _wakeup(request: Request) -> Wakeup:
     return request.app.state.wakeup
 
 
-async def _admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
-    auth: Authenticator = request.app.state.auth
-    return await auth.require_async(authorization, "admin")
+class Access:
+    """A route's scope decision: the token scopes it admits (admin is admitted everywhere:
+    :class:`relaytrain.commander.auth.Authenticator`), or none at all for an open route. Every
+    route of the app takes exactly one, as a dependency (:data:`ADMIN`, :data:`SUBMIT`,
+    :data:`WORKER`, :data:`ROLLOUT`, :data:`READ`, :data:`OPEN`); :func:`check_access` refuses an
+    app with a route that has none, so a new route cannot forget to decide."""
 
+    def __init__(self, name: str, scopes: frozenset[str] | None) -> None:
+        self.name = name
+        self.scopes = scopes
+        """None: open, no token needed."""
 
-async def _worker(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
-    auth: Authenticator = request.app.state.auth
-    return await auth.require_async(authorization, "worker")
+    def __repr__(self) -> str:
+        return f"Access({self.name})"
 
-
-async def _rollout(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
-    auth: Authenticator = request.app.state.auth
-    return await auth.require_async(authorization, "rollout")
-
-
-async def _viewer(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
-    auth: Authenticator = request.app.state.auth
-    return await auth.require_async(authorization, "viewer")
+    # A coroutine: a plain function would be sent to the thread pool on every request.
+    async def __call__(self, request: Request, authorization: Annotated[str | None, Header()] = None) -> str | None:
+        if self.scopes is None:
+            return None
+        auth: Authenticator = request.app.state.auth
+        return await auth.require_async(authorization, self.scopes)
 
 
 StoreDep = Annotated[Store, Depends(_store)]
 TelemetryDep = Annotated[Telemetry, Depends(_telemetry)]
 WakeupDep = Annotated[Wakeup, Depends(_wakeup)]
-ADMIN = Depends(_admin)
-"""Admin scope: every endpoint but the workers'."""
-WORKER = Depends(_worker)
-"""Worker scope (admin reaches it too)."""
-ROLLOUT = Depends(_rollout)
-"""Rollout scope: a rollout worker's discovery endpoints, and nothing else (admin reaches them too)."""
-READ = Depends(_viewer)
-"""Viewer scope: the GET endpoints the dashboard reads (admin reaches them too)."""
+ADMIN_ONLY = Access("admin", frozenset())
+SUBMITTERS = Access("submit", frozenset({"submit"}))
+WORKERS = Access("worker", frozenset({"worker"}))
+ROLLOUT_WORKERS = Access("rollout", frozenset({"rollout"}))
+READERS = Access("read", frozenset({"submit", "viewer"}))
+class _Open(Access):
+    """The decision to need no token (it reads no header)."""
+
+    async def __call__(self) -> None:  # type: ignore[override]
+        return None
+
+
+ANYONE = _Open("open", None)
+ACCESSES = (ADMIN_ONLY, SUBMITTERS, WORKERS, ROLLOUT_WORKERS, READERS, ANYONE)
+"""Every scope decision a route can take."""
+ADMIN = Depends(ADMIN_ONLY)
+"""Admin scope only: tokens, hosts changed, Prometheus metrics."""
+SUBMIT = Depends(SUBMITTERS)
+"""Submit scope: submitting, cancelling and resuming runs (``kind: command`` runs are code that
+workers run: only admin and submit tokens may queue them)."""
+WORKER = Depends(WORKERS)
+"""Worker scope: the worker endpoints."""
+ROLLOUT = Depends(ROLLOUT_WORKERS)
+"""Rollout scope: a rollout worker's discovery endpoints, and nothing else."""
+READ = Depends(READERS)
+"""Viewer and submit scopes: the GET endpoints the dashboard reads."""
+OPEN = Depends(ANYONE)
+"""No token: the health check and the dashboard's page (they hold no data)."""
 ReadScope = Annotated[str, READ]
-"""The scope of a request admitted by :data:`READ` (``admin`` or ``viewer``), for a route whose
-answer depends on it (a viewer sees run configs redacted)."""
+"""The scope of a request admitted by :data:`READ` (``admin``, ``submit`` or ``viewer``), for a route
+whose answer depends on it (a viewer sees run configs redacted)."""
+
+
+def app_routes(app: FastAPI) -> list[Any]:
+    """Every route of ``app``, those of included routers too, each with its full ``path``,
+    ``methods`` and, for an API route, ``dependant`` (its own dependencies and its routers').
+    FastAPI from 0.16x keeps an included router as one entry of ``app.routes``, opened by
+    ``iter_route_contexts``; earlier versions copy its routes into ``app.routes``."""
+    opened = getattr(fastapi.routing, "iter_route_contexts", None)
+    return list(opened(app.routes)) if opened is not None else list(app.routes)
+
+
+def is_api_route(route: Any) -> bool:
+    """An endpoint of ours, not a mount or FastAPI's own documentation pages."""
+    return isinstance(getattr(route, "original_route", route), APIRoute)
+
+
+def route_access(route: Any) -> Access:
+    """The one scope decision an API route (of :func:`app_routes`) takes; ValueError if it takes
+    none, or several."""
+    found: set[Access] = set()
+    pending = [route.dependant]
+    while pending:
+        dependant = pending.pop()
+        if isinstance(dependant.call, Access):
+            found.add(dependant.call)
+        pending.extend(dependant.dependencies)
+    if len(found) != 1:
+        methods = ",".join(sorted(route.methods))
+        what = "no scope decision" if not found else f"several scope decisions ({', '.join(map(repr, found))})"
+        raise ValueError(f"route {methods} {route.path} takes {what}: give it exactly one of "
+                         f"{', '.join(a.name for a in ACCESSES)} (relaytrain.commander.routes.deps)")
+    return found.pop()
+
+
+def check_access(app: FastAPI) -> None:
+    """Refuse to build an app with a route that does not say who may call it."""
+    for route in app_routes(app):
+        if is_api_route(route):
+            route_access(route)
+
 
 RunIdPath = Annotated[str, Path(pattern=RUN_ID_PATTERN, max_length=128, description="The run's id.")]
 WorkerIdPath = Annotated[str, Path(pattern=m.WORKER_ID_PATTERN, max_length=128, description="The worker's id.")]

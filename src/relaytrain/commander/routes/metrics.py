@@ -13,7 +13,7 @@ from relaytrain.api import models as m
 from relaytrain.errors import NotFound
 
 from ..store.metrics import MAX_POINTS, MIN_POINTS
-from .deps import ADMIN, AUTHED, READ, RunIdPath, StoreDep, TelemetryDep, call, errors
+from .deps import ADMIN, AUTHED, OPEN, READ, RunIdPath, StoreDep, TelemetryDep, call, errors
 
 router = APIRouter(tags=["metrics"])
 
@@ -56,7 +56,7 @@ async def prometheus(telemetry: TelemetryDep) -> Response:
     return Response(body, media_type="text/plain; version=0.0.4")
 
 
-@router.get("/api/v1/health", response_model=m.Health, tags=["service"], responses=errors())
+@router.get("/api/v1/health", response_model=m.Health, tags=["service"], dependencies=[OPEN], responses=errors())
 async def health(store: StoreDep) -> dict[str, Any]:
     await call(store.ping)
     return {"status": "ok", "version": __version__, "database": store.dialect}

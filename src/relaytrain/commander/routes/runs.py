@@ -1,5 +1,6 @@
-"""``/api/v1/runs``: submit, cancel and resume runs (admin scope); list and read runs, a run's
-events (viewer scope: admin or viewer; a viewer sees the config redacted)."""
+"""``/api/v1/runs``: submit, cancel and resume runs (submit scope: admin or submit; ``kind: command``
+runs are code that workers run, so no worker, rollout or viewer token may queue one); list and
+read runs, a run's events (read scope: admin, submit or viewer; a viewer sees the config redacted)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ from relaytrain.api import models as m
 from relaytrain.config import RunConfig, redact_secrets
 from relaytrain.errors import ConfigError, InvalidState, NotFound
 
-from .deps import ADMIN, AUTHED, BODY, READ, ReadScope, RunIdPath, StoreDep, WakeupDep, call, errors
+from .deps import AUTHED, BODY, READ, SUBMIT, ReadScope, RunIdPath, StoreDep, WakeupDep, call, errors
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 
 
-@router.post("", response_model=m.RunDetail, status_code=201, dependencies=[ADMIN],
+@router.post("", response_model=m.RunDetail, status_code=201, dependencies=[SUBMIT],
              responses=errors(*AUTHED, NotFound, InvalidState, ConfigError, *BODY))
 async def submit_run(config: Annotated[RunConfig, Body()], store: StoreDep, wakeup: WakeupDep) -> dict[str, Any]:
     """Queue a run. 409 if its id is taken, or its ``init_from`` run ended without success."""
@@ -48,14 +49,14 @@ async def get_run(
     return run
 
 
-@router.post("/{run_id}/cancel", response_model=m.RunDetail, dependencies=[ADMIN],
+@router.post("/{run_id}/cancel", response_model=m.RunDetail, dependencies=[SUBMIT],
              responses=errors(*AUTHED, NotFound, InvalidState))
 async def cancel_run(run_id: RunIdPath, store: StoreDep) -> dict[str, Any]:
     """Cancel a queued run at once; ask the holder of a running one to stop."""
     return await call(store.cancel_run, run_id)
 
 
-@router.post("/{run_id}/resume", response_model=m.RunDetail, dependencies=[ADMIN],
+@router.post("/{run_id}/resume", response_model=m.RunDetail, dependencies=[SUBMIT],
              responses=errors(*AUTHED, NotFound, InvalidState, ConfigError, *BODY))
 async def resume_run(run_id: RunIdPath, req: m.ResumeRequest, store: StoreDep, wakeup: WakeupDep) -> dict[str, Any]:
     """Re-open an ended run from its newest durable checkpoint, or fork it from an older one."""

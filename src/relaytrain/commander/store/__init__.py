@@ -345,20 +345,46 @@ class Store:
 
     # -- tokens ----------------------------------------------------------------------------
 
-    def create_token(self, name: str, scope: str, *, now: float | None = None) -> str:
-        """A new random token; only its hash is kept. The plain token is returned once."""
+    def issue_token(self, name: str, scope: str, *, expires_in_s: float | None = None,
+                    now: float | None = None) -> dict[str, Any]:
+        """A new random token: its record and, under ``token``, the plain token (returned once;
+        only its hash is kept). ``expires_in_s`` None: it never expires."""
         with self._write() as conn:
-            now = self._clock(conn, now)
-            return tokens.create(conn, name, scope, now)
+            record, token = tokens.create(conn, name, scope, self._clock(conn, now), expires_in_s)
+        return {**record, "token": token}
 
-    def token_scope(self, token: str) -> str | None:
-        """The scope of a live token, or None."""
-        return self.token_scope_by_hash(hash_token(token))
+    def create_token(self, name: str, scope: str, *, expires_in_s: float | None = None,
+                     now: float | None = None) -> str:
+        """:meth:`issue_token`'s plain token."""
+        return self.issue_token(name, scope, expires_in_s=expires_in_s, now=now)["token"]
 
-    def token_scope_by_hash(self, token_hash: str) -> str | None:
-        """The scope of the live token whose sha256 is ``token_hash``, or None."""
+    def list_tokens(self) -> list[dict[str, Any]]:
+        """Every token's record (never the token or its hash), oldest first."""
         with self._read() as conn:
-            return tokens.scope_by_hash(conn, token_hash)
+            return tokens.list_all(conn)
+
+    def revoke_token(self, token_id: int, *, now: float | None = None) -> dict[str, Any]:
+        """Revoke a token (again: no change). NotFound if there is none with this id."""
+        with self._write() as conn:
+            return tokens.revoke(conn, token_id, self._clock(conn, now))
+
+    def token_scope(self, token: str, *, now: float | None = None) -> str | None:
+        """The scope of a live token, or None."""
+        with self._read() as conn:
+            now = self._clock(conn, now)
+        record = self.token_by_hash(hash_token(token), now=now)
+        return record["scope"] if record is not None and tokens.is_live(record, now) else None
+
+    def token_by_hash(self, token_hash: str, *, now: float | None = None) -> dict[str, Any] | None:
+        """The record of the token whose sha256 is ``token_hash`` (revoked or expired too), or None.
+        A live token's use is recorded, at most once a minute (:func:`.tokens.record_use`)."""
+        with self._read() as conn:
+            now = self._clock(conn, now)
+            record = tokens.by_hash(conn, token_hash)
+        if record is not None and tokens.is_live(record, now) and tokens.needs_use_recorded(record, now):
+            with self._write() as conn:
+                tokens.record_use(conn, record["id"], now)
+        return record
 
     # -- ledger ----------------------------------------------------------------------------
 

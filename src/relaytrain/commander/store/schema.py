@@ -148,6 +148,8 @@ tokens = sa.Table(
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("revoked_at", sa.Float, nullable=True),
+    sa.Column("expires_at", sa.Float, nullable=True),
+    sa.Column("last_used_at", sa.Float, nullable=True),
 )
 
 # Machines the commander reaches over SSH (DESIGN §10): polled for GPUs, used by the autoscaler.
