@@ -126,7 +126,7 @@ def test_advertise_host_is_what_the_trainer_advertises(cluster, tmp_path):
 def test_token_create_knows_the_rollout_scope_and_refuses_others():
     result = relay("token", "create", "--scope", "root", "--commander", "http://127.0.0.1:9", check=False)
     assert result.returncode == 1
-    assert "--scope: must be one of admin, worker, rollout, viewer, not 'root'" in result.stderr
+    assert "--scope: must be one of admin, submit, worker, rollout, viewer, not 'root'" in result.stderr
 
 
 @pytest.mark.parametrize("host", ["http://gpu-1", "gpu-1:8080", "a b", "-x"])

@@ -43,7 +43,7 @@ HELP_MODULES = {
     "relaytrain", "relaytrain.errors", "relaytrain.cli", "relaytrain.cli.common", "relaytrain.cli.render",
     "relaytrain.cli.commander", "relaytrain.cli.runs", "relaytrain.cli.worker", "relaytrain.cli.train",
     "relaytrain.cli.sync", "relaytrain.cli.stack", "relaytrain.cli.hosts", "relaytrain.cli.rollout",
-    "relaytrain.cli.metrics", "relaytrain.cli.tls",
+    "relaytrain.cli.metrics", "relaytrain.cli.tls", "relaytrain.cli.tokens",
 }
 
 

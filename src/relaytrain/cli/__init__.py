@@ -4,7 +4,8 @@
 ========================  ==========================================================
 module                    commands
 ========================  ==========================================================
-:mod:`.commander`         ``serve``, ``db upgrade``, ``token create``
+:mod:`.commander`         ``serve``, ``db upgrade``
+:mod:`.tokens`            ``token create|list|revoke``
 :mod:`.runs`              ``submit``, ``runs``, ``status``, ``cancel``, ``eval``, ``resume``,
                           ``checkpoints``, ``logs``
 :mod:`.metrics`           ``metrics``, ``report``
@@ -34,7 +35,7 @@ import typer
 from relaytrain import __version__
 from relaytrain.errors import RelayError
 
-from . import commander, hosts, metrics, rollout, runs, stack, sync, tls, train, worker
+from . import commander, hosts, metrics, rollout, runs, stack, sync, tls, tokens, train, worker
 from .common import console, print_error
 
 app = typer.Typer(
@@ -74,7 +75,7 @@ app.command()(train.demo)
 app.command("push-latest")(sync.push_latest_command)
 app.command("launch-stack")(stack.launch_stack_command)
 app.command("print-lium-command")(stack.print_lium_command)
-app.add_typer(commander.token_app, name="token")
+app.add_typer(tokens.token_app, name="token")
 app.add_typer(commander.db_app, name="db")
 app.add_typer(sync.sync_app, name="sync")
 app.add_typer(stack.stack_app, name="stack")

@@ -1,5 +1,5 @@
-"""``relay serve``, ``relay db upgrade`` and ``relay token create``: running and administering
-the commander."""
+"""``relay serve`` and ``relay db upgrade``: running the commander and migrating its database
+(its tokens: :mod:`.tokens`)."""
 
 from __future__ import annotations
 
@@ -9,26 +9,18 @@ from typing import Annotated
 import typer
 
 from .common import (
-    DEFAULT_COMMANDER,
     DEFAULT_DB,
-    CaCertOpt,
-    CommanderOpt,
     DbOpt,
-    JsonOpt,
     LogLevelOpt,
     ServeTokenOpt,
-    TokenOpt,
     bad_parameter,
-    client,
     console,
     err_console,
     fail,
-    print_json,
     print_warning,
     relay_errors,
 )
 
-token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
 db_app = typer.Typer(help="Manage the commander's database.", no_args_is_help=True)
 
 
@@ -124,30 +116,3 @@ def db_upgrade(db: DbOpt = DEFAULT_DB) -> None:
     store.upgrade()
     console.print(f"{store.describe()} is at revision {store.revision()}")
     store.close()
-
-
-@token_app.command("create")
-def token_create(
-    name: Annotated[str, typer.Option(help="A name to recognise the token by.")] = "worker",
-    scope: Annotated[str, typer.Option(help="worker (worker endpoints only), rollout (a rollout worker's "
-                                            "endpoints only), viewer (read-only: what the dashboard "
-                                            "reads, configs redacted) or admin.")] = "worker",
-    commander: CommanderOpt = DEFAULT_COMMANDER,
-    ca_cert: CaCertOpt = None,
-    token: TokenOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Create a token (needs the admin token); it is printed once and stored hashed."""
-    from typing import get_args
-
-    from relaytrain.api.models import TokenScope
-
-    scopes = get_args(TokenScope)
-    if scope not in scopes:
-        fail(f"--scope: must be one of {', '.join(scopes)}, not {scope!r}")
-    with client(commander, token, ca_cert) as api:
-        created = api.create_token(name, scope)
-    if as_json:
-        print_json(created.model_dump(mode="json"))
-        return
-    console.print(created.token, soft_wrap=True)

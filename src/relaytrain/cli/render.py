@@ -200,6 +200,19 @@ def print_hosts(items: list[dict[str, Any]]) -> None:
     console.print(table if items else "no hosts: add one with relay hosts add")
 
 
+def print_tokens(items: list[Any]) -> None:
+    """``relay token list``: what each token is and whether it still works; never the token."""
+    table = Table("id", "name", "scope", "state", "created", "expires", "revoked", "last used")
+    now = time.time()
+    for t in items:
+        expired = t.expires_at is not None and t.expires_at <= now
+        state = "[red]revoked[/red]" if t.revoked_at is not None else "[red]expired[/red]" if expired else "live"
+        table.add_row(str(t.id), escape(t.name), t.scope, state, when(t.created_at),
+                      "never" if t.expires_at is None else when(t.expires_at), when(t.revoked_at),
+                      ago(t.last_used_at))
+    console.print(table if items else "no tokens: create one with relay token create")
+
+
 # -- stores --------------------------------------------------------------------------------------
 
 
