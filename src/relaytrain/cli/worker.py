@@ -39,6 +39,9 @@ def worker(
     advertise_host: Annotated[str | None, typer.Option(
         "--advertise-host", help="Host name or address rollout workers reach this machine's trainers by (behind NAT "
         "or a port mapping); default: the address of the interface that routes to the commander.")] = None,
+    command_runs: Annotated[bool, typer.Option(
+        "--command-runs/--no-command-runs", help="Whether to claim kind: command runs (any command, from anyone "
+        "whose token may submit runs); --no-command-runs serves only the built-in kinds.")] = True,
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Run a worker: claim runs, supervise their trainers, keep their leases, make checkpoints durable.
@@ -59,6 +62,8 @@ def worker(
     bad = [k for k in kind if k not in RUN_KINDS]
     if bad:
         fail(f"--kind: unknown kind {bad[0]!r} (one of {', '.join(RUN_KINDS)})")
+    if not command_runs and "command" in kind:
+        fail("--no-command-runs: contradicts --kind command")
     if advertise_host is not None and not is_host(advertise_host):
         fail(f"--advertise-host: {advertise_host!r} is not a host name or an IP address (no scheme, port or path)")
     labels = parse_labels(label)
@@ -67,7 +72,7 @@ def worker(
     settings = WorkerSettings(
         commander=commander, token=token, ca_cert=ca_cert, worker_id=worker_id, workdir=workdir.resolve(),
         labels=labels, kinds=kind or None, max_runs=max_runs, price_per_hour=price_per_hour,
-        provider=provider, claim_wait_s=claim_wait, advertise_host=advertise_host,
+        provider=provider, claim_wait_s=claim_wait, advertise_host=advertise_host, command_runs=command_runs,
     )
     raise typer.Exit(Worker(settings).run())
 

@@ -36,7 +36,8 @@ def validate_host_name(value: str) -> str:
 
 
 def ttl_seconds(ttl: str) -> int:
-    """``45m``, ``6h``, ``2d`` → seconds (the ``lium up --ttl`` format); ValueError otherwise."""
+    """``45m``, ``6h``, ``2d`` (or ``30s``) → seconds; ValueError otherwise. The one duration format:
+    ``lium up --ttl`` and ``relay token create --expires-in``."""
     match = _TTL_RE.fullmatch(ttl.strip()) if isinstance(ttl, str) else None
     if match is None or int(match.group(1)) == 0:
         raise ValueError("must be a positive duration such as 45m, 6h or 2d")
@@ -230,6 +231,7 @@ class WorkerGroup(_Model):
     )
     labels: dict[str, str] = Field(default_factory=dict, description="Labels the workers offer to runs.")
     kinds: list[RunKind] = Field(default_factory=list, description="Run kinds served; default: all.")
+    command_runs: bool = Field(True, description="false: never claim kind: command runs (--no-command-runs).")
     price_per_hour: float | None = Field(None, ge=0, description="What one worker's machine costs, $/hour.")
     max_runs: int | None = Field(None, ge=1, description="A worker exits after this many attempts.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment of the worker and trainer.")
@@ -240,6 +242,12 @@ class WorkerGroup(_Model):
     @classmethod
     def _safe_name(cls, value: str) -> str:
         return validate_host_name(value)
+
+    @model_validator(mode="after")
+    def _command_runs_or_not(self) -> WorkerGroup:
+        if not self.command_runs and "command" in self.kinds:
+            raise ValueError("command_runs: false contradicts kinds: [command]")
+        return self
 
 
 class RolloutWorkerGroup(_Model):

@@ -86,6 +86,7 @@ class WorkerLaunch:
     token: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     kinds: list[str] = field(default_factory=list)
+    command_runs: bool = True
     gpus: list[int] | None = None
     price_per_hour: float | None = None
     max_runs: int | None = None
@@ -193,6 +194,8 @@ def worker_argv(python: str, provider: str, launch: WorkerLaunch) -> list[str]:
         argv += ["--label", f"{key}={value}"]
     for kind in launch.kinds:
         argv += ["--kind", kind]
+    if not launch.command_runs:
+        argv.append("--no-command-runs")
     if launch.max_runs is not None:
         argv += ["--max-runs", str(launch.max_runs)]
     if launch.price_per_hour is not None:

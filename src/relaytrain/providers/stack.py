@@ -226,7 +226,7 @@ class Stack:
                 else:
                     launch = WorkerLaunch(worker_id=worker_id, commander_url=self.config.commander.worker_url,
                                           ca_cert=self.ca_cert, token=worker_token, labels=dict(group.labels),
-                                          kinds=list(group.kinds),
+                                          kinds=list(group.kinds), command_runs=group.command_runs,
                                           gpus=group.gpus, price_per_hour=group.price_per_hour,
                                           max_runs=group.max_runs, env=env)
                 out.append((group.name, group.host or worker_id, launch))

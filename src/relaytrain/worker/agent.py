@@ -23,6 +23,7 @@ from types import FrameType
 from relaytrain import __version__
 from relaytrain.api import models as m
 from relaytrain.api.client import RelayClient
+from relaytrain.config import RUN_KINDS
 from relaytrain.errors import CommanderUnavailable, NotFound, RelayError
 
 from .attempt import Attempt
@@ -54,6 +55,15 @@ class WorkerSettings:
     """The CA an ``https://`` commander's certificate is verified with; None: the public CAs."""
     recheck_s: float = 10.0
     """While degraded for a full disk, how often the free space is checked again."""
+    command_runs: bool = True
+    """False: never claim a ``kind: command`` run (code from whoever may submit runs: ``relay worker
+    --no-command-runs``)."""
+
+    def claim_kinds(self) -> list[str] | None:
+        """The run kinds a claim asks for; None: every kind."""
+        if self.command_runs:
+            return self.kinds
+        return [k for k in (self.kinds or RUN_KINDS) if k != "command"]
 
 
 class Worker:
@@ -100,7 +110,7 @@ class Worker:
             asked = time.monotonic()
             try:
                 grant = self.client.claim(m.ClaimRequest(worker_id=s.worker_id, resources=self.resources,
-                                                         kinds=s.kinds, wait_s=s.claim_wait_s))
+                                                         kinds=s.claim_kinds(), wait_s=s.claim_wait_s))
             except CommanderUnavailable as exc:
                 log.warning("%s; retrying", exc)
                 self._stopping.wait(5.0)
