@@ -167,11 +167,14 @@ def test_bad_token_flags_are_refused_naming_the_flag(args, named):
     assert result.returncode == 1 and named in result.stderr, result.stderr
 
 
-def test_the_api_refuses_a_bad_expiry_naming_the_field(short_cache_commander):
+def test_the_api_refuses_a_bad_expiry_or_name_naming_the_field(short_cache_commander):
     with httpx.Client(base_url=short_cache_commander.url, headers={"Authorization": "Bearer cli-admin"}) as http:
         for bad in (0, -5, 10**10, "7d", True):
             answer = http.post("/api/v1/tokens", json={"name": "x", "scope": "worker", "expires_in_s": bad})
             assert answer.status_code == 422 and "expires_in_s" in answer.json()["detail"], (bad, answer.text)
+        for name in ("", "a\x00b", "tab\there", "x" * 129):
+            answer = http.post("/api/v1/tokens", json={"name": name, "scope": "worker"})
+            assert answer.status_code == 422 and answer.json()["detail"].startswith("name"), (name, answer.text)
         assert http.get("/api/v1/tokens").json() == []
     started = time.time()
     with short_cache_commander.client() as admin:

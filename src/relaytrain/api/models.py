@@ -29,6 +29,8 @@ run configs unredacted. ``worker``: the worker endpoints. ``rollout``: a rollout
 endpoints and nothing else. ``viewer``: read-only, for the dashboard: the GET endpoints its pages
 read (runs, their attempts, metrics, checkpoints, evaluations, ledger, logs, rollout pool;
 workers, hosts), run configs redacted (:mod:`relaytrain.config.redact`)."""
+TOKEN_NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+"""A token's name is shown in tables and errors, and stored (PostgreSQL refuses a NUL in text)."""
 TOKEN_CACHE_S = 30.0
 """How long a commander trusts a token it read from its database: a revoked token is refused
 within this time (an expired one at once)."""
@@ -442,7 +444,8 @@ class ProviderLedger(_Wire):
 
 
 class TokenCreate(_Request):
-    name: str = Field(..., min_length=1, max_length=128, description="A name to recognise the token by.")
+    name: str = Field(..., min_length=1, max_length=128, pattern=TOKEN_NAME_PATTERN,
+                      description="A name to recognise the token by (no control character).")
     scope: TokenScope = "worker"
     expires_in_s: int | None = Field(None, ge=1, le=TOKEN_EXPIRES_IN_MAX_S,
                                      description="Refused this many seconds after its creation; none: never expires.")
