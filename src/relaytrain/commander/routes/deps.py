@@ -80,17 +80,21 @@ class Access:
     def __init__(self, name: str, scopes: frozenset[str] | None) -> None:
         self.name = name
         self.scopes = scopes
-        """None: open, no token needed."""
+        """None: open, no token needed (:class:`_Open`)."""
 
     def __repr__(self) -> str:
         return f"Access({self.name})"
 
-    # A coroutine: a plain function would be sent to the thread pool on every request.
-    async def __call__(self, request: Request, authorization: Annotated[str | None, Header()] = None) -> str | None:
-        if self.scopes is None:
-            return None
+    async def __call__(self, request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
         auth: Authenticator = request.app.state.auth
         return await auth.require_async(authorization, self.scopes)
+
+
+class _Open(Access):
+    """The decision to need no token (it reads no header)."""
+
+    async def __call__(self) -> None:  # type: ignore[override]
+        return None
 
 
 StoreDep = Annotated[Store, Depends(_store)]
@@ -101,13 +105,6 @@ SUBMITTERS = Access("submit", frozenset({"submit"}))
 WORKERS = Access("worker", frozenset({"worker"}))
 ROLLOUT_WORKERS = Access("rollout", frozenset({"rollout"}))
 READERS = Access("read", frozenset({"submit", "viewer"}))
-class _Open(Access):
-    """The decision to need no token (it reads no header)."""
-
-    async def __call__(self) -> None:  # type: ignore[override]
-        return None
-
-
 ANYONE = _Open("open", None)
 ACCESSES = (ADMIN_ONLY, SUBMITTERS, WORKERS, ROLLOUT_WORKERS, READERS, ANYONE)
 """Every scope decision a route can take."""

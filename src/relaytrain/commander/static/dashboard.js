@@ -190,7 +190,7 @@ async function refresh() {
       return;  // no refresh until a token is given
     } else if (err instanceof ApiError && err.status === 403) {
       setReachable(true);
-      askToken(`This token cannot read the dashboard's data (${err.message}). Give a viewer or admin token.`);
+      askToken(`This token cannot read the dashboard's data (${err.message}). Give a viewer, submit or admin token.`);
       return;
     } else {
       page.innerHTML = esc(h`<div class="message error">${err.message || err}</div>`);
