@@ -16,7 +16,7 @@ URL, SECRET = "http://127.0.0.1:4100", "k" * 24
 ROLLOUT_ROUTES = {("GET", "/api/v1/runs/{run_id}/rollout"), ("GET", "/api/v1/rollout/runs"),
                   ("PUT", "/api/v1/rollout/workers/{worker_id}")}
 """Every route a rollout token may call."""
-PATH_VALUES = {"run_id": "rl", "worker_id": "rw1", "name": "host1"}
+PATH_VALUES = {"run_id": "rl", "worker_id": "rw1", "name": "host1", "token_id": "1"}
 
 
 def announce(worker_id: str, epoch: int, **extra) -> m.RolloutAnnounce:
