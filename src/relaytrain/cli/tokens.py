@@ -113,8 +113,10 @@ def token_revoke(
     ca_cert: CaCertOpt = None,
     token: AdminTokenOpt = None,
 ) -> None:
-    """Revoke a token. Each commander refuses it within its token cache time (30 s); a name that
-    several live tokens share is refused: give the id."""
+    """Revoke a token: every commander refuses it within 30 s (its token cache).
+
+    A name that several live tokens share is refused: give the id.
+    """
     from relaytrain.api.models import TOKEN_CACHE_S
 
     with relay_errors(), client(commander, token, ca_cert) as api:
