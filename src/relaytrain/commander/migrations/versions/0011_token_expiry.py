@@ -2,14 +2,14 @@
 written at most once a minute per token: :data:`relaytrain.commander.store.tokens.LAST_USED_EVERY_S`).
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0012
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0012"  # after main's 0012 (machine faults), which landed first
 branch_labels = None
 depends_on = None
 
