@@ -168,3 +168,72 @@ def test_the_kill_stage_ends_the_tree(tmp_path):
     trainer.advance_stop(0.0)  # the full grace period is over at once: SIGKILL, no SIGTERM
     assert trainer.wait(30) == -signal.SIGKILL
     assert not any(process_alive(pid) for pid in pids) and not list(tmp_path.glob("termed*"))
+
+
+# Lease jeopardy: the tree is paused (every process SIGSTOPped, those forked meanwhile too) and
+# resumed as one, while the fence itself stays awake to kill it.
+FORKER_TREE = """
+import os, sys, time
+folder = sys.argv[1]
+if os.fork() == 0:  # a child that forks a new, lasting grandchild every 20 ms
+    for _ in range(300):
+        if os.fork() == 0:
+            while True:
+                time.sleep(0.01)
+        time.sleep(0.02)
+    while True:
+        time.sleep(0.01)
+open(f"{folder}/ready", "w").close()
+while True:
+    time.sleep(0.01)
+"""
+
+FORKER_TRAINERS = {
+    "argv list": lambda folder: [sys.executable, "-c", FORKER_TREE, str(folder)],
+    "shell string": lambda folder: ["/bin/sh", "-c", shlex.join([sys.executable, "-c", FORKER_TREE, str(folder)])],
+}
+
+
+def process_state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return "gone"
+    return stat[stat.rfind(")") + 2:].split()[0]
+
+
+def tree_states(trainer: TrainerProcess) -> dict[int, str]:
+    return {pid: process_state(pid) for pid in fence.descendants(trainer.pid)}
+
+
+def all_stopped(trainer: TrainerProcess, at_least: int) -> bool:
+    states = tree_states(trainer)
+    return len(states) >= at_least and all(s in ("T", "gone") for s in states.values())
+
+
+@pytest.mark.parametrize("how", list(FORKER_TRAINERS))
+def test_pause_stops_the_whole_tree_and_resume_continues_it(tmp_path, how):
+    trainer = _start(tmp_path, FORKER_TRAINERS[how](tmp_path))
+    wait_until(lambda: (tmp_path / "ready").exists() and len(tree_states(trainer)) >= 5, 30, "the tree to grow")
+    trainer.pause()
+    wait_until(lambda: all_stopped(trainer, 5), 10, f"every process of the tree to stop: {tree_states(trainer)}")
+    paused = set(tree_states(trainer))
+    for _ in range(50):  # the forker is stopped too: the tree neither grows nor wakes while paused
+        assert all_stopped(trainer, len(paused)) and set(tree_states(trainer)) == paused
+    assert process_state(trainer.pid) != "T", "the fence itself must stay awake"
+    assert trainer.paused and trainer.poll() is None
+
+    assert trainer.resume() > 0 and not trainer.paused
+    wait_until(lambda: not any(s == "T" for s in tree_states(trainer).values())
+               and len(tree_states(trainer)) > len(paused), 10, "the tree to run and fork again")
+
+    trainer.pause()
+    wait_until(lambda: all_stopped(trainer, len(paused)), 10, "the tree to stop again")
+    pids = list(tree_states(trainer))
+    trainer.request_stop("a stop while paused")
+    trainer.advance_stop(0.0)  # no escalation while paused: the tree stays as it is
+    assert trainer.poll() is None and all_stopped(trainer, len(pids))
+    trainer.kill()  # a paused tree dies as one
+    assert trainer.wait(30) == -signal.SIGKILL
+    assert not any(process_alive(pid) for pid in pids)
+    assert fence.marked(trainer.token) == []

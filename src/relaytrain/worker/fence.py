@@ -12,6 +12,10 @@ trainer, so that everything a trainer starts dies with it and with its worker (D
   exits. It also checks its parent every half second, in case that signal was missed.
 - Signals from the worker: ``SIGTERM`` (and ``SIGINT``, ``SIGHUP``) are forwarded to every
   live descendant (a graceful stop); ``SIGUSR1`` kills the whole tree at once.
+- Lease jeopardy (DESIGN §6): ``SIGUSR2`` pauses the tree: every descendant is SIGSTOPped, and
+  again every ``PAUSED_SCAN_S`` while paused, so a process forked (or re-parented here) in the
+  meantime ends up stopped too; ``SIGCONT`` resumes them all. The fence itself never stops: it
+  still kills, forwards and watches its parent while the tree is paused.
 - When the trainer exits, whatever it left behind is killed, and the fence exits the way the
   trainer did: the same exit code, or the same signal. A trainer that cannot be executed
   gives exit 127 and a ``FileNotFoundError:`` line on stderr (a permanent failure).
@@ -37,9 +41,13 @@ from collections.abc import Iterable
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 KILL_NOW = signal.SIGUSR1
+PAUSE = signal.SIGUSR2
+RESUME = signal.SIGCONT
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-WATCHED = (signal.SIGCHLD, KILL_NOW, *FORWARDED)
+WATCHED = (signal.SIGCHLD, KILL_NOW, PAUSE, RESUME, *FORWARDED)
 PARENT_CHECK_S = 0.5
+PAUSED_SCAN_S = 0.05
+STOPPED_STATES = ("T", "t")
 KILL_DEADLINE_S = 10.0
 FENCE_ENV = "RELAY_FENCE_TOKEN"
 
@@ -68,6 +76,11 @@ def _process_table() -> Iterable[tuple[int, int, str]]:
 
 def descendants(root: int) -> list[int]:
     """The live (not zombie) descendants of ``root``, parents before children."""
+    return [pid for pid, _ in _descendant_states(root)]
+
+
+def _descendant_states(root: int) -> list[tuple[int, str]]:
+    """``(pid, state)`` of the live descendants of ``root``, parents before children."""
     children: dict[int, list[int]] = {}
     state: dict[int, str] = {}
     for pid, ppid, st in _process_table():
@@ -79,10 +92,18 @@ def descendants(root: int) -> list[int]:
         for pid in frontier:
             for child in children.get(pid, ()):
                 if state[child] != "Z":
-                    found.append(child)
+                    found.append((child, state[child]))
                 nxt.append(child)
         frontier = nxt
     return found
+
+
+def stop_tree(root: int) -> int:
+    """SIGSTOP every live descendant of ``root`` not stopped yet; returns how many were running.
+    A process forking while this runs may leave a running child: call again until it returns 0."""
+    running = [pid for pid, state in _descendant_states(root) if state not in STOPPED_STATES]
+    signal_all(running, signal.SIGSTOP)
+    return len(running)
 
 
 def signal_all(pids: Iterable[int], sig: int) -> None:
@@ -183,16 +204,24 @@ def supervise(parent: int, argv: list[str]) -> None:
     if trainer == 0:
         _exec_child(argv)
     exited: dict[int, int] = {}
+    paused = False
     while trainer not in exited:
-        info = signal.sigtimedwait(WATCHED, PARENT_CHECK_S)
+        info = signal.sigtimedwait(WATCHED, PAUSED_SCAN_S if paused else PARENT_CHECK_S)
         reap(exited)  # whatever woke us: a SIGCHLD may have been taken by kill_tree's wait
         if info is None:
             if os.getppid() != parent:  # the worker is gone and the death signal was missed
                 kill_tree(on_exit=exited)
         elif info.si_signo == KILL_NOW:
             kill_tree(on_exit=exited)
+        elif info.si_signo == PAUSE:
+            paused = True
+        elif info.si_signo == RESUME:
+            paused = False
+            signal_all(descendants(os.getpid()), signal.SIGCONT)
         elif info.si_signo != signal.SIGCHLD:
             signal_all(descendants(os.getpid()), info.si_signo)
+        if paused:
+            stop_tree(os.getpid())  # again at every wake: a process forked meanwhile is stopped too
     kill_tree()  # whatever the trainer left behind
     _exit_like(exited[trainer])
 

@@ -49,6 +49,7 @@ class TrainerProcess:
         self._stop_started: float | None = None
         self._termed = False
         self._killed_at: float | None = None
+        self._paused_at: float | None = None
         self.stop_reason: str | None = None
 
     def poll(self) -> int | None:
@@ -74,14 +75,35 @@ class TrainerProcess:
         return self._stop_started is not None
 
     def advance_stop(self, grace_s: float) -> None:
-        """SIGTERM the tree at half the grace period, SIGKILL it at the full grace period."""
-        if self._stop_started is None or self.proc.poll() is not None:
+        """SIGTERM the tree at half the grace period, SIGKILL it at the full grace period. Not
+        while paused: a stopped tree can do nothing with the time it is given."""
+        if self._stop_started is None or self._paused_at is not None or self.proc.poll() is not None:
             return
         waited = time.monotonic() - self._stop_started
         if waited >= grace_s and self._killed_at is None:
             self.kill()
         elif waited >= grace_s / 2 and not self._termed:
             self.terminate()
+
+    def pause(self) -> None:
+        """Stop every process of the tree (SIGSTOP, through the fence) until :meth:`resume`.
+        Sent again on every call: a repeated pause is harmless, and it puts right a resume the
+        fence happened to take after it."""
+        if self._paused_at is None:
+            self._paused_at = time.monotonic()
+        self._signal(fence.PAUSE)
+
+    def resume(self) -> float:
+        """Continue the paused tree; returns how long it was paused (0 if it was not)."""
+        if self._paused_at is None:
+            return 0.0
+        paused_for, self._paused_at = time.monotonic() - self._paused_at, None
+        self._signal(fence.RESUME)
+        return paused_for
+
+    @property
+    def paused(self) -> bool:
+        return self._paused_at is not None
 
     def terminate(self) -> None:
         """SIGTERM every process of the tree (the fence forwards it)."""
