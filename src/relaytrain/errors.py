@@ -108,6 +108,13 @@ class TlsError(RelayError):
     Not a :class:`CommanderUnavailable`: retrying cannot fix it, so nobody waits it out."""
 
 
+class CommanderRecovering(RelayError):
+    """The commander is back from an outage and has not yet extended the leases it interrupted:
+    retry in a moment."""
+
+    http_status = 503
+
+
 class CheckpointError(RelayError):
     """A checkpoint is invalid or could not be written."""
 
@@ -161,3 +168,11 @@ def error_class(name: str | None, status: int) -> type[RelayError]:
     if 400 <= status < 500:
         return next((c for c in classes.values() if c.http_status == status), BadRequest)
     return RelayError
+
+
+def commander_unreachable(exc: RelayError) -> bool:
+    """Whether a failed call to the commander means it could not be reached or could not answer
+    (a transport error, a timeout, a 5xx: :class:`CommanderUnavailable`, :class:`StoreError`, a
+    proxy's 502–504), rather than an answer refusing the call (a 4xx such as :class:`LeaseLost`).
+    A worker keeps a lease in jeopardy only through the first kind (DESIGN §4, docs/commander.md)."""
+    return exc.http_status >= 500

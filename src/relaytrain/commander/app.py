@@ -38,7 +38,7 @@ from .hosts import HostsSettings, start_host_tasks, stop_host_tasks
 from .routes import ROUTERS
 from .routes.dashboard import UI_PREFIX, static_files
 from .routes.deps import Wakeup, check_access
-from .store import Store
+from .store import Store, stale_after
 from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,10 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.wakeup = Wakeup(claim_poll_s)
-        sweeper = asyncio.create_task(_sweep(store, sweep_interval_s, app.state.wakeup.notify))
+        stale_after_s = stale_after(sweep_interval_s)
+        # Before the first claim or renewal: leases interrupted by an outage are extended first.
+        await _sweep_once(store, stale_after_s, app.state.wakeup.notify)
+        sweeper = asyncio.create_task(_sweep(store, sweep_interval_s, stale_after_s, app.state.wakeup.notify))
         host_tasks = start_host_tasks(store, hosts) if hosts is not None else []
         try:
             yield
@@ -179,12 +182,17 @@ class _MiddlewareAdapter:
         await self._app(scope, receive, send)
 
 
-async def _sweep(store: Store, interval_s: float, notify: Callable[[], None]) -> None:
-    """Expire leases past their deadline every ``interval_s`` (claims also do it lazily)."""
+async def _sweep(store: Store, interval_s: float, stale_after_s: float, notify: Callable[[], None]) -> None:
+    """Every ``interval_s``: extend the leases an outage interrupted, expire those past their
+    deadline (claims also do both, lazily), and beat (:meth:`Store.sweep`)."""
     while True:
         await asyncio.sleep(interval_s)
-        try:
-            if await run_in_threadpool(store.expire_leases):
-                notify()
-        except Exception:  # a database hiccup must not end the sweeper; it is logged and retried
-            log.exception("lease sweeper failed; retrying in %.1f s", interval_s)
+        await _sweep_once(store, stale_after_s, notify)
+
+
+async def _sweep_once(store: Store, stale_after_s: float, notify: Callable[[], None]) -> None:
+    try:
+        if await run_in_threadpool(store.sweep, stale_after_s=stale_after_s):
+            notify()
+    except Exception:  # a database hiccup must not end the sweeper; it is logged and retried
+        log.exception("lease sweeper failed; retrying")

@@ -5,6 +5,7 @@
 the plain functions of one area module with its connection:
 
 - :mod:`.leases`: grants, renewals, the fence, releases, expiries (and fenced writes);
+- :mod:`.beat`: the commander's beat, and leases extended by the length of its outages;
 - :mod:`.runs`: submitting, reading and cancelling runs, status changes;
 - :mod:`.evals`: automatic evaluations, the checkpoints an eval scores, ``relay resume``;
 - :mod:`.rollout`: the rollout pool's discovery: announced rollout managers, rollout workers;
@@ -32,15 +33,16 @@ from relaytrain.api.status import WorkerRole
 from relaytrain.config import RunConfig
 from relaytrain.errors import NotFound, StoreError
 
+from . import beat, evals, events, hosts, leases, ledger, logs, rollout, runs, tokens, workers
 from . import checkpoints as ckpts
 from . import engine as _engine
-from . import evals, events, hosts, leases, ledger, logs, rollout, runs, tokens, workers
 from . import metrics as series
+from .beat import stale_after
 from .clock import Clock
 from .schema import attempts
 from .tokens import hash_token
 
-__all__ = ["Store", "hash_token"]
+__all__ = ["Store", "hash_token", "stale_after"]
 
 
 class Store:
@@ -245,6 +247,16 @@ class Store:
         """Reclaim every lease past its deadline (the sweeper). Returns how many were reclaimed."""
         with self._write() as conn:
             now = self._clock(conn, now)
+            return self._count_expired(leases.expire(conn, now))
+
+    def sweep(self, *, stale_after_s: float, now: float | None = None) -> int:
+        """The sweeper's transaction: extend the leases an outage of the commander interrupted
+        (:mod:`.beat`), expire every lease past its deadline, and beat, saying that the commander
+        counts as down if no beat follows within ``stale_after_s``. Returns how many leases expired."""
+        with self._write() as conn:  # the beat's row before any run's, as every recovery takes them
+            now = self._clock(conn, now)
+            beat.recover(conn, now)
+            beat.beat(conn, now, stale_after_s)
             return self._count_expired(leases.expire(conn, now))
 
     def _count_expired(self, n: int) -> int:

@@ -20,11 +20,11 @@ import sqlalchemy as sa
 from relaytrain.api.labels import labels_match
 from relaytrain.api.status import AttemptOutcome, FailureClass, RunStatus
 from relaytrain.config import RetryPolicy
-from relaytrain.errors import LeaseLost, NotFound
+from relaytrain.errors import CommanderRecovering, LeaseLost, NotFound
 
 from ..policy import MACHINE_AVOID_S, next_status
+from . import beat, evals, events
 from . import checkpoints as ckpts
-from . import evals, events
 from . import metrics as series
 from . import runs as run_rows
 from .clock import DATABASE_NOW
@@ -250,6 +250,9 @@ def fenced_run(conn: sa.Connection, run_id: str, worker_id: str, epoch: int, now
     if row["status"] != RunStatus.RUNNING or row["holder"] != worker_id:
         raise LeaseLost(f"run {run_id}: {worker_id} does not hold a live lease at epoch {epoch}")
     if row["lease_expires_at"] is None or row["lease_expires_at"] <= now:
+        if beat.outage(conn, now) is not None:  # perhaps only for the outage: the next sweep decides
+            raise CommanderRecovering(f"run {run_id}: the commander is back from an outage and has not yet "
+                                      "extended the leases it interrupted; retry")
         raise LeaseLost(f"run {run_id}: the lease at epoch {epoch} has expired")
     return Fenced(row, now)
 
@@ -350,7 +353,9 @@ def release(conn: sa.Connection, run_id: str, worker_id: str, epoch: int, *, out
 
 
 def expire(conn: sa.Connection, now: float) -> int:
-    """Reclaim every lease past its deadline (outcome ``lost``). Returns how many were reclaimed."""
+    """Reclaim every lease past its deadline (outcome ``lost``). Returns how many were reclaimed.
+    After an outage of the commander, the leases it interrupted are extended first (:func:`.beat.recover`)."""
+    beat.recover(conn, now)
     rows = conn.execute(_EXPIRED, {"now": now}).mappings().all()
     for row in rows:
         row = dict(row)

@@ -230,3 +230,14 @@ run_log_attempts = sa.Table(
     sa.Column("end_offset", sa.BigInteger, nullable=False),
     sa.Column("kept_bytes", sa.BigInteger, nullable=False),
 )
+
+# One row (id 1, made by the migration): when a replica's sweeper last wrote it with its database
+# in reach, and how long a silence after that counts as an outage (2 sweep intervals and a slack,
+# :func:`relaytrain.commander.store.beat.stale_after`). NULLs until the first sweep.
+commander_beat = sa.Table(
+    "commander_beat",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("last_alive_at", sa.Float, nullable=True),
+    sa.Column("stale_after_s", sa.Float, nullable=True),
+)
