@@ -212,3 +212,49 @@ def _served(db: Store) -> dict | None:
         return db.rollout_endpoint("r")
     except NotFound:
         return None
+
+
+def test_a_commit_the_commander_cannot_take_is_retried_until_it_is_back(tmp_path):
+    """Through the commander's real API on SQLite, its line cut at the transport: a checkpoint
+    uploaded during an outage is committed once the commander answers again (never dropped after
+    a few tries), and an uploader abandoned meanwhile (its lease given up) stops trying."""
+    from relaytrain.artifacts import open_store
+    from tests.support.commander import wait_until
+
+    db = Store(str(tmp_path / "relay.db"))
+    db.upgrade()
+    db.submit_run(parse_run_config({"run_id": "r", "kind": "command", "max_steps": 100,
+                                    "trainer": {"command": "true"}}), now=0)
+    assert db.claim_run("w1")["epoch"] == 1
+    down, tries = [True], []
+    with TestClient(create_app(db, admin_token="admin")) as http:
+        def forward(request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/checkpoints"):
+                tries.append(down[0])
+                if down[0]:
+                    raise httpx.ConnectError("connection refused", request=request)
+            answer = http.request(request.method, str(request.url), content=request.read(),
+                                  headers=dict(request.headers))
+            return httpx.Response(answer.status_code, headers=answer.headers.raw, content=answer.content)
+
+        client = RelayClient("http://testserver", db.create_token("w", "worker"), retries=0,
+                             transport=httpx.MockTransport(forward))
+        store, stops = open_store(tmp_path / "store"), []
+        uploader = Uploader(client, store, "r", "w1", 1, lambda *why: stops.append(why), attempts=2).start()
+        uploader.submit(10, CheckpointManager(tmp_path / "out").save({"model.bin": b"w" * 100}, 10, epoch=1))
+        wait_until(lambda: len(tries) > 2, 30, "the commit to be tried more than `attempts` times")
+        down[0] = False
+        uploader.drain()
+        assert uploader.durable_step == 10 and not uploader.skipped and not stops
+        assert [c["step"] for c in db.list_checkpoints("r")] == [10]
+
+        down[0], tries[:] = True, []
+        uploader = Uploader(client, store, "r", "w1", 1, lambda *why: stops.append(why), attempts=2).start()
+        uploader.submit(20, CheckpointManager(tmp_path / "out").save({"model.bin": b"v" * 100}, 20, epoch=1))
+        wait_until(lambda: tries, 30, "the commit to be tried")
+        uploader.abandon()
+        uploader.drain(timeout_s=30)
+        assert uploader.durable_step is None and "not committed" in uploader.skipped[0] and not stops
+        assert [c["step"] for c in db.list_checkpoints("r")] == [10]
+        client.close()
+    db.close()

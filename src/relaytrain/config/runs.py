@@ -117,11 +117,15 @@ class RetryPolicy(_Model):
 
 
 class LeasePolicy(_Model):
-    """Lease timing (DESIGN §4): renew every ttl/3, self-fence at expires_at − margin."""
+    """Lease timing (DESIGN §4): renew every ttl/3, self-fence at expires_at − margin (a pause, if the
+    commander cannot be reached, for up to ``jeopardy_s``)."""
 
     ttl_s: float = Field(60.0, ge=3, le=3600, description="Lease time to live, in seconds.")
     margin_s: float = Field(15.0, gt=0, description="The worker stops its trainer this long before expiry.")
     grace_s: float = Field(10.0, gt=0, description="Time between SIGTERM and SIGKILL when stopping a trainer.")
+    jeopardy_s: float = Field(600.0, ge=0, le=86400, description=(
+        "How long a worker that cannot reach the commander keeps its trainer paused (SIGSTOP) past the "
+        "self-fence point, waiting for the commander to confirm the lease, before it kills it; 0 kills at once."))
 
     @model_validator(mode="after")
     def _margins_fit(self) -> LeasePolicy:

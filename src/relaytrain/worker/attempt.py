@@ -22,7 +22,7 @@ from relaytrain.api.client import RelayClient
 from relaytrain.api.status import AttemptOutcome
 from relaytrain.artifacts import ArtifactStore, fetch_for_resume, open_store
 from relaytrain.checkpoint import atomic_write_text
-from relaytrain.config import GRPORun, RunConfig, SFTRun, parse_run_config, resolve_env, run_config_dict
+from relaytrain.config import GRPORun, LeasePolicy, RunConfig, SFTRun, parse_run_config, resolve_env, run_config_dict
 from relaytrain.contract import (
     TRACKING_SUBDIR,
     Exit,
@@ -92,6 +92,7 @@ class Attempt:
         self.disk_need: DiskNeed | None = None
         """For a full disk: what the run needs here (its checkpoint size, how many it keeps)."""
         self._keep_last = 1
+        self.in_jeopardy = False  # set by the lease keeper: the trainer must be paused
         self._uploader: Uploader | None = None
         self._wake = threading.Event()
         self._lock = threading.RLock()  # stop() may run in a signal handler on the main thread
@@ -104,6 +105,14 @@ class Attempt:
             if self.stop_reason is None or reason.severity > self.stop_reason.severity:
                 self.stop_reason, self.stop_message = reason, message or reason
                 log.info("stopping %s (epoch %d): %s", self.grant.run_id, self.grant.epoch, self.stop_message)
+            if reason in (StopReason.LOST, StopReason.FENCED) and self._uploader is not None:
+                self._uploader.abandon()  # the lease is gone (or presumed so): nothing more can be committed
+        self._wake.set()
+
+    def jeopardy(self, paused: bool) -> None:
+        """The lease keeper's word: pause the trainer (the commander is unreachable past the
+        self-fence point), or resume it (the commander confirmed the lease)."""
+        self.in_jeopardy = paused
         self._wake.set()
 
     # -- the attempt -------------------------------------------------------------------------
@@ -112,9 +121,11 @@ class Attempt:
         """Run the attempt; returns the outcome released (or ``lost`` if none could be)."""
         grant = self.grant
         lease = grant.config.get("lease", {})
-        margin_s, grace_s = float(lease.get("margin_s", 15)), float(lease.get("grace_s", 10))
+        policy = LeasePolicy.model_validate(lease)
+        grace_s = policy.grace_s
         keeper = LeaseKeeper(self.client, grant.run_id, self.worker_id, grant.epoch, ttl_s=grant.ttl_s,
-                             margin_s=margin_s, granted_at_monotonic=self.granted_at, on_stop=self.stop).start()
+                             margin_s=policy.margin_s, granted_at_monotonic=self.granted_at, on_stop=self.stop,
+                             jeopardy_s=policy.jeopardy_s, on_jeopardy=self.jeopardy).start()
         try:
             try:
                 config = parse_run_config(grant.config)
@@ -143,8 +154,12 @@ class Attempt:
                 return self._release(*self._machine_outcome(fault, f"could not start the trainer: {exc}"))
             retention = (config.checkpoint.keep_last, config.checkpoint.keep_every)
             uploader = Uploader(self.client, store, grant.run_id, self.worker_id, grant.epoch, self.stop,
-                                retention=retention, folders=folders).start()
-            self._uploader = uploader
+                                retention=retention, folders=folders)
+            with self._lock:
+                self._uploader = uploader
+                if self.stop_reason in (StopReason.LOST, StopReason.FENCED):
+                    uploader.abandon()
+            uploader.start()
             file_runs = frozenset({config.trainer.source_run}) if config.kind == "eval" else frozenset()
             reporter = Reporter(self.client, ProgressTailer(self.paths.progress), uploader, self.paths.checkpoints,
                                 grant.run_id, self.worker_id, grant.epoch, self.stop,
@@ -160,7 +175,7 @@ class Attempt:
             if self.stop_reason == StopReason.LOST:
                 uploader.abandon()
                 return AttemptOutcome.LOST
-            uploader.drain()
+            uploader.drain()  # commits retried while the commander is unreachable, until the lease is given up
             if uploader.skipped:
                 log.warning("checkpoints not made durable: %s", "; ".join(uploader.skipped))
             if self.stop_reason == StopReason.LOST:
@@ -299,22 +314,33 @@ class Attempt:
 
     def _supervise(self, trainer: TrainerProcess, reporter: Reporter, hang_timeout_s: float,
                    grace_s: float) -> Exit:
+        """Watch the trainer until it exits. In lease jeopardy its tree is paused, and resumed
+        when the jeopardy ends; paused time is not silence (the hang watchdog skips it), and a
+        paused trainer is never stopped gracefully: any stop (a lost lease, the end of jeopardy,
+        a preemption) kills it. Resuming it to checkpoint would let it train on a lease nobody has
+        confirmed, and without the commander its checkpoint could not be committed anyway; a
+        cancel cannot arrive while paused (it comes with a confirmed renewal, which resumes first)."""
         killed_for: str | None = None
         while trainer.poll() is None:
-            self._wake.wait(0.2)
-            self._wake.clear()
             reason = self.stop_reason
-            if reason == StopReason.LOST and killed_for is None:
-                trainer.kill()  # fenced out: not one more step
-                killed_for = f"lease lost: {self.stop_message}"
-            elif reason is not None and not trainer.stopping:
+            if self.in_jeopardy and reason is None:
+                trainer.pause()  # sent again every tick: harmless, and it undoes a resume taken out of order
+            elif trainer.paused and reason is None:
+                reporter.excuse(trainer.resume())
+            if reason is not None and killed_for is None and (reason == StopReason.LOST or trainer.paused):
+                trainer.kill()  # fenced out, or paused: not one more step
+                killed_for = (f"lease lost: {self.stop_message}" if reason == StopReason.LOST
+                              else f"killed while paused in lease jeopardy: {self.stop_message}")
+            elif reason is not None and not trainer.stopping and killed_for is None:
                 trainer.request_stop(reason)
             trainer.advance_stop(grace_s)
             silent = time.monotonic() - reporter.last_activity
-            if killed_for is None and not trainer.stopping and silent > hang_timeout_s:
+            if killed_for is None and not trainer.stopping and not trainer.paused and silent > hang_timeout_s:
                 killed_for = f"hung: no progress for {silent:.0f}s (hang_timeout_s={hang_timeout_s:g})"
                 log.warning("%s: %s", self.grant.run_id, killed_for)
                 trainer.kill()
+            self._wake.wait(0.2)
+            self._wake.clear()
         trainer.reap_group()
         code = trainer.wait()
         return classify_exit(code, trainer.stderr_tail(), stop_requested=trainer.stopping, killed_for=killed_for)

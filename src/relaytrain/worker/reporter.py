@@ -29,13 +29,16 @@ from relaytrain.checkpoint import (
     write_manifest,
 )
 from relaytrain.contract import Event, MachineFault, Progress, disk_full, parse_line
-from relaytrain.errors import CheckpointError, LeaseLost, NotFound, RelayError, StaleWriter
+from relaytrain.errors import CheckpointError, LeaseLost, NotFound, RelayError, StaleWriter, commander_unreachable
 
 from .folder_sync import FolderSync
 from .guard import Guarded, StopFn, StopReason
 from .machine import store_unreachable
 
 log = logging.getLogger(__name__)
+
+COMMIT_RETRY_CAP_S = 2.0
+"""The longest wait between two tries of a checkpoint commit the commander could not take."""
 
 
 class ProgressTailer:
@@ -168,20 +171,8 @@ class Uploader(Guarded):
             folder.sync()
         commit = m.CheckpointCommit(worker_id=self.worker_id, epoch=self.epoch, step=step, uri=uri,
                                     manifest_sha256=manifest_sha256(path), revision=self.store.last_commit)
-        for attempt in range(1, self.attempts + 1):
-            try:
-                self.client.commit_checkpoint(self.run_id, commit)
-                break
-            except (LeaseLost, NotFound) as exc:
-                self._dead = True
-                self.on_stop(StopReason.LOST, f"checkpoint commit refused: {exc}")
-                return
-            except RelayError as exc:  # the commander is unreachable: the lease keeper decides our fate
-                if attempt == self.attempts:
-                    self.skipped.append(f"step {step}: uploaded to {uri} but not committed: {exc}")
-                    log.warning(self.skipped[-1])
-                    return
-                time.sleep(1.0 * attempt)
+        if not self._commit(commit, uri):
+            return
         self.durable_step = step
         log.info("step %d of %s is durable at %s", step, self.run_id, uri)
         if self.retention is not None:
@@ -208,6 +199,32 @@ class Uploader(Guarded):
                 log.warning("upload of step %d failed (%s), retrying", step, exc)
                 time.sleep(2.0 * attempt)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _commit(self, commit: m.CheckpointCommit, uri: str) -> bool:
+        """Record an uploaded checkpoint with the commander; True once it is durable.
+
+        While the commander cannot be reached the commit is retried for as long as the lease may
+        still be ours (the lease keeper decides: a lost lease or the end of lease jeopardy abandons
+        this uploader), so a checkpoint written during an outage is committed once it is over.
+        Any other failure is retried ``attempts`` times."""
+        failures = 0
+        while True:
+            try:
+                self.client.commit_checkpoint(self.run_id, commit)
+                return True
+            except (LeaseLost, NotFound) as exc:
+                self._dead = True
+                self.on_stop(StopReason.LOST, f"checkpoint commit refused: {exc}")
+                return False
+            except RelayError as exc:
+                failures += 1
+                if self._dead or (failures >= self.attempts and not commander_unreachable(exc)):
+                    self.skipped.append(f"step {commit.step}: uploaded to {uri} but not committed: {exc}")
+                    log.warning(self.skipped[-1])
+                    return False
+                if failures == 1 or failures % 10 == 0:
+                    log.warning("commit of step %d of %s failed (%s); retrying", commit.step, self.run_id, exc)
+                time.sleep(min(COMMIT_RETRY_CAP_S, 1.0 * failures))
 
     def _prune(self, output_dir: Path, durable: int) -> None:
         """Apply keep_last / keep_every locally and in the store; never the newest durable."""
@@ -251,6 +268,10 @@ class Reporter(Guarded):
         self._rollout: m.RolloutAnnounce | None = None  # the newest announcement not yet delivered
         self._rollout_tried: tuple[float, str] | None = None  # when the last one was sent, and its URL
         self._latest_seen: str | None = _latest_name(output_dir)
+
+    def excuse(self, seconds: float) -> None:
+        """Do not count ``seconds`` (the trainer was paused) as silence."""
+        self.last_activity += seconds
 
     def finish(self) -> None:
         """Read what is left, forward it, and stop."""
