@@ -39,6 +39,7 @@ def test_the_slime_examples_are_the_two_forms_of_one_command_run():
 def test_defaults_follow_the_design():
     config = parse_run_config(BASE)
     assert (config.lease.ttl_s, config.lease.margin_s, config.lease.grace_s) == (60, 15, 10)
+    assert config.lease.jeopardy_s == 600
     assert config.retry.max_retries == 3 and config.store.uri == "./artifacts"
     assert parse_run_config({**BASE, "store": "s3://b/p"}).store.uri == "s3://b/p"
 
@@ -53,6 +54,8 @@ def test_defaults_follow_the_design():
         ({"trainer": {"command": "  "}}, "trainer.command: must not be empty"),
         ({"lease": {"ttl_s": 10}}, "lease: margin_s must be < 2/3 of ttl_s"),
         ({"lease": {"ttl_s": 60, "margin_s": 5, "grace_s": 6}}, "lease: grace_s must be < margin_s"),
+        ({"lease": {"jeopardy_s": -1}}, "lease.jeopardy_s: Input should be greater than or equal to 0"),
+        ({"lease": {"jeopardy_s": "long"}}, "lease.jeopardy_s: Input should be a valid number"),
         ({"retry": {"backoff_base_s": 10, "backoff_cap_s": 1}}, "retry: backoff_cap_s must be ≥ backoff_base_s"),
         ({"store": "gs://bucket"}, "store.uri: must be a path, file://, s3:// or hf:// URI"),
         ({"resources": {"gpus": -1}}, "resources.gpus: Input should be greater than or equal to 0"),
