@@ -174,5 +174,6 @@ def commander_unreachable(exc: RelayError) -> bool:
     """Whether a failed call to the commander means it could not be reached or could not answer
     (a transport error, a timeout, a 5xx: :class:`CommanderUnavailable`, :class:`StoreError`, a
     proxy's 502–504), rather than an answer refusing the call (a 4xx such as :class:`LeaseLost`).
-    A worker keeps a lease in jeopardy only through the first kind (DESIGN §4, docs/commander.md)."""
-    return exc.http_status >= 500
+    A worker keeps a lease in jeopardy only through the first kind (DESIGN §4, docs/commander.md).
+    Not a :class:`TlsError`: no retry can fix it, so no lease waits it out."""
+    return exc.http_status >= 500 and not isinstance(exc, TlsError)

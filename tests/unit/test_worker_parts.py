@@ -258,3 +258,22 @@ def test_a_commit_the_commander_cannot_take_is_retried_until_it_is_back(tmp_path
         assert [c["step"] for c in db.list_checkpoints("r")] == [10]
         client.close()
     db.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "unreachable"),
+    [
+        ("CommanderUnavailable", True),  # refused, reset, timed out: the client's own
+        ("StoreError", True),  # 503: the commander's database is down
+        ("CommanderRecovering", True),  # 503: back from an outage, leases not yet extended
+        ("RelayError", True),  # a 5xx with no name of ours: a proxy's 502
+        ("LeaseLost", False),  # 409: an answer, the lease is gone
+        ("NotFound", False),
+        ("AuthError", False),
+        ("TlsError", False),  # no retry can fix it
+    ],
+)
+def test_which_failures_keep_a_lease_in_jeopardy(error, unreachable):
+    from relaytrain.errors import commander_unreachable, error_classes
+
+    assert commander_unreachable(error_classes()[error]("x")) is unreachable
