@@ -38,7 +38,9 @@ def serve(
     insecure_http: Annotated[bool, typer.Option(
         "--insecure-http", help="Serve plain http off loopback (tokens cross the network in clear): only on a "
         "network you trust.")] = False,
-    sweep_interval: Annotated[float, typer.Option(min=0.05, help="Seconds between lease-expiry sweeps.")] = 5.0,
+    sweep_interval: Annotated[float, typer.Option(min=0.05, help=(
+        "Seconds between lease-expiry sweeps and beats; a silence over 2 × this + 2 s is an outage, "
+        "whose running leases are extended by its length (docs/commander.md)."))] = 5.0,
     log_level: LogLevelOpt = "info",
     poll_hosts: Annotated[bool, typer.Option("--poll-hosts", help="Poll SSH hosts' GPUs and start workers on them.")]
     = False,

@@ -59,7 +59,9 @@ class StackCommander(_Model):
     python_bin: str | None = Field(None, description="Python that runs the commander; default: the one running relay.")
     wait_s: float = Field(30.0, gt=0, le=600, description="Seconds to wait for /api/v1/health after the start.")
     restart_if_running: bool = Field(False, description="Stop a commander running from pid_path and start anew.")
-    sweep_interval_s: float = Field(5.0, ge=0.05, le=600, description="Seconds between lease-expiry sweeps.")
+    sweep_interval_s: float = Field(5.0, ge=0.05, le=600, description=(
+        "Seconds between lease-expiry sweeps and beats; a silence over 2 × this + 2 s is an outage, whose running "
+        "leases are extended by its length (docs/commander.md)."))
     tls_cert: str | None = Field(None, description="Serve https with this certificate (relay tls init's server.pem).")
     tls_key: str | None = Field(None, description="The certificate's private key (relay tls init's server-key.pem).")
     ca_cert: str | None = Field(
