@@ -103,3 +103,26 @@ def test_a_worker_partitioned_past_its_lease_kills_its_paused_tree_when_refused(
         assert final_state(cluster, "cut") == {"step": 120, "state": counter_final_state(120)}
     finally:
         proxy.close()
+
+
+def test_a_tree_paused_past_jeopardy_s_is_killed_and_the_run_goes_on_elsewhere(cluster):
+    """The commander stays down longer than ``lease.jeopardy_s``: the paused tree is killed while it
+    is still down (a self-fence), and once it is back the run resumes in a new epoch, exact."""
+    config = counter_run("long", cluster.store, max_steps=100, every=10)
+    config["lease"]["jeopardy_s"] = 2
+    cluster.client.submit(config)
+    holder = cluster.worker("holder")
+    cluster.wait_step("long", 15)
+    (fence_pid,) = holder.trainer_pids("long")
+    cluster.commander.stop(signal.SIGKILL)
+    try:
+        tree = wait_until(lambda: paused_tree(fence_pid), 3 * TTL_S, "the trainer tree to pause")
+        wait_until(lambda: not any(process_alive(pid) for pid in [fence_pid, *tree]), 30,
+                   "the tree to be killed after lease.jeopardy_s")
+        assert "stayed unreachable for 2s in lease jeopardy" in holder.log()
+    finally:
+        cluster.commander.start()
+    run = cluster.wait_status("long", ("succeeded", "failed"), timeout_s=120)
+    assert run.status == "succeeded", cluster.logs()
+    assert [a.epoch for a in run.attempts] == [1, 2] and run.attempts[1].step_start >= 10
+    assert final_state(cluster, "long") == {"step": 100, "state": counter_final_state(100)}
