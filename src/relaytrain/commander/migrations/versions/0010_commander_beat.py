@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0011"  # after 0011 (main), the newest when this landed
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0012"  # after main's 0012 (machine faults), which landed first
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
