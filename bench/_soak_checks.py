@@ -276,7 +276,8 @@ def table(report: dict[str, Any]) -> str:
     for label, items in (("OVERLAP", report["overlaps"]), ("DOUBLE GRANT", report["double_grant_pairs"]),
                          ("ORPHAN", report["orphan_processes"])):
         lines += [f"  {label} {item}" for item in items]
-    lines += [f"  WORKER DIED {d['worker_id']} (exit {d['exit_code']}): {d['last_line']}" for d in report["workers_died"]]
+    lines += [f"  WORKER DIED {d['worker_id']} (exit {d['exit_code']}): {d['last_line']}"
+              for d in report["workers_died"]]
     lines += [f"  note: {n}" for n in report["notes"]]
     lines.append(f"\nsafety and exactness: {'ok' if report['ok'] else 'FAILED'}")
     return "\n".join(lines)
