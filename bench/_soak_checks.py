@@ -11,6 +11,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +85,14 @@ def trainer_processes(root: Path) -> dict[int, dict[str, Any]]:
 
 
 class OrphanWatcher:
-    """Finds trainer processes alive ``grace_s`` after their attempt ended or their worker died."""
+    """Finds trainer processes alive ``grace_s`` after their attempt ended or their worker died.
 
-    def __init__(self, root: Path, stack: Any, grace_s: float) -> None:
-        self.root, self.stack, self.grace_s = root, stack, grace_s
+    ``ended()`` gives the ``(run id, epoch)`` of every ended attempt (the commander's table);
+    ``worker_alive(worker_id)`` whether that worker process still runs."""
+
+    def __init__(self, root: Path, ended: Callable[[], set[tuple[str, int]]], worker_alive: Callable[[str], bool],
+                 grace_s: float) -> None:
+        self.root, self.ended, self.worker_alive, self.grace_s = root, ended, worker_alive, grace_s
         self.suspect_since: dict[int, float] = {}
         self.orphans: dict[int, dict[str, Any]] = {}
         self.scans = 0
@@ -96,13 +101,11 @@ class OrphanWatcher:
         """One scan; the pids of the trainer processes alive now."""
         procs = trainer_processes(self.root)
         self.suspect_since = {pid: t for pid, t in self.suspect_since.items() if pid in procs}
-        ended = {(a["run_id"], a["epoch"]) for a in (self.stack.store.attempts_table() if procs else [])
-                 if a["ended_at"] is not None}
+        ended = self.ended() if procs else set()
         now = time.time()
         for pid, info in procs.items():
-            worker = self.stack.workers.get(info["worker_id"])
             why = ("its attempt ended" if (info["run_id"], info["epoch"]) in ended
-                   else "its worker died" if worker is None or worker.proc.poll() is not None else None)
+                   else None if self.worker_alive(info["worker_id"]) else "its worker died")
             if why is None:
                 self.suspect_since.pop(pid, None)
                 continue
@@ -112,6 +115,22 @@ class OrphanWatcher:
                 print(f"ORPHAN pid {pid}: {info} alive {now - since:.0f}s after {why}", flush=True)
         self.scans += 1
         return list(procs)
+
+
+def double_grants(attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pairs of attempts of one run that were open at once: the later granted before the
+    earlier ended (an attempt not ended is open for ever)."""
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for a in attempts:
+        by_run.setdefault(a["run_id"], []).append(a)
+    pairs = []
+    for run_id, tries in by_run.items():
+        tries.sort(key=lambda a: a["epoch"])
+        for i, a in enumerate(tries):
+            end = a["ended_at"] if a["ended_at"] is not None else float("inf")
+            pairs += [{"run_id": run_id, "epochs": [a["epoch"], b["epoch"]]} for b in tries[i + 1:]
+                      if b["granted_at"] < end]
+    return pairs
 
 
 # -- the analysis ---------------------------------------------------------------------------------
@@ -152,19 +171,12 @@ def _final_state(client: Any, run_id: str, max_steps: int) -> dict[str, Any]:
 def analyse(stack: Any, faults: list[Any], watcher: OrphanWatcher, args: Any, start: float) -> dict[str, Any]:
     attempts = stack.store.attempts_table()
     by_run: dict[str, list[dict[str, Any]]] = {}
-    for a in attempts:
+    for a in sorted(attempts, key=lambda a: (a["run_id"], a["epoch"])):
         by_run.setdefault(a["run_id"], []).append(a)
     with stack.client() as client:
         finals = [_final_state(client, run_id, steps) for run_id, steps in stack.submitted.items()]
         ledger = client.providers_ledger().total.model_dump()
-    # double grants: two attempts of one run open at once
-    doubles = []
-    for run_id, tries in by_run.items():
-        tries.sort(key=lambda a: a["epoch"])
-        for i, a in enumerate(tries):
-            end = a["ended_at"] if a["ended_at"] is not None else float("inf")
-            doubles += [{"run_id": run_id, "epochs": [a["epoch"], b["epoch"]]} for b in tries[i + 1:]
-                        if b["granted_at"] < end]
+    doubles = double_grants(attempts)
     journals = {run_id: read_journal(stack.root, run_id) for run_id in stack.submitted}
     overlapping = [{"run_id": run_id, **o} for run_id, rows in journals.items() for o in overlaps(rows)]
     # steps lost, charged to faults
@@ -211,6 +223,7 @@ def analyse(stack: Any, faults: list[Any], watcher: OrphanWatcher, args: Any, st
                and not watcher.orphans),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "soak_s": round(time.time() - start, 1),
+        "folders": {"root": str(stack.root), "postgres": str(stack.pg.folder)},
         "checks": checks,
         "runs_by_status": statuses,
         "retries_used": sum(f["retries_used"] for f in finals),

@@ -62,15 +62,12 @@ and its folder removed, also on Ctrl-C, SIGTERM or an exception.
 from __future__ import annotations
 
 import argparse
-import errno
 import os
-import pwd
 import random
 import secrets
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -80,118 +77,19 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from bench import _soak_checks as checks
+from bench._soak_machine import FILL_FILE, PrivatePostgres, fill, mount_tmpfs, tmpfs_problem, unmount
 from relaytrain.api.status import TERMINAL, RunStatus
 from relaytrain.commander.store import Store
 from relaytrain.commander.store.schema import runs as runs_table
 from relaytrain.errors import AuthError, BadRequest, ConfigError, Forbidden, RelayError, RunExists
-from tests.support.commander import Commander, free_port, wait_until
+from tests.support.commander import Commander, wait_until
 from tests.support.relay import COUNTER, WorkerProc, counter_run
 
 WORKERS = 3
 REPLICAS = 2
 FAULT_KINDS = ("worker_kill", "worker_term", "commander_restart", "postgres_restart", "disk_full")
-FILL_FILE = "soak-fill.bin"
 NEAR_CHECKPOINT = 3
 """The disk is filled when the disk worker's run is at most this many steps before a checkpoint."""
-
-
-# -- PostgreSQL of our own ------------------------------------------------------------------------
-
-
-class PrivatePostgres:
-    """A PostgreSQL server in a fresh folder on a free port, run as ``postgres`` when we are root."""
-
-    def __init__(self, bin_dir: Path) -> None:
-        self.bin_dir = bin_dir
-        self.folder = Path(tempfile.mkdtemp(prefix="relay-soak-pg-"))
-        self.data = self.folder / "data"
-        self.log = self.folder / "postgres.log"
-        self.port = free_port()
-        self.running = False
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/relay"
-
-    def _run(self, program: str, *args: str) -> None:
-        cmd = [str(self.bin_dir / program), *args]
-        if os.geteuid() == 0:  # initdb and postgres refuse root
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            raise RuntimeError(f"{shlex.join(cmd)} exited {done.returncode}: {(done.stderr or done.stdout).strip()}")
-
-    def _ctl(self, action: str, *extra: str) -> None:
-        options = (f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c max_connections=300")
-        self._run("pg_ctl", action, "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options,
-                  *extra)
-
-    def start(self) -> PrivatePostgres:
-        if os.geteuid() == 0:
-            user = pwd.getpwnam("postgres")
-            os.chown(self.folder, user.pw_uid, user.pw_gid)
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
-        self._ctl("start")
-        self.running = True
-        import psycopg
-
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True) as conn:
-            conn.execute('CREATE DATABASE "relay"')
-        return self
-
-    def restart(self, mode: str) -> None:
-        self._ctl("restart", "-m", mode)
-
-    def stop(self, keep_log: Path | None = None) -> None:
-        if self.running:
-            self._ctl("stop", "-m", "immediate")
-            self.running = False
-        if keep_log is not None and self.log.exists():
-            shutil.copy(self.log, keep_log)
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-# -- a small filesystem for the disk worker -------------------------------------------------------
-
-
-def mount_tmpfs(path: Path, size_mb: int) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(path)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise OSError(f"mount -t tmpfs on {path} exited {done.returncode}: {done.stderr.strip()}")
-
-
-def unmount(path: Path) -> None:
-    """Unmount; lazily when a dying process still holds it."""
-    if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=True)
-
-
-def tmpfs_problem(root: Path) -> str | None:
-    """None if this process can mount a tmpfs, else why not."""
-    probe = root / "tmpfs-probe"
-    try:
-        mount_tmpfs(probe, 1)
-    except OSError as exc:
-        return str(exc)
-    unmount(probe)
-    return None
-
-
-def fill(folder: Path) -> int:
-    """Write zeros into ``folder``/FILL_FILE until the filesystem is full; the bytes written."""
-    chunk, written = bytes(1 << 20), 0
-    fd = os.open(folder / FILL_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        while True:
-            written += os.write(fd, chunk)
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-    finally:
-        os.close(fd)
-    return written
 
 
 # -- the stack ------------------------------------------------------------------------------------
@@ -287,6 +185,13 @@ class Stack:
         query = sa.select(c.holder, c.run_id, c.epoch).where(c.status == RunStatus.RUNNING)
         with self.store.engine.connect() as conn:
             return {h: (r, e) for h, r, e in conn.execute(query) if h}
+
+    def ended_attempts(self) -> set[tuple[str, int]]:
+        return {(a["run_id"], a["epoch"]) for a in self.store.attempts_table() if a["ended_at"] is not None}
+
+    def worker_alive(self, worker_id: str) -> bool:
+        w = self.workers.get(worker_id)
+        return w is not None and w.proc.poll() is None
 
     def statuses(self) -> dict[str, str]:
         with self.store.engine.connect() as conn:
@@ -567,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     pg = PrivatePostgres(args.pg_bin)
     stack = Stack(root, args, pg, notes=notes)
     injector = Injector(stack, rng, kinds)
-    watcher = checks.OrphanWatcher(root, stack, args.orphan_grace_s)
+    watcher = checks.OrphanWatcher(root, stack.ended_attempts, stack.worker_alive, args.orphan_grace_s)
     print(f"relay soak: python -m bench.soak {' '.join(sys.argv[1:] if argv is None else argv)}\n  folder {root}, "
           f"faults {', '.join(kinds) or 'none'} about every {args.fault_every_s:g}s, {args.in_flight} runs in flight",
           flush=True)
