@@ -33,6 +33,9 @@ def test_attempts_one_after_the_other_do_not_overlap_and_side_by_side_do(tmp_pat
     wait_until(lambda: any(e == 3 for e, *_ in read_journal(tmp_path, "r")), 30, "epoch 3 to train")
     second = counter(tmp_path, 4, 20)
     wait_until(lambda: any(e == 4 for e, *_ in read_journal(tmp_path, "r")), 30, "epoch 4 to train")
+    started = min(t for e, _, _, t in read_journal(tmp_path, "r") if e == 4)
+    wait_until(lambda: any(e == 3 and t > started for e, _, _, t in read_journal(tmp_path, "r")), 30,
+               "epoch 3 to train a step after epoch 4 started")
     first.send_signal(signal.SIGTERM)  # it checkpoints and exits 0, having trained beside epoch 4
     assert (first.wait(timeout=60), second.wait(timeout=60)) == (0, 0)
     found = overlaps(read_journal(tmp_path, "r"))
