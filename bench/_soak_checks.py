@@ -223,6 +223,7 @@ def analyse(stack: Any, faults: list[Any], watcher: OrphanWatcher, args: Any, st
                and not watcher.orphans),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "soak_s": round(time.time() - start, 1),
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "folders": {"root": str(stack.root), "postgres": str(stack.pg.folder)},
         "checks": checks,
         "runs_by_status": statuses,
@@ -254,7 +255,9 @@ def table(report: dict[str, Any]) -> str:
     lines = [f"soak: {s['minutes']:g} min of faults (seed {s['seed']}), {report['soak_s']:.0f} s in all; "
              f"{s['in_flight']} runs in flight of {s['min_steps']}-{s['max_steps']} steps × {s['step_s']:g} s, "
              f"checkpoint every {s['every']}, ttl {s['ttl_s']:g} s; workers given "
-             f"{'one URL' if s['one_url'] else 'both replica URLs'}", "",
+             f"{'one URL' if s['one_url'] else 'both replica URLs'}; "
+             f"load average {report['load_average_1m']} at the end",
+             "",
              "| check | result | target |", "|---|---|---|",
              f"| every run's final state exact | {c['final_state_exact']} / {c['runs']} | all |",
              f"| overlapping training intervals | {c['overlapping_intervals']} | 0 |",

@@ -47,15 +47,30 @@ def leftovers(root: str, pg_folder: str) -> list[str]:
     return found
 
 
+def run_soak(command: list[str], log: Path, timeout_s: float) -> int:
+    """Run the soak; past ``timeout_s`` interrupt it as Ctrl-C would (so it still cleans up) and fail."""
+    with open(log, "wb") as handle:
+        soak = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        return soak.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        soak.send_signal(signal.SIGINT)
+        soak.wait(timeout=90)
+        pytest.fail(f"the soak ran past {timeout_s}s: {log.read_text()[-3000:]}")
+    finally:
+        if soak.poll() is None:
+            soak.kill()
+            soak.wait()
+
+
+@pytest.mark.timeout(480)
 def test_a_short_soak_injects_every_fault_and_every_run_stays_exact(tmp_path):
-    out = tmp_path / "out"
-    done = subprocess.run(soak_command(out, "--minutes", "0.75", "--fault-every-s", "4", "--seed", "7",
-                                       "--drain-s", "120"),
-                          cwd=REPO, capture_output=True, text=True, timeout=420)
-    text = done.stdout + done.stderr
-    assert (out / "soak.json").exists(), text[-5000:]
+    out, log = tmp_path / "out", tmp_path / "soak.log"
+    code = run_soak(soak_command(out, "--minutes", "0.75", "--fault-every-s", "4", "--seed", "7", "--drain-s", "120"),
+                    log, timeout_s=360)
+    assert (out / "soak.json").exists(), log.read_text()[-5000:]
     report = json.loads((out / "soak.json").read_text())
-    assert done.returncode == 0, (out / "soak.txt").read_text()
+    assert code == 0, (out / "soak.txt").read_text()
     checks = report["checks"]
     assert checks["runs"] >= 3 and checks["final_state_exact"] == checks["runs"]
     assert checks["overlapping_intervals"] == checks["double_grants"] == checks["orphans"] == 0
@@ -70,6 +85,7 @@ def test_a_short_soak_injects_every_fault_and_every_run_stays_exact(tmp_path):
     assert leftovers(report["folders"]["root"], report["folders"]["postgres"]) == []
 
 
+@pytest.mark.timeout(400)
 def test_ctrl_c_stops_postgres_the_workers_and_the_replicas_and_unmounts(tmp_path):
     log = tmp_path / "soak.log"
     with open(log, "wb") as handle:
