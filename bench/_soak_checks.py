@@ -22,7 +22,8 @@ from tests.support.relay import counter_final_state
 
 ENDED_BY_RELAY = frozenset({AttemptOutcome.SUCCEEDED, AttemptOutcome.CANCELLED})
 """Outcomes no fault is charged for: the run ended, or the bench's drain cancelled it."""
-WORKER_FAULTS = frozenset({"worker_kill", "worker_term", "disk_full"})
+SIGNALS = frozenset({"worker_kill", "worker_term"})
+WORKER_FAULTS = SIGNALS | {"disk_full"}
 
 
 # -- the journals ---------------------------------------------------------------------------------
@@ -136,15 +137,20 @@ def double_grants(attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # -- the analysis ---------------------------------------------------------------------------------
 
 
-def _cause(attempt: dict[str, Any], faults: list[Any], window_s: float) -> Any | None:
-    """The fault an attempt that ended badly is charged to: a fault on its worker, else the last
-    commander or PostgreSQL restart within ``window_s`` before it ended."""
+def cause(attempt: dict[str, Any], faults: list[Any], window_s: float) -> Any | None:
+    """The fault an attempt that ended badly is charged to: a kill or SIGTERM of its worker (a
+    worker is signalled once, and that is its end); else the latest of a full disk on its
+    worker (until ``window_s`` after the disk was emptied) and a commander or PostgreSQL restart
+    (until ``window_s`` after it); else none."""
     end = attempt["ended_at"] if attempt["ended_at"] is not None else float("inf")
-    mine = [f for f in faults if f.kind in WORKER_FAULTS and f.worker_id == attempt["worker_id"] and f.at <= end]
-    if mine:
-        return mine[-1]
-    shared = [f for f in faults if f.kind not in WORKER_FAULTS and f.at <= end <= f.at + window_s]
-    return shared[-1] if shared else None
+    worker = attempt["worker_id"]
+    signalled = [f for f in faults if f.kind in SIGNALS and f.worker_id == worker and f.at <= end]
+    if signalled:
+        return signalled[-1]
+    near = [f for f in faults if f.at <= end and (
+        (f.kind == "disk_full" and f.worker_id == worker and end <= (f.until or f.at) + window_s)
+        or (f.kind not in WORKER_FAULTS and end <= f.at + window_s))]
+    return max(near, key=lambda f: f.at) if near else None
 
 
 def _final_state(client: Any, run_id: str, max_steps: int) -> dict[str, Any]:
@@ -194,8 +200,8 @@ def analyse(stack: Any, faults: list[Any], watcher: OrphanWatcher, args: Any, st
                    "failure_class": a["failure_class"], "message": (a["message"] or "")[:300],
                    "steps_lost_table": a["steps_lost"] or 0,
                    "steps_lost_true": None if last is None else max(0, last - resumed)}
-            cause = _cause(a, faults, window)
-            (charged[id(cause)] if cause is not None else unattributed).append(row)
+            charged_to = cause(a, faults, window)
+            (charged[id(charged_to)] if charged_to is not None else unattributed).append(row)
     per_fault = []
     for f in faults:
         rows = charged[id(f)]

@@ -349,11 +349,11 @@ class Injector:
         self.filled, self.armed_until = fault, None
         self.log(fault, start)
 
-    def release(self) -> None:
+    def release(self, start: float) -> None:
         """Remove a fill still in place (the drain must not run on a full disk)."""
         if self.filled is not None:
             self.filled.until = time.time()
-            self.tick(time.time())
+            self.tick(start)
 
 
 # -- the soak -------------------------------------------------------------------------------------
@@ -386,7 +386,7 @@ def soak(stack: Stack, injector: Injector, watcher: checks.OrphanWatcher, rng: r
             stack.notes.append(f"t={time.time() - start:.0f}s: the bench's own call failed: {type(exc).__name__}: "
                                f"{str(exc)[:200]}")
         time.sleep(0.5)
-    injector.release()
+    injector.release(start)
     print(f"t={time.time() - start:7.1f}s no more faults or runs: draining {len(stack.submitted)} runs", flush=True)
 
     def drained() -> bool:

@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench._soak_checks import OrphanWatcher, double_grants, journal_path, overlaps, read_journal
+from bench._soak_checks import OrphanWatcher, cause, double_grants, journal_path, overlaps, read_journal
+from bench.soak import Fault
 from relaytrain.worker.fence import FENCE_ENV
 from tests.support.commander import wait_until
 from tests.support.relay import COUNTER
@@ -69,3 +70,19 @@ def test_a_trainer_alive_after_its_attempt_ended_is_an_orphan_and_a_live_one_is_
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_an_attempt_that_ended_badly_is_charged_to_the_fault_that_ended_it():
+    disk = Fault("disk_full", 10, "fill", "w1", until=30)
+    restart = Fault("commander_restart", 100, "replica 0")
+    kill = Fault("worker_kill", 200, "kill", "w2")
+    faults = [disk, restart, kill]
+
+    def ended(worker_id, at):
+        return {"worker_id": worker_id, "ended_at": at}
+
+    assert cause(ended("w1", 12), faults, window_s=60) is disk
+    assert cause(ended("w1", 110), faults, window_s=60) is restart  # the disk was emptied long before
+    assert cause(ended("w2", 120), faults, window_s=60) is restart
+    assert cause(ended("w2", 212), faults, window_s=60) is kill  # its lease ran out after the kill
+    assert cause(ended("w3", 95), faults, window_s=60) is None  # nothing near it: reported as unattributed
