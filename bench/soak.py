@@ -12,7 +12,7 @@ What runs
   run as the ``postgres`` OS user (``runuser -u postgres``) in a folder that user owns.
 - Two ``relay serve`` replicas on that database (different ports, one admin token).
 - Three ``relay worker`` processes, each given both replicas' URLs (``--commander URL1,URL2``;
-  ``--one-url`` gives them the first only, for a relay whose workers take one URL). One of
+  ``--one-url`` gives them the first only, to see what the second URL saves). One of
   them, the *disk worker*, has its workdir on a tmpfs of its own (``mount -t tmpfs -o size=…``,
   ``--tmpfs-mb``); needs root, else the ``disk_full`` fault is left out and the report says why.
 - A steady supply of counter-trainer runs (examples/trainers/counter_trainer.py, given as a
@@ -433,7 +433,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--drain-s", type=float, default=300, help="seconds the last runs get to end (default 300)")
     p.add_argument("--orphan-grace-s", type=float, default=15,
                    help="a trainer alive this long after its attempt ended or its worker died is an orphan")
-    p.add_argument("--one-url", action="store_true", help="give workers the first replica's URL only")
+    p.add_argument("--one-url", action="store_true",
+                   help="give workers the first replica's URL only (what a restart of it costs without the other)")
     p.add_argument("--pg-bin", type=Path, default=Path("/usr/lib/postgresql/15/bin"), help="initdb and pg_ctl")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (workdirs, store, journals)")
     args = p.parse_args(argv)

@@ -22,8 +22,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-SMALL = ["--in-flight", "3", "--min-steps", "60", "--max-steps", "100", "--ttl-s", "6", "--warmup-s", "3",
-         "--one-url"]  # until workers take several commander URLs (issue 13, item 2)
+SMALL = ["--in-flight", "3", "--min-steps", "60", "--max-steps", "100", "--ttl-s", "6", "--warmup-s", "3"]
 
 
 def soak_command(out: Path, *extra: str) -> list[str]:
