@@ -137,13 +137,18 @@ def double_grants(attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # -- the analysis ---------------------------------------------------------------------------------
 
 
-def cause(attempt: dict[str, Any], faults: list[Any], window_s: float) -> Any | None:
-    """The fault an attempt that ended badly is charged to: a kill or SIGTERM of its worker (a
-    worker is signalled once, and that is its end); else the latest of a full disk on its
-    worker (until ``window_s`` after the disk was emptied) and a commander or PostgreSQL restart
-    (until ``window_s`` after it); else none."""
+def cause(attempt: dict[str, Any], faults: list[Any], window_s: float,
+          died: dict[str, float] | None = None) -> Any | None:
+    """The fault an attempt that ended badly is charged to: if its worker exited by itself
+    (``died``: worker id → when it was found dead) before the attempt ended, the last fault on
+    that worker before then; a kill or SIGTERM of its worker (a worker is signalled once, and
+    that is its end); else the latest of a full disk on its worker (until ``window_s`` after the
+    disk was emptied) and a commander or PostgreSQL restart (until ``window_s`` after it)."""
     end = attempt["ended_at"] if attempt["ended_at"] is not None else float("inf")
     worker = attempt["worker_id"]
+    if worker in (died or {}) and died[worker] <= end:
+        own = [f for f in faults if f.worker_id == worker and f.at <= died[worker]]
+        return own[-1] if own else None
     signalled = [f for f in faults if f.kind in SIGNALS and f.worker_id == worker and f.at <= end]
     if signalled:
         return signalled[-1]
@@ -200,7 +205,7 @@ def analyse(stack: Any, faults: list[Any], watcher: OrphanWatcher, args: Any, st
                    "failure_class": a["failure_class"], "message": (a["message"] or "")[:300],
                    "steps_lost_table": a["steps_lost"] or 0,
                    "steps_lost_true": None if last is None else max(0, last - resumed)}
-            charged_to = cause(a, faults, window)
+            charged_to = cause(a, faults, window, {d['worker_id']: d['at'] for d in stack.died})
             (charged[id(charged_to)] if charged_to is not None else unattributed).append(row)
     per_fault = []
     for f in faults:

@@ -171,7 +171,8 @@ class Stack:
             w = self.workers[worker_id]
             if w.proc.poll() is not None:
                 last = next((line for line in reversed(w.log().splitlines()) if line.strip()), "")
-                self.died.append({"worker_id": worker_id, "exit_code": w.proc.returncode, "last_line": last[:300]})
+                self.died.append({"worker_id": worker_id, "exit_code": w.proc.returncode, "last_line": last[:300],
+                                  "at": time.time()})
                 print(f"worker {worker_id} exited by itself ({w.proc.returncode}): {last[:200]}", flush=True)
                 self.replace(worker_id)
         for worker_id, path in list(self.mounts.items()):

@@ -86,3 +86,5 @@ def test_an_attempt_that_ended_badly_is_charged_to_the_fault_that_ended_it():
     assert cause(ended("w2", 120), faults, window_s=60) is restart
     assert cause(ended("w2", 212), faults, window_s=60) is kill  # its lease ran out after the kill
     assert cause(ended("w3", 95), faults, window_s=60) is None  # nothing near it: reported as unattributed
+    # the full disk killed w1's worker process at 15: its lease ran out during the restart, charged to the disk
+    assert cause(ended("w1", 110), faults, window_s=60, died={"w1": 15}) is disk
