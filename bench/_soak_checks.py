@@ -141,14 +141,17 @@ def cause(attempt: dict[str, Any], faults: list[Any], window_s: float,
           died: dict[str, float] | None = None) -> Any | None:
     """The fault an attempt that ended badly is charged to: if its worker exited by itself
     (``died``: worker id → when it was found dead) before the attempt ended, the last fault on
-    that worker before then; a kill or SIGTERM of its worker (a worker is signalled once, and
-    that is its end); else the latest of a full disk on its worker (until ``window_s`` after the
-    disk was emptied) and a commander or PostgreSQL restart (until ``window_s`` after it)."""
+    that worker before then (if none, the attempt counts as ended at the death); a kill or
+    SIGTERM of its worker (a worker is signalled once, and that is its end); else the latest of a
+    full disk on its worker (until ``window_s`` after the disk was emptied) and a commander or
+    PostgreSQL restart (until ``window_s`` after it)."""
     end = attempt["ended_at"] if attempt["ended_at"] is not None else float("inf")
     worker = attempt["worker_id"]
     if worker in (died or {}) and died[worker] <= end:
         own = [f for f in faults if f.worker_id == worker and f.at <= died[worker]]
-        return own[-1] if own else None
+        if own:
+            return own[-1]
+        end = died[worker]  # no fault of its own: whatever shared fault was near its death
     signalled = [f for f in faults if f.kind in SIGNALS and f.worker_id == worker and f.at <= end]
     if signalled:
         return signalled[-1]

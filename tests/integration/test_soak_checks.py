@@ -88,3 +88,5 @@ def test_an_attempt_that_ended_badly_is_charged_to_the_fault_that_ended_it():
     assert cause(ended("w3", 95), faults, window_s=60) is None  # nothing near it: reported as unattributed
     # the full disk killed w1's worker process at 15: its lease ran out during the restart, charged to the disk
     assert cause(ended("w1", 110), faults, window_s=60, died={"w1": 15}) is disk
+    # w3's worker died of the restart's 500s at 105 and its lease ran out long after: the restart
+    assert cause(ended("w3", 300), faults, window_s=60, died={"w3": 105}) is restart
