@@ -31,7 +31,10 @@ Knobs for tests and demos (environment): ``COUNTER_STEP_S`` seconds per step (0.
 ``COUNTER_FAIL_AT=STEP:CODE`` exit with CODE at STEP, ``COUNTER_HANG_AT=STEP`` stop
 reporting and hang at STEP, ``COUNTER_CRASH_IN_SAVE_AT=STEP`` die halfway through that save,
 ``COUNTER_PAD_MB=N`` give every checkpoint an N MB ``weights.bin`` (a model's weights, for a
-full disk: the save then fails with ``OSError: [Errno 28] No space left on device``).
+full disk: the save then fails with ``OSError: [Errno 28] No space left on device``),
+``COUNTER_JOURNAL=PATH`` append ``<RELAY_EPOCH> <pid> <step> <time.time()>`` to PATH after every
+step (one short ``O_APPEND`` write, so attempts on several workers can share one file: the soak
+bench reads it to prove that two attempts of a run never trained at the same time).
 """
 
 from __future__ import annotations
@@ -121,6 +124,9 @@ def main() -> int:
     progress_path = os.environ.get("RELAY_PROGRESS_FILE")
     stop_file = os.environ.get("RELAY_STOP_FILE")
     progress = open(progress_path, "a") if progress_path else sys.stdout
+    journal_path = os.environ.get("COUNTER_JOURNAL")
+    journal = os.open(journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if journal_path else None
+    epoch = os.environ.get("RELAY_EPOCH", "0")
     trajectories = os.environ.get("RELAY_SAVE_ROLLOUT_TRAJECTORIES") == "1"
     trajectory_root = Path(os.environ.get("RELAY_ROLLOUT_TRAJECTORY_ROOT") or "rollouts")
     trajectory_pattern = os.environ.get("RELAY_ROLLOUT_TRAJECTORY_PATTERN") or "rollout_{rollout_id:08d}.jsonl"
@@ -156,6 +162,8 @@ def main() -> int:
         step += 1
         state = advance(state, step)
         report({"step": step, "metrics": {"loss": 1.0 / step, "state_prefix": int(state[:6], 16)}})
+        if journal is not None:
+            os.write(journal, f"{epoch} {os.getpid()} {step} {time.time():.6f}\n".encode())
         print(f"step {step} state {state[:12]}", flush=True)  # a log line per step (relay logs)
         if trajectories:  # a tiny "rollout" per step, written whole then renamed
             trajectory_root.mkdir(parents=True, exist_ok=True)
