@@ -65,3 +65,42 @@ def test_an_answer_without_a_known_name_maps_by_status():
     assert error_class("SomethingElse", 409) is LeaseLost
     assert error_class(None, 418) is BadRequest
     assert error_class(None, 502) is RelayError
+
+
+@pytest.mark.postgres
+def test_a_database_that_goes_away_is_a_503_not_a_500(pg_url):
+    """The commander's database refuses connections and drops the ones it had (as while PostgreSQL
+    restarts): the commander answers StoreError (503), which clients retry or take to another replica
+    and a worker waits out in lease jeopardy (a 500 is a bug's answer); then it serves again."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from relaytrain.errors import StoreError
+    from tests.support.commander import PG_URL
+
+    name = make_url(pg_url).database
+    store = Store(pg_url)
+    store.upgrade()
+    app = create_app(store, admin_token=None)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, 20, "uvicorn to start")
+    admin = psycopg.connect(PG_URL.replace("+psycopg", ""), autocommit=True)
+    try:
+        with RelayClient(f"http://127.0.0.1:{server.config.port}", retries=0) as client:
+            assert client.runs().items == []
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            with pytest.raises(StoreError, match="the database"):
+                client.runs()
+            with pytest.raises(StoreError):
+                store.get_run("nothing")
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            assert client.runs().items == []
+    finally:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        admin.close()
+        server.should_exit = True
+        thread.join(20)
+        store.close()

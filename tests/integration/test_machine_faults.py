@@ -173,3 +173,18 @@ def test_a_store_this_machine_cannot_reach_moves_the_run_and_degrades_nothing(cl
     assert run.attempts[0].message.startswith("the store cannot be reached from worker cut"), run.attempts[0].message
     cut = next(w for w in cluster.client.workers() if w.worker_id == "cut")
     assert cut.condition == "ok" and cut.alive
+
+
+def test_a_trainer_that_fails_silently_on_a_full_disk_is_charged_to_the_disk(tmp_path):
+    """Its stderr is on the same full disk, so no ENOSPC reaches it: the free space tells."""
+    from relaytrain.worker.machine import FULL_BELOW, looks_full
+
+    with small_fs(tmp_path / "tiny", 2) as folder:
+        assert not looks_full(folder, 0)
+        assert looks_full(folder, 4 << 20)  # less room than one checkpoint of 4 MB
+        with open(folder / "filler", "wb") as filler:
+            with pytest.raises(OSError):
+                while True:
+                    filler.write(b"\0" * (1 << 16))
+                    filler.flush()
+        assert looks_full(folder, 0), f"{FULL_BELOW} bytes free at most on a full disk"

@@ -31,7 +31,7 @@ from starlette.routing import Match
 from relaytrain import __version__
 from relaytrain.api.models import TOKEN_CACHE_S
 from relaytrain.config import RUN_UNION, format_validation_error
-from relaytrain.errors import BadRequest, LeaseLost, PayloadTooLarge, RelayError, RequestInvalid
+from relaytrain.errors import BadRequest, LeaseLost, PayloadTooLarge, RelayError, RequestInvalid, StoreError
 
 from .auth import Authenticator
 from .hosts import HostsSettings, start_host_tasks, stop_host_tasks
@@ -194,5 +194,7 @@ async def _sweep_once(store: Store, stale_after_s: float, notify: Callable[[], N
     try:
         if await run_in_threadpool(store.sweep, stale_after_s=stale_after_s):
             notify()
-    except Exception:  # a database hiccup must not end the sweeper; it is logged and retried
+    except StoreError as exc:  # the database is down or restarting: one line a sweep, not a traceback
+        log.warning("lease sweeper: %s; retrying", exc)
+    except Exception:  # a bug must not end the sweeper either; it is logged in full and retried
         log.exception("lease sweeper failed; retrying")

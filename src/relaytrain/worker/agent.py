@@ -24,7 +24,7 @@ from relaytrain import __version__
 from relaytrain.api import models as m
 from relaytrain.api.client import RelayClient
 from relaytrain.config import RUN_KINDS
-from relaytrain.errors import CommanderUnavailable, NotFound, RelayError
+from relaytrain.errors import NotFound, RelayError, commander_unreachable
 
 from .attempt import Attempt
 from .guard import StopReason
@@ -111,8 +111,10 @@ class Worker:
             try:
                 grant = self.client.claim(m.ClaimRequest(worker_id=s.worker_id, resources=self.resources,
                                                          kinds=s.claim_kinds(), wait_s=s.claim_wait_s))
-            except CommanderUnavailable as exc:
-                log.warning("%s; retrying", exc)
+            except RelayError as exc:
+                if not commander_unreachable(exc):
+                    raise
+                log.warning("claim failed (%s); retrying", exc)
                 self._stopping.wait(5.0)
                 continue
             if grant is None:
@@ -143,10 +145,10 @@ class Worker:
             try:
                 self.client.register(req)
                 return
-            except CommanderUnavailable as exc:
-                if self._stopping.wait(5.0):
+            except RelayError as exc:
+                if not commander_unreachable(exc) or self._stopping.wait(5.0):
                     raise
-                log.warning("%s; retrying registration", exc)
+                log.warning("registration failed (%s); retrying", exc)
 
     def _recovered(self) -> bool:
         """Check a degraded machine again; True (and the commander told at once) once it is fit."""

@@ -48,7 +48,7 @@ from .folder_sync import FolderSync
 from .guard import StopReason
 from .lease import LeaseKeeper
 from .logship import LogShipper
-from .machine import DiskNeed, checkpoint_bytes, disk_message, fault_of, free_bytes
+from .machine import DiskNeed, checkpoint_bytes, disk_message, fault_of, free_bytes, looks_full
 from .process import TrainerProcess
 from .reporter import ProgressTailer, Reporter, Uploader
 
@@ -350,6 +350,10 @@ class Attempt:
         while the uploader died has not succeeded: its last checkpoints are not durable."""
         if exit_.fault is not None and self.stop_reason in (None, StopReason.CRASHED):
             return self._machine_outcome(exit_.fault, exit_.message, trainer.stderr_tail())
+        if (exit_.outcome == Outcome.FAILED and exit_.failure_class == FailureClass.TRANSIENT
+                and self.stop_reason in (None, StopReason.CRASHED)
+                and looks_full(self.paths.root, checkpoint_bytes(self.paths.checkpoints))):
+            return self._machine_outcome(MachineFault.DISK, exit_.message, trainer.stderr_tail())
         if self._uploader is not None and self._uploader.died:
             return self._stop_outcome(trainer)
         if exit_.outcome == Outcome.SUCCEEDED:

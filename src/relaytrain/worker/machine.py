@@ -39,6 +39,8 @@ from relaytrain.contract import MachineFault, RunLayout, disk_full, runs_dir
 log = logging.getLogger(__name__)
 
 MB = 1 << 20
+FULL_BELOW = MB
+"""A filesystem with less free space than this (or than one checkpoint of the run) is full."""
 COPY_FOLDERS = ("checkpoints", "init", "sources")
 """A run root's folders that hold only copies of what its store keeps (or can never be resumed from)."""
 PARTIAL_PREFIXES = (".tmp-", ".old-")
@@ -103,8 +105,18 @@ def free_bytes(path: Path) -> int:
 
 def disk_message(worker_id: str, path: Path, free: int, need: int) -> str:
     """The operator's sentence for a full disk."""
-    return (f"disk full on worker {worker_id} at {path}: {free / MB:.0f} MB free, "
-            f"the checkpoint needs {need / MB:.0f} MB")
+    return f"disk full on worker {worker_id} at {path}: {_size(free)} free, the checkpoint needs {_size(need)}"
+
+
+def _size(n: int) -> str:
+    return f"{n / MB:.0f} MB" if n >= 10 * MB else f"{n / MB:.1f} MB" if n >= MB else f"{n / 1024:.0f} KB"
+
+
+def looks_full(path: Path, need: int) -> bool:
+    """Whether the filesystem of ``path`` has less room than one checkpoint (``need`` bytes, at least
+    ``FULL_BELOW``): a trainer that failed without saying why (its stderr is on the same full disk,
+    so ENOSPC may never reach it) is then taken to have failed for the disk."""
+    return free_bytes(path) < max(need, FULL_BELOW)
 
 
 @dataclass(frozen=True)

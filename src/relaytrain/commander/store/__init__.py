@@ -45,6 +45,15 @@ from .tokens import hash_token
 __all__ = ["Store", "hash_token", "stale_after"]
 
 
+UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+"""What SQLAlchemy raises when the database is down, restarting, locked for too long, or out of connections."""
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+
+
 class Store:
     """All of the commander's state, behind named transactional functions."""
 
@@ -94,16 +103,30 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[sa.Connection]:
         """A write transaction (SQLite: ``BEGIN IMMEDIATE``, behind the in-process writer lock)."""
-        with self._write_lock, self.engine.begin() as conn:
+        with self._available(), self._write_lock, self.engine.begin() as conn:
             yield conn
 
     @contextmanager
     def _read(self) -> Iterator[sa.Connection]:
         """A read-only transaction (SQLite: a plain ``BEGIN``, no writer lock)."""
-        with self.engine.connect() as conn:
+        with self._available(), self.engine.connect() as conn:
             conn.execution_options(**{_engine.READONLY: True})
             with conn.begin():
                 yield conn
+
+    @contextmanager
+    def _available(self) -> Iterator[None]:
+        """A database that cannot be reached, is restarting or dropped the connection is
+        :class:`~relaytrain.errors.StoreError` (503: clients retry, or try another replica, and a
+        worker holds its lease in jeopardy), not a bug's 500. The transaction was rolled back."""
+        try:
+            yield
+        except UNAVAILABLE as exc:
+            raise StoreError(f"the database is unavailable: {_first_line(exc)}") from exc
+        except sa.exc.DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            raise StoreError(f"the database dropped the connection: {_first_line(exc)}") from exc
 
     # -- runs ------------------------------------------------------------------------------
 
