@@ -7,8 +7,8 @@ from enum import StrEnum
 
 from relaytrain.contract.exits import FailureClass
 
-__all__ = ["TERMINAL", "UNSCHEDULABLE", "UNSCHEDULABLE_AFTER_S", "AttemptOutcome", "FailureClass", "LogStream",
-           "RunStatus", "WorkerCondition", "WorkerRole"]
+__all__ = ["TERMINAL", "UNSCHEDULABLE", "AttemptOutcome", "FailureClass", "LogStream", "RunStatus", "WorkerCondition",
+           "WorkerRole"]
 
 
 class RunStatus(StrEnum):
@@ -32,10 +32,8 @@ TERMINAL: frozenset[RunStatus] = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILE
 
 UNSCHEDULABLE = "unschedulable"
 """How a queued run that no live worker or host can ever take is shown (its ``unschedulable`` field
-says why). Not a :class:`RunStatus`: the run stays queued, and is granted as soon as one fits."""
-UNSCHEDULABLE_AFTER_S = 60.0
-"""The commander's default grace (``relay serve --unschedulable-after``): how long a queued run
-waits for a worker that fits before it is shown unschedulable."""
+says why). Not a :class:`RunStatus`: the run stays queued, and is granted as soon as one fits.
+After :data:`relaytrain.UNSCHEDULABLE_AFTER_S` by default."""
 
 
 class AttemptOutcome(StrEnum):

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from relaytrain.api.status import UNSCHEDULABLE_AFTER_S
+from relaytrain import UNSCHEDULABLE_AFTER_S
 
 from .common import (
     DEFAULT_DB,

@@ -28,9 +28,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from relaytrain import __version__
+from relaytrain import UNSCHEDULABLE_AFTER_S, __version__
 from relaytrain.api.models import TOKEN_CACHE_S
-from relaytrain.api.status import UNSCHEDULABLE_AFTER_S
 from relaytrain.config import RUN_UNION, format_validation_error
 from relaytrain.errors import BadRequest, LeaseLost, PayloadTooLarge, RelayError, RequestInvalid
 
