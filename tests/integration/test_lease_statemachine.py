@@ -1,10 +1,10 @@
 """The lease state machine (DESIGN §4), driven by Hypothesis on SQLite and PostgreSQL.
 
-Random interleavings of submit, claim, renew, progress, checkpoint commit, release (every
-outcome), cancel, the sweeper's expiry and clock jumps, by three workers that keep every lease
-they were ever granted (so stale holders keep calling), go through the Store's public methods
-with a modelled clock (``now=``). A model predicts every answer; after every step the invariants
-are checked against the database itself:
+Random interleavings of submit, claim, renew, progress, resume reports, log shipping,
+checkpoint commit, release (every outcome), cancel, the sweeper's expiry and clock jumps, by
+three workers that keep every lease they were ever granted (so stale holders keep calling), go
+through the Store's public methods with a modelled clock (``now=``). A model predicts every
+answer; after every step the invariants are checked against the database itself:
 
 - at most one holder per run: one open attempt per run, and status ``running`` ⇔ a holder;
 - epochs only grow;
@@ -136,6 +136,7 @@ class LeaseMachine(RuleBasedStateMachine):
         self.seen_epoch: dict[str, int] = {}
         self.seen_durable: dict[str, int] = {}
         self.ended: dict[str, tuple] = {}
+        self.log_end: dict[tuple[str, int], int] = {}  # (run, epoch) → the offset past its shipped output
 
     def teardown(self) -> None:
         wipe(self.store)
@@ -234,6 +235,27 @@ class LeaseMachine(RuleBasedStateMachine):
                                            now=self.now)
         assert (ref["step"], ref["epoch"], ref["uri"]) == (step, epoch, uri)
         r.durable = step if r.durable is None else max(r.durable, step)
+
+    @rule(lease=leases, **CALLER, step=st.integers(0, 200))
+    def record_resume(self, lease: Lease, current: bool, imposter: str | None, forged: int, step: int) -> None:
+        lease, worker, epoch = self.caller(lease, current, imposter, forged)
+        r = self.runs[lease.run_id]
+        if not r.live(worker, epoch, self.now):
+            return self.refused(self.store.record_resume, lease.run_id, worker, epoch, step=step)
+        self.store.record_resume(lease.run_id, worker, epoch, step=step, now=self.now)
+        r.step = step
+
+    @rule(lease=leases, **CALLER, size=st.integers(1, 64))
+    def ship_logs(self, lease: Lease, current: bool, imposter: str | None, forged: int, size: int) -> None:
+        lease, worker, epoch = self.caller(lease, current, imposter, forged)
+        r = self.runs[lease.run_id]
+        seq = self.log_end.get((lease.run_id, epoch), 0)
+        chunks = [{"seq": seq, "stream": "stdout", "ts": self.now, "text": "x" * size}]
+        if not r.live(worker, epoch, self.now):
+            return self.refused(self.store.append_logs, lease.run_id, worker, epoch, chunks)
+        answer = self.store.append_logs(lease.run_id, worker, epoch, chunks, now=self.now)
+        self.log_end[(lease.run_id, epoch)] = seq + size
+        assert answer["end"] == seq + size
 
     @rule(lease=leases, **CALLER,
           how=st.sampled_from(RELEASES))
