@@ -1,10 +1,11 @@
 """The lease state machine (DESIGN §4), driven by Hypothesis on SQLite and PostgreSQL.
 
-Random interleavings of submit, claim, renew, progress, resume reports, log shipping,
-checkpoint commit, release (every outcome), cancel, the sweeper's expiry and clock jumps, by
-three workers that keep every lease they were ever granted (so stale holders keep calling), go
-through the Store's public methods with a modelled clock (``now=``). A model predicts every
-answer; after every step the invariants are checked against the database itself:
+Random interleavings of submit, claim (with the anti-affinity after a machine fault), renew,
+progress, resume reports, log shipping, checkpoint commit, release (every outcome and failure
+class), cancel, the sweeper's expiry and clock jumps, by three workers that keep every lease they
+were ever granted (so stale holders keep calling), go through the Store's public methods with a
+modelled clock (``now=``). A model predicts every answer; after every step the invariants are
+checked against the database itself:
 
 - at most one holder per run: one open attempt per run, and status ``running`` ⇔ a holder;
 - epochs only grow;
@@ -39,29 +40,31 @@ from hypothesis.stateful import (
 )
 
 from relaytrain.api.status import TERMINAL, AttemptOutcome, FailureClass, RunStatus
+from relaytrain.commander.policy import MACHINE_AVOID_S
 from relaytrain.commander.store import Store
 from relaytrain.commander.store.schema import attempts, checkpoints, metadata, runs
 from relaytrain.config import parse_run_config
 from relaytrain.errors import InvalidState, LeaseLost, NotFound
 
 EXAMPLES_ENV = "RELAY_STATEMACHINE_EXAMPLES"
-CI_EXAMPLES = 50
-STEPS = 30
+CI_EXAMPLES = 30
+STEPS = 60
 WORKERS = ("w0", "w1", "w2")
 TTLS = (10.0, 30.0)
 BACKOFF_S = 5.0  # base = cap: every transient retry waits this long
 # Clock jumps around both ttls: within a lease, exactly at its expiry, past it.
-JUMPS = (1.0, 2.0, 3.0, 5.0, 9.0, 10.0, 11.0, 29.0, 30.0, 31.0, 75.0)
+JUMPS = (1.0, 2.0, 3.0, 5.0, 9.0, 10.0, 11.0, 29.0, 30.0, 31.0, 75.0, MACHINE_AVOID_S)
 SHA = "cd" * 32
 REFUSED = (LeaseLost, NotFound, InvalidState)
 # Who calls with a lease (LeaseMachine.caller): mostly its run's current holder, as it is.
-CALLER = {"current": st.booleans(), "imposter": st.sampled_from((None, None, None, *WORKERS)),
-          "forged": st.sampled_from((0, 0, 0, 1))}
+CALLER = {"current": st.sampled_from((True, True, True, False)),
+          "imposter": st.sampled_from((None,) * 6 + WORKERS), "forged": st.sampled_from((0,) * 5 + (1,))}
 RELEASES = (
     (AttemptOutcome.SUCCEEDED, None),
     (AttemptOutcome.PREEMPTED, None),
     (AttemptOutcome.FAILED, FailureClass.TRANSIENT),
     (AttemptOutcome.FAILED, FailureClass.PERMANENT),
+    (AttemptOutcome.FAILED, FailureClass.MACHINE),
     (AttemptOutcome.CANCELLED, None),
 )
 
@@ -91,6 +94,14 @@ class ModelRun:
     retries_used: int = 0
     not_before: float = 0.0
     cancel_requested: bool = False
+    avoid_worker: str | None = None  # anti-affinity: a machine fault of this worker's ended the last attempt
+    avoid_until: float | None = None
+
+    def takes(self, worker: str, now: float) -> bool:
+        """Whether ``worker`` may be granted this run at ``now`` (it is queued, past its backoff, and
+        does not avoid ``worker``)."""
+        avoided = self.avoid_worker == worker and self.avoid_until is not None and now < self.avoid_until
+        return self.status == RunStatus.QUEUED and self.not_before <= now and not avoided
 
     def live(self, worker: str, epoch: int, now: float) -> bool:
         """Whether ``(worker, epoch)`` holds this run's live lease at ``now``: the fence."""
@@ -188,7 +199,7 @@ class LeaseMachine(RuleBasedStateMachine):
     @rule(target=leases, worker=st.sampled_from(WORKERS))
     def claim(self, worker: str):
         self.model_expire()  # a claim reclaims expired leases first
-        ready = [r for r in self.runs.values() if r.status == RunStatus.QUEUED and r.not_before <= self.now]
+        ready = [r for r in self.runs.values() if r.takes(worker, self.now)]
         grant = self.store.claim_run(worker, now=self.now)
         if not ready:
             assert grant is None, f"granted {grant and grant['run_id']} though nothing is ready"
@@ -197,6 +208,7 @@ class LeaseMachine(RuleBasedStateMachine):
         assert grant is not None, f"nothing granted though {best.run_id} is ready"
         best.status, best.holder, best.epoch = RunStatus.RUNNING, worker, best.epoch + 1
         best.expires_at, best.step = self.now + best.ttl, best.durable or 0
+        best.avoid_worker = best.avoid_until = None
         got = (grant["run_id"], grant["epoch"], grant["expires_at"], (grant["checkpoint"] or {}).get("step"))
         assert got == (best.run_id, best.epoch, best.expires_at, best.durable)
         return Lease(best.run_id, worker, best.epoch)
@@ -276,6 +288,9 @@ class LeaseMachine(RuleBasedStateMachine):
             status = RunStatus.CANCELLED
         elif outcome == AttemptOutcome.PREEMPTED:
             status = RunStatus.QUEUED
+        elif failure_class == FailureClass.MACHINE:  # spends no retry; kept from this worker a while
+            status = RunStatus.QUEUED
+            r.avoid_worker, r.avoid_until = worker, self.now + MACHINE_AVOID_S
         elif failure_class == FailureClass.PERMANENT:
             status = RunStatus.FAILED
         else:
@@ -284,6 +299,12 @@ class LeaseMachine(RuleBasedStateMachine):
             not_before = self.now + BACKOFF_S
         r.end_lease(status, not_before)
         assert (answer["status"], answer["retries_used"]) == (status, r.retries_used)
+
+    @rule(lease=leases)
+    def machine_fault(self, lease: Lease) -> None:
+        """The holder's machine failed the run: released as such, then kept from that worker
+        (anti-affinity). Its own rule, so that the claims after it are often enough the same worker's."""
+        self.release(lease, True, None, 0, (AttemptOutcome.FAILED, FailureClass.MACHINE))
 
     @rule(run_id=run_ids)
     def cancel(self, run_id: str) -> None:
@@ -301,13 +322,12 @@ class LeaseMachine(RuleBasedStateMachine):
         self.refused(self.store.renew_lease, "no-such-run", worker, epoch)
         self.refused(self.store.cancel_run, "no-such-run")
 
-    @rule()
-    def expire(self) -> None:
-        assert self.store.expire_leases(now=self.now) == self.model_expire()
-
-    @rule(dt=st.sampled_from(JUMPS))
-    def jump_clock(self, dt: float) -> None:
+    @rule(dt=st.sampled_from(JUMPS), sweep=st.booleans())
+    def jump_clock(self, dt: float, sweep: bool) -> None:
+        """Time passes; then, perhaps, the sweeper runs (else the next claim reclaims what expired)."""
         self.now += dt
+        if sweep:
+            assert self.store.expire_leases(now=self.now) == self.model_expire()
 
     @rule(lease=leases, offset=st.sampled_from((-1.0, 0.0, 1.0)))
     def jump_to_expiry(self, lease: Lease, offset: float) -> None:
@@ -346,8 +366,9 @@ class LeaseMachine(RuleBasedStateMachine):
                 assert self.ended.setdefault(run_id, ended) == ended, f"{run_id} changed after it ended"
             m = self.runs[run_id]
             assert (row.status, row.epoch, row.holder, row.lease_expires_at, row.step, row.retries_used,
-                    row.cancel_requested, durable.get(run_id)) == (
-                m.status, m.epoch, m.holder, m.expires_at, m.step, m.retries_used, m.cancel_requested, m.durable)
+                    row.cancel_requested, durable.get(run_id), row.avoid_worker, row.avoid_until) == (
+                m.status, m.epoch, m.holder, m.expires_at, m.step, m.retries_used, m.cancel_requested, m.durable,
+                m.avoid_worker, m.avoid_until)
 
 
 @pytest.mark.timeout(900)  # passing takes seconds; a failure is shrunk for up to a few minutes
