@@ -90,6 +90,16 @@ def test_dead_workers_do_not_count_and_a_new_one_is_granted_at_once(store):
     assert shown(store, now=later + 2)["big"] is None  # running: never unschedulable
 
 
+def test_a_degraded_worker_does_not_count(store):
+    worker(store, "sick", gpus=8, now=0)
+    worker(store, "small", gpus=1, now=0)
+    store.submit_run(run("big", gpus=4), now=0)
+    store.heartbeat("sick", health={"condition": "degraded", "reason": "disk full"}, now=1)
+    assert shown(store, now=GRACE)["big"] == "needs 4 GPUs; the largest worker has 1"
+    store.heartbeat("sick", health={"condition": "ok", "reason": None}, now=2)
+    assert shown(store, now=GRACE)["big"] is None
+
+
 def test_grace_counts_from_when_the_run_was_queued_again(store):
     worker(store, "w", gpus=4, now=0)
     store.submit_run(run("big", gpus=4), now=0)

@@ -11,10 +11,11 @@ workers count once): a page is at most 500 runs, and a fleet offers a few dozen 
 (GPUs, labels, kinds) at most. A sweeper writing a flag would cost a write per run and sweep,
 taken under SQLite's single writer lock, and would be up to a sweep late in both directions.
 
-Who counts: workers whose heartbeat is recent (``alive`` in ``relay workers``), with the GPUs,
-labels and kinds they registered; enabled hosts that answered their last GPU poll (the SSH
-autoscaler can start a worker with all of their GPUs). The rule is the claim's
-(:mod:`.leases`): enough GPUs, every label the run asks for, and the run's kind.
+Who counts: workers whose heartbeat is recent (``alive`` in ``relay workers``) and that are not
+degraded (a machine fault: they claim nothing), with the GPUs, labels and kinds they registered;
+enabled hosts that answered their last GPU poll (the SSH autoscaler can start a worker with all of
+their GPUs). The rule is the claim's (:mod:`.leases`): enough GPUs, every label the run asks for,
+and the run's kind.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import sqlalchemy as sa
 
 from relaytrain.api.labels import labels_match
 from relaytrain.api.models import WORKER_DEAD_AFTER_S
-from relaytrain.api.status import RunStatus
+from relaytrain.api.status import RunStatus, WorkerCondition
 
 from .schema import hosts, runs, workers
 
@@ -52,7 +53,8 @@ def offers(conn: sa.Connection, now: float) -> set[Offer]:
         Offer(len(w.gpus or []), tuple(sorted((w.labels or {}).items())),
               None if w.kinds is None else frozenset(w.kinds))
         for w in conn.execute(sa.select(workers.c.gpus, workers.c.labels, workers.c.kinds)
-                              .where(workers.c.last_heartbeat >= now - WORKER_DEAD_AFTER_S))
+                              .where(workers.c.last_heartbeat >= now - WORKER_DEAD_AFTER_S,
+                                     workers.c.condition == WorkerCondition.OK))
     }
     found |= {
         Offer(len(h.gpus or []), tuple(sorted((h.labels or {}).items())), None, host=True)
