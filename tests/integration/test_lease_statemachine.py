@@ -2,7 +2,8 @@
 
 Random interleavings of submit, claim (with the anti-affinity after a machine fault), renew,
 progress, resume reports, log shipping, checkpoint commit, release (every outcome and failure
-class), cancel, the sweeper's expiry and clock jumps, by three workers that keep every lease they
+class), cancel, expiry, the sweeper (its beat, and the leases extended after an outage of the
+commander) and clock jumps, by three workers that keep every lease they
 were ever granted (so stale holders keep calling), go through the Store's public methods with a
 modelled clock (``now=``). A model predicts every answer; after every step the invariants are
 checked against the database itself:
@@ -44,7 +45,7 @@ from relaytrain.commander.policy import MACHINE_AVOID_S
 from relaytrain.commander.store import Store
 from relaytrain.commander.store.schema import attempts, checkpoints, metadata, runs
 from relaytrain.config import parse_run_config
-from relaytrain.errors import InvalidState, LeaseLost, NotFound
+from relaytrain.errors import CommanderRecovering, InvalidState, LeaseLost, NotFound
 
 EXAMPLES_ENV = "RELAY_STATEMACHINE_EXAMPLES"
 CI_EXAMPLES = 30
@@ -55,7 +56,8 @@ BACKOFF_S = 5.0  # base = cap: every transient retry waits this long
 # Clock jumps around both ttls: within a lease, exactly at its expiry, past it.
 JUMPS = (1.0, 2.0, 3.0, 5.0, 9.0, 10.0, 11.0, 29.0, 30.0, 31.0, 75.0, MACHINE_AVOID_S)
 SHA = "cd" * 32
-REFUSED = (LeaseLost, NotFound, InvalidState)
+REFUSED = (LeaseLost, NotFound, InvalidState, CommanderRecovering)
+STALE_AFTER_S = 20.0  # the sweeper's beat: a longer silence is an outage of the commander
 # Who calls with a lease (LeaseMachine.caller): mostly its run's current holder, as it is.
 CALLER = {"current": st.sampled_from((True, True, True, False)),
           "imposter": st.sampled_from((None,) * 6 + WORKERS), "forged": st.sampled_from((0,) * 5 + (1,))}
@@ -148,6 +150,7 @@ class LeaseMachine(RuleBasedStateMachine):
         self.seen_durable: dict[str, int] = {}
         self.ended: dict[str, tuple] = {}
         self.log_end: dict[tuple[str, int], int] = {}  # (run, epoch) → the offset past its shipped output
+        self.last_beat: float | None = None  # the sweeper's last beat (Store.sweep)
 
     def teardown(self) -> None:
         wipe(self.store)
@@ -161,7 +164,19 @@ class LeaseMachine(RuleBasedStateMachine):
             call(*args, now=self.now, **kwargs)
         assert table_rows(self.store) == before, f"a refused {call.__name__} changed rows"
 
+    def model_recover(self) -> None:
+        """After a silence of the sweeper's beat longer than STALE_AFTER_S (an outage of the
+        commander), the leases still live when it stopped are extended by the silence."""
+        if self.last_beat is None or self.now - self.last_beat <= STALE_AFTER_S:
+            return
+        silence = self.now - self.last_beat
+        for r in self.runs.values():
+            if r.status == RunStatus.RUNNING and r.expires_at is not None and r.expires_at > self.last_beat:
+                r.expires_at += silence
+        self.last_beat = self.now
+
     def model_expire(self) -> int:
+        self.model_recover()  # every expiry recovers from an outage first
         expired = [r for r in self.runs.values()
                    if r.status == RunStatus.RUNNING and r.expires_at is not None and r.expires_at <= self.now]
         for r in expired:
@@ -322,12 +337,18 @@ class LeaseMachine(RuleBasedStateMachine):
         self.refused(self.store.renew_lease, "no-such-run", worker, epoch)
         self.refused(self.store.cancel_run, "no-such-run")
 
-    @rule(dt=st.sampled_from(JUMPS), sweep=st.booleans())
-    def jump_clock(self, dt: float, sweep: bool) -> None:
-        """Time passes; then, perhaps, the sweeper runs (else the next claim reclaims what expired)."""
+    @rule(dt=st.sampled_from(JUMPS), then=st.sampled_from(("nothing", "expire", "sweep")))
+    def jump_clock(self, dt: float, then: str) -> None:
+        """Time passes; then, perhaps, leases are expired, or the sweeper runs: it also beats, and after
+        a silence longer than STALE_AFTER_S extends the leases the outage interrupted."""
         self.now += dt
-        if sweep:
+        if then == "expire":
             assert self.store.expire_leases(now=self.now) == self.model_expire()
+        elif then == "sweep":
+            expired = self.store.sweep(stale_after_s=STALE_AFTER_S, now=self.now)
+            self.model_recover()
+            self.last_beat = self.now
+            assert expired == self.model_expire()
 
     @rule(lease=leases, offset=st.sampled_from((-1.0, 0.0, 1.0)))
     def jump_to_expiry(self, lease: Lease, offset: float) -> None:
