@@ -11,3 +11,8 @@ CA_CERT_ENV = "RELAY_CA_CERT"
 """The environment variable every client of the commander (``relay`` commands, workers, rollout
 workers) reads the CA certificate it verifies an ``https://`` commander with (``--ca-cert``). Unset:
 the public CAs. Beside :data:`TOKEN_ENV`, for the same reason."""
+
+UNSCHEDULABLE_AFTER_S = 60.0
+"""The commander's default grace (``relay serve --unschedulable-after``): how long a queued run waits
+for a live worker or host that fits before it is shown ``unschedulable``. Beside :data:`TOKEN_ENV`,
+for the same reason."""

@@ -94,6 +94,8 @@ class RegisterWorker(_Request):
     hostname: str | None = Field(None, max_length=255)
     version: str | None = Field(None, max_length=32)
     resources: WorkerResources = Field(default_factory=WorkerResources)
+    kinds: list[RunKind] | None = Field(None, description="Kinds of run this worker serves (those it claims); all "
+                                                          "when unset. The commander counts it for no other kind.")
 
 
 class WorkerHealth(_Wire):
@@ -121,6 +123,7 @@ class WorkerInfo(_Wire):
     registered_at: float
     last_heartbeat: float
     current_run: str | None = None
+    kinds: list[RunKind] | None = Field(None, description="Kinds of run it serves; all when unset.")
     alive: bool = Field(..., description=f"Heartbeat within the last {WORKER_DEAD_AFTER_S:.0f} s.")
     condition: WorkerCondition = WorkerCondition.OK
     condition_reason: str | None = Field(None, description="Why the worker is degraded.")
@@ -277,6 +280,11 @@ class RunSummary(_Wire):
     updated_at: float
     finished_at: float | None
     last_error: str | None
+    unschedulable: str | None = Field(
+        None, description="For a queued run that has waited past the commander's grace (relay serve "
+                          "--unschedulable-after): why no live worker or SSH host can ever take it, e.g. 'needs 4 "
+                          "GPUs; the largest worker has 1'. It stays queued, and is granted as soon as one that fits "
+                          "asks.")
 
 
 class Evaluation(_Wire):

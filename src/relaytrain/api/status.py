@@ -7,7 +7,8 @@ from enum import StrEnum
 
 from relaytrain.contract.exits import FailureClass
 
-__all__ = ["TERMINAL", "AttemptOutcome", "FailureClass", "LogStream", "RunStatus", "WorkerCondition", "WorkerRole"]
+__all__ = ["TERMINAL", "UNSCHEDULABLE", "AttemptOutcome", "FailureClass", "LogStream", "RunStatus", "WorkerCondition",
+           "WorkerRole"]
 
 
 class RunStatus(StrEnum):
@@ -27,6 +28,12 @@ class RunStatus(StrEnum):
 
 TERMINAL: frozenset[RunStatus] = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
 """The statuses a run ends in."""
+
+
+UNSCHEDULABLE = "unschedulable"
+"""How a queued run that no live worker or host can ever take is shown (its ``unschedulable`` field
+says why). Not a :class:`RunStatus`: the run stays queued, and is granted as soon as one fits.
+After :data:`relaytrain.UNSCHEDULABLE_AFTER_S` by default."""
 
 
 class AttemptOutcome(StrEnum):

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from relaytrain import UNSCHEDULABLE_AFTER_S
+
 from .common import (
     DEFAULT_DB,
     DbOpt,
@@ -53,6 +55,9 @@ def serve(
     poll_interval: Annotated[float, typer.Option(min=0.2, help="Seconds between GPU polls.")] = 30.0,
     autoscale: Annotated[bool, typer.Option("--autoscale/--no-autoscale",
                                             help="With --poll-hosts: start workers for queued runs.")] = True,
+    unschedulable_after: Annotated[float, typer.Option(
+        min=0, help="Seconds a queued run waits for a live worker or SSH host that fits (GPUs, labels, kind) "
+                    "before it is shown unschedulable, with the reason.")] = UNSCHEDULABLE_AFTER_S,
 ) -> None:
     """Run the commander: migrate the database, then serve the API under /api/v1 (https with --tls-cert/--tls-key).
 
@@ -104,7 +109,8 @@ def serve(
         url = public_url or f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '::') else url_host(host)}:{port}"
         hosts = serve_settings(store, public_url=url, admin_token=token or None, poll_interval_s=poll_interval,
                                autoscale=autoscale, ca_cert=str(ca_cert.resolve()) if ca_cert else None)
-    api = create_app(store, admin_token=token or None, sweep_interval_s=sweep_interval, hosts=hosts)
+    api = create_app(store, admin_token=token or None, sweep_interval_s=sweep_interval, hosts=hosts,
+                     unschedulable_after_s=unschedulable_after)
     uvicorn.run(api, host=host, port=port, log_level=log_level.lower(), access_log=False,
                 ssl_certfile=str(tls_cert) if tls else None, ssl_keyfile=str(tls_key) if tls else None)
 

@@ -50,12 +50,22 @@ def size(count: int) -> str:
 # -- runs ----------------------------------------------------------------------------------------
 
 
+def shown_status(status: str, unschedulable: str | None) -> str:
+    """A run's status as the CLI shows it: ``unschedulable`` for a queued run nobody can take."""
+    from relaytrain.api.status import UNSCHEDULABLE
+
+    return UNSCHEDULABLE if unschedulable else status
+
+
 def print_runs(page: Any) -> None:
     table = Table("run", "kind", "status", "step", "epoch", "holder", "retries", "updated")
     for r in page.items:
-        table.add_row(r.run_id, r.kind, r.status, f"{r.step}/{r.max_steps}", str(r.epoch), r.holder or "-",
-                      f"{r.retries_used}/{r.max_retries}", ago(r.updated_at))
+        table.add_row(r.run_id, r.kind, shown_status(r.status, r.unschedulable), f"{r.step}/{r.max_steps}",
+                      str(r.epoch), r.holder or "-", f"{r.retries_used}/{r.max_retries}", ago(r.updated_at))
     console.print(table)
+    for r in page.items:
+        if r.unschedulable:
+            console.print(f"[yellow]{r.run_id} is unschedulable:[/yellow] {escape(r.unschedulable)}")
     if page.total > len(page.items):
         console.print(f"{len(page.items)} of {page.total} runs shown")
 
@@ -95,8 +105,12 @@ def print_ledger(ledger: dict[str, Any]) -> None:
 def print_run(run: dict[str, Any]) -> None:
     from relaytrain.api.status import FailureClass, RunStatus
 
-    console.print(f"[bold]{run['run_id']}[/bold]  {run['kind']}  [bold]{run['status']}[/bold]"
+    shown = shown_status(run["status"], run.get("unschedulable"))
+    console.print(f"[bold]{run['run_id']}[/bold]  {run['kind']}  [bold]{shown}[/bold]"
                   f"  step {run['step']}/{run['max_steps']}  epoch {run['epoch']}")
+    if run.get("unschedulable"):
+        console.print(f"[yellow]unschedulable:[/yellow] {escape(run['unschedulable'])} (queued; granted as soon as "
+                      "a worker that fits asks)")
     if run["holder"]:
         console.print(f"held by {run['holder']}, lease expires {ago(run['lease_expires_at'])}")
     if run["cancel_requested"] and run["status"] == RunStatus.RUNNING:

@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from relaytrain import __version__
+from relaytrain import UNSCHEDULABLE_AFTER_S, __version__
 from relaytrain.api.models import TOKEN_CACHE_S
 from relaytrain.config import RUN_UNION, format_validation_error
 from relaytrain.errors import BadRequest, LeaseLost, PayloadTooLarge, RelayError, RequestInvalid, StoreError
@@ -55,10 +55,12 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     hosts: HostsSettings | None = None,
     auth_cache_s: float = TOKEN_CACHE_S,
+    unschedulable_after_s: float = UNSCHEDULABLE_AFTER_S,
 ) -> FastAPI:
     """The commander as an ASGI app over ``store`` (already migrated). With ``hosts``, it also
     polls SSH hosts' GPUs and starts workers on them (``relay serve --poll-hosts``). A token
-    revoked in the database is refused within ``auth_cache_s``."""
+    revoked in the database is refused within ``auth_cache_s``. A queued run that nobody can take
+    is shown ``unschedulable`` after ``unschedulable_after_s`` (:mod:`relaytrain.commander.store.schedulable`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -84,6 +86,7 @@ def create_app(
     )
     telemetry = Telemetry(store)
     app.state.store = store
+    app.state.unschedulable_after_s = unschedulable_after_s
     app.state.auth = Authenticator(store, admin_token, cache_s=auth_cache_s)
     app.state.telemetry = telemetry
     for router in ROUTERS:

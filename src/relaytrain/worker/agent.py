@@ -140,7 +140,7 @@ class Worker:
     def _register(self) -> None:
         s = self.settings
         req = m.RegisterWorker(worker_id=s.worker_id, provider=s.provider, hostname=socket.gethostname()[:255],
-                               version=__version__, resources=self.resources)
+                               version=__version__, resources=self.resources, kinds=s.kinds)
         while True:
             try:
                 self.client.register(req)

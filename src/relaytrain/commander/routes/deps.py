@@ -70,6 +70,10 @@ async def _wakeup(request: Request) -> Wakeup:
     return request.app.state.wakeup
 
 
+async def _unschedulable_after(request: Request) -> float:
+    return request.app.state.unschedulable_after_s
+
+
 class Access:
     """A route's scope decision: the token scopes it admits (admin is admitted everywhere:
     :class:`relaytrain.commander.auth.Authenticator`), or none at all for an open route. Every
@@ -121,6 +125,8 @@ READ = Depends(READERS)
 """Viewer and submit scopes: the GET endpoints the dashboard reads."""
 OPEN = Depends(ANYONE)
 """No token: the health check and the dashboard's page (they hold no data)."""
+UnschedulableAfterDep = Annotated[float, Depends(_unschedulable_after)]
+"""The commander's grace before a queued run nobody can take is shown unschedulable."""
 ReadScope = Annotated[str, READ]
 """The scope of a request admitted by :data:`READ` (``admin``, ``submit`` or ``viewer``), for a route
 whose answer depends on it (a viewer sees run configs redacted)."""

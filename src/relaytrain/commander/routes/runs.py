@@ -12,7 +12,19 @@ from relaytrain.api import models as m
 from relaytrain.config import RunConfig, redact_secrets
 from relaytrain.errors import ConfigError, InvalidState, NotFound
 
-from .deps import AUTHED, BODY, READ, SUBMIT, ReadScope, RunIdPath, StoreDep, WakeupDep, call, errors
+from .deps import (
+    AUTHED,
+    BODY,
+    READ,
+    SUBMIT,
+    ReadScope,
+    RunIdPath,
+    StoreDep,
+    UnschedulableAfterDep,
+    WakeupDep,
+    call,
+    errors,
+)
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 
@@ -29,11 +41,12 @@ async def submit_run(config: Annotated[RunConfig, Body()], store: StoreDep, wake
 @router.get("", response_model=m.RunList, dependencies=[READ], responses=errors(*AUTHED))
 async def list_runs(
     store: StoreDep,
+    grace: UnschedulableAfterDep,
     status: m.RunStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> dict[str, Any]:
-    return await call(store.list_runs, status=status, limit=limit, offset=offset)
+    return await call(store.list_runs, status=status, limit=limit, offset=offset, unschedulable_after_s=grace)
 
 
 @router.get("/{run_id}", response_model=m.RunDetail, responses=errors(*AUTHED, NotFound))
@@ -41,9 +54,10 @@ async def get_run(
     run_id: RunIdPath,
     store: StoreDep,
     scope: ReadScope,
+    grace: UnschedulableAfterDep,
     redact: Annotated[bool, Query(description="Config without secrets (always so for a viewer token).")] = False,
 ) -> dict[str, Any]:
-    run = await call(store.get_run, run_id)
+    run = await call(store.get_run, run_id, unschedulable_after_s=grace)
     if redact or scope == "viewer":
         run["config"] = redact_secrets(run["config"])
     return run

@@ -18,7 +18,7 @@ router = APIRouter(prefix="/api/v1/workers", tags=["workers"])
              responses=errors(*AUTHED, *BODY))
 async def register_worker(req: m.RegisterWorker, store: StoreDep) -> dict[str, Any]:
     return await call(store.register_worker, req.worker_id, provider=req.provider, hostname=req.hostname,
-                      version=req.version, resources=req.resources.model_dump(mode="json"))
+                      version=req.version, resources=req.resources.model_dump(mode="json"), kinds=req.kinds)
 
 
 @router.post("/{worker_id}/heartbeat", response_model=m.WorkerInfo, dependencies=[WORKER],

@@ -88,6 +88,9 @@ const clock = (ts) => (ts ? new Date(ts * 1000).toLocaleTimeString() : dash);
 const stamp = (ts) => (ts ? new Date(ts * 1000).toLocaleString() : dash);
 const duration = (s) => (s === null || s === undefined ? dash : s < 120 ? `${s.toFixed(1)}s` : `${(s / 60).toFixed(1)}m`);
 const badge = (status) => h`<span class="badge s-${status || "queued"}">${status || "running"}</span>`;
+// A queued run that no live worker or host can take shows "unschedulable", its reason on hover.
+const runBadge = (run) => run.unschedulable
+  ? h`<span class="badge s-unschedulable" title="${run.unschedulable}">unschedulable</span>` : badge(run.status);
 function progress(step, max) {
   const pct = max > 0 ? Math.min(100, (100 * step) / max) : 0;
   return h`<div class="progress" title="${step} / ${max}"><span style="width:${pct.toFixed(1)}%"></span><em>${step} / ${max}</em></div>`;
@@ -259,7 +262,7 @@ async function runsPage(r) {
       const x = more[i];
       const shown = HEADLINE.filter((n) => x.latest[n]).map((n) => `${n} ${num(x.latest[n].value)}`).join(", ");
       return raw([
-        h`<td><a href="#/runs/${enc(run.run_id)}">${run.run_id}</a></td>`, td(run.kind), td(badge(run.status)),
+        h`<td><a href="#/runs/${enc(run.run_id)}">${run.run_id}</a></td>`, td(run.kind), td(runBadge(run)),
         td(progress(run.step, run.max_steps)), td(run.holder || dash), tdn(run.epoch),
         tdn(Math.max(0, run.epoch - 1)), td(shown || dash, "mono"),
         tdn(x.ettr === null ? dash : `${(100 * x.ettr).toFixed(0)}%`), tdn(ago(run.created_at)),
@@ -357,13 +360,14 @@ function drawRun(run, d) {
   const message = actionMessage && actionMessage.run === run.run_id
     ? h`<div id="action-message" class="message ${actionMessage.ok ? "ok" : "error"}">${actionMessage.text}</div>` : "";
   page.innerHTML = esc(h`
-    <h1>${run.run_id} ${badge(run.status)}</h1>
+    <h1>${run.run_id} ${runBadge(run)}</h1>
     <section class="card facts">
       ${fact("kind", run.kind)} ${fact("progress", progress(run.step, run.max_steps))}
       ${fact("holder", run.holder || dash)} ${fact("epoch", run.epoch)}
       ${fact("hand-offs", Math.max(0, run.attempts.length - 1))} ${fact("steps lost", lost)}
       ${fact("retries", `${run.retries_used} / ${run.max_retries}`)} ${fact("created", stamp(run.created_at))}
       ${fact("finished", stamp(run.finished_at))} ${run.last_error ? fact("last error", run.last_error) : ""}
+      ${run.unschedulable ? fact("unschedulable", run.unschedulable) : ""}
       <div>${cancel}</div>
     </section>
     ${message}

@@ -11,6 +11,7 @@ the plain functions of one area module with its connection:
 - :mod:`.rollout`: the rollout pool's discovery: announced rollout managers, rollout workers;
 - :mod:`.logs`: the trainer output the holders ship, per attempt, capped;
 - :mod:`.metrics`: a run's metric series across hand-offs, superseded points, downsampling;
+- :mod:`.schedulable`: queued runs that no live worker or host can serve, and why;
 - :mod:`.checkpoints`, :mod:`.events`, :mod:`.workers`, :mod:`.tokens`, :mod:`.ledger`, :mod:`.hosts`.
 
 The same code runs on SQLite (the default, ``./relay.db``) and PostgreSQL, and the same tests
@@ -33,7 +34,7 @@ from relaytrain.api.status import WorkerRole
 from relaytrain.config import RunConfig
 from relaytrain.errors import NotFound, StoreError
 
-from . import beat, evals, events, hosts, leases, ledger, logs, rollout, runs, tokens, workers
+from . import beat, evals, events, hosts, leases, ledger, logs, rollout, runs, schedulable, tokens, workers
 from . import checkpoints as ckpts
 from . import engine as _engine
 from . import metrics as series
@@ -155,17 +156,29 @@ class Store:
                                  now=now)
         return self.get_run(watch)
 
-    def get_run(self, run_id: str) -> dict[str, Any]:
-        """Everything about one run: summary, config, attempts, latest durable checkpoint, evaluations."""
+    def get_run(self, run_id: str, *, unschedulable_after_s: float | None = None,
+                now: float | None = None) -> dict[str, Any]:
+        """Everything about one run: summary, config, attempts, latest durable checkpoint, evaluations;
+        with ``unschedulable_after_s``, why nobody can take it (:func:`.schedulable.annotate`)."""
         with self._read() as conn:
             detail = runs.detail(conn, run_id)
             detail["evaluations"] = evals.of_run(conn, run_id)
+            self._annotate(conn, [detail], unschedulable_after_s, now)
         return detail
 
-    def list_runs(self, *, status: str | None = None, limit: int = 100, offset: int = 0) -> dict[str, Any]:
-        """A page of runs, newest first."""
+    def list_runs(self, *, status: str | None = None, limit: int = 100, offset: int = 0,
+                  unschedulable_after_s: float | None = None, now: float | None = None) -> dict[str, Any]:
+        """A page of runs, newest first; with ``unschedulable_after_s``, why nobody can take each
+        queued run that waited longer (:func:`.schedulable.annotate`)."""
         with self._read() as conn:
-            return runs.page(conn, status=status, limit=limit, offset=offset)
+            page = runs.page(conn, status=status, limit=limit, offset=offset)
+            self._annotate(conn, page["items"], unschedulable_after_s, now)
+        return page
+
+    def _annotate(self, conn: sa.Connection, items: list[dict[str, Any]], after_s: float | None,
+                  now: float | None) -> None:
+        """Each run's ``unschedulable`` (:func:`.schedulable.annotate`); the clock is read only if asked."""
+        schedulable.annotate(conn, items, after_s=after_s, now=None if after_s is None else self._clock(conn, now))
 
     def list_evaluations(self, run_id: str) -> list[dict[str, Any]]:
         """The eval runs of a run, with their scores."""
@@ -305,12 +318,13 @@ class Store:
     # -- workers ---------------------------------------------------------------------------
 
     def register_worker(self, worker_id: str, *, provider: str, hostname: str | None, version: str | None,
-                        resources: dict[str, Any], now: float | None = None) -> dict[str, Any]:
-        """Create or refresh a worker's record."""
+                        resources: dict[str, Any], kinds: list[str] | None = None,
+                        now: float | None = None) -> dict[str, Any]:
+        """Create or refresh a worker's record; ``kinds``: those it serves (None: all)."""
         with self._write() as conn:
             now = self._clock(conn, now)
             workers.register(conn, worker_id, provider=provider, hostname=hostname, version=version,
-                             resources=resources, now=now)
+                             resources=resources, kinds=kinds, now=now)
         return self.get_worker(worker_id, now=now)
 
     def heartbeat(self, worker_id: str, *, resources: dict[str, Any] | None = None,

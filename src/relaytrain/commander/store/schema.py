@@ -84,6 +84,7 @@ workers = sa.Table(
     sa.Column("gpus", sa.JSON, nullable=False),
     sa.Column("labels", sa.JSON, nullable=False),
     sa.Column("price_per_hour", sa.Float, nullable=True),
+    sa.Column("kinds", sa.JSON, nullable=True),  # the kinds of run it serves; NULL: every kind
     sa.Column("version", sa.String(32), nullable=True),
     sa.Column("registered_at", sa.Float, nullable=False),
     sa.Column("last_heartbeat", sa.Float, nullable=False),

@@ -25,10 +25,10 @@ def _resource_values(resources: dict[str, Any]) -> dict[str, Any]:
 
 
 def register(conn: sa.Connection, worker_id: str, *, provider: str, hostname: str | None, version: str | None,
-             resources: dict[str, Any], now: float) -> None:
-    """Create or refresh a worker's record."""
+             resources: dict[str, Any], kinds: list[str] | None, now: float) -> None:
+    """Create or refresh a worker's record; ``kinds``: those it serves (None: all)."""
     values = {"provider": provider, "hostname": hostname, "version": version, "last_heartbeat": now,
-              **_resource_values(resources)}
+              "kinds": list(kinds) if kinds is not None else None, **_resource_values(resources)}
     if conn.execute(sa.select(workers.c.worker_id).where(workers.c.worker_id == worker_id)).first():
         conn.execute(workers.update().where(workers.c.worker_id == worker_id).values(**values))
     else:
@@ -69,6 +69,7 @@ def listing(conn: sa.Connection, now: float, *, worker_id: str | None = None) ->
             "registered_at": r["registered_at"],
             "last_heartbeat": r["last_heartbeat"],
             "current_run": r["current_run"],
+            "kinds": r["kinds"],
             "alive": now - r["last_heartbeat"] <= WORKER_DEAD_AFTER_S,
             "condition": r["condition"],
             "condition_reason": r["condition_reason"],
