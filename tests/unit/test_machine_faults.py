@@ -123,6 +123,8 @@ def test_the_disk_need_counts_the_checkpoints_kept_here():
 def test_a_degraded_worker_says_why():
     m.WorkerHealth(condition="degraded", reason="disk full")
     m.WorkerHealth(condition="ok")
-    for bad in ({"condition": "degraded"}, {"condition": "ok", "reason": "x"}, {"condition": "sick", "reason": "x"}):
+    for bad in ({"condition": "degraded"}, {"condition": "ok", "reason": "x"},
+                {"condition": "ok", "reason": ""}, {"condition": "degraded", "reason": ""},
+                {"condition": "sick", "reason": "x"}):
         with pytest.raises(ValidationError, match="condition|reason"):
             m.WorkerHealth(**bad)

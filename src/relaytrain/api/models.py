@@ -99,12 +99,21 @@ class RegisterWorker(_Request):
 
 
 class WorkerHealth(_Wire):
+    """A reason exactly when degraded: the rule is in the JSON schema too (``if``/``then``/``else``)."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"properties": {"condition": {"const": WorkerCondition.DEGRADED.value}}, "required": ["condition"]},
+        "then": {"required": ["reason"], "properties": {"reason": {"type": "string", "minLength": 1}}},
+        "else": {"properties": {"reason": {"type": "null"}}},
+    })
+
     condition: WorkerCondition = Field(..., description="ok, or degraded: the worker claims nothing.")
-    reason: str | None = Field(None, max_length=2000, description="Why the worker is degraded.")
+    reason: str | None = Field(None, max_length=2000, description="Why the worker is degraded (then required).")
 
     @model_validator(mode="after")
     def _reason_with_degraded(self) -> WorkerHealth:
-        if (self.condition == WorkerCondition.DEGRADED) != bool(self.reason):
+        if self.condition == WorkerCondition.DEGRADED and not self.reason or (
+                self.condition != WorkerCondition.DEGRADED and self.reason is not None):
             raise ValueError("reason is required when condition is 'degraded', and only then")
         return self
 
