@@ -30,11 +30,13 @@ worker_term         SIGTERM (a preemption notice) to a worker; replaced at once;
 commander_restart   one replica is stopped (SIGKILL or SIGTERM, drawn), left down 0.5 s to
                     ``--commander-down-s``, and started again on the same database and port.
 postgres_restart    ``pg_ctl restart -m fast`` or ``-m immediate`` (drawn).
-disk_full           when the disk worker's run is within 3 steps of a checkpoint, its tmpfs is
-                    filled with one file of zeros (written until ENOSPC); the file is removed
-                    ``--disk-hold-s`` later.
+disk_full           when the disk worker's run is within 3 steps of a checkpoint (or at any step
+                    after 20 s of waiting for one), its tmpfs is filled with one file of zeros
+                    (written until ENOSPC); the file is removed ``--disk-hold-s`` later. A fill is
+                    skipped, and the report says so, if the disk worker holds no run for 60 s.
 
-After ``--minutes`` no new run is submitted and no fault injected; the runs in flight are left
+After ``--minutes`` no new fault is injected (a fill already armed may still fire, within its
+60 s) and no new run is submitted; the runs in flight are left
 ``--drain-s`` to finish (then cancelled), and the checks run (bench/_soak_checks.py).
 
 Checks and figures (written to ``--out``: ``soak.json``, ``soak.txt``, and every log)
@@ -89,6 +91,10 @@ WORKERS = 3
 REPLICAS = 2
 FAULT_KINDS = ("worker_kill", "worker_term", "commander_restart", "postgres_restart", "disk_full")
 NEAR_CHECKPOINT = 3
+ARMED_S = 60.0
+"""How long an armed disk fill waits for the disk worker to hold a run (past the fault phase too)."""
+PATIENCE_S = 20.0
+"""After this long armed, a fill fires at any step of the disk worker's run, not only near a checkpoint."""
 """The disk is filled when the disk worker's run is at most this many steps before a checkpoint."""
 
 
@@ -277,7 +283,7 @@ class Injector:
         kind = self.deck.pop()
         if kind == "disk_full":
             if self.armed_until is None and self.filled is None:
-                self.armed_until = time.time() + 60
+                self.armed_until = time.time() + ARMED_S
             return
         getattr(self, kind)(start)
 
@@ -331,8 +337,8 @@ class Injector:
         if self.armed_until is None:
             return
         if now > self.armed_until:
-            self.stack.notes.append(f"t={now - start:.0f}s: a disk_full fault was skipped: for 60 s the disk worker "
-                                    "held no run near a checkpoint")
+            self.stack.notes.append(f"t={now - start:.0f}s: a disk_full fault was skipped: for {ARMED_S:g} s the "
+                                    "disk worker held no run")
             self.armed_until = None
             return
         worker_id = self.stack.disk_worker
@@ -341,7 +347,8 @@ class Injector:
             return
         step = checks.last_journal_step(self.stack.root, *held)
         every = self.stack.args.every
-        if step is None or (every - step % every) % every > NEAR_CHECKPOINT or step % every == 0:
+        near = step is not None and step % every != 0 and (every - step % every) % every <= NEAR_CHECKPOINT
+        if not near and (step is None or now < self.armed_until - ARMED_S + PATIENCE_S):
             return
         written = fill(self.stack.mounts[worker_id])
         fault = Fault("disk_full", time.time(), f"filled {worker_id}'s {self.stack.args.tmpfs_mb} MB tmpfs with "
@@ -372,13 +379,13 @@ def soak(stack: Stack, injector: Injector, watcher: checks.OrphanWatcher, rng: r
     start = time.time()
     deadline = start + args.minutes * 60
     next_fault = start + args.warmup_s
-    while time.time() < deadline:
+    while time.time() < deadline or injector.armed_until is not None:  # an armed fill still fires
         try:
             stack.top_up(rng)
             stack.reap()
             watcher.sample()
             injector.tick(start)
-            if time.time() >= next_fault:
+            if next_fault <= time.time() < deadline:
                 injector.inject(start)
                 next_fault = time.time() + args.fault_every_s * rng.uniform(0.5, 1.5)
         except Exception as exc:

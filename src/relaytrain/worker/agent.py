@@ -148,7 +148,7 @@ class Worker:
             except RelayError as exc:
                 if not commander_unreachable(exc) or self._stopping.wait(5.0):
                     raise
-                log.warning("registration failed (%s); retrying", exc)
+                log.warning("%s; retrying registration", exc)
 
     def _recovered(self) -> bool:
         """Check a degraded machine again; True (and the commander told at once) once it is fit."""
