@@ -104,3 +104,11 @@ def test_a_database_that_goes_away_is_a_503_not_a_500(pg_url):
         server.should_exit = True
         thread.join(20)
         store.close()
+
+
+def test_a_405_names_every_method_of_the_path(served):
+    """Routes of included routers too (FastAPI keeps them inside one entry of ``app.routes``)."""
+    for path, allowed in (("/api/v1/runs", "GET, POST"), ("/api/v1/runs/some-run", "GET"),
+                          ("/api/v1/tokens", "GET, POST")):
+        answer = httpx.put(served + path)
+        assert (answer.status_code, answer.headers.get("allow")) == (405, allowed), path

@@ -23,10 +23,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import compile_path
 
 from relaytrain import UNSCHEDULABLE_AFTER_S, __version__
 from relaytrain.api.models import TOKEN_CACHE_S
@@ -37,7 +36,7 @@ from .auth import Authenticator
 from .hosts import HostsSettings, start_host_tasks, stop_host_tasks
 from .routes import ROUTERS
 from .routes.dashboard import UI_PREFIX, static_files
-from .routes.deps import Wakeup, check_access
+from .routes.deps import Wakeup, app_routes, check_access, is_api_route
 from .store import Store, stale_after
 from .telemetry import Telemetry
 
@@ -130,8 +129,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return _error_response(BadRequest(f"the request body is not valid JSON: {exc.detail}"))
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
-        methods = {m for r in request.app.router.routes if isinstance(r, APIRoute)
-                   and r.matches(request.scope)[0] != Match.NONE for m in r.methods}
+        path = request.scope["path"]
+        methods = {m for r in app_routes(request.app) if is_api_route(r)
+                   and compile_path(r.path)[0].match(path) for m in r.methods}
         headers["Allow"] = ", ".join(sorted(methods))
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
