@@ -109,7 +109,9 @@ def disk_message(worker_id: str, path: Path, free: int, need: int) -> str:
 
 
 def _size(n: int) -> str:
-    return f"{n / MB:.0f} MB" if n >= 10 * MB else f"{n / MB:.1f} MB" if n >= MB else f"{n / 1024:.0f} KB"
+    if n >= MB:
+        return f"{n / MB:.0f} MB" if n >= 10 * MB else f"{n / MB:.1f} MB"
+    return f"{n / 1024:.0f} KB" if n >= 10 * 1024 else f"{n:,} bytes"
 
 
 def looks_full(path: Path, need: int) -> bool:
