@@ -37,7 +37,7 @@ def test_relay_demo_learns_and_survives_a_kill(tmp_path):
 def test_relay_demo_keep_prints_the_dashboard_and_serves_until_ctrl_c(tmp_path):
     root = tmp_path / "demo"
     demo = subprocess.Popen(
-        [sys.executable, "-m", "relaytrain.cli", "demo", "--root", str(root), "--keep", "--sft-steps", "20",
+        [sys.executable, "-m", "relaytrain.cli", "demo", "--root", str(root), "--keep", "--sft-steps", "60",
          "--grpo-steps", "10", "--eval-samples", "10"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "120"},
     )
