@@ -105,7 +105,7 @@ def test_a_tracker_that_is_not_installed_is_a_permanent_error_naming_it(tmp_path
 
 
 def test_trackers_continue_one_experiment_across_a_kill_9_hand_off(cluster):
-    steps = 40
+    steps = 80
     cluster.client.submit({
         "run_id": "tracked-relay", "kind": "sft", "model": "tiny", "data": {"builtin": "arithmetic"},
         "max_steps": steps, "checkpoint": {"every_steps": 10, "keep_last": 10},
