@@ -88,7 +88,9 @@ def test_ssh_provider_starts_and_stops_a_worker(tmp_path, sshd):
         environ = Path(f"/proc/{handle.pid}/environ").read_bytes().split(b"\0")
         assert b"CUDA_VISIBLE_DEVICES=1" in environ and b"WORKER_ID=box-w" in environ
         assert provider.stop_worker(machine, handle, grace_s=20) in ("stopped", "killed")
-        assert not process_alive(handle.pid)
+        # "stopped" is said once the process no longer runs relaytrain: an exiting process has an empty
+        # command line for the moment before it is a zombie.
+        wait_until(lambda: not process_alive(handle.pid), 5, "the stopped worker to be gone")
     finally:
         if process_alive(handle.pid):
             os.kill(handle.pid, 9)
