@@ -6,6 +6,7 @@ to 1 (got 0)`` — never deep inside a worker an hour later. This package import
 ours but the errors, and no torch.
 """
 
+from .distributed import STRATEGIES, DistributedConfig, DistributedPlan, plan_for
 from .redact import REDACTED, SECRET_NAME_PARTS, is_secret_name, redact_secrets
 from .runs import (
     EVAL_METRIC_PATTERN,
@@ -76,6 +77,10 @@ from .validation import format_validation_error, validation_error_lines
 
 __all__ = [
     "PROVIDER_TYPES",
+    "STRATEGIES",
+    "DistributedConfig",
+    "DistributedPlan",
+    "plan_for",
     "TRACKERS",
     "parse_report_to",
     "AutoEval",

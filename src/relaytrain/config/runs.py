@@ -34,6 +34,7 @@ from relaytrain.contract import (
 )
 from relaytrain.errors import ConfigError
 
+from .distributed import DistributedConfig
 from .secret_refs import EnvValue, env_value, inline_secrets, inline_secrets_message, refuse_inline_env_secrets
 from .validation import format_validation_error
 
@@ -209,6 +210,8 @@ class SFTTrainer(_Model):
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 0
     lora: LoraConfig | None = None
+    distributed: DistributedConfig | None = Field(
+        None, description="Train on several processes of one worker under torchrun: DDP or FSDP2 (docs/scaling.md).")
     use_unsloth: bool = Field(
         False, description="Load the model (and LoRA adapter) with unsloth; the run fails at start if it is missing."
     )
@@ -248,6 +251,8 @@ class GRPOTrainer(_Model):
     seed: int = 0
     save_rollout_trajectories: bool = False
     lora: LoraConfig | None = None
+    distributed: DistributedConfig | None = Field(
+        None, description="Train on several processes of one worker under torchrun: DDP or FSDP2 (docs/scaling.md).")
     use_unsloth: bool = Field(
         False, description="Load the model (and LoRA adapter) with unsloth; the run fails at start if it is missing."
     )
