@@ -13,17 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from ._base import _Model
 
 Strategy = Literal["ddp", "fsdp"]
 STRATEGIES: tuple[str, ...] = ("ddp", "fsdp")
 Backend = Literal["auto", "nccl", "gloo"]
 
 
-class DistributedConfig(BaseModel):
+class DistributedConfig(_Model):
     """Data-parallel training on several processes of one worker."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     strategy: Strategy = Field("ddp", description="'ddp' (replicated model) or 'fsdp' (FSDP2, sharded model).")
     nproc_per_node: int = Field(
