@@ -64,7 +64,7 @@ def test_callable_value_writes_its_own_file_or_folder(tmp_path) -> None:
 def test_load_refuses_an_invalid_checkpoint_with_the_reason(tmp_path) -> None:
     path = CheckpointManager(tmp_path).save(STATE, 1)
     (path / "blob.bin").write_bytes(b"\x00\x01BINARY")
-    with pytest.raises(CheckpointError, match="blob.bin: sha256 mismatch"):
+    with pytest.raises(CheckpointError, match="blob.bin: blake3 mismatch in bytes 0-8"):
         load_checkpoint(path)
     (path / "blob.bin").write_bytes(b"short")
     with pytest.raises(CheckpointError, match="blob.bin: size 5 != 8"):

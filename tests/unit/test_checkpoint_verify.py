@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 
 from relaytrain.checkpoint import (
     CheckpointManager,
@@ -42,14 +43,16 @@ def test_write_manifest_lists_every_file_with_size_and_sha256(tmp_path) -> None:
     manifest = write_manifest(tmp_path, 7, epoch=3, metadata={"k": "v"})
     on_disk = json.loads((tmp_path / "manifest.json").read_text())
     assert on_disk == manifest
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
     assert manifest["step"] == 7
     assert manifest["epoch"] == 3
     assert manifest["metadata"] == {"k": "v"}
     assert manifest["created_at"].endswith("+00:00")
     assert manifest["files"] == {
-        "model/w.bin": {"size": 3, "sha256": hashlib.sha256(b"abc").hexdigest()},
-        "optimizer.pt": {"size": 0, "sha256": hashlib.sha256(b"").hexdigest()},
+        "model/w.bin": {"size": 3, "sha256": hashlib.sha256(b"abc").hexdigest(), "chunk_bytes": 16 << 20,
+                        "blake3": [blake3(b"abc").hexdigest()]},
+        "optimizer.pt": {"size": 0, "sha256": hashlib.sha256(b"").hexdigest(), "chunk_bytes": 16 << 20,
+                         "blake3": []},
     }
     assert manifest_sha256(tmp_path) == hashlib.sha256((tmp_path / "manifest.json").read_bytes()).hexdigest()
     assert verify(tmp_path).ok
@@ -111,14 +114,14 @@ def good(tmp_path) -> Path:
     return make_checkpoint(tmp_path / "out", 200)
 
 
-def test_flipped_byte_is_a_sha256_mismatch(good) -> None:
+def test_flipped_byte_is_a_digest_mismatch(good) -> None:
     target = good / "model" / "model.safetensors"
     data = bytearray(target.read_bytes())
     data[10] ^= 0x01
     target.write_bytes(bytes(data))
     check = verify(good)
     assert not check.ok
-    assert check.reason == "model/model.safetensors: sha256 mismatch"
+    assert check.reason == "model/model.safetensors: blake3 mismatch in bytes 0-704"
     assert check.step == 200
 
 
@@ -180,7 +183,7 @@ def test_find_latest_valid_falls_back_past_a_corrupt_newest_and_reports_it(tmp_p
     assert result.step == 100
     assert result.path == tmp_path / "step_00000100"
     assert result.skipped == [
-        (newest, "named by latest: optimizer.pt: sha256 mismatch"),
+        (newest, "named by latest: optimizer.pt: blake3 mismatch in bytes 0-20"),
         (tmp_path / "step_00000200", "manifest.json missing"),
     ]
 

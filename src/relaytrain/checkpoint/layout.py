@@ -28,8 +28,9 @@ MANIFEST_NAME = "manifest.json"
 LATEST_NAME = "latest"
 """The file in the output directory that names the newest committed checkpoint."""
 
-FORMAT_VERSION = 1
-"""The manifest format this code writes; ``verify`` accepts only the versions it knows."""
+FORMAT_VERSION = 2
+"""The manifest format this code writes (2: per-chunk BLAKE3, ``manifest.py``); ``verify``
+accepts only the versions it knows (1 and 2)."""
 
 _STEP_RE = re.compile(r"step_(\d{8,})")
 

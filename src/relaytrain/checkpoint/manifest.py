@@ -1,13 +1,27 @@
 """The manifest: what makes a directory of files a self-verifying checkpoint.
 
 ```json
-{"format_version": 1, "step": 200, "epoch": 3, "created_at": "2025-01-01T00:00:00+00:00",
- "files": {"model/model.safetensors": {"size": 123, "sha256": "ab…"}}, "metadata": {}}
+{"format_version": 2, "step": 200, "epoch": 3, "created_at": "2025-01-01T00:00:00+00:00",
+ "files": {"model/model.safetensors": {"size": 40000000, "sha256": "ab…",
+                                       "chunk_bytes": 16777216, "blake3": ["c1…", "d2…", "e3…"]}},
+ "metadata": {}}
 ```
 
 A checkpoint is valid when its manifest parses, has a known format version, and every file it
-lists exists with that size and sha256, and no other file is there. The sha256 of the
+lists exists with that size and content, and no other file is there. The sha256 of the
 manifest's bytes is the checkpoint's identity (what the commander records).
+
+Format 2 (written since issue 14) gives each file, besides its size and whole-file sha256
+(what stores compare: Hub LFS oids, S3 ``x-amz-meta-sha256``), the BLAKE3 digest of every
+``chunk_bytes`` chunk in order (the last one may be shorter; an empty file has none).
+Readers verify the chunks, all of them in parallel (``_hashio.check_files``), not the sha256:
+both are collision-resistant, and the manifest's own sha256 vouches for both. Format 1
+(``size`` and ``sha256`` only) is still read and verified, one whole file per core.
+docs/checkpoints.md describes the format and the figures behind it.
+
+Public API: ``Verification``, ``FileEntry``, ``build_manifest``, ``write_manifest``,
+``manifest_bytes``, ``manifest_sha256``, ``parse_manifest``, ``read_manifest``,
+``check_layout``, ``verify``, ``list_files``, ``check_relative_name``.
 """
 
 from __future__ import annotations
@@ -23,16 +37,16 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from relaytrain.checkpoint._fs import TEMP_PREFIX, atomic_write_bytes
-from relaytrain.checkpoint._hashio import hash_file, map_files
+from relaytrain.checkpoint._hashio import check_files, file_entry, map_files
 from relaytrain.checkpoint.layout import FORMAT_VERSION, MANIFEST_NAME, parse_step
 from relaytrain.errors import CheckpointError
 
-KNOWN_FORMAT_VERSIONS = frozenset({1})
+KNOWN_FORMAT_VERSIONS = frozenset({1, 2})
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _MANIFEST_TEMP = f"{TEMP_PREFIX}{MANIFEST_NAME}-"
 
-FileEntry = tuple[int, str]
-"""``(size, sha256 hex)`` of one file."""
+FileEntry = dict[str, Any]
+"""The manifest entry of one file: ``{"size", "sha256", "chunk_bytes", "blake3"}`` (format 2)."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +102,7 @@ def build_manifest(step: int, epoch: int | None, files: Mapping[str, FileEntry],
         "step": step,
         "epoch": epoch,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "files": {name: {"size": size, "sha256": sha} for name, (size, sha) in sorted(files.items())},
+        "files": {name: dict(entry) for name, entry in sorted(files.items())},
         "metadata": dict(metadata or {}),
     }
 
@@ -105,8 +119,8 @@ def write_manifest(path: str | os.PathLike[str], step: int, epoch: int | None = 
     atomically; return the manifest.
 
     Used by the worker when an external trainer wrote a checkpoint without one. ``known``
-    gives ``(size, sha256)`` of files the caller has just written and hashed, which are then
-    not read again.
+    gives the entries of files the caller has just written and hashed, which are then not
+    read again.
     """
     root = Path(path)
     if not root.is_dir():
@@ -114,7 +128,7 @@ def write_manifest(path: str | os.PathLike[str], step: int, epoch: int | None = 
     known = known or {}
     names = list_files(root)
     todo = [name for name in names if name not in known]
-    hashed = dict(zip(todo, map_files(lambda name: hash_file(root / name), todo), strict=True))
+    hashed = dict(zip(todo, map_files(lambda name: file_entry(root / name), todo), strict=True))
     files = {name: known.get(name) or hashed[name] for name in names}
     manifest = build_manifest(step, epoch, files, metadata)
     atomic_write_bytes(root / MANIFEST_NAME, manifest_bytes(manifest))
@@ -152,11 +166,31 @@ def parse_manifest(data: bytes) -> dict[str, Any]:
             check_relative_name(name)
         except ValueError as exc:
             raise CheckpointError(f"{MANIFEST_NAME}: bad file name {name!r}") from exc
-        if (not isinstance(entry, dict) or isinstance(entry.get("size"), bool)
-                or not isinstance(entry.get("size"), int) or entry["size"] < 0
+        if (not isinstance(entry, dict) or not _is_count(entry.get("size"))
                 or not isinstance(entry.get("sha256"), str) or not _SHA256_RE.fullmatch(entry["sha256"])):
             raise CheckpointError(f"{MANIFEST_NAME}: bad entry for {name}")
+        if version >= 2:
+            problem = _chunk_problem(entry)
+            if problem is not None:
+                raise CheckpointError(f"{MANIFEST_NAME}: bad entry for {name}: {problem}")
     return manifest
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _chunk_problem(entry: Mapping[str, Any]) -> str | None:
+    """What is wrong with the chunk digests of a format-2 entry, or None."""
+    step, digests = entry.get("chunk_bytes"), entry.get("blake3")
+    if not _is_count(step) or step == 0:
+        return f"chunk_bytes must be a positive integer, got {step!r}"
+    if not isinstance(digests, list) or not all(isinstance(d, str) and _SHA256_RE.fullmatch(d) for d in digests):
+        return "blake3 must be a list of 64-hex-digit digests"
+    expected = -(-entry["size"] // step)
+    if len(digests) != expected:
+        return f"{len(digests)} blake3 digests for {entry['size']} bytes in chunks of {step} (expected {expected})"
+    return None
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -194,7 +228,8 @@ def check_layout(path: Path, manifest: Mapping[str, Any]) -> str | None:
 
 def verify(path: str | os.PathLike[str]) -> Verification:
     """Check the checkpoint at ``path``: manifest parses, format version known, every listed
-    file present with matching size and sha256, no unlisted file. Never raises for a bad
+    file present with matching size and digests (format 2: every chunk's BLAKE3, on all
+    cores; format 1: the sha256), no unlisted file. Never raises for a bad
     checkpoint; the reason names the offending file."""
     root = Path(path)
     if not root.is_dir():
@@ -204,17 +239,7 @@ def verify(path: str | os.PathLike[str]) -> Verification:
     except CheckpointError as exc:
         return Verification(False, str(exc))
     step = manifest["step"]
-    problem = check_layout(root, manifest)
-    if problem is None:
-        names = sorted(manifest["files"])
-        try:
-            digests = map_files(lambda name: hash_file(root / name)[1], names)
-        except OSError as exc:
-            return Verification(False, f"unreadable file ({exc})", step, manifest)
-        for name, digest in zip(names, digests, strict=True):
-            if digest != manifest["files"][name]["sha256"]:
-                problem = f"{name}: sha256 mismatch"
-                break
+    problem = check_layout(root, manifest) or check_files(root, manifest["files"])
     if problem is not None:
         return Verification(False, problem, step, manifest)
     return Verification(True, None, step, manifest)

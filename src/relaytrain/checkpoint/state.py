@@ -15,7 +15,6 @@ file is written or read.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from relaytrain.checkpoint._hashio import HashingWriter, hash_stream, map_files, map_handle, write_buffers
+from relaytrain.checkpoint._hashio import HashingWriter, check_files, map_files, map_handle, write_buffers
 from relaytrain.checkpoint.manifest import FileEntry, check_layout, check_relative_name, read_manifest
 from relaytrain.checkpoint.tensors import decode, encode
 from relaytrain.errors import CheckpointError
@@ -51,7 +50,7 @@ def check_state(state: Mapping[str, Any]) -> None:
 
 
 def write_state(root: Path, state: Mapping[str, Any]) -> dict[str, FileEntry]:
-    """Write every entry of ``state`` under ``root``; return ``(size, sha256)`` of the files
+    """Write every entry of ``state`` under ``root``; return the manifest entries of the files
     written here (files written by callables are hashed later, at commit)."""
     check_state(state)
     for name, value in state.items():
@@ -89,9 +88,13 @@ def _write_value(root: Path, name: str, value: Any) -> FileEntry:
 
         with open(path, "xb", buffering=0) as handle:
             writer = HashingWriter(handle)
-            torch.save(value, writer)
+            try:
+                torch.save(value, writer)
+                entry = writer.entry()
+            finally:
+                writer.close()
             os.fsync(handle.fileno())
-        return writer.size, writer.hexdigest()
+        return entry
     if suffix == ".json":
         try:
             data = (json.dumps(value, sort_keys=True, indent=2) + "\n").encode()
@@ -149,18 +152,19 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     ``{relative name: value}`` (``.safetensors`` -> dict of CPU tensors, ``.pt`` -> the
     object, ``.json`` -> the object, anything else -> bytes).
 
-    Every file is hashed before it is parsed; nothing is returned unless every file matches
-    the manifest (CheckpointError naming the problem otherwise). Tensors are copy-on-write
-    views of the memory-mapped file, as with ``safetensors.torch.load_file`` and
-    ``torch.load(mmap=True)``: nothing is copied, writing to them never changes the file, and
-    they stay valid after the checkpoint is deleted.
+    Every file is verified before any is parsed (format 2: every chunk's BLAKE3, all chunks
+    of all files on all cores, each read once; format 1: each file's sha256); nothing is
+    returned unless every file matches the manifest (CheckpointError naming the file
+    otherwise). Tensors are copy-on-write views of the memory-mapped file, as with
+    ``safetensors.torch.load_file`` and ``torch.load(mmap=True)``: nothing is copied, writing
+    to them never changes the file, and they stay valid after the checkpoint is deleted.
     """
     root = Path(path)
     try:
         manifest = read_manifest(root)
     except CheckpointError as exc:
         raise CheckpointError(f"checkpoint {root} is invalid: {exc}") from exc
-    problem = check_layout(root, manifest)
+    problem = check_layout(root, manifest) or check_files(root, manifest["files"])
     if problem is not None:
         raise CheckpointError(f"checkpoint {root} is invalid: {problem}")
     names = sorted(manifest["files"])
@@ -169,19 +173,20 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _read_value(root: Path, name: str, entry: Mapping[str, Any]) -> Any:
+    """The value of the verified file ``name``; its size is checked once more, so a file
+    replaced since verification (another size) is refused rather than parsed."""
     path = root / name
     suffix = path.suffix.lower()
     with open(path, "rb", buffering=0) as handle:
-        if suffix in (".safetensors", ".pt"):
-            size, digest = hash_stream(handle)  # big files: verify without a copy, then map
-            data: Any = map_handle(handle) if suffix == ".safetensors" else None
+        size = os.fstat(handle.fileno()).st_size
+        if size != entry["size"]:
+            raise CheckpointError(f"checkpoint {root} is invalid: {name}: size {size} != {entry['size']}")
+        if suffix == ".safetensors":
+            data: Any = map_handle(handle)
+        elif suffix == ".pt":
+            data = None
         else:
             data = handle.readall()
-            size, digest = len(data), hashlib.sha256(data).hexdigest()
-    if size != entry["size"]:
-        raise CheckpointError(f"checkpoint {root} is invalid: {name}: size {size} != {entry['size']}")
-    if digest != entry["sha256"]:
-        raise CheckpointError(f"checkpoint {root} is invalid: {name}: sha256 mismatch")
     try:
         if suffix == ".safetensors":
             return decode(data, name)
