@@ -9,8 +9,12 @@ each divided by what the machine itself does, measured in the same run.
 | save             | ``CheckpointManager.save`` (sync):    | ``dd if=/dev/zero bs=16M            | >= 0.75 |
 |                  | write, sha256, fsync, manifest,       | conv=fsync`` of the same size       |         |
 |                  | rename, ``latest``                    |                                     |         |
-| restore (cold)   | ``load_checkpoint``: sha256 of every  | ``dd if=<the checkpoint's files>    | >= 0.80 |
-|                  | file, then the tensors                | bs=16M of=/dev/null``; both after   |         |
+| restore (cold)   | ``load_checkpoint``: BLAKE3 of every  | ``dd if=<the checkpoint's files>    | >= 0.80 |
+|                  | 16 MiB chunk on all cores (manifest   | bs=16M of=/dev/null``; both after   |         |
+|                  | format 2), then the tensors           |                                     |         |
+| restore f1 (cold)| the same checkpoint with its manifest | the same ``dd``, cold               | (info)  |
+|                  | rewritten as format 1: one sha256 per |                                     |         |
+|                  | file, one core per file               |                                     |         |
 |                  |                                       | evicting the files from page cache  |         |
 | restore (warm)   | the same, files in the page cache     | the same ``dd``, files cached       | (info)  |
 | async blocking   | time ``save()`` blocks, async_save    | ``tensor.clone()`` of every tensor  | <= 1.5  |
@@ -19,8 +23,9 @@ Cold reads evict the files with ``posix_fadvise(POSIX_FADV_DONTNEED)`` (clean af
 fsync, so the kernel drops them; no root needed). dd and our save alternate and each writes
 into the space the previous one freed, after one unmeasured warm-up write, because on
 thin-provisioned virtual disks a first write to never-used blocks is several times slower.
-Two reference rows: sha256 of the state's bytes in memory on one core (the ceiling of any
-verified load of a single file), and ``safetensors.torch.save_file`` + fsync + a sha256 pass (what a save
+Reference rows: sha256 of the state's bytes in memory on one core (the ceiling of a format-1
+verified load of a single file), BLAKE3 of its 16 MiB chunks in memory on all cores (the
+ceiling of a format-2 load), and ``safetensors.torch.save_file`` + fsync + a sha256 pass (what a save
 would cost with the library writer) when safetensors is installed. Medians over ``--repeats``
 rounds; the load average is printed, since other processes on the machine skew everything.
 All files live in a temporary folder under ``--dir``, deleted at the end. Needs torch.
@@ -101,6 +106,32 @@ def sha256_of(tensors: list[Any]) -> str:
     return digest.hexdigest()
 
 
+def blake3_chunks_of(tensors: list[Any]) -> list[str]:
+    """BLAKE3 of every 16 MiB chunk of the tensors' bytes, on all cores: the ceiling of a
+    format-2 verified load."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from blake3 import blake3
+
+    from relaytrain.checkpoint._hashio import CHUNK_BYTES, HASH_WORKERS
+    from relaytrain.checkpoint.tensors import tensor_memory
+
+    pieces = [memoryview(tensor_memory(t)).cast("B") for t in tensors]
+    jobs = [view[i:i + CHUNK_BYTES] for view in pieces for i in range(0, len(view), CHUNK_BYTES)]
+    with ThreadPoolExecutor(HASH_WORKERS) as pool:
+        return list(pool.map(lambda chunk: blake3(chunk).hexdigest(), jobs))
+
+
+def as_format_1(path: Path) -> None:
+    """Rewrite the manifest of the checkpoint at ``path`` as format 1 (size and sha256 only)."""
+    import json
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    manifest["files"] = {name: {"size": e["size"], "sha256": e["sha256"]} for name, e in manifest["files"].items()}
+    (path / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
 def library_save(state: dict[str, dict[str, Any]], folder: Path) -> None:
     """The reference: safetensors' own writer, fsync, then a separate sha256 pass."""
     from safetensors.torch import save_file
@@ -135,6 +166,11 @@ def one_round(work: Path, state: dict[str, dict[str, Any]], tensors: list[Any], 
     dd_read(files)
     record("dd read, warm", dd_read(files))
     record("restore, warm", timed(load_checkpoint, path))
+    as_format_1(path)
+    evict(files)
+    record("dd read, cold (f1)", dd_read(files))
+    evict(files)
+    record("restore f1, cold", timed(load_checkpoint, path))
     shutil.rmtree(out)
 
     if reference:
@@ -142,6 +178,7 @@ def one_round(work: Path, state: dict[str, dict[str, Any]], tensors: list[Any], 
         shutil.rmtree(work / "reference")
 
     record("sha256 in memory, 1 core", timed(sha256_of, tensors))
+    record("blake3 chunks, all cores", timed(blake3_chunks_of, tensors))
     record("clone (memcpy)", timed(lambda: [tensor.clone() for tensor in tensors]))
     background = CheckpointManager(out, async_save=True)
     blocking = timed(background.save, state, step)
@@ -198,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         ("save / dd write", rate["save (sync)"] / rate["dd write (conv=fsync)"], ">= 0.75"),
         ("restore / dd read, cold", rate["restore, cold"] / rate["dd read, cold"], ">= 0.80"),
         ("restore / dd read, warm", rate["restore, warm"] / rate["dd read, warm"], "(info)"),
+        ("restore f1 / dd read, cold", rate["restore f1, cold"] / rate["dd read, cold (f1)"], "(info)"),
         ("async blocking / clone", median["async save, blocking"] / median["clone (memcpy)"], "<= 1.5"),
     ]
     print()
