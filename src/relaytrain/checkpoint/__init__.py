@@ -1,7 +1,8 @@
 """Writing, committing, verifying, finding and pruning checkpoints (DESIGN §5).
 
 A checkpoint is a directory ``<output_dir>/step_<N:08d>/`` whose ``manifest.json``, written
-last, lists every file with its size and sha256. It is written into ``.tmp-step_<N>-<random>``,
+last, lists every file with its size, sha256 and the BLAKE3 of each 16 MiB chunk (format 2,
+``manifest.py``; docs/checkpoints.md). It is written into ``.tmp-step_<N>-<random>``,
 fsynced and renamed into place; ``<output_dir>/latest`` then names it. Readers verify before
 they trust: ``verify``, ``find_latest_valid``, ``CheckpointManager.load``. Which steps to
 keep is decided once, by ``steps_to_keep``. The durable-write primitives (``atomic_write_text``,

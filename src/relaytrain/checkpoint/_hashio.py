@@ -52,8 +52,10 @@ _PIPE_MIN = 1 << 20
 CHUNK_BYTES = 16 << 20
 """Bytes per BLAKE3 chunk of a format-2 manifest entry (its ``chunk_bytes``)."""
 
-HASH_WORKERS = max(1, min(32, os.cpu_count() or 1))
-"""Threads that hash chunks at once (one per core)."""
+HASH_WORKERS = max(2, min(32, 2 * (os.cpu_count() or 1)))
+"""Threads that read and hash chunks at once: two per core, since each job reads its chunk
+and then hashes it, so one thread's read overlaps another's hashing (on the 2-CPU VM, a cold
+1 GiB restore took 1.6-1.9 s with 4 threads against 3.4-4.3 s with 2, under load ~8)."""
 
 _BACKLOG = 4 * CHUNK_BYTES
 """Copied bytes a ``Digester(stable=False)`` lets wait for hashing before ``update`` blocks."""
