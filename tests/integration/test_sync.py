@@ -66,7 +66,7 @@ def test_backup_list_restore_round_trip(tmp_path, uri) -> None:
     (out / "step_00000300" / "optimizer.bin").write_bytes(b"x" * 500)  # an invalid local checkpoint
     code, output = relay("backup", "run-1", "--to", uri)
     assert code == 0, output
-    assert "step 300 not backed up" in output and "sha256 mismatch" in output
+    assert "step 300 not backed up" in output and "optimizer.bin: blake3 mismatch in bytes 0-500" in output
     assert store_of(uri).list_checkpoints("run-1") == [100, 200]
     code, output = relay("backup", "run-1", "--to", uri)  # again: nothing to send
     assert code == 0 and "100, 200" in output
