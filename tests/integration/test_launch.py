@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from relaytrain.contract import ExitCode, classify_exit
+from relaytrain.worker import fence
+from relaytrain.worker.process import TrainerProcess
 from tests.support.commander import wait_until
 from tests.support.relay import process_alive
 
@@ -107,3 +109,38 @@ def test_a_built_in_run_whose_ranks_find_it_wrong_exits_78(tmp_path, entry):
     assert "failed (exit 78 (EX_CONFIG)); exiting 78: " in last and "missing.jsonl" in last, last
     result = classify_exit(done.returncode, done.stderr, stop_requested=False, killed_for=None)
     assert result.failure_class == "permanent"
+
+
+def tree_states(trainer: TrainerProcess) -> dict[int, str]:
+    states = {}
+    for pid in fence.descendants(trainer.pid):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        states[pid] = stat[stat.rfind(")") + 2:].split()[0]
+    return states
+
+
+@pytest.mark.slow
+def test_the_fence_pauses_the_launcher_and_its_ranks_as_one_and_the_stop_file_stops_them(tmp_path):
+    """The worker's supervision of the tree: lease jeopardy's pause stops the launcher and every
+    rank, resume continues them, and the stop file (the worker's first way to ask) ends every rank
+    at the same step with exit 0."""
+    env = contract_env(tmp_path, RELAY_MAX_STEPS="100000", TR_JOURNAL=str(tmp_path / "journal.txt"))
+    trainer = TrainerProcess([sys.executable, str(TRAINER), "--launch", "2"], env=env, cwd=tmp_path,
+                             log_dir=tmp_path / "logs" / "attempt_2", stop_file=tmp_path / "STOP")
+    ranks = started(tmp_path)
+    assert set(ranks.values()) < set(tree_states(trainer)), "the ranks are in the fence's tree"
+    trainer.pause()
+    wait_until(lambda: all(s == "T" for s in tree_states(trainer).values()), 10,
+               f"every process of the tree to stop: {tree_states(trainer)}")
+    steps = len(rows(tmp_path))
+    assert trainer.resume() > 0
+    wait_until(lambda: len(rows(tmp_path)) > steps + 4, 60, "the ranks to train again")
+    trainer.request_stop("cancelled")
+    assert trainer.wait(60) == 0, trainer.stderr_tail()
+    stops = {r[0]: r for r in rows(tmp_path) if r[2] == "stop"}
+    assert set(stops) == {"0", "1"} and stops["0"][3] == stops["1"][3]
+    assert {r[4] for r in stops.values()} == {"stop_file"}
+    assert not any(process_alive(pid) for pid in ranks.values())
