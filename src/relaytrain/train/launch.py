@@ -22,6 +22,7 @@ The fence sees the launcher and its ranks as one tree: paused, stopped and kille
 - SIGTERM and SIGINT ask every rank to stop (forwarded, also to a rank that starts later);
   ranks that checkpoint and exit 0 make the launcher exit 0. Ranks killed by the very signal
   (before their handlers were installed) make it die by that signal, as a lone trainer would.
+  SIGHUP and SIGQUIT are torchrun's: it stops the ranks, and the launcher dies of the signal.
 - Each rank's stderr is copied, prefixed ``[rankN]:``, to the launcher's stderr, and kept in
   ``<run_root>/logs/attempt_<epoch>/ranks/``.
 
@@ -213,7 +214,7 @@ def launch(plan: DistributedPlan, module_args: Sequence[str], contract: Contract
     ranks did. Call from the main thread of an entry point; ``config`` is the run's config
     (for :func:`check_devices`)."""
     import torch
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException, Std
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -261,6 +262,8 @@ def launch(plan: DistributedPlan, module_args: Sequence[str], contract: Contract
         failure = exc.failures[rank]
         tail = stderr_tail(_read_tail(logs.stderrs.get(failure.local_rank)))
         line = failure_line(rank, plan.world_size, failure.exitcode, tail, code)
+    except SignalException as exc:  # SIGHUP or SIGQUIT: torchrun's agent stopped the ranks; die of it too
+        code, line = -int(exc.sigval), f"relaytrain launcher: {exc.sigval.name}: the ranks were stopped"
     except Exception as exc:  # the agent itself failed (rendezvous, a port): a retry may fix it
         code, line = ExitCode.TEMPFAIL, f"relaytrain launcher: the torchrun agent failed: {type(exc).__name__}: {exc}"
     finally:
