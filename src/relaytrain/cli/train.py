@@ -11,7 +11,8 @@ import typer
 
 def train(ctx: typer.Context) -> None:
     """Train without a commander: relay train sft|grpo --model tiny --dataset arithmetic --max-steps N
-    --output-dir DIR [--resume-from auto|none|DIR] [--lora] [--use-unsloth] … (relay train sft --help: every flag)."""
+    --output-dir DIR [--resume-from auto|none|DIR] [--lora] [--use-unsloth] [--nproc-per-node N]
+    [--strategy ddp|fsdp] … (relay train sft --help: every flag)."""
     from relaytrain.train.standalone import main as train_main
 
     raise typer.Exit(train_main(ctx.args, prog="relay train"))

@@ -2,7 +2,13 @@
 ``TrainerEnv``, written by the worker (``to_env``) and read by the trainer (``from_env``).
 
 Every ``RELAY_*`` variable of the contract is a field here and nowhere else; the table in
-``docs/trainer-contract.md`` is checked against ``VARIABLES`` by a test.
+``docs/trainer-contract.md`` is checked against ``VARIABLES`` by a test. Under torchrun a
+trainer is one of several ranks: torchrun's own ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``
+(``RANK_VARIABLES``) are read into ``rank``, ``world_size`` and ``local_rank`` (0, 1, 0
+without them); the worker never writes them (``to_env``).
+
+Public API: ``TrainerEnv``, ``VARIABLES``, ``RANK_VARIABLES``, ``RANK_ENV``, ``WORLD_SIZE_ENV``,
+``LOCAL_RANK_ENV``, ``ELASTIC_RUN_ENV``, ``under_torchrun(env)``.
 """
 
 from __future__ import annotations
@@ -18,9 +24,27 @@ from relaytrain.errors import ConfigError
 
 from .layout import DEFAULT_TRAJECTORY_PATTERN, check_trajectory_pattern
 
+RANK_ENV = "RANK"
+WORLD_SIZE_ENV = "WORLD_SIZE"
+LOCAL_RANK_ENV = "LOCAL_RANK"
+ELASTIC_RUN_ENV = "TORCHELASTIC_RUN_ID"
+"""torchrun's variables: a process's rank, the number of ranks, its rank on this machine, and
+the rendezvous id every process torchrun's agent starts carries."""
+
+
+def under_torchrun(env: Mapping[str, str] | None = None) -> bool:
+    """Whether this process is a rank started by torchrun (or its launcher API): it carries
+    ``LOCAL_RANK`` or ``TORCHELASTIC_RUN_ID``."""
+    env = os.environ if env is None else env
+    return LOCAL_RANK_ENV in env or ELASTIC_RUN_ENV in env
+
 
 def _var(name: str, doc: str, default: Any = None) -> Any:
     return field(default=default, metadata={"env": name, "doc": doc})
+
+
+def _rank_var(name: str, doc: str, default: int) -> Any:
+    return field(default=default, metadata={"torchrun": name, "doc": doc})
 
 
 @dataclass
@@ -55,6 +79,9 @@ class TrainerEnv:
         "RELAY_ADVERTISE_HOST", "the host name or address rollout workers reach this machine by (the worker's "
         "`--advertise-host`); empty: the address that routes to the commander")
     log_level: str = _var("RELAY_LOG_LEVEL", "the built-in trainers' log level (default `INFO`)", "INFO")
+    rank: int = _rank_var(RANK_ENV, "this process's rank among all of them (0: the one that reports)", 0)
+    world_size: int = _rank_var(WORLD_SIZE_ENV, "how many ranks train the run", 1)
+    local_rank: int = _rank_var(LOCAL_RANK_ENV, "this process's rank on this machine (its GPU index)", 0)
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -77,9 +104,9 @@ class TrainerEnv:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TrainerEnv:
-        """Read the variables (``os.environ`` by default). ``RELAY_OUTPUT_DIR`` is required;
-        numbers, flags and the trajectory pattern are checked. Raises ``ConfigError`` naming
-        the variable."""
+        """Read the variables (``os.environ`` by default), torchrun's ``RANK``, ``WORLD_SIZE`` and
+        ``LOCAL_RANK`` too. ``RELAY_OUTPUT_DIR`` is required; numbers, flags, ranks and the
+        trajectory pattern are checked. Raises ``ConfigError`` naming the variable."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for f in _FIELDS:
@@ -88,6 +115,11 @@ class TrainerEnv:
             if not raw:
                 continue
             values[f.name] = _parse(name, raw, f.type)
+        for f in _RANK_FIELDS:
+            raw = env.get(f.metadata["torchrun"], "").strip()
+            if raw:
+                values[f.name] = _parse(f.metadata["torchrun"], raw, f.type)
+        _check_ranks(values.get("rank", 0), values.get("world_size", 1), values.get("local_rank", 0))
         if "output_dir" not in values:
             raise ConfigError("RELAY_OUTPUT_DIR: required (the folder the trainer writes checkpoints to)")
         if values.get("max_steps") is not None and values["max_steps"] < 1:
@@ -98,6 +130,15 @@ class TrainerEnv:
             except ValueError as exc:
                 raise ConfigError(f"RELAY_ROLLOUT_TRAJECTORY_PATTERN: {exc}") from exc
         return cls(**values)
+
+
+def _check_ranks(rank: int, world_size: int, local_rank: int) -> None:
+    if world_size < 1:
+        raise ConfigError(f"{WORLD_SIZE_ENV}: must be ≥ 1, got {world_size}")
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"{RANK_ENV}: must be in [0, {WORLD_SIZE_ENV}={world_size}), got {rank}")
+    if local_rank < 0:
+        raise ConfigError(f"{LOCAL_RANK_ENV}: must be ≥ 0, got {local_rank}")
 
 
 def _parse(name: str, raw: str, annotation: str) -> Any:
@@ -120,3 +161,6 @@ def _parse(name: str, raw: str, annotation: str) -> Any:
 _FIELDS = [f for f in dataclasses.fields(TrainerEnv) if "env" in f.metadata]
 VARIABLES: dict[str, str] = {f.metadata["env"]: f.metadata["doc"] for f in _FIELDS}
 """Every contract variable and what it means, in the order of ``TrainerEnv``."""
+_RANK_FIELDS = [f for f in dataclasses.fields(TrainerEnv) if "torchrun" in f.metadata]
+RANK_VARIABLES: dict[str, str] = {f.metadata["torchrun"]: f.metadata["doc"] for f in _RANK_FIELDS}
+"""torchrun's variables a rank reads (never written by the worker), and what they mean."""

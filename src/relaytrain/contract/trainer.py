@@ -11,6 +11,14 @@ Usage::
     sys.exit(ExitCode.OK)
 
 Library code takes a ``Contract`` argument and never reads the environment itself.
+
+Under torchrun every rank builds its own ``Contract``: ``rank``, ``world_size``, ``local_rank``
+come from torchrun's variables, and only rank 0 (``is_main``) writes progress and event lines
+— the others' reports write nothing, so the attempt speaks with one voice. Every rank honours
+the stop file and SIGTERM on its own (``should_stop`` stays local: a trainer that needs its
+ranks to agree combines it across them).
+
+Public API: ``Contract``.
 """
 
 from __future__ import annotations
@@ -88,7 +96,15 @@ class Contract(TrainerEnv):
         """Why the trainer is stopping (``"SIGTERM"``, ``"stop file"``, …), or None."""
         return self._stop_signal
 
-    # -- reporting --------------------------------------------------------------------------
+    # -- ranks ------------------------------------------------------------------------------
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes progress and events for the attempt (always true
+        outside torchrun)."""
+        return self.rank == 0
+
+    # -- reporting (rank 0 only) ------------------------------------------------------------
 
     def report_progress(self, step: int, metrics: Mapping[str, float | int | str | None]) -> None:
         """Append ``{"step": N, "metrics": {...}}`` to the progress file, flushed."""
@@ -108,6 +124,8 @@ class Contract(TrainerEnv):
         self._append(event_line(event, **fields))
 
     def _append(self, line: str) -> None:
+        if not self.is_main:
+            return  # rank 0 speaks for the attempt
         if self.progress_file is None:
             log.debug("progress: %s", line.rstrip(), extra={"run_id": self.run_id, "epoch": self.epoch})
             return

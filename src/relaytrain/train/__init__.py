@@ -12,6 +12,7 @@ inside their functions:
 - ``relaytrain.train.exact_match``: greedy exact-match evaluation.
 - ``relaytrain.train.standalone``: ``python -m relaytrain.train sft …`` (no commander).
 - ``relaytrain.train.run``: the worker's entry, ``python -m relaytrain.train.run``.
+- ``relaytrain.train.launch``: the torchrun launcher of a run on several ranks (DDP/FSDP).
 
 The contract they honour (environment, exit codes, progress lines) is ``relaytrain.contract``.
 """

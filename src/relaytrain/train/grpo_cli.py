@@ -20,7 +20,13 @@ from typing import Any
 
 from relaytrain.config import GRPORun, GRPOTrainer
 from relaytrain.errors import ConfigError
-from relaytrain.train.standalone import TrainerCLI, add_lora_arguments, common_fields, lora_from_args
+from relaytrain.train.standalone import (
+    TrainerCLI,
+    add_lora_arguments,
+    common_fields,
+    distributed_from_args,
+    lora_from_args,
+)
 
 _DEFAULTS = GRPOTrainer()
 
@@ -87,6 +93,7 @@ def grpo_from_args(args: argparse.Namespace) -> GRPORun:
         "save_rollout_trajectories": args.save_rollout_trajectories,
         "lora": lora_from_args(args),
         "use_unsloth": args.use_unsloth,
+        "distributed": distributed_from_args(args),
     }
     return GRPORun.model_validate({**common_fields(args, "grpo"), "trainer": trainer})
 

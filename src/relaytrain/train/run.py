@@ -9,12 +9,17 @@ and starts this module. It dispatches on ``kind`` and exits with the contract's 
 - 75 (``EX_TEMPFAIL``): CUDA out of memory, NCCL or network trouble — retry;
 - anything else: a crash with its traceback on stderr, classified by the worker.
 
+A run whose plan asks for several ranks (``trainer.distributed``, or ``resources.gpus`` > 1:
+``relaytrain.config.distributed.plan_for``) is handed to ``relaytrain.train.launch``: this
+process becomes the torchrun launcher of that many ranks, each running this module again
+(a rank, seeing torchrun's variables, trains).
+
 Usage::
 
     RELAY_RUN_CONFIG=run.json RELAY_OUTPUT_DIR=runs/x/checkpoints python -m relaytrain.train.run
 
 Public API: ``RUNNERS`` (kind → ``"module:function"``, imported lazily), ``load_runner(kind)``,
-``execute(config, contract)``, ``main(argv)``.
+``execute(config, contract)``, ``launch_plan(config)``, ``main(argv)``.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from relaytrain.config import parse_run_config
+from relaytrain.config.distributed import DistributedPlan, plan_for
 from relaytrain.contract import Contract, ExitCode, exit_code_for
+from relaytrain.contract.env import under_torchrun
 from relaytrain.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -73,6 +80,15 @@ def execute(config: Any, contract: Contract) -> int:
         return code
 
 
+def launch_plan(config: Any) -> DistributedPlan | None:
+    """The ranks to launch for ``config`` (a built-in kind whose plan has more than one), or None
+    to train in this process: one rank, or this process already is a rank (torchrun's variables)."""
+    if config.kind not in RUNNERS or under_torchrun():
+        return None
+    plan = plan_for(config)
+    return plan if plan.distributed else None
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Plain log lines on stderr; entry points only."""
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -107,6 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         contract.run_id = config.run_id
     elif contract.run_id != config.run_id:
         log.warning("RELAY_RUN_ID %r differs from the config's run_id %r", contract.run_id, config.run_id)
+    plan = launch_plan(config)
+    if plan is not None:
+        from relaytrain.train.launch import launch
+
+        return launch(plan, ["-m", "relaytrain.train.run", *args], contract, config)
     contract.install_signal_handlers()
     return execute(config, contract)
 

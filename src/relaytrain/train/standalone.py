@@ -9,10 +9,14 @@ Usage::
     python -m relaytrain.train sft … --resume-from auto   # the default: newest valid checkpoint
     python -m relaytrain.train sft … --lora --lr 5e-3
     python -m relaytrain.train sft … --report-to tensorboard,wandb   # runs/arith/tracking/
+    python -m relaytrain.train sft … --nproc-per-node 2 --strategy fsdp  # 2 ranks under torchrun
 
 The flags build an ``SFTRun`` (or ``GRPORun``) config and a local ``Contract`` for the output
 folder; resuming is automatic (``--resume-from auto``): a run restarted on the same folder
 continues from its newest valid checkpoint. ``--resume-from none`` starts afresh.
+``--nproc-per-node N`` (N > 1) makes this process the torchrun launcher of N ranks
+(``relaytrain.train.launch``), each running this command again; ``--strategy`` picks DDP or
+FSDP2 (``trainer.distributed``).
 
 Adding a trainer: put a ``TrainerCLI`` in your module (flags and a config builder; keep the
 module free of torch at import) and name it in ``TRAINERS``; its runner is looked up by
@@ -20,7 +24,8 @@ module free of torch at import) and name it in ``TRAINERS``; its runner is looke
 exist yet is left out of the command line.
 
 Public API: ``TrainerCLI``, ``TRAINERS``, ``add_common_arguments``, ``add_lora_arguments``,
-``common_fields``, ``lora_from_args``, ``resolve_resume``, ``build_parser``, ``main(argv)``.
+``common_fields``, ``lora_from_args``, ``distributed_from_args``, ``resolve_resume``, ``build_parser``,
+``main(argv)``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from relaytrain.config import TRACKERS, SFTRun, format_validation_error, parse_report_to
+from relaytrain.config.distributed import STRATEGIES
 from relaytrain.contract import Contract, ExitCode
 from relaytrain.errors import CheckpointError, ConfigError
 from relaytrain.train.data import BUILTIN_DATASETS
@@ -88,7 +94,22 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
              "files in --output-dir/tracking/ (W&B offline unless WANDB_MODE is set; MLflow in a SQLite file "
              "unless MLFLOW_TRACKING_URI is set)",
     )
+    parser.add_argument(
+        "--nproc-per-node", type=int, default=0, metavar="N",
+        help="train on N processes (ranks) of this machine under torchrun: one per GPU on a GPU machine, gloo ranks "
+             "on a CPU one (trainer.distributed.nproc_per_node; default: one process)")
+    parser.add_argument("--strategy", choices=STRATEGIES, default=None,
+                        help="how the ranks share the model: 'ddp' (replicated, the default) or 'fsdp' (FSDP2, "
+                             "sharded) (trainer.distributed.strategy)")
     parser.add_argument("--log-level", default="INFO")
+
+
+def distributed_from_args(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``trainer.distributed`` section ``--nproc-per-node`` and ``--strategy`` ask for, or None
+    without either."""
+    if not args.nproc_per_node and args.strategy is None:
+        return None
+    return {"strategy": args.strategy or "ddp", "nproc_per_node": args.nproc_per_node}
 
 
 def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
@@ -159,6 +180,7 @@ def _sft_config(args: argparse.Namespace) -> SFTRun:
         "seed": args.seed,
         "lora": lora_from_args(args),
         "use_unsloth": args.use_unsloth,
+        "distributed": distributed_from_args(args),
     }
     return SFTRun.model_validate({**common_fields(args, "sft"), "trainer": trainer})
 
@@ -214,8 +236,9 @@ def resolve_resume(value: str, output_dir: Path) -> Path | None:
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m relaytrain.train") -> int:
     """Parse the flags, build the config and a local contract, train; return the exit code."""
-    from relaytrain.train.run import configure_logging, execute
+    from relaytrain.train.run import configure_logging, execute, launch_plan
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser, available = build_parser(prog)
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
@@ -229,6 +252,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m relaytrain.tr
         log.error("%s", exc)
         return ExitCode.CONFIG
     contract = Contract.local(args.output_dir, run_id=args.run_id, resume_from=resume)
+    plan = launch_plan(config)
+    if plan is not None:  # every rank runs this command again
+        from relaytrain.train.launch import launch
+
+        return launch(plan, ["-m", "relaytrain.train", *argv], contract, config)
     contract.install_signal_handlers()
     if resume is not None:
         log.info("resuming from %s", resume)
