@@ -110,6 +110,30 @@ def test_which_runs_are_launched_on_several_ranks(monkeypatch):
     assert launch_plan(sft(distributed={"nproc_per_node": 2})) is None
 
 
+def test_a_run_that_fixes_no_rank_count_takes_what_the_worker_offers(monkeypatch):
+    for name in ("LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    auto = sft(distributed={"strategy": "fsdp"})
+    assert launch_plan(auto, offered=2) == DistributedPlan(2, "fsdp", "auto")
+    assert launch_plan(auto, offered=1) is None  # handed to a one-GPU machine: one process
+    assert launch_plan(auto, offered=None) is None  # a CPU machine offers no number
+    assert launch_plan(sft(distributed={"nproc_per_node": 2}), offered=4) == DistributedPlan(2, "ddp", "auto")
+    eight = parse_run_config({"run_id": "d", "kind": "sft", "max_steps": 5, "resources": {"gpus": 2}})
+    assert launch_plan(eight, offered=8) == DistributedPlan(8, "ddp", "auto")  # gpus is a minimum
+    assert launch_plan(sft(), offered=8) is None  # not asked to spread: one process
+
+
+def test_the_worker_offers_ranks_through_the_contract(tmp_path):
+    from relaytrain.contract import Contract
+    from relaytrain.train.run import offered_ranks
+
+    env = rank_env(tmp_path, RELAY_NPROC_PER_NODE="3")
+    assert Contract.from_env(env).nproc_per_node == 3
+    assert offered_ranks(Contract.from_env(env)) == 3
+    with pytest.raises(ConfigError, match="RELAY_NPROC_PER_NODE"):
+        Contract.from_env(rank_env(tmp_path, RELAY_NPROC_PER_NODE="two"))
+
+
 def rank_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {"RELAY_OUTPUT_DIR": str(tmp_path / "ck"), "RELAY_PROGRESS_FILE": str(tmp_path / "progress.jsonl"),
             "RELAY_STOP_FILE": str(tmp_path / "STOP"), **extra}

@@ -42,6 +42,9 @@ def worker(
     command_runs: Annotated[bool, typer.Option(
         "--command-runs/--no-command-runs", help="Whether to claim kind: command runs (any command, from anyone "
         "whose token may submit runs); --no-command-runs serves only the built-in kinds.")] = True,
+    nproc_per_node: Annotated[int | None, typer.Option(
+        "--nproc-per-node", min=1, max=64, help="Ranks a distributed built-in run (trainer.distributed with "
+        "nproc_per_node 0, or resources.gpus > 1) starts here; default: one per GPU this worker sees.")] = None,
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Run a worker: claim runs, supervise their trainers, keep their leases, make checkpoints durable.
@@ -73,6 +76,7 @@ def worker(
         commander=commander, token=token, ca_cert=ca_cert, worker_id=worker_id, workdir=workdir.resolve(),
         labels=labels, kinds=kind or None, max_runs=max_runs, price_per_hour=price_per_hour,
         provider=provider, claim_wait_s=claim_wait, advertise_host=advertise_host, command_runs=command_runs,
+        nproc_per_node=nproc_per_node,
     )
     raise typer.Exit(Worker(settings).run())
 

@@ -28,7 +28,8 @@ class DistributedConfig(_Model):
     strategy: Strategy = Field("ddp", description="'ddp' (replicated model) or 'fsdp' (FSDP2, sharded model).")
     nproc_per_node: int = Field(
         0, ge=0, le=64,
-        description="Processes (ranks) on the worker; 0: one per GPU the run asks for (resources.gpus), at least 1.")
+        description="Processes (ranks) on the worker; 0: what the worker offers (its --nproc-per-node, else one "
+        "per GPU it sees), so a run handed to a machine with fewer GPUs goes on with fewer ranks.")
     backend: Backend = Field("auto", description="'nccl' on GPUs, 'gloo' on CPUs; 'auto' picks by device.")
 
 
@@ -46,13 +47,21 @@ class DistributedPlan:
         return self.world_size > 1
 
 
-def plan_for(config: Any) -> DistributedPlan:
-    """The plan of a built-in run config (anything with ``trainer`` and ``resources``):
-    ``trainer.distributed.nproc_per_node`` when set, else ``resources.gpus`` when above 1
-    (DDP), else one rank."""
+def plan_for(config: Any, offered: int | None = None) -> DistributedPlan:
+    """The plan of a built-in run config (anything with ``trainer`` and ``resources``).
+
+    ``trainer.distributed.nproc_per_node`` when set; otherwise a run with ``trainer.distributed``
+    or ``resources.gpus`` above 1 takes the ranks the worker ``offered`` (its ``--nproc-per-node``,
+    else one per GPU it sees; None: unknown here, then ``resources.gpus``), so a run handed from an
+    8-GPU machine to a 4-GPU one trains on 4 ranks; any other run has one rank. ``resources.gpus``
+    is a minimum: the commander grants the run only to workers with that many GPUs."""
     distributed: DistributedConfig | None = getattr(config.trainer, "distributed", None)
     gpus = int(getattr(config.resources, "gpus", 0) or 0)
+    if distributed is not None and distributed.nproc_per_node:
+        return DistributedPlan(distributed.nproc_per_node, distributed.strategy, distributed.backend)
+    if distributed is None and gpus <= 1:
+        return DistributedPlan(1, "ddp", "auto")
+    world = max(1, offered if offered is not None else gpus)
     if distributed is None:
-        return DistributedPlan(max(1, gpus), "ddp", "auto")
-    world = distributed.nproc_per_node or max(1, gpus)
+        return DistributedPlan(world, "ddp", "auto")
     return DistributedPlan(world, distributed.strategy, distributed.backend)

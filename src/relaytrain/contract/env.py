@@ -78,6 +78,9 @@ class TrainerEnv:
     advertise_host: str | None = _var(
         "RELAY_ADVERTISE_HOST", "the host name or address rollout workers reach this machine by (the worker's "
         "`--advertise-host`); empty: the address that routes to the commander")
+    nproc_per_node: int | None = _var(
+        "RELAY_NPROC_PER_NODE", "the ranks a distributed built-in run starts on this worker when its run file fixes "
+        "none (the worker's `--nproc-per-node`); empty: one per GPU the trainer sees")
     log_level: str = _var("RELAY_LOG_LEVEL", "the built-in trainers' log level (default `INFO`)", "INFO")
     rank: int = _rank_var(RANK_ENV, "this process's rank among all of them (0: the one that reports)", 0)
     world_size: int = _rank_var(WORLD_SIZE_ENV, "how many ranks train the run", 1)

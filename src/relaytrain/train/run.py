@@ -80,13 +80,24 @@ def execute(config: Any, contract: Contract) -> int:
         return code
 
 
-def launch_plan(config: Any) -> DistributedPlan | None:
+def launch_plan(config: Any, offered: int | None = None) -> DistributedPlan | None:
     """The ranks to launch for ``config`` (a built-in kind whose plan has more than one), or None
-    to train in this process: one rank, or this process already is a rank (torchrun's variables)."""
+    to train in this process: one rank, or this process already is a rank (torchrun's variables).
+    ``offered``: the ranks this machine offers (:func:`offered_ranks`), for a run that fixes none."""
     if config.kind not in RUNNERS or under_torchrun():
         return None
-    plan = plan_for(config)
+    plan = plan_for(config, offered)
     return plan if plan.distributed else None
+
+
+def offered_ranks(contract: Contract) -> int | None:
+    """The ranks this machine offers a distributed run: ``RELAY_NPROC_PER_NODE`` (the worker's
+    ``--nproc-per-node``), else one per GPU CUDA sees, else None (a CPU machine offers no number)."""
+    if contract.nproc_per_node:
+        return contract.nproc_per_node
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else None
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -123,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         contract.run_id = config.run_id
     elif contract.run_id != config.run_id:
         log.warning("RELAY_RUN_ID %r differs from the config's run_id %r", contract.run_id, config.run_id)
-    plan = launch_plan(config)
+    plan = launch_plan(config, offered_ranks(contract)) if config.kind in RUNNERS else None
     if plan is not None:
         from relaytrain.train.launch import launch
 

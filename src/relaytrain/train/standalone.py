@@ -236,7 +236,7 @@ def resolve_resume(value: str, output_dir: Path) -> Path | None:
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m relaytrain.train") -> int:
     """Parse the flags, build the config and a local contract, train; return the exit code."""
-    from relaytrain.train.run import configure_logging, execute, launch_plan
+    from relaytrain.train.run import configure_logging, execute, launch_plan, offered_ranks
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, available = build_parser(prog)
@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m relaytrain.tr
         log.error("%s", exc)
         return ExitCode.CONFIG
     contract = Contract.local(args.output_dir, run_id=args.run_id, resume_from=resume)
-    plan = launch_plan(config)
+    plan = launch_plan(config, offered_ranks(contract))
     if plan is not None:  # every rank runs this command again
         from relaytrain.train.launch import launch
 

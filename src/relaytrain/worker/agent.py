@@ -55,6 +55,9 @@ class WorkerSettings:
     """The CA an ``https://`` commander's certificate is verified with; None: the public CAs."""
     recheck_s: float = 10.0
     """While degraded for a full disk, how often the free space is checked again."""
+    nproc_per_node: int | None = None
+    """The ranks a distributed built-in run with no fixed ``nproc_per_node`` starts here (``RELAY_NPROC_PER_NODE``);
+    None: one per GPU the trainer sees."""
     command_runs: bool = True
     """False: never claim a ``kind: command`` run (code from whoever may submit runs: ``relay worker
     --no-command-runs``)."""
@@ -121,7 +124,7 @@ class Worker:
                 continue
             attempt = Attempt(self.client, grant, worker_id=s.worker_id, workdir=s.workdir,
                               granted_at_monotonic=asked, progress_interval_s=s.progress_interval_s,
-                              advertise_host=s.advertise_host)
+                              advertise_host=s.advertise_host, nproc_per_node=s.nproc_per_node)
             self._current = attempt
             if self._stopping.is_set():
                 attempt.stop(StopReason.PREEMPTED, "worker is shutting down")

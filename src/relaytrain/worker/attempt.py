@@ -75,7 +75,7 @@ class Attempt:
 
     def __init__(self, client: RelayClient, grant: m.Grant, *, worker_id: str, workdir: Path,
                  granted_at_monotonic: float, progress_interval_s: float = 1.0,
-                 advertise_host: str | None = None) -> None:
+                 advertise_host: str | None = None, nproc_per_node: int | None = None) -> None:
         self.client = client
         self.grant = grant
         self.worker_id = worker_id
@@ -84,6 +84,7 @@ class Attempt:
         self.granted_at = granted_at_monotonic
         self.progress_interval_s = progress_interval_s
         self.advertise_host = advertise_host
+        self.nproc_per_node = nproc_per_node
         self.stop_reason: StopReason | None = None
         self.stop_message = ""
         self.fault: MachineFault | None = None
@@ -283,7 +284,7 @@ class Attempt:
             save_rollout_trajectories=config.trajectories.save, rollout_trajectory_root=paths.rollouts,
             rollout_trajectory_pattern=config.trajectories.pattern,
             eval_checkpoints=paths.eval_checkpoints if config.kind == "eval" else None,
-            advertise_host=self._advertise_host(),
+            advertise_host=self._advertise_host(), nproc_per_node=self.nproc_per_node,
             log_level=os.environ.get("RELAY_LOG_LEVEL", "INFO"),
         )
         # Not the worker's token: the trainer has no business with the commander, and its output is shipped there.
