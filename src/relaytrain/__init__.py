@@ -16,3 +16,8 @@ UNSCHEDULABLE_AFTER_S = 60.0
 """The commander's default grace (``relay serve --unschedulable-after``): how long a queued run waits
 for a live worker or host that fits before it is shown ``unschedulable``. Beside :data:`TOKEN_ENV`,
 for the same reason."""
+
+EVAL_BATCH_SIZE = 64
+"""Prompts an evaluation completes together unless told (``eval.batch_size``, ``relay eval
+--batch-size``, ``python -m relaytrain.evaluate.score --batch-size``). Beside :data:`TOKEN_ENV`, for
+the same reason."""

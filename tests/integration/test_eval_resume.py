@@ -65,6 +65,8 @@ def test_auto_eval_and_relay_eval_score_every_checkpoint(cluster, tmp_path):
     for step in (10, 30):
         assert rows[step]["status"] == "ok"
         assert float(rows[step]["exact_match"]) == pytest.approx(greedy_exact_match(ckpts[step], 40))
+        summary = json.loads((folder / f"step_{step:08d}" / "summary.json").read_text())
+        assert (summary["device"], summary["dtype"], summary["batch_size"]) == ("cpu", "float32", 64)
         for name in ("metrics.json", "completions.jsonl", "summary.json"):
             assert (folder / f"step_{step:08d}" / name).exists()
             assert (cluster.store / "sft-eval" / "files" / "evals" / "arithmetic" / f"step_{step:08d}" / name).exists()

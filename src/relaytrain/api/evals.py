@@ -9,7 +9,8 @@ from typing import Any
 
 from relaytrain.config import EvalTrainer, RunConfig, parse_run_config
 
-EVAL_FIELDS = ("dataset", "template", "metrics", "samples", "subset_frac", "max_new_tokens", "timeout_s")
+EVAL_FIELDS = ("dataset", "template", "metrics", "samples", "subset_frac", "max_new_tokens", "batch_size",
+               "timeout_s")
 """The scoring settings an eval run takes from ``eval:`` of its source (or from ``relay eval``)."""
 HANG_MARGIN_S = 60.0
 """One checkpoint is scored without progress lines: the hang watchdog waits its timeout and this."""
@@ -38,7 +39,8 @@ def build_eval_run(source: Mapping[str, Any], settings: Mapping[str, Any], *, st
 
     ``source`` is the source run as the API or the store gives it (``run_id``, ``priority``,
     ``config``): the eval run has its priority and store. ``inherit_retry`` also gives it the
-    source's retry policy (automatic evaluations do). ConfigError if the result is invalid.
+    source's retry policy (automatic evaluations do). An eval run asks for one GPU when its source
+    asked for any (``resources.gpus >= 1``), and none otherwise. ConfigError if the result is invalid.
     """
     config: dict[str, Any] = {
         "run_id": eval_run_id(source["run_id"], tag),
@@ -49,6 +51,8 @@ def build_eval_run(source: Mapping[str, Any], settings: Mapping[str, Any], *, st
         "trainer": {"source_run": source["run_id"], "steps": steps,
                     **{k: settings[k] for k in EVAL_FIELDS if k in settings}},
     }
+    if (source["config"].get("resources") or {}).get("gpus", 0) >= 1:
+        config["resources"] = {"gpus": 1}  # scored on a GPU, in bf16, as it was trained
     if inherit_retry:
         config["retry"] = source["config"]["retry"]
     return parse_run_config(config)

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from relaytrain import EVAL_BATCH_SIZE
+
 from .common import (
     DEFAULT_COMMANDER,
     CaCertOpt,
@@ -146,19 +148,22 @@ def eval_(
     samples: Annotated[int | None, typer.Option(min=1, help="Score at most this many records.")] = None,
     template: Annotated[str, typer.Option(help="generic, r1, deepseek or chat.")] = "generic",
     timeout: Annotated[float, typer.Option(min=1, help="Seconds allowed per checkpoint.")] = 900,
+    batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Prompts completed together.")] = EVAL_BATCH_SIZE,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the scores and print them.")] = False,
     commander: CommanderOpt = DEFAULT_COMMANDER,
     ca_cert: CaCertOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Score a run's durable checkpoints, each in its own process, on any free worker."""
+    """Score a run's durable checkpoints, each in its own process, on any free worker (one with a GPU,
+    scoring in bf16, when the run asked for GPUs)."""
     from relaytrain.api.evals import build_eval_run, time_tag
     from relaytrain.api.status import TERMINAL, RunStatus
     from relaytrain.config import run_config_dict
     from relaytrain.errors import ConfigError
 
     settings = {"dataset": dataset, "metrics": [m.strip() for m in metrics.split(",") if m.strip()],
-                "samples": samples, "subset_frac": subset_frac, "template": template, "timeout_s": timeout}
+                "samples": samples, "subset_frac": subset_frac, "template": template, "timeout_s": timeout,
+                "batch_size": batch_size}
     with client(commander, token, ca_cert) as api:
         source = api.run(run)
         try:

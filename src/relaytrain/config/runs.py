@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import to_jsonable_python
 
+from relaytrain import EVAL_BATCH_SIZE
 from relaytrain.contract import (
     DEFAULT_TRAJECTORY_PATTERN,
     DEFAULT_TRAJECTORY_SUBDIR,
@@ -285,6 +286,8 @@ class _EvalSettings(_Model):
     samples: int | None = Field(None, ge=1, description="Score at most this many held-out records.")
     subset_frac: float | None = Field(None, gt=0, le=1, description="Score this fraction of the held-out split.")
     max_new_tokens: int = Field(8, ge=1, le=4096, description="Greedy completion length.")
+    batch_size: int = Field(EVAL_BATCH_SIZE, ge=1, le=4096,
+                            description="Prompts completed together (greedy, left-padded; same answers as one by one).")
     timeout_s: float = Field(900, gt=0, description="Time allowed to score one checkpoint.")
 
 

@@ -12,6 +12,12 @@ asks the worker (file events) to store them under the SOURCE run (``<source>/eva
 and reports
 each step's metrics as a progress line (``{"step": N, "metrics": {...}}``), which the
 commander shows under the source run (``relay status SOURCE``).
+
+Each step is scored by ``relaytrain.evaluate.score`` on the GPU in bfloat16 when the process sees
+one (the eval run of a run that asked for GPUs asks for one: ``api.evals.build_eval_run``), else on
+the CPU in float32, ``batch_size`` prompts at a time; its ``summary.json`` says which.
+
+Public API: ``dataset_label``, ``write_consolidated``, ``score_step``, ``run_eval``, ``main``.
 """
 
 from __future__ import annotations
@@ -57,7 +63,8 @@ def score_step(checkpoint: Path, trainer: Any, out: Path) -> dict[str, Any]:
     """Score one checkpoint in a subprocess; a failure or timeout is recorded in summary.json."""
     argv = [sys.executable, "-m", "relaytrain.evaluate.score", "--model", str(checkpoint),
             "--dataset", trainer.dataset, "--template", trainer.template, "--metrics", ",".join(trainer.metrics),
-            "--max-new-tokens", str(trainer.max_new_tokens), "--out", str(out)]
+            "--max-new-tokens", str(trainer.max_new_tokens), "--batch-size", str(trainer.batch_size),
+            "--out", str(out)]
     if trainer.samples:
         argv += ["--samples", str(trainer.samples)]
     if trainer.subset_frac:

@@ -40,12 +40,26 @@ def greedy_complete(
     batch_size: int = 64,
     add_special_tokens: bool = True,
 ) -> list[str]:
-    """Greedy completions of ``prompts`` (left-padded batches), special tokens removed.
+    """Greedy completions of ``prompts`` (left-padded batches of ``batch_size``), special tokens removed.
 
-    The model is put in eval mode for the call and returned to its previous mode.
+    Plain greedy decoding whatever the model's own ``generation_config`` says (released models
+    ship sampling settings and a repetition penalty; none applies here). In float32 a prompt's
+    completion is the same in any batch. The model is put in eval mode for the call and
+    returned to its previous mode.
     """
     import torch
+    from transformers import GenerationConfig
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    greedy = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                              bos_token_id=tokenizer.bos_token_id)
+
+    # generate() fills what a passed config leaves unset from the model's own: swap it for the call.
+    owner = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a peft wrapper
+    shipped = getattr(owner, "generation_config", None)
+    owner.generation_config = greedy
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -60,17 +74,12 @@ def greedy_complete(
                     return_tensors="pt",
                     add_special_tokens=add_special_tokens,
                 ).to(device)
-                output = model.generate(
-                    **batch,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                )
+                output = model.generate(**batch, generation_config=greedy)
                 new_tokens = output[:, batch["input_ids"].shape[1] :]
                 completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     finally:
         model.train(was_training)
+        owner.generation_config = shipped
     return completions
 
 
