@@ -481,7 +481,16 @@ class GRPOSession:
         )
 
     def train_step(self) -> tuple[Rollout, dict[str, Any]]:
-        """One GRPO step: a rollout, then ``num_iterations`` optimizer steps on it; returns its metrics."""
+        """One GRPO step: a rollout, then ``num_iterations`` optimizer steps on it; returns its metrics.
+
+        On CUDA the forward passes (sampling included) autocast to bf16, as the SFT trainer's do;
+        the weights, optimizer and log-probs stay fp32. On CPU nothing changes."""
+        import torch
+
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            return self._train_step()
+
+    def _train_step(self) -> tuple[Rollout, dict[str, Any]]:
         import torch
 
         started = time.perf_counter()
