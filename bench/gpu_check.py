@@ -483,8 +483,9 @@ def main(argv: list[str] | None = None) -> int:
             if section not in wanted:
                 continue
             left = args.budget_s - (time.monotonic() - started)
-            if left < size.min_s.get(section, 0.0):
-                table.add(section, "-", "not run", f"{left:.0f} s of --budget-s left, needs {size.min_s[section]:g}")
+            needs = size.min_s.get(section, 0.0)
+            if left < needs:
+                table.add(section, "-", "not run", f"{left:.0f} s of --budget-s left, needs {needs:g}")
                 continue
             print(f"{section} ({left:.0f} s left)", file=sys.stderr, flush=True)
             try:

@@ -69,3 +69,10 @@ def test_peaks_are_found_by_the_names_nvml_gives():
     assert peak_tflops("NVIDIA A100-SXM4-80GB") == (312.0, "A100")
     assert peak_tflops("NVIDIA GeForce RTX 4090") == (165.0, "RTX 4090")
     assert peak_tflops("Tesla T4") is None
+
+
+def test_sections_the_budget_leaves_no_time_for_are_rows_saying_so(tmp_path):
+    _, rows = gpu_check("--sections", "sft-tiny,checkpoint", "--budget-s", "0.01", "--out", str(tmp_path / "t.md"))
+    for section in ("sft-tiny", "checkpoint"):
+        value, note = rows[(section, "-")]
+        assert value == "not run" and "of --budget-s left" in note
