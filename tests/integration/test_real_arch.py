@@ -5,7 +5,8 @@ with random weights and a byte-level BPE tokenizer, both built here and saved wi
 ``save_pretrained`` (``tests/support/real_model.py``: no BOS, EOS ``<|im_end|>``, pad
 ``<|endoftext|>``, ChatML template, a vocabulary larger than the tokenizer's, bf16 weights, a
 sampling generation config), is loaded from its folder by real ``relay worker`` processes, trained
-with SFT and GRPO, full and LoRA (peft, q_proj/v_proj), killed with ``kill -9`` after a durable
+with SFT and GRPO, full (generic prompts) and LoRA (peft, q_proj/v_proj; prompts through the
+tokenizer's ChatML template), killed with ``kill -9`` after a durable
 checkpoint and resumed on another worker. The run ends with the same weights and optimizer state,
 bit for bit on CPU, as the same config trained straight through in one process; the
 checkpoint's ``model/`` folder loads with ``AutoModelForCausalLM.from_pretrained`` (or
@@ -54,7 +55,8 @@ def run_config(run_id: str, kind: str, model: Path, store: Path, *, lora: bool, 
                    "rewards": [{"name": reward}], "seed": 1}
     if lora:
         trainer["lora"] = LORA
-    return {"run_id": run_id, "kind": kind, "model": str(model), "data": {"builtin": "arithmetic"},
+    data = {"builtin": "arithmetic", "template": "chat" if lora else "generic"}  # chat: the ChatML template
+    return {"run_id": run_id, "kind": kind, "model": str(model), "data": data,
             "max_steps": steps, "trainer": trainer, "checkpoint": {"every_steps": every, "keep_last": 20},
             "lease": {"ttl_s": 3, "margin_s": 1.5, "grace_s": 1}, "store": str(store)}
 
