@@ -7,6 +7,11 @@
     ...
     manager.close()          # waits for the save in flight; raises if it failed
 
+A state written by several processes (``torch.distributed.checkpoint``'s shards) is staged
+instead: ``tmp = manager.stage(step)`` creates the temporary folder, every process writes into
+it, then ``manager.commit_staged(tmp, rest, step)`` (one process, after all have written) adds
+``rest``, hashes every file into the manifest and commits, once.
+
 Synchronous saves write, commit, prune and call ``on_commit`` before returning the path.
 Asynchronous saves copy the state to host memory in the caller's thread, then one writer
 thread (at most one save in flight) writes and commits while training goes on.
@@ -109,6 +114,26 @@ class CheckpointManager:
             self._writer.start()
             return None
 
+    def stage(self, step: int) -> Path:
+        """A fresh temporary folder for the checkpoint of ``step`` (after the save in flight),
+        for writers other than this manager (each rank's shards); ``commit_staged`` commits it.
+        Synchronous whatever ``async_save`` says."""
+        with self._lock:
+            self._check_open()
+            self._join_writer()
+            self._raise_writer_error()
+            return make_temp_dir(self.output_dir, step)
+
+    def commit_staged(self, tmp: Path, state: Mapping[str, Any], step: int, epoch: int | None = None,
+                      metadata: Mapping[str, Any] | None = None) -> Path:
+        """Write ``state`` into ``tmp`` (from ``stage``, already holding what others wrote),
+        hash every file into the manifest and commit it as the checkpoint of ``step``; prune
+        and ``on_commit`` as ``save`` does. ``tmp`` is deleted if anything fails."""
+        check_state(state)
+        with self._lock:
+            self._check_open()
+            return self._write_and_commit(state, step, epoch, metadata, tmp=tmp)
+
     def wait(self) -> Path | None:
         """Block until the save in flight is committed; return the newest committed path.
         Raises CheckpointError if the background save failed."""
@@ -173,8 +198,8 @@ class CheckpointManager:
             self._error = (step, exc)
 
     def _write_and_commit(self, state: Mapping[str, Any], step: int, epoch: int | None,
-                          metadata: Mapping[str, Any] | None) -> Path:
-        tmp = make_temp_dir(self.output_dir, step)
+                          metadata: Mapping[str, Any] | None, tmp: Path | None = None) -> Path:
+        tmp = make_temp_dir(self.output_dir, step) if tmp is None else tmp
         try:
             with discard_on_error(tmp):
                 known = write_state(tmp, state)

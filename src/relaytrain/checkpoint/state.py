@@ -147,7 +147,8 @@ def to_host(value: Any, _memo: dict[int, Any] | None = None, reuse: Any = None,
     return copy.deepcopy(value)
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike[str],
+                    verify_only: Callable[[str], bool] | None = None) -> dict[str, Any]:
     """Verify the checkpoint at ``path`` and load every file back by suffix:
     ``{relative name: value}`` (``.safetensors`` -> dict of CPU tensors, ``.pt`` -> the
     object, ``.json`` -> the object, anything else -> bytes).
@@ -158,6 +159,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     otherwise). Tensors are copy-on-write views of the memory-mapped file, as with
     ``safetensors.torch.load_file`` and ``torch.load(mmap=True)``: nothing is copied, writing
     to them never changes the file, and they stay valid after the checkpoint is deleted.
+
+    ``verify_only(name)`` true: the file is verified like the others but not loaded; its value
+    is its ``Path`` (shards another reader loads, such as ``torch.distributed.checkpoint``'s).
     """
     root = Path(path)
     try:
@@ -168,7 +172,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if problem is not None:
         raise CheckpointError(f"checkpoint {root} is invalid: {problem}")
     names = sorted(manifest["files"])
-    values = map_files(lambda name: _read_value(root, name, manifest["files"][name]), names)
+    values = map_files(lambda name: root / name if verify_only is not None and verify_only(name)
+                       else _read_value(root, name, manifest["files"][name]), names)
     return dict(zip(names, values, strict=True))
 
 

@@ -80,14 +80,16 @@ def _jsonable(value: Any) -> Any:
 
 
 def model_files(
-    model: Any, tokenizer: Any, *, base_model: str, seed: int, tokenizer_cache: dict[str, Any] | None = None
+    model: Any, tokenizer: Any, *, base_model: str, seed: int, tokenizer_cache: dict[str, Any] | None = None,
+    weights: bool = True,
 ) -> dict[str, Any]:
     """The ``model/…`` entries of a checkpoint for ``CheckpointManager.save``.
 
     Values are live tensors (an asynchronous save copies them to host memory itself), JSON
     objects and bytes. ``base_model`` and ``seed`` go into ``relaytrain_model.json``.
     ``tokenizer_cache`` (any dict the caller keeps) avoids re-serialising the unchanging
-    tokenizer at every save.
+    tokenizer at every save. ``weights=False`` leaves the weights out (a sharded checkpoint
+    holds them in ``dcp/``): only the configs and the tokenizer.
     """
     meta = {"base_model": base_model, "seed": seed, "lora": is_lora(model), "format": 1}
     files: dict[str, Any] = {f"model/{MODEL_META_FILE}": meta}
@@ -105,7 +107,8 @@ def model_files(
         files[f"model/{ADAPTER_WEIGHTS}"] = adapter
         files["model/adapter_config.json"] = config
         return files
-    files[f"model/{FULL_WEIGHTS}"] = unique_tensors(model)
+    if weights:
+        files[f"model/{FULL_WEIGHTS}"] = unique_tensors(model)
     files["model/config.json"] = json.loads(model.config.to_json_string())
     generation = getattr(model, "generation_config", None)
     if generation is not None:

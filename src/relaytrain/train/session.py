@@ -24,7 +24,7 @@ from typing import Any
 from relaytrain.config import CheckpointPolicy, GRPORun, GRPOTrainer, LoraConfig, SFTRun, SFTTrainer
 from relaytrain.contract import Contract
 from relaytrain.errors import CheckpointError, ConfigError
-from relaytrain.train.model_io import is_lora, load_model_weights, model_files, weights_entry
+from relaytrain.train.model_io import is_lora, model_files
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = 1
@@ -172,10 +172,12 @@ def pad_token_id(tokenizer: Any) -> int:
 
 
 def load_verified(folder: str | Path, kind: str) -> dict[str, Any]:
-    """Every file of a ``kind`` checkpoint (``sft``, ``grpo``), hashed against its manifest first."""
+    """Every file of a ``kind`` checkpoint (``sft``, ``grpo``), hashed against its manifest first
+    (a sharded checkpoint's ``dcp/`` files are hashed too, and left for ``restore`` to read)."""
     from relaytrain.checkpoint import load_checkpoint
+    from relaytrain.train.sharded import is_shard_file
 
-    loaded = load_checkpoint(folder)
+    loaded = load_checkpoint(folder, verify_only=is_shard_file)
     state = loaded.get("trainer_state.json")
     if not isinstance(state, dict) or state.get("kind") != kind or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{folder}: not {CHECKPOINT_NAMES[kind]} checkpoint of format {STATE_FORMAT}")
@@ -183,12 +185,17 @@ def load_verified(folder: str | Path, kind: str) -> dict[str, Any]:
 
 
 def checkpoint_entries(
-    session: Any, kind: str, counters: dict[str, Any], extra_files: dict[str, Any] | None = None
+    session: Any, kind: str, counters: dict[str, Any], extra_files: dict[str, Any] | None = None,
+    sharded: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The entries of a checkpoint at ``session``'s step (DESIGN §5), live tensors included (an
     asynchronous save copies them to host memory itself): the model, optimizer, scheduler,
     ``extra_files`` and ``trainer_state.json``, where ``counters`` (the trainer's own fields)
-    stand beside the step, data cursor and RNG."""
+    stand beside the step, data cursor and RNG.
+
+    ``sharded`` (``{"strategy": "fsdp", "world_size": N}``): the weights and optimizer state are
+    in the checkpoint's ``dcp/`` folder (``train.sharded``), so they are left out here and
+    ``trainer_state.json`` says so."""
     from relaytrain.train.rng import capture_rng_state
 
     state = model_files(
@@ -197,8 +204,10 @@ def checkpoint_entries(
         base_model=session.base_model,
         seed=session.config.trainer.seed,
         tokenizer_cache=session._tokenizer_cache,
+        weights=sharded is None,
     )
-    state["optimizer.pt"] = session.optimizer.state_dict()
+    if sharded is None:
+        state["optimizer.pt"] = session.optimizer.state_dict()
     state["scheduler.pt"] = session.scheduler.state_dict()
     state.update(extra_files or {})
     state["trainer_state.json"] = {
@@ -217,13 +226,19 @@ def checkpoint_entries(
         "base_model": session.base_model,
         "metrics": session.last_metrics,
     }
+    if sharded is not None:
+        state["trainer_state.json"]["sharded"] = sharded
     return state
 
 
 def restore(session: Any, folder: Path, loaded: dict[str, Any], optimizer_state: Any) -> dict[str, Any]:
     """Put a verified checkpoint (``load_verified``) into ``session``: weights, ``optimizer_state``,
     scheduler, data cursor, step, metrics, RNG. Returns its ``trainer_state.json`` for the
-    trainer's own fields."""
+    trainer's own fields.
+
+    Any checkpoint loads into any world size (``train.sharded.load_weights_and_optimizer``): a
+    sharded one (``dcp/``) is resharded, a single-format one is sharded when this session's model
+    is. Every rank restores the RNG state the checkpoint holds (rank 0's)."""
     from relaytrain.train.rng import restore_rng_state
 
     state = loaded["trainer_state.json"]
@@ -234,11 +249,9 @@ def restore(session: Any, folder: Path, loaded: dict[str, Any], optimizer_state:
         )
     if state.get("config_hash") != config_hash(session.config):
         log.warning("resuming %s with a changed model/data/trainer config", folder)
-    entry = weights_entry(session.model)
-    if entry not in loaded:
-        raise CheckpointError(f"{folder}: no {entry}")
-    load_model_weights(session.model, loaded[entry], f"{folder}/{entry}")
-    session.optimizer.load_state_dict(optimizer_state)
+    from relaytrain.train.sharded import load_weights_and_optimizer
+
+    load_weights_and_optimizer(session.model, session.optimizer, folder, loaded, optimizer_state)
     session.scheduler.load_state_dict(loaded["scheduler.pt"])
     session.cursor.load_state_dict(state["cursor"])
     session.step = int(state["step"])
@@ -279,15 +292,19 @@ def train_steps(
     every_steps: int,
     report: Callable[[Any, bool], None],
     save: Callable[[], None],
+    should_stop: Callable[[], bool] | None = None,
 ) -> None:
     """Call ``session.train_step()`` until ``max_steps`` or a stop request.
 
     After each step ``report(what train_step returned, at_checkpoint)``, then ``save()`` every
     ``every_steps`` steps and at ``max_steps``; once more at the end when stopped between two
-    checkpoints (not when nothing was trained since the start or the resume).
+    checkpoints (not when nothing was trained since the start or the resume). ``should_stop``
+    (default ``contract.should_stop``) is asked before each step: with several ranks, whether any
+    rank was asked (``DistContext.any_rank``), so that all stop at the same step.
     """
     saved_step = session.step if contract.resume_from is not None else None
-    while session.step < session.max_steps and not contract.should_stop():
+    stop = should_stop or contract.should_stop
+    while session.step < session.max_steps and not stop():
         result = session.train_step()
         boundary = session.step % every_steps == 0 or session.step == session.max_steps
         report(result, boundary)

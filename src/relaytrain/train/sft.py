@@ -23,6 +23,7 @@ and (from ``session``, shared with the GRPO trainer) ``make_scheduler``, ``confi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -34,6 +35,7 @@ from relaytrain.config import SFTRun
 from relaytrain.contract import Contract, ExitCode
 from relaytrain.errors import ConfigError
 from relaytrain.train.data import DataCursor, load_examples
+from relaytrain.train.distributed import DistContext, clip_grad_norm, quiet_unless_main
 from relaytrain.train.exact_match import evaluate_exact_match
 from relaytrain.train.session import (
     checkpoint_entries,
@@ -45,12 +47,12 @@ from relaytrain.train.session import (
     make_scheduler,
     open_manager,
     pad_token_id,
-    pick_device,
     quiet_transformers,
     restore,
     resume,
     train_steps,
 )
+from relaytrain.train.sharded import save_checkpoint
 from relaytrain.train.templates import Sample, render_all
 from relaytrain.train.tracking import Trackers, open_trackers
 
@@ -105,6 +107,16 @@ def collate(rows: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, Any
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
+def check_distributed(dist: DistContext, batch_size: int, lora: bool) -> None:
+    """``ConfigError`` for what several ranks cannot train: a batch that does not split evenly, LoRA on FSDP."""
+    if not dist.enabled:
+        return
+    dist.check_divisible(batch_size, "trainer.batch_size")
+    if lora and dist.sharded:
+        raise ConfigError("trainer.lora: LoRA is not supported with trainer.distributed.strategy 'fsdp' yet; "
+                          "use strategy 'ddp' (the adapter is small) or drop trainer.lora")
+
+
 class SFTSession:
     """Everything a resume needs: model, optimizer, scheduler, data cursor, step, RNG.
 
@@ -116,17 +128,23 @@ class SFTSession:
     """
 
     def __init__(self, config: SFTRun, contract: Contract, device: str | None = None) -> None:
+        from relaytrain.config.distributed import plan_for
+        from relaytrain.train.distributed import setup
         from relaytrain.train.rng import seed_everything
 
         self.config, self.contract, trainer = config, contract, config.trainer
         self.max_steps = contract.max_steps or config.max_steps
-        self.device = pick_device(device)
+        self.dist = setup(plan_for(config), device)
+        self.device = self.dist.device
+        check_distributed(self.dist, trainer.batch_size, trainer.lora is not None)
         seed_everything(trainer.seed)
         examples = load_examples(config.data, "train")  # a missing dataset fails before the model loads
         self.base_model = init_source(config, contract)
         model, self.tokenizer = load_policy(self.base_model, trainer)
         self.model = model.to(self.device)
         self.model.train()
+        self.train_model = self.dist.wrap(self.model)
+        """What forward and backward run on: ``model``, or its DDP wrapper (FSDP2 shards ``model`` in place)."""
         self.optimizer = make_optimizer(self.model, trainer.learning_rate, trainer.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, trainer.schedule, trainer.warmup_steps, self.max_steps)
         samples = render_all(examples, config.data.template, self.tokenizer)
@@ -150,23 +168,29 @@ class SFTSession:
         denominator = max(1, targets)
         total_loss, tokens = 0.0, 0
         self.optimizer.zero_grad(set_to_none=True)
-        for indices in micro:
-            padded = collate([self.rows[i] for i in indices], pad_token_id(self.tokenizer))
+        dist = self.dist
+        for number, indices in enumerate(micro, start=1):
+            padded = collate([self.rows[i] for i in dist.shard(indices)], pad_token_id(self.tokenizer))
             batch = {k: v.to(self.device) for k, v in padded.items()}
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss_sum = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                batch["labels"][:, 1:].reshape(-1),
-                ignore_index=-100,
-                reduction="sum",
-            )
-            (loss_sum / denominator).backward()
+            with (dist.grad_sync(self.train_model, number == len(micro)),
+                  torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")):
+                logits = self.train_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                loss_sum = torch.nn.functional.cross_entropy(
+                    logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                    batch["labels"][:, 1:].reshape(-1),
+                    ignore_index=-100,
+                    reduction="sum",
+                )
+                loss = loss_sum / denominator
+                (loss * dist.loss_scale if dist.enabled else loss).backward()  # N ×: undoes the ranks' mean
             total_loss += loss_sum.item()
             tokens += int(batch["attention_mask"].sum().item())
+        if dist.enabled:  # rank 0 reports the global loss and tokens
+            total_loss, summed_tokens = dist.all_sum([total_loss, tokens])
+            tokens = int(summed_tokens)
         params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = trainer.max_grad_norm if trainer.max_grad_norm is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        grad_norm = clip_grad_norm(params, max_norm)  # the global norm, on every rank
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
@@ -178,13 +202,17 @@ class SFTSession:
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The entries of a checkpoint at the current step (DESIGN §5), live tensors included."""
-        return checkpoint_entries(self, "sft", {"tokens_seen": self.tokens_seen})
+        return checkpoint_entries(self, "sft", self.counters())
+
+    def counters(self) -> dict[str, Any]:
+        """The SFT trainer's own fields of ``trainer_state.json``."""
+        return {"tokens_seen": self.tokens_seen}
 
     def load_checkpoint(self, folder: str | Path) -> None:
         """Verify and restore a checkpoint written by ``checkpoint_state``."""
         folder = Path(folder)
         loaded = load_verified(folder, "sft")  # hashes every file against the manifest first
-        state = restore(self, folder, loaded, _to_device(loaded["optimizer.pt"], self.device))
+        state = restore(self, folder, loaded, _to_device(loaded.get("optimizer.pt"), self.device))
         self.tokens_seen = int(state.get("tokens_seen", 0))
 
 
@@ -212,23 +240,30 @@ def run_sft(config: SFTRun, contract: Contract, device: str | None = None) -> in
     """
     quiet_transformers()
     session = SFTSession(config, contract, device)
-    resume(session, contract)
-    policy = config.checkpoint
-    meta = {"run_id": contract.run_id, "kind": "sft"}
-    trackers = open_trackers(config, contract, start_step=session.step)
+    dist = session.dist
+    quiet_unless_main(contract, dist)
     try:
-        with open_manager(contract, policy) as manager:  # closing waits for an asynchronous save in flight
-            window = _Window(session, contract, trackers)
+        resume(session, contract)
+        policy = config.checkpoint
+        meta = {"run_id": contract.run_id, "kind": "sft"}
+        trackers = open_trackers(config, contract, start_step=session.step) if dist.is_main else Trackers([])
+        try:
+            # Rank 0 alone owns the checkpoint folder; closing waits for an asynchronous save in flight.
+            with open_manager(contract, policy) if dist.is_main else contextlib.nullcontext() as manager:
+                window = _Window(session, contract, trackers)
 
-            def save() -> None:
-                window.report()  # the steps since the last progress line, when stopped between two
-                trackers.flush()  # on disk before the checkpoint is: the worker stores both then
-                manager.save(session.checkpoint_state(), session.step, epoch=contract.epoch, metadata=meta)
+                def save() -> None:
+                    window.report()  # the steps since the last progress line, when stopped between two
+                    trackers.flush()  # on disk before the checkpoint is: the worker stores both then
+                    save_checkpoint(session, manager, "sft", session.counters(), epoch=contract.epoch, metadata=meta)
 
-            train_steps(session, contract, policy.every_steps, window.add, save)
+                train_steps(session, contract, policy.every_steps, window.add, save,
+                            should_stop=lambda: dist.any_rank(contract.should_stop()))
+        finally:
+            trackers.close()
+            contract.close()
     finally:
-        trackers.close()
-        contract.close()
+        dist.close()
     extra = {"run_id": contract.run_id, "epoch": contract.epoch}
     if contract.stop_reason is not None:
         log.info("stopped at step %d (%s)", session.step, contract.stop_reason, extra=extra)
