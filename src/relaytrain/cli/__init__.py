@@ -11,7 +11,7 @@ module                    commands
 :mod:`.metrics`           ``metrics``, ``report``
 :mod:`.worker`            ``worker``, ``workers``
 :mod:`.rollout`           ``rollout-worker``
-:mod:`.train`             ``train``, ``demo``
+:mod:`.train`             ``train``, ``export``, ``demo``
 :mod:`.sync`              ``sync …``, ``push-latest``
 :mod:`.stack`             ``launch-stack``, ``stack status|down``, ``print-lium-command``
 :mod:`.hosts`             ``hosts add|list|rm``
@@ -71,6 +71,7 @@ app.command()(worker.workers)
 app.command("rollout-worker")(rollout.rollout_worker)
 app.command()(runs.logs)
 app.command(**train.TRAIN_SETTINGS)(train.train)
+app.command()(train.export)
 app.command()(train.demo)
 app.command("push-latest")(sync.push_latest_command)
 app.command("launch-stack")(stack.launch_stack_command)

@@ -1,5 +1,5 @@
-"""``relay train`` (a built-in trainer without a commander) and ``relay demo`` (the whole system
-on this machine)."""
+"""``relay train`` (a built-in trainer without a commander), ``relay export`` (a checkpoint as a
+``save_pretrained`` folder) and ``relay demo`` (the whole system on this machine)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,24 @@ def train(ctx: typer.Context) -> None:
 # relay train hands its arguments, --help included, to the trainer's own parser.
 TRAIN_SETTINGS = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True},
                   "add_help_option": False}
+
+
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint folder of a built-in trainer (step_<N>), "
+                                               "from any world size: single-format or sharded (FSDP).")],
+    out: Annotated[Path, typer.Argument(help="The folder to write; must not exist, or be empty.")],
+    merge_lora: Annotated[bool, typer.Option("--merge-lora", help="For a LoRA checkpoint: merge the adapter "
+                                             "into the base weights (default: export the adapter).")] = False,
+) -> None:
+    """Export a checkpoint's model as a plain save_pretrained folder (config.json, model.safetensors,
+    tokenizer, generation config) that AutoModelForCausalLM.from_pretrained loads. The checkpoint is
+    verified against its manifest first."""
+    from relaytrain.train.export import export_checkpoint
+
+    from .common import console
+
+    path = export_checkpoint(checkpoint, out, merge_lora=merge_lora)
+    console.print(f"exported {checkpoint} to {path}")
 
 
 def demo(
