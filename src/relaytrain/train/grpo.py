@@ -21,6 +21,9 @@ The checkpoint holds the model (or adapter), optimizer, scheduler, data cursor, 
 sampler's seed, so resuming at step N and training to M gives the same weights and optimizer
 state, bit for bit on CPU, as training straight to M — the completions sampled included.
 
+On several ranks (``trainer.distributed.strategy: ddp``) each rank samples its share of the step's
+prompts and the loss is the one-process loss (``grpo_dist``).
+
 Public API: ``run_grpo(config, contract) -> int``, ``GRPOSession`` (the training state:
 ``rollout()``, ``policy_logps()``, ``policy_loss()``, ``train_step()``, ``checkpoint_state()``,
 ``load_checkpoint()``), ``Rollout``, ``write_trajectories``, ``config_hash``. The command line
@@ -38,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from relaytrain.config import GRPORun, GRPOTrainer
-from relaytrain.contract import Contract, ExitCode
+from relaytrain.contract import Contract
 from relaytrain.errors import CheckpointError, ConfigError
 from relaytrain.train.data import DataCursor, Example, load_examples
 from relaytrain.train.grpo_report import reward_labels, step_metrics, write_trajectories
@@ -52,16 +55,10 @@ from relaytrain.train.session import (
     load_verified,
     make_optimizer,
     make_scheduler,
-    open_manager,
     pad_token_id,
-    pick_device,
-    quiet_transformers,
     restore,
-    resume,
-    train_steps,
 )
 from relaytrain.train.templates import Sample, render_all
-from relaytrain.train.tracking import open_trackers
 
 __all__ = ["GRPOSession", "Rollout", "config_hash", "run_grpo", "write_trajectories"]
 
@@ -107,11 +104,16 @@ class GRPOSession:
     """Everything a resume needs: model, optimizer, scheduler, data cursor, step, RNG, sampler seed."""
 
     def __init__(self, config: GRPORun, contract: Contract) -> None:
+        from relaytrain.config.distributed import plan_for
+        from relaytrain.train.distributed import setup
+        from relaytrain.train.grpo_dist import check_grpo_distributed
         from relaytrain.train.rng import seed_everything
 
         self.config, self.contract, trainer = config, contract, config.trainer
         self.max_steps = contract.max_steps or config.max_steps
-        self.device = pick_device()
+        self.dist = setup(plan_for(config))
+        self.device = self.dist.device
+        check_grpo_distributed(self.dist, config)
         self.rewards = load_rewards(trainer.rewards)
         self.reward_labels = reward_labels([r.name for r in self.rewards])
         self.reward_labels[ENV_REWARD] = ENV_REWARD
@@ -369,6 +371,10 @@ class GRPOSession:
             positions = [first + k for k in range(len(indices))]
             if self.episodes is not None:
                 batch, scores = self.play_groups(positions)
+            elif self.dist.enabled:  # each rank samples its share of the prompts; all get the whole batch
+                from relaytrain.train.grpo_dist import gather_rollout
+
+                batch, scores = gather_rollout(self, positions)
             else:
                 batch = self.sample(positions)
                 scores = self.score_groups(positions, batch.completion_ids)
@@ -498,6 +504,11 @@ class GRPOSession:
         ref_logps = self.reference_logps(rollout)
         params = [p for p in self.model.parameters() if p.requires_grad]
         rows = self.active_rows(rollout)
+        dist = self.dist
+        if dist.enabled:  # this rank's groups only (grpo_dist)
+            from relaytrain.train.grpo_dist import local_loss, own_rows, sum_gradients
+
+            rows = own_rows(self, rollout, rows)
         old_logps, weights, outputs, grad_norms = None, None, [], []
         for _ in range(self.config.trainer.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
@@ -510,9 +521,15 @@ class GRPOSession:
             if old_logps is None:  # the proximal policy: these weights, before any update on this batch
                 old_logps = logps.detach()
                 weights = self.importance_weights(rollout, old_logps)
-            out = self.policy_loss(rollout, logps, old_logps, ref_logps, weights)
-            if out.loss.requires_grad:
-                out.loss.backward()
+            if dist.enabled:
+                loss, out = local_loss(self, rollout, logps, old_logps, ref_logps)
+            else:
+                out = self.policy_loss(rollout, logps, old_logps, ref_logps, weights)
+                loss = out.loss
+            if loss.requires_grad:
+                loss.backward()
+            if dist.enabled:
+                sum_gradients(dist, params)
             grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)))
             self.optimizer.step()
             self.scheduler.step()
@@ -559,7 +576,7 @@ class GRPOSession:
         folder = Path(folder)
         same = self.resumed is not None and Path(self.contract.resume_from or "") == folder
         loaded = self.resumed if same and self.resumed is not None else load_verified(folder, "grpo")
-        state = restore(self, folder, loaded, loaded["optimizer.pt"])  # moves the state to the parameters' device
+        state = restore(self, folder, loaded, loaded.get("optimizer.pt"))  # moves the state to the parameters' device
         if int(state["sampler"]["seed"]) != self.config.trainer.seed:
             log.warning("trainer.seed changed from %s: sampling will differ", state["sampler"]["seed"])
         self.tokens_generated = int(state.get("tokens_generated", 0))
@@ -580,53 +597,8 @@ def _extra_columns(examples: list[Example]) -> dict[str, list[Any]]:
 
 
 def run_grpo(config: GRPORun, contract: Contract) -> int:
-    """Train ``config`` under ``contract`` to the target step; return the exit code (0).
+    """Train ``config`` under ``contract`` to the target step; return the exit code (0). The run
+    loop (resume, reports, checkpoints, stop) is ``grpo_run.run_grpo``."""
+    from relaytrain.train.grpo_run import run_grpo as run
 
-    Resumes from ``contract.resume_from`` when set (verified first). Stops early, after a
-    checkpoint, when the stop file appears or a stop was requested (the entry point turns SIGTERM
-    into one). Errors propagate: the entry point maps them to exit codes.
-    """
-    quiet_transformers()
-    session = GRPOSession(config, contract)
-    try:
-        resume(session, contract)
-    except BaseException:
-        session.close()
-        raise
-    policy = config.checkpoint
-    meta = {"run_id": contract.run_id, "kind": "grpo"}
-    keep_trajectories = config.trajectories.save or contract.save_rollout_trajectories
-    trackers = open_trackers(config, contract, start_step=session.step)
-
-    def report(result: tuple[Rollout, dict[str, Any]], at_checkpoint: bool) -> None:
-        rollout, session.last_metrics = result
-        contract.report_progress(session.step, session.last_metrics)
-        trackers.log(session.step, session.last_metrics)
-        if session.pool is not None:
-            session.pool.after_wait()
-        if keep_trajectories:  # named by the contract's pattern, the rollout id being the step
-            write_trajectories(rollout, contract.trajectory_path(rollout.step, config.trajectories.subdir),
-                               session.tokenizer)
-
-    if session.pool is not None:
-        session.pool.start()
-    try:
-        with open_manager(contract, policy) as manager:  # closing waits for an asynchronous save in flight
-
-            def save() -> None:
-                trackers.flush()  # on disk before the checkpoint is: the worker stores both then
-                manager.save(session.checkpoint_state(), session.step, epoch=contract.epoch, metadata=meta)
-
-            train_steps(session, contract, policy.every_steps, report, save)
-    finally:
-        if session.pool is not None:
-            session.pool.close()
-        session.close()
-        trackers.close()
-        contract.close()
-    extra = {"run_id": contract.run_id, "epoch": contract.epoch}
-    if contract.stop_reason is not None:
-        log.info("stopped at step %d (%s)", session.step, contract.stop_reason, extra=extra)
-    else:
-        log.info("finished at step %d", session.step, extra=extra)
-    return ExitCode.OK
+    return run(config, contract)
