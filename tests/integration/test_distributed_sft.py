@@ -133,7 +133,7 @@ def test_a_damaged_shard_is_refused_before_anything_loads(runs: dict[str, Path],
     shard.write_bytes(bytes(data))
     done = run_ranks(tmp_path / "run", dist_config(max_steps=STEPS), resume_from=copy)
     assert done.returncode != 0
-    assert "dcp/__1_0.distcp: sha256 mismatch" in done.stderr
+    assert "dcp/__1_0.distcp" in done.stderr and "mismatch" in done.stderr
 
 
 @pytest.mark.parametrize(("strategy", "trainer", "field"), [

@@ -3,7 +3,7 @@
 Usage::
 
     config = dist_config("sft", strategy="fsdp", nproc=2, max_steps=20)
-    done = run_ranks(tmp_path / "a", config, nproc=2)          # torchrun --standalone, gloo, 1 thread a rank
+    done = run_ranks(tmp_path / "a", config, nproc=2)          # 2 ranks (the launcher), gloo, 1 thread each
     assert done.returncode == 0, done.stderr[-3000:]
     losses = step_metrics(tmp_path / "a", "loss")              # {step: loss} from the progress lines
     weights = final_weights(tmp_path / "a" / "checkpoints")    # the newest checkpoint's weights, any format
@@ -68,18 +68,20 @@ def rank_env(run_root: Path, config: dict[str, Any], resume_from: Path | None = 
     return env
 
 
-def rank_argv(nproc: int) -> list[str]:
-    """The command of a built-in run on ``nproc`` ranks: torchrun (standalone rendezvous) when more than one."""
-    if nproc <= 1:
-        return [sys.executable, "-m", "relaytrain.train.run"]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "relaytrain.train.run"]
+def rank_argv() -> list[str]:
+    """The command of a built-in run, as the worker starts it: ``python -m relaytrain.train.run``,
+    which launches the ranks the config asks for itself (``train.launch``, torchrun's agent)."""
+    return [sys.executable, "-m", "relaytrain.train.run"]
 
 
 def run_ranks(run_root: Path, config: dict[str, Any], nproc: int = 1, resume_from: Path | None = None,
               timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    """Train ``config`` on ``nproc`` ranks to its end; the finished process (output captured)."""
-    return subprocess.run(rank_argv(nproc), env=rank_env(run_root, config, resume_from), capture_output=True,
+    """Train ``config`` to its end (on the ranks its ``trainer.distributed`` asks for, ``nproc``);
+    the finished process (output captured)."""
+    from relaytrain.config.distributed import plan_for
+
+    assert plan_for(parse_run_config(config)).world_size == nproc, "the config asks for another world size"
+    return subprocess.run(rank_argv(), env=rank_env(run_root, config, resume_from), capture_output=True,
                           text=True, timeout=timeout)
 
 

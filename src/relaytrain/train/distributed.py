@@ -26,7 +26,10 @@ Usage::
     if dist.any_rank(contract.should_stop()): ...
     dist.close()
 
-Public API: ``DistContext``, ``setup``, ``clip_grad_norm``, ``is_sharded``, ``quiet_unless_main``.
+Rank 0 alone reports (the rank-aware ``Contract`` sees to that), commits checkpoints and opens the
+trackers.
+
+Public API: ``DistContext``, ``setup``, ``clip_grad_norm``, ``is_sharded``.
 """
 
 from __future__ import annotations
@@ -230,16 +233,3 @@ def is_sharded(model: Any) -> bool:
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())
-
-
-def quiet_unless_main(contract: Any, dist: DistContext) -> None:
-    """On ranks other than 0, make ``contract``'s progress, checkpoint, file and event lines
-    no-ops: rank 0 alone speaks for the run (until the Contract itself knows its rank)."""
-    if dist.is_main:
-        return
-
-    def silent(*_args: Any, **_kwargs: Any) -> None:
-        return None
-
-    for name in ("report_progress", "report_checkpoint", "report_file", "report_event"):
-        setattr(contract, name, silent)

@@ -16,7 +16,6 @@ from typing import Any
 
 from relaytrain.config import GRPORun
 from relaytrain.contract import Contract, ExitCode
-from relaytrain.train.distributed import quiet_unless_main
 from relaytrain.train.grpo import GRPOSession, Rollout
 from relaytrain.train.grpo_report import write_trajectories
 from relaytrain.train.session import open_manager, quiet_transformers, resume, train_steps
@@ -35,7 +34,6 @@ def run_grpo(config: GRPORun, contract: Contract) -> int:
     quiet_transformers()
     session = GRPOSession(config, contract)
     dist = session.dist
-    quiet_unless_main(contract, dist)
     try:
         resume(session, contract)
     except BaseException:

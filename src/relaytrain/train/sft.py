@@ -35,7 +35,7 @@ from relaytrain.config import SFTRun
 from relaytrain.contract import Contract, ExitCode
 from relaytrain.errors import ConfigError
 from relaytrain.train.data import DataCursor, load_examples
-from relaytrain.train.distributed import DistContext, clip_grad_norm, quiet_unless_main
+from relaytrain.train.distributed import DistContext, clip_grad_norm
 from relaytrain.train.exact_match import evaluate_exact_match
 from relaytrain.train.session import (
     checkpoint_entries,
@@ -241,7 +241,6 @@ def run_sft(config: SFTRun, contract: Contract, device: str | None = None) -> in
     quiet_transformers()
     session = SFTSession(config, contract, device)
     dist = session.dist
-    quiet_unless_main(contract, dist)
     try:
         resume(session, contract)
         policy = config.checkpoint
