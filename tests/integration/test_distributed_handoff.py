@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.commander import wait_until
-from tests.support.relay import process_alive
+from tests.support.relay import process_alive, process_tree
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -42,23 +42,6 @@ def handoff_config(strategy: str, store: Path | None = None) -> dict:
     return config
 
 
-def tree(root: int) -> list[int]:
-    """``root`` and its live descendants."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        fields = text[text.rfind(")") + 2:].split()
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, frontier = [root], [root]
-    while frontier:
-        frontier = [child for pid in frontier for child in children.get(pid, [])]
-        found += frontier
-    return [pid for pid in found if process_alive(pid)]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
 def test_a_two_rank_run_killed_with_its_worker_resumes_on_one_rank(cluster, tmp_path, strategy):
@@ -70,7 +53,7 @@ def test_a_two_rank_run_killed_with_its_worker_resumes_on_one_rank(cluster, tmp_
     first = cluster.worker("two", None, "--nproc-per-node", "2")
     wait_until(lambda: cluster.client.checkpoints(run_id).items, 240, f"a durable checkpoint ({cluster.logs()})")
     launcher = first.trainer_pids(run_id)[0]
-    processes = tree(launcher)
+    processes = process_tree(launcher)
     ranks_log = first.workdir / "runs" / run_id / "logs" / "attempt_1" / "ranks"
     assert ranks_log.is_dir(), "the first attempt did not launch ranks"
     first.proc.send_signal(signal.SIGKILL)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.commander import wait_until
-from tests.support.relay import process_alive
+from tests.support.relay import process_alive, process_tree
 
 pytest.importorskip("torch")
 
@@ -48,23 +48,6 @@ def progress_steps(worker, run_id: str, epoch: int) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines() if '"event"' not in line]
 
 
-def tree(root: int) -> list[int]:
-    """``root`` and its live descendants."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        fields = text[text.rfind(")") + 2:].split()
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, frontier = [root], [root]
-    while frontier:
-        frontier = [child for pid in frontier for child in children.get(pid, [])]
-        found += frontier
-    return [pid for pid in found if process_alive(pid)]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("how", list(COMMANDS))
 def test_a_torchrun_trainer_reports_once_per_step_from_rank_0(cluster, tmp_path, how):
@@ -88,7 +71,7 @@ def test_cancel_stops_every_rank(cluster, tmp_path):
     cluster.client.submit(torchrun_run("halt", cluster.store, journal, max_steps=100_000))
     worker = cluster.worker("w")
     cluster.wait_step("halt", 5, timeout_s=120)
-    pids = tree(worker.trainer_pids("halt")[0])
+    pids = process_tree(worker.trainer_pids("halt")[0])
     cluster.client.cancel("halt")
     run = cluster.wait_status("halt", ("cancelled",), timeout_s=60)
     assert run.attempts[0].outcome == "cancelled", (run.attempts[0], cluster.logs())
@@ -105,7 +88,7 @@ def test_a_rank_killed_with_sigkill_fails_the_attempt_transient_and_the_run_is_r
     cluster.client.submit(torchrun_run("crash", cluster.store, journal, max_steps=400))
     worker = cluster.worker("w")
     cluster.wait_step("crash", 5, timeout_s=120)
-    first = tree(worker.trainer_pids("crash")[0])  # the fence, torchrun, its ranks
+    first = process_tree(worker.trainer_pids("crash")[0])  # the fence, torchrun, its ranks
     rank1 = next(int(r[1]) for r in journal_rows(journal) if r[0] == "1" and r[2] == "start")
     assert rank1 in first
     # Rank 0 does not sleep between steps: it spends its time waiting for rank 1 in the all-reduce.

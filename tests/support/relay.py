@@ -118,6 +118,13 @@ class RolloutWorkerProc:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and its live descendants (the worker's fence's view: ``relaytrain.worker.fence``)."""
+    from relaytrain.worker.fence import descendants
+
+    return [pid for pid in [root, *descendants(root)] if process_alive(pid)]
+
+
 def process_alive(pid: int) -> bool:
     try:
         status = Path(f"/proc/{pid}/status").read_text()

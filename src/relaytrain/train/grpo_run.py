@@ -18,7 +18,7 @@ from relaytrain.config import GRPORun
 from relaytrain.contract import Contract, ExitCode
 from relaytrain.train.grpo import GRPOSession, Rollout
 from relaytrain.train.grpo_report import write_trajectories
-from relaytrain.train.session import open_manager, quiet_transformers, resume, train_steps
+from relaytrain.train.session import log_end, open_manager, quiet_transformers, resume, train_steps
 from relaytrain.train.tracking import Trackers, open_trackers
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,5 @@ def run_grpo(config: GRPORun, contract: Contract) -> int:
         trackers.close()
         contract.close()
         dist.close()
-    extra = {"run_id": contract.run_id, "epoch": contract.epoch}
-    if contract.stop_reason is not None:
-        log.info("stopped at step %d (%s)", session.step, contract.stop_reason, extra=extra)
-    else:
-        log.info("finished at step %d", session.step, extra=extra)
+    log_end(session, contract)
     return ExitCode.OK

@@ -50,6 +50,7 @@ from typing import Any
 from relaytrain.config.distributed import DistributedPlan
 from relaytrain.contract import Contract, ExitCode, RunLayout, machine_fault
 from relaytrain.errors import ConfigError
+from relaytrain.worker.fence import children
 
 log = logging.getLogger(__name__)
 
@@ -144,23 +145,6 @@ def _read_tail(path: str | None) -> str:
         return ""
 
 
-def _children(pid: int) -> list[int]:
-    """The live children of ``pid`` (the ranks, for the launcher)."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as handle:
-                stat = handle.read().decode("ascii", "replace")
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(name))
-    return found
-
-
 class _StopForwarder:
     """SIGTERM/SIGINT to the launcher → the same signal to every rank, including a rank that
     starts after it (scanned every ``FORWARD_SCAN_S`` until the launcher is done)."""
@@ -188,7 +172,7 @@ class _StopForwarder:
 
     def _forward(self) -> None:
         assert self.signal is not None
-        for pid in _children(os.getpid()):
+        for pid in children(os.getpid()):
             if pid not in self._sent:
                 try:
                     os.kill(pid, self.signal)

@@ -8,7 +8,8 @@ checkpoint holds) to the trainer.
 
 Public API: ``config_hash``, ``make_scheduler``, ``quiet_transformers`` (re-exported by ``sft``),
 ``STATE_FORMAT``, ``pick_device``, ``init_source``, ``load_policy``, ``with_lora``, ``make_optimizer``,
-``pad_token_id``, ``load_verified``, ``checkpoint_entries``, ``restore``, ``open_manager``, ``resume``, ``train_steps``.
+``pad_token_id``, ``load_verified``, ``checkpoint_entries``, ``restore``, ``open_manager``, ``resume``, ``log_end``,
+``train_steps``.
 """
 
 from __future__ import annotations
@@ -284,6 +285,15 @@ def resume(session: Any, contract: Contract) -> None:
     contract.report_event("resumed", step=session.step, path=str(Path(contract.resume_from).resolve()))
     extra = {"run_id": contract.run_id, "epoch": contract.epoch}
     log.info("resumed from %s at step %d", contract.resume_from, session.step, extra=extra)
+
+
+def log_end(session: Any, contract: Contract) -> None:
+    """The trainer's last log line: stopped (and why) or finished, at which step."""
+    extra = {"run_id": contract.run_id, "epoch": contract.epoch}
+    if contract.stop_reason is not None:
+        log.info("stopped at step %d (%s)", session.step, contract.stop_reason, extra=extra)
+    else:
+        log.info("finished at step %d", session.step, extra=extra)
 
 
 def train_steps(

@@ -43,6 +43,7 @@ from relaytrain.train.session import (
     init_source,
     load_policy,
     load_verified,
+    log_end,
     make_optimizer,
     make_scheduler,
     open_manager,
@@ -263,11 +264,7 @@ def run_sft(config: SFTRun, contract: Contract, device: str | None = None) -> in
             contract.close()
     finally:
         dist.close()
-    extra = {"run_id": contract.run_id, "epoch": contract.epoch}
-    if contract.stop_reason is not None:
-        log.info("stopped at step %d (%s)", session.step, contract.stop_reason, extra=extra)
-    else:
-        log.info("finished at step %d", session.step, extra=extra)
+    log_end(session, contract)
     return ExitCode.OK
 
 

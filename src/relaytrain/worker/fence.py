@@ -74,6 +74,11 @@ def _process_table() -> Iterable[tuple[int, int, str]]:
         yield int(name), int(fields[1]), fields[0]
 
 
+def children(pid: int) -> list[int]:
+    """The live (not zombie) children of ``pid``."""
+    return [child for child, parent, state in _process_table() if parent == pid and state != "Z"]
+
+
 def descendants(root: int) -> list[int]:
     """The live (not zombie) descendants of ``root``, parents before children."""
     return [pid for pid, _ in _descendant_states(root)]
