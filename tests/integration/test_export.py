@@ -94,3 +94,25 @@ def test_export_refuses_a_damaged_checkpoint_and_a_full_out(tmp_path: Path) -> N
     said = result.stderr + result.stdout
     assert result.returncode == 1 and "dcp/__0_0.distcp" in said and "mismatch" in said
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluation_scores_a_sharded_checkpoint_with_its_trained_weights(tmp_path: Path) -> None:
+    """Evaluation, ``init_from`` and export all load a model through ``train.tiny``: a sharded
+    checkpoint's ``model/`` has no weights, they are read whole from its ``dcp/`` shards."""
+    from relaytrain.train.tiny import load_model_and_tokenizer
+
+    done = run_ranks(tmp_path / "run", dist_config(strategy="fsdp", nproc=2, max_steps=STEPS), nproc=2)
+    assert done.returncode == 0, done.stderr[-4000:]
+    checkpoint = checkpoint_at(tmp_path / "run", STEPS)
+    assert not list((checkpoint / "model").glob("*.safetensors"))
+    model, _ = load_model_and_tokenizer(str(checkpoint))
+    state = model.state_dict()
+    want = final_weights(checkpoint)
+    assert all(torch.equal(state[name], tensor) for name, tensor in want.items())
+    fresh, _ = load_model_and_tokenizer("tiny")
+    assert not all(torch.equal(fresh.state_dict()[name], tensor) for name, tensor in want.items())
+    scored = subprocess.run([sys.executable, "-m", "relaytrain.evaluate.score", "--model", str(checkpoint),
+                             "--dataset", "arithmetic", "--samples", "8", "--json"], capture_output=True, text=True,
+                            timeout=300)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    assert '"exact_match"' in scored.stdout

@@ -24,7 +24,6 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 from relaytrain.errors import ConfigError
 
@@ -38,16 +37,16 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike
     ``CheckpointError`` for a checkpoint that fails verification."""
     from relaytrain.checkpoint import load_checkpoint
     from relaytrain.train.sharded import is_shard_file
+    from relaytrain.train.tiny import load_model_and_tokenizer
 
     source, target = Path(checkpoint), Path(out)
     if not (source / "manifest.json").is_file():
         raise ConfigError(f"CHECKPOINT: {source} is not a committed checkpoint (no manifest.json)")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ConfigError(f"OUT: {target} exists and is not an empty folder")
-    loaded = load_checkpoint(source, verify_only=is_shard_file)  # every byte verified before any is used
-    state = loaded.get("trainer_state.json")
-    sharded = isinstance(state, dict) and bool(state.get("sharded"))
-    model, tokenizer = _load_sharded(source) if sharded else _load_single(source, merge_lora)
+    load_checkpoint(source, verify_only=is_shard_file)  # every byte verified before any is used
+    # A sharded checkpoint's weights are read whole from its dcp/ folder (train.tiny, as evaluation does).
+    model, tokenizer = load_model_and_tokenizer(str(source), merge_lora=merge_lora)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -65,22 +64,3 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike
         raise
     log.info("exported %s to %s", source, target)
     return target
-
-
-def _load_single(source: Path, merge_lora: bool) -> tuple[Any, Any]:
-    from relaytrain.train.tiny import load_model_and_tokenizer
-
-    return load_model_and_tokenizer(str(source), merge_lora=merge_lora)
-
-
-def _load_sharded(source: Path) -> tuple[Any, Any]:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from relaytrain.train.sharded import DCP_DIR, load_dcp
-
-    folder = source / "model"
-    config = AutoConfig.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    load_dcp(model, None, source / DCP_DIR)
-    return model, AutoTokenizer.from_pretrained(folder)

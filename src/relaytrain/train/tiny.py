@@ -178,10 +178,34 @@ def _load_pretrained(name: str, *, seed: int, merge_lora: bool) -> tuple[Any, An
         if folder is not None and (folder / "adapter_config.json").exists():
             return _load_adapter(folder, seed=seed, merge_lora=merge_lora)
         tokenizer = AutoTokenizer.from_pretrained(source)
+        shards = _sharded_weights(folder) if folder is not None else None
+        if folder is not None and shards is not None:
+            return _load_sharded(folder, shards), tokenizer
         loaded = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model: cannot load {name!r}: {exc}") from exc
     return loaded, tokenizer
+
+
+def _sharded_weights(folder: Path) -> Path | None:
+    """The ``dcp/`` folder of a sharded (FSDP) checkpoint whose ``model/`` is ``folder``, or None:
+    its ``model/`` holds the config and tokenizer, the weights are the ranks' DCP shards."""
+    from relaytrain.train.sharded import DCP_DIR
+
+    shards = folder.parent / DCP_DIR
+    return shards if folder.name == "model" and (shards / ".metadata").is_file() else None
+
+
+def _load_sharded(folder: Path, shards: Path) -> Any:
+    """The model of a sharded checkpoint, whole in this process (DCP reads every rank's shards)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from relaytrain.train.sharded import load_dcp
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.float32)
+    load_dcp(model, None, shards)
+    return model
 
 
 def _load_adapter(folder: Path, *, seed: int, merge_lora: bool) -> tuple[Any, Any]:
