@@ -17,7 +17,7 @@ functions as a keyword argument, as TRL does.
 
 Public API:
 
-- ``Example``: one normalised record; ``normalize_record(record, where)``.
+- ``Example``: one normalised record; ``normalize_record(record, where)``; ``extra_columns(examples)``.
 - ``BUILTIN_DATASETS``, ``builtin_dataset(name, split, seed, size=None)``.
 - ``read_records(path, split)``: the raw records of a file or ``datasets`` folder.
 - ``load_examples(data: DataConfig, split)``: built-in or file, as ``Example``s.
@@ -64,6 +64,14 @@ class Example:
     reasoning: str = ""
     messages: tuple[dict[str, str], ...] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def extra_columns(examples: list[Example]) -> dict[str, list[Any]]:
+    """The records' extra columns (``Example.extra``), one list each, one value per record (the
+    GRPO trainer hands them to the reward functions, one per completion)."""
+    extras = [e.extra for e in examples]
+    names = sorted({k for extra in extras for k in extra} - {"answer", "reasoning", "template"})
+    return {name: [extra.get(name) for extra in extras] for name in names}
 
 
 ANSWER_COLUMNS = ("answer", "solution", "ground_truth")

@@ -21,12 +21,12 @@ The checkpoint holds the model (or adapter), optimizer, scheduler, data cursor, 
 sampler's seed, so resuming at step N and training to M gives the same weights and optimizer
 state, bit for bit on CPU, as training straight to M — the completions sampled included.
 
-On several ranks (``trainer.distributed.strategy: ddp``) each rank samples its share of the step's
-prompts and the loss is the one-process loss (``grpo_dist``).
+On several ranks (``trainer.distributed.strategy: ddp`` or ``fsdp``) each rank samples its share of
+the step's prompts and the loss is the one-process loss (``grpo_dist``).
 
 Public API: ``run_grpo(config, contract) -> int``, ``GRPOSession`` (the training state:
 ``rollout()``, ``policy_logps()``, ``policy_loss()``, ``train_step()``, ``checkpoint_state()``,
-``load_checkpoint()``), ``Rollout``, ``write_trajectories``, ``config_hash``. The command line
+``checkpoint_parts()``, ``load_checkpoint()``), ``Rollout``, ``write_trajectories``, ``config_hash``. The command line
 (``python -m relaytrain.train grpo``) is in ``relaytrain.train.grpo_cli``.
 """
 
@@ -43,7 +43,8 @@ from typing import Any
 from relaytrain.config import GRPORun, GRPOTrainer
 from relaytrain.contract import Contract
 from relaytrain.errors import CheckpointError, ConfigError
-from relaytrain.train.data import DataCursor, Example, load_examples
+from relaytrain.train.data import DataCursor, Example, extra_columns, load_examples
+from relaytrain.train.distributed import clip_grad_norm
 from relaytrain.train.grpo_report import reward_labels, step_metrics, write_trajectories
 from relaytrain.train.model_io import is_lora, load_model_weights, unique_tensors
 from relaytrain.train.rewards import load_rewards, score_completions
@@ -128,6 +129,10 @@ class GRPOSession:
         self.model, self.tokenizer = self._load_model(trainer)
         self.reference = self._make_reference(trainer)
         self.model.train()
+        if self.dist.sharded:  # FSDP2 shards in place, before the optimizer takes the parameters
+            self.dist.wrap(self.model)
+            if self.reference is not None:
+                self.dist.wrap(self.reference)
         self.optimizer = make_optimizer(self.model, trainer.learning_rate, 0.0)
         self.scheduler = make_scheduler(self.optimizer, "constant", 0, self.max_steps * trainer.num_iterations)
         self.examples = self._load_examples(config)
@@ -162,7 +167,8 @@ class GRPOSession:
 
     def _load_model(self, trainer: GRPOTrainer) -> tuple[Any, Any]:
         resume = self.contract.resume_from
-        if resume is not None and self.resumed is not None and not self.resumed["trainer_state.json"].get("lora"):
+        state = self.resumed["trainer_state.json"] if self.resumed is not None else {}
+        if resume is not None and not state.get("lora") and not state.get("sharded"):
             # a verified full-weights checkpoint loads on its own: the init source need not be here
             return self._checked(*load_policy(str(resume), trainer))
         return self._checked(*load_policy(self.base_model, trainer))
@@ -216,6 +222,7 @@ class GRPOSession:
         """The ``SampledBatch`` of the prompts at ``positions`` of the data order, sampled with the
         current weights: completion ``k`` of position ``p`` draws the uniforms of
         ``(seed, step, p, k)``, wherever it is sampled (here or on a rollout worker)."""
+        from relaytrain.train.grpo_dist import all_done
         from relaytrain.train.sampling import sample_completions
 
         trainer = self.config.trainer
@@ -231,6 +238,7 @@ class GRPOSession:
             max_new_tokens=trainer.max_new_tokens,
             temperature=trainer.temperature,
             top_p=trainer.top_p,
+            all_done=all_done(self.dist),  # on FSDP every rank decodes until all have ended
         )
 
     def task(self, position: int) -> dict[str, Any]:
@@ -316,7 +324,7 @@ class GRPOSession:
             answer=[s.answer for s in samples],
             reasoning=[e.reasoning for e in examples],
             template=[self.template] * len(samples),
-            **_extra_columns(examples),
+            **extra_columns(examples),
         )
 
     def generate_groups(self, positions: list[int]) -> list[Any]:
@@ -340,22 +348,6 @@ class GRPOSession:
         """A host-memory copy of the policy's weights (tied duplicates left out), for rollout workers."""
         return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in unique_tensors(self.model).items()}
 
-    def _pool_batch(self) -> tuple[Any, list[int], Any, list[Any], list[Any]]:
-        """The next step's batch from the rollout pool: batch, example indices, scores, groups, stale."""
-        from relaytrain.train.grpo_pool import groups_to_batch
-        from relaytrain.train.rewards import RewardScores
-
-        groups, stale = self.pool.next_groups()
-        self.cursor.next_indices(self.config.trainer.prompts_per_step)  # the cursor counts data epochs
-        positions = [group.group_id for group in groups]
-        indices = [self.cursor.index_at(p) for p in positions]
-        batch = groups_to_batch(groups, [self.prompt_ids[i] for i in indices], self.config.trainer.num_generations,
-                                self.pad_id)
-        names = list(groups[0].per_function)
-        scores = RewardScores(per_function={n: [v for gr in groups for v in gr.per_function[n]] for n in names},
-                              total=[r for gr in groups for r in gr.rewards])
-        return batch, indices, scores, groups, stale
-
     def rollout(self) -> Rollout:
         """Sample, score and normalise the current step's batch; advances the data cursor, not the model."""
         from relaytrain.train.grpo_loss import group_advantages, loss_mask, rewards_tensor
@@ -364,7 +356,7 @@ class GRPOSession:
         trainer, g = self.config.trainer, self.config.trainer.num_generations
         groups = stale = None
         if self.pool is not None:
-            batch, indices, scores, groups, stale = self._pool_batch()
+            batch, indices, scores, groups, stale = self.pool.next_batch()
         else:
             first = self.cursor.examples_seen
             indices = self.cursor.next_indices(trainer.prompts_per_step)
@@ -502,11 +494,12 @@ class GRPOSession:
         started = time.perf_counter()
         rollout = self.rollout()
         ref_logps = self.reference_logps(rollout)
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        # the optimizer's: on FSDP the model holds unsharded copies of the root's between a forward and its backward
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
         rows = self.active_rows(rollout)
         dist = self.dist
-        if dist.enabled:  # this rank's groups only (grpo_dist)
-            from relaytrain.train.grpo_dist import local_loss, own_rows, sum_gradients
+        if dist.enabled:  # this rank's groups only (grpo_dist); never none on FSDP
+            from relaytrain.train.grpo_dist import backward, local_loss, own_rows
 
             rows = own_rows(self, rollout, rows)
         old_logps, weights, outputs, grad_norms = None, None, [], []
@@ -521,16 +514,14 @@ class GRPOSession:
             if old_logps is None:  # the proximal policy: these weights, before any update on this batch
                 old_logps = logps.detach()
                 weights = self.importance_weights(rollout, old_logps)
-            if dist.enabled:
+            if dist.enabled:  # the step's gradient, summed over the ranks
                 loss, out = local_loss(self, rollout, logps, old_logps, ref_logps)
+                backward(dist, loss, params)
             else:
                 out = self.policy_loss(rollout, logps, old_logps, ref_logps, weights)
-                loss = out.loss
-            if loss.requires_grad:
-                loss.backward()
-            if dist.enabled:
-                sum_gradients(dist, params)
-            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)))
+                if out.loss.requires_grad:
+                    out.loss.backward()
+            grad_norms.append(clip_grad_norm(params, MAX_GRAD_NORM))
             self.optimizer.step()
             self.scheduler.step()
             outputs.append(out)
@@ -552,19 +543,26 @@ class GRPOSession:
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The entries of a checkpoint at the current step (DESIGN §5), live tensors included
-        (an asynchronous save copies them to host memory itself)."""
+        (an asynchronous save copies them to host memory itself); one process or DDP."""
+        return checkpoint_entries(self, "grpo", *self.checkpoint_parts())
+
+    def checkpoint_parts(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """GRPO's own fields of ``trainer_state.json`` and its extra files (reference model, pool
+        state), for ``sharded.save_checkpoint``; on FSDP a collective call (the reference is gathered)."""
+        from relaytrain.train.grpo_dist import reference_tensors
+
         counters = {
             "sampler": {"seed": self.config.trainer.seed, "next_step": self.step},
             "tokens_generated": self.tokens_generated,
         }
         if self.episodes is not None:
             counters[ENV_STATE] = self.episodes.state_dict()
-        extra = {REFERENCE_FILE: unique_tensors(self.reference)} if self.reference is not None else {}
+        extra = {REFERENCE_FILE: reference_tensors(self.dist, self.reference)} if self.reference is not None else {}
         if self.pool is not None:
             from relaytrain.train.grpo_pool import STATE_FILE
 
             extra[STATE_FILE] = self.pool.state_dict()
-        return checkpoint_entries(self, "grpo", counters, extra)
+        return counters, extra
 
     def close(self) -> None:
         """Close the environments (their sessions and the episode loop)."""
@@ -587,13 +585,6 @@ class GRPOSession:
 
             self.pool.load_state_dict(loaded.get(STATE_FILE), self.step)
         self.resumed = None  # free the loaded tensors
-
-
-def _extra_columns(examples: list[Example]) -> dict[str, list[Any]]:
-    """The records' extra columns (``Example.extra``), one value per completion, for the rewards."""
-    extras = [e.extra for e in examples]
-    names = sorted({k for extra in extras for k in extra} - {"answer", "reasoning", "template"})
-    return {name: [extra.get(name) for extra in extras] for name in names}
 
 
 def run_grpo(config: GRPORun, contract: Contract) -> int:

@@ -1,22 +1,33 @@
-"""GRPO on several ranks (``trainer.distributed.strategy: ddp``): the step's prompts split among the
-ranks, each rank's groups gathered into the global batch, the loss of the one-process trainer.
+"""GRPO on several ranks (``trainer.distributed.strategy: ddp`` or ``fsdp``): the step's prompts split
+among the ranks, each rank's groups gathered into the global batch, the loss of the one-process trainer.
 
 One step on N ranks: every rank's data cursor hands out the same ``prompts_per_step`` positions;
-rank ``r`` samples and scores the groups at positions ``r::N`` with its replica of the policy
-(sampling is seeded per completion, so a completion is the same whichever rank samples it); the
-groups are all-gathered (``gather_rollout``) and laid out as one batch, as the one-process trainer
-has it. Each rank then computes the loss on its own groups' rows only, normalised by the **global**
-normaliser of ``loss_type`` (``local_loss``), and the gradients are summed across the ranks
-(``sum_gradients``: one all-reduce over a flat buffer), so the step's gradient is the one-process
-gradient whatever N is. Summing the gradients ourselves, rather than through a DDP wrapper, lets a
-rank whose groups have nothing to learn from (zero advantages) skip its forward pass: DDP would
-wait for its backward.
+rank ``r`` samples and scores the groups at positions ``r::N`` with its policy (sampling is seeded
+per completion, so a completion is the same whichever rank samples it); the groups are
+all-gathered (``gather_rollout``) and laid out as one batch, as the one-process trainer has it.
+Each rank then computes the loss on its own groups' rows only, normalised by the **global**
+normaliser of ``loss_type`` (``local_loss``), so the losses of the ranks add up to the
+one-process loss, and ``backward`` makes the step's gradient the one-process gradient:
 
-Not supported yet (``ConfigError`` at start, naming the field): FSDP (generation with a sharded
-policy needs every rank to make the same forward calls), a rollout pool (``rollout:``) and
-environments (``env:``).
+- DDP (the policy replicated, not wrapped): the gradients are summed across the ranks
+  (``sum_gradients``: one all-reduce over a flat buffer). Summing them ourselves, rather than
+  through a DDP wrapper, lets a rank whose groups have nothing to learn from (zero advantages)
+  skip its forward pass: DDP would wait for its backward.
+- FSDP (the policy, and the reference model when ``beta > 0``, sharded with ``fully_shard`` as
+  SFT shards its model): every forward is a collective, so every rank makes the same forward
+  calls. Generation goes on until every rank's completions have ended (``all_done``: an
+  all-reduce per token; a rank whose rows are done draws padding); a rank with nothing to learn
+  runs its forward and backward on one of its rows, whose loss is exactly 0 (``own_rows``); the
+  backward reduce-scatters the gradients as an average, so the loss is multiplied by N. Each
+  optimizer step has one forward and backward, so gradients are synchronised on every backward.
+  Checkpoints are sharded (``train.sharded``); the reference model is gathered into
+  ``reference.safetensors`` (``reference_tensors``), which any world size loads.
 
-Public API: ``check_grpo_distributed``, ``gather_rollout``, ``own_rows``, ``local_loss``, ``sum_gradients``.
+Not supported yet (``ConfigError`` at start, naming the field): LoRA on FSDP (as for SFT), a
+rollout pool (``rollout:``) and environments (``env:``).
+
+Public API: ``check_grpo_distributed``, ``gather_rollout``, ``all_done``, ``own_rows``, ``local_loss``,
+``backward``, ``sum_gradients``, ``reference_tensors``.
 """
 
 from __future__ import annotations
@@ -31,9 +42,9 @@ def check_grpo_distributed(dist: Any, config: Any) -> None:
     """``ConfigError`` naming the field for what GRPO cannot do on several ranks yet."""
     if not dist.enabled:
         return
-    if dist.strategy != "ddp":
-        raise ConfigError(f"trainer.distributed.strategy: {dist.strategy!r} is not supported for GRPO yet; "
-                          "use 'ddp'")
+    if dist.sharded and config.trainer.lora is not None:
+        raise ConfigError("trainer.lora: LoRA is not supported with trainer.distributed.strategy 'fsdp' yet; "
+                          "use strategy 'ddp' (the adapter is small) or drop trainer.lora")
     if config.rollout is not None:
         raise ConfigError("rollout: not supported with trainer.distributed yet (a rollout pool feeds one trainer "
                           "process); drop rollout: or trainer.distributed")
@@ -63,9 +74,19 @@ def gather_rollout(session: Any, positions: list[int]) -> tuple[Any, Any]:
     return batch, scores
 
 
+def all_done(dist: Any) -> Any:
+    """The sampler's ``all_done`` on a sharded policy (None otherwise): whether every rank's rows
+    have ended, so that every rank makes the same decoding forward calls."""
+    if not dist.sharded:
+        return None
+    return lambda finished: not dist.any_rank(not finished)
+
+
 def own_rows(session: Any, rollout: Any, active: Any) -> Any:
     """The rows this rank trains: its groups' completions (groups ``rank::N``), among ``active``
-    (``GRPOSession.active_rows``; None: all)."""
+    (``GRPOSession.active_rows``; None: all). On FSDP never none: a rank with nothing to learn
+    from gets the first row of its first group, whose loss is exactly 0 (its advantage is 0 or no
+    token of it is in the mask: ``active_rows``), because every rank must run the forward."""
     import torch
 
     g = session.config.trainer.num_generations
@@ -76,7 +97,10 @@ def own_rows(session: Any, rollout: Any, active: Any) -> Any:
         keep = torch.zeros_like(mine)
         keep[active] = True
         mine &= keep
-    return torch.nonzero(mine).squeeze(1)
+    rows = torch.nonzero(mine).squeeze(1)
+    if dist.sharded and rows.numel() == 0:
+        rows = torch.tensor([dist.rank * g])
+    return rows
 
 
 def _normaliser(mask: Any, loss_type: str) -> float:
@@ -110,6 +134,33 @@ def local_loss(session: Any, rollout: Any, logps: Any, old_logps: Any, ref_logps
     report = dataclasses.replace(out, loss=torch.tensor(total), clip_low=low / per_token, clip_high=high / per_token,
                                  kl=kl / per_token, tokens=int(tokens))
     return loss, report
+
+
+def backward(dist: Any, loss: Any, params: list[Any]) -> None:
+    """Back-propagate this rank's ``loss`` (``local_loss``) and leave the step's gradient (the
+    one-process gradient) in ``params``: FSDP2 averages the ranks' gradients in its backward, so
+    the loss is multiplied by N; DDP ranks sum theirs (``sum_gradients``)."""
+    if dist.sharded:
+        (loss * dist.loss_scale).backward()
+        return
+    if loss.requires_grad:
+        loss.backward()
+    sum_gradients(dist, params)
+
+
+def reference_tensors(dist: Any, reference: Any) -> dict[str, Any]:
+    """The reference model's full weights for ``reference.safetensors`` (tied duplicates left
+    out). Sharded: gathered from every rank (a collective call), on rank 0 only (the others get {})."""
+    from relaytrain.train.model_io import unique_tensors
+
+    if not dist.sharded:
+        return unique_tensors(reference)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(reference, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    names = dict(reference.named_parameters())
+    tied = {name for name, _ in reference.named_parameters(remove_duplicate=False)} - names.keys()
+    return {name: tensor for name, tensor in full.items() if name not in tied} if dist.is_main else {}
 
 
 def sum_gradients(dist: Any, params: list[Any]) -> None:

@@ -9,7 +9,7 @@ seeds, of a run without ``rollout:``: same weights, bit for bit). Groups sampled
 checkpoint (``rollout_state.json``): ready-but-untrained groups are trained after a resume, groups in
 flight are handed out again.
 
-Public API: ``RolloutPool`` (``start``, ``next_groups``, ``after_step``, ``state_dict``,
+Public API: ``RolloutPool`` (``start``, ``next_groups``, ``next_batch``, ``after_step``, ``state_dict``,
 ``load_state_dict``, ``close``), ``groups_to_batch``, ``split_batch``, ``STATE_FILE``.
 """
 
@@ -209,6 +209,22 @@ class RolloutPool:
         chosen.sort(key=lambda g: g.group_id)
         self.book.mark_trained(g.group_id for g in chosen)
         return chosen, stale
+
+    def next_batch(self) -> tuple[Any, list[int], Any, list[ReadyGroup], list[ReadyGroup]]:
+        """The next step's batch (``next_groups``) as the trainer takes it: batch, example indices,
+        ``RewardScores``, groups, stale ones. Advances the session's data cursor (it counts epochs)."""
+        from relaytrain.train.rewards import RewardScores
+
+        session = self.session
+        groups, stale = self.next_groups()
+        session.cursor.next_indices(self.per_step)
+        indices = [session.cursor.index_at(group.group_id) for group in groups]
+        batch = groups_to_batch(groups, [session.prompt_ids[i] for i in indices],
+                                session.config.trainer.num_generations, session.pad_id)
+        names = list(groups[0].per_function)
+        scores = RewardScores(per_function={n: [v for gr in groups for v in gr.per_function[n]] for n in names},
+                              total=[r for gr in groups for r in gr.rewards])
+        return batch, indices, scores, groups, stale
 
     def after_wait(self) -> None:
         """While waiting for groups: publish weights if a worker needs them, announce the pool."""

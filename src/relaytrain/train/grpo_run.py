@@ -1,9 +1,10 @@
 """The GRPO trainer's run loop: resume, then steps, progress lines, trajectories and checkpoints
 until ``max_steps`` or a stop (``grpo.run_grpo`` calls it; ``grpo.GRPOSession`` is one step).
 
-On several ranks (``trainer.distributed``, ``grpo_dist``) rank 0 alone reports, writes
-trajectories and saves (the state is replicated), the others wait for it at a barrier; every rank
-stops at the same step when any is asked to.
+On several ranks (``trainer.distributed``, ``grpo_dist``) rank 0 alone reports and writes
+trajectories; checkpoints are ``sharded.save_checkpoint``'s (DDP: rank 0 saves the replicated
+state, the others wait at a barrier; FSDP: every rank writes its shards, rank 0 commits); every
+rank stops at the same step when any is asked to.
 
 Public API: ``run_grpo(config, contract) -> int``.
 """
@@ -19,6 +20,7 @@ from relaytrain.contract import Contract, ExitCode
 from relaytrain.train.grpo import GRPOSession, Rollout
 from relaytrain.train.grpo_report import write_trajectories
 from relaytrain.train.session import log_end, open_manager, quiet_transformers, resume, train_steps
+from relaytrain.train.sharded import save_checkpoint
 from relaytrain.train.tracking import Trackers, open_trackers
 
 log = logging.getLogger(__name__)
@@ -57,15 +59,14 @@ def run_grpo(config: GRPORun, contract: Contract) -> int:
     if session.pool is not None:
         session.pool.start()
     try:
-        # Rank 0 alone owns the checkpoint folder (the state is replicated); closing waits for an
-        # asynchronous save in flight.
+        # Rank 0 alone owns the checkpoint folder; closing waits for an asynchronous save in flight.
         with open_manager(contract, policy) if dist.is_main else contextlib.nullcontext() as manager:
 
             def save() -> None:
                 trackers.flush()  # on disk before the checkpoint is: the worker stores both then
-                if dist.is_main:
-                    manager.save(session.checkpoint_state(), session.step, epoch=contract.epoch, metadata=meta)
-                dist.barrier()
+                counters, extra = session.checkpoint_parts()  # on FSDP every rank gathers the reference
+                save_checkpoint(session, manager, "grpo", counters, extra_files=extra, epoch=contract.epoch,
+                                metadata=meta)
 
             train_steps(session, contract, policy.every_steps, report, save,
                         should_stop=lambda: dist.any_rank(contract.should_stop()))

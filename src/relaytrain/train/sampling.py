@@ -18,7 +18,7 @@ A token is drawn by inverse-CDF sampling over the temperature-scaled, top-p-trun
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,12 +128,18 @@ def sample_completions(
     max_new_tokens: int,
     temperature: float = 1.0,
     top_p: float = 1.0,
+    all_done: Callable[[bool], bool] | None = None,
 ) -> SampledBatch:
     """Generate ``num_generations`` completions for each prompt in one batched, KV-cached loop.
 
     ``prompt_keys`` identify the prompts for seeding (the trainer passes each prompt's position in
     the data stream); completion ``g`` of prompt ``p`` uses the uniforms of
     ``(seed, step, prompt_keys[p], g)``. The model is put in eval mode for the loop and restored.
+
+    ``all_done`` (a sharded policy, where every rank must make the same forward calls): asked
+    after each token whether this process's rows have all ended, it answers whether every
+    rank's have (an all-reduce); the loop goes on until then, this process's finished rows
+    drawing padding, so the completions are the same as without it (their width may be more).
     """
     if len(prompt_keys) != len(prompt_ids):
         raise ValueError(f"{len(prompt_keys)} prompt keys for {len(prompt_ids)} prompts")
@@ -163,6 +169,7 @@ def sample_completions(
             max_new_tokens,
             temperature,
             top_p,
+            all_done,
         )
     finally:
         model.train(was_training)
@@ -249,6 +256,7 @@ def _generate(
     max_new_tokens: int,
     temperature: float,
     top_p: float,
+    all_done: Callable[[bool], bool] | None = None,
 ) -> tuple[list[Tensor], list[Tensor], Tensor]:
     """The decoding loop: returns per-step tokens and log-probs, and which rows reached EOS.
 
@@ -275,7 +283,10 @@ def _generate(
         tokens.append(token)
         logps.append(torch.where(done, torch.zeros_like(logp), logp))
         done = done | (token == eos_token_id)
-        if bool(done.all()) or t == max_new_tokens - 1:
+        if t == max_new_tokens - 1:
+            break
+        finished = bool(done.all())
+        if all_done(finished) if all_done is not None else finished:
             break
         mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=1)
         out = model(
