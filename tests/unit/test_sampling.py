@@ -169,6 +169,26 @@ def test_stops_early_when_every_completion_ended() -> None:
     assert not batch.truncated.any()
 
 
+def test_all_done_keeps_decoding_until_every_rank_is_done_and_changes_no_completion() -> None:
+    """A sharded policy's sampler: the loop asks ``all_done`` after each token (here: the other
+    rank finishes 3 tokens later) and goes on, this process's ended rows drawing padding."""
+    asked: list[bool] = []
+
+    def all_done(finished: bool) -> bool:
+        asked.append(finished)
+        return finished and len(asked) >= 5
+
+    kwargs: dict[str, Any] = dict(prompt_keys=[0], num_generations=2, seed=0, step=0, eos_token_id=0,
+                                  pad_token_id=19, max_new_tokens=8)
+    alone = sample_completions(ScriptedLM(), [[4]], **kwargs)
+    synced = sample_completions(ScriptedLM(), [[4]], all_done=all_done, **kwargs)
+    assert asked == [False, True, True, True, True]  # 5 tokens drawn where one process draws 2
+    assert synced.completion_ids.tolist() == [[5, 0, 19, 19, 19]] * 2
+    assert synced.completion_mask[:, :2].tolist() == alone.completion_mask.tolist()
+    assert synced.completion_lengths.tolist() == alone.completion_lengths.tolist() == [2, 2]
+    assert synced.sampling_logps[:, 2:].abs().max().item() == 0.0 and not synced.truncated.any()
+
+
 def test_bad_arguments_are_refused(tiny: tuple[Any, Any]) -> None:
     with pytest.raises(ValueError, match="prompt keys"):
         sample_completions(tiny[0], [[1, 2]], prompt_keys=[], num_generations=2, seed=0, step=0,
