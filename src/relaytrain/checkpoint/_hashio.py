@@ -9,10 +9,10 @@ Writes (``write_buffers``, ``HashingWriter``): a ``Digester`` runs the sha256 on
 thread and the chunks' BLAKE3 on a pool while the caller writes the next buffer (``hashlib``,
 ``blake3`` and ``os.write`` all release the GIL); writeback to disk is started chunk by chunk.
 
-Reads (``check_files``): every chunk of every file is a job on ``HASH_WORKERS`` threads, each
-reading its chunk with ``pread`` into its own buffer and hashing it, so reading and hashing
-overlap across threads. Entries without chunk digests (format 1) are hashed whole, one file
-per job. A verified file is then mapped, not copied, to build tensors.
+Reads (``check_files``): each file is read front to back by one thread, as ``dd`` reads it
+(scattered reads of one file defeat the kernel's read-ahead), into chunk buffers whose BLAKE3
+runs on ``HASH_WORKERS`` threads meanwhile. Entries without chunk digests (format 1) are hashed
+whole, one file per job. A verified file is then mapped, not copied, to build tensors.
 
 Public API (inside the package): ``CHUNK_BYTES``, ``Digester``, ``write_buffers``,
 ``HashingWriter``, ``check_files``, ``hash_file``, ``map_handle``, ``map_files``, ``chunks``.
@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
-import threading
+import queue
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -53,9 +53,10 @@ CHUNK_BYTES = 16 << 20
 """Bytes per BLAKE3 chunk of a format-2 manifest entry (its ``chunk_bytes``)."""
 
 HASH_WORKERS = max(2, min(32, 2 * (os.cpu_count() or 1)))
-"""Threads that read and hash chunks at once: two per core, since each job reads its chunk
-and then hashes it, so one thread's read overlaps another's hashing (on the 2-CPU VM, a cold
-1 GiB restore took 1.6-1.9 s with 4 threads against 3.4-4.3 s with 2, under load ~8)."""
+"""Threads that hash chunks at once (saving and verifying): two per core."""
+
+READ_BUFFERS = max(4, min(16, 2 * (os.cpu_count() or 1)))
+"""Chunk buffers a verifying read may fill ahead of the hashing (16 MiB each)."""
 
 _BACKLOG = 4 * CHUNK_BYTES
 """Copied bytes a ``Digester(stable=False)`` lets wait for hashing before ``update`` blocks."""
@@ -240,77 +241,92 @@ def file_entry(path: Path) -> dict[str, Any]:
         return digester.entry()
 
 
-_local = threading.local()
-
-
-def _buffer(size: int) -> memoryview:
-    """This thread's read buffer, at least ``size`` bytes."""
-    buf = getattr(_local, "buffer", None)
-    if buf is None or len(buf) < size:
-        buf = _local.buffer = memoryview(bytearray(size))
-    return buf
-
-
-def _check_chunk(fd: int, offset: int, length: int, expected: str) -> bool:
-    """Whether bytes ``offset`` to ``offset + length`` of ``fd`` have BLAKE3 ``expected``."""
-    view = _buffer(length)[:length]
+def _read_exactly(fd: int, view: memoryview, offset: int) -> bool:
+    """Fill ``view`` from ``fd`` at ``offset``; False if the file ends first (it shrank under us)."""
     done = 0
-    while done < length:
+    while done < len(view):
         count = os.preadv(fd, [view[done:]], offset + done)
         if not count:
-            return False  # the file shrank under us
+            return False
         done += count
-    return blake3(view).hexdigest() == expected
+    return True
 
 
 def _check_whole(fd: int, expected: str) -> bool:
-    with open(fd, "rb", buffering=0, closefd=False) as handle:
+    """Whether the whole of ``fd`` (closed here) has sha256 ``expected``."""
+    with open(fd, "rb", buffering=0) as handle:
         handle.seek(0)
         return hash_stream(handle)[1] == expected
 
 
 def check_files(root: Path, files: Mapping[str, Mapping[str, Any]]) -> str | None:
-    """Read and hash every file of ``files`` (manifest entries, format 1 or 2) under ``root``
-    on ``HASH_WORKERS`` threads, every chunk a job; return the first problem in name order,
-    e.g. ``"model.safetensors: blake3 mismatch in bytes 16777216-33554432"``, or None when all
-    match. Only entries that pass their size check are hashed."""
+    """Read and hash every file of ``files`` (manifest entries, format 1 or 2) under ``root``;
+    return the first problem in name order, e.g. ``"model.safetensors: blake3 mismatch in
+    bytes 16777216-33554432"``, or None when all match. Only entries that pass their size check
+    are hashed.
+
+    Format 2: this thread reads each file front to back, as ``dd`` does (scattered reads of one
+    file defeat the kernel's read-ahead), into ``READ_BUFFERS`` chunk buffers, and the chunks'
+    BLAKE3 runs on ``HASH_WORKERS`` threads meanwhile. Format 1 entries are hashed whole, one
+    file a job on the same pool."""
     names = sorted(files)
-    fds: dict[str, int] = {}
     problems: dict[str, str] = {}
     jobs: list[tuple[str, str, Future[bool]]] = []
-    try:
-        with ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="relay-verify") as pool:
-            for name in names:
-                entry = files[name]
-                try:
-                    fd = fds[name] = os.open(root / name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-                    size = os.fstat(fd).st_size
-                except OSError as exc:
-                    problems[name] = f"{name}: unreadable ({exc.strerror or exc})"
-                    continue
+    largest = max((int(entry.get("chunk_bytes") or 0) for entry in files.values()), default=0)
+    free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+    for _ in range(READ_BUFFERS if largest else 0):
+        free.put(memoryview(bytearray(largest)))
+
+    def check(buf: memoryview, length: int, expected: str) -> bool:
+        try:
+            return blake3(buf[:length]).hexdigest() == expected
+        finally:
+            free.put(buf)
+
+    with ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="relay-verify") as pool:
+        for name in names:
+            entry = files[name]
+            try:
+                fd = os.open(root / name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError as exc:
+                problems[name] = f"{name}: unreadable ({exc.strerror or exc})"
+                continue
+            try:
+                size = os.fstat(fd).st_size
                 if size != entry["size"]:
                     problems[name] = f"{name}: size {size} != {entry['size']}"
                     continue
+                if "blake3" not in entry:
+                    whole = pool.submit(_check_whole, os.dup(fd), entry["sha256"])
+                    jobs.append((name, "sha256 mismatch", whole))
+                    continue
                 if hasattr(os, "posix_fadvise"):
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-                if "blake3" not in entry:
-                    jobs.append((name, "sha256 mismatch", pool.submit(_check_whole, fd, entry["sha256"])))
-                    continue
                 step = entry["chunk_bytes"]
                 for index, digest in enumerate(entry["blake3"]):
                     start, stop = index * step, min(size, (index + 1) * step)
+                    buf = free.get()
+                    try:
+                        complete = _read_exactly(fd, buf[:stop - start], start)
+                    except OSError as exc:
+                        free.put(buf)
+                        problems[name] = f"{name}: unreadable ({exc.strerror or exc})"
+                        break
+                    if not complete:
+                        free.put(buf)
+                        problems[name] = f"{name}: blake3 mismatch in bytes {start}-{stop}"
+                        break
                     jobs.append((name, f"blake3 mismatch in bytes {start}-{stop}",
-                                 pool.submit(_check_chunk, fd, start, stop - start, digest)))
-            for name, problem, future in jobs:
-                try:
-                    ok = future.result()
-                except OSError as exc:
-                    ok, problem = False, f"unreadable ({exc.strerror or exc})"
-                if not ok and name not in problems:
-                    problems[name] = f"{name}: {problem}"
-    finally:
-        for fd in fds.values():
-            os.close(fd)
+                                 pool.submit(check, buf, stop - start, digest)))
+            finally:
+                os.close(fd)
+        for name, problem, future in jobs:
+            try:
+                ok = future.result()
+            except OSError as exc:
+                ok, problem = False, f"unreadable ({exc.strerror or exc})"
+            if not ok and name not in problems:
+                problems[name] = f"{name}: {problem}"
     return problems[min(problems)] if problems else None
 
 
