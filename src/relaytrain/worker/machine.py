@@ -137,21 +137,23 @@ class DiskNeed:
 
 def free_space(workdir: Path, need: int) -> int:
     """Delete what the worker may (this module's docstring) until ``need`` bytes are free. Returns
-    the bytes freed. Call only while no attempt runs."""
+    the bytes of what it deleted. Call only while no attempt runs."""
     root = runs_dir(workdir)
     if not root.is_dir():
         return 0
-    before = free_bytes(root)
     run_roots = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
     partials = [p for run in run_roots for p in _children(RunLayout(run).checkpoints)
                 if p.is_dir() and p.name.startswith(PARTIAL_PREFIXES)]
     copies = [run / name for run in run_roots for name in COPY_FOLDERS if (run / name).is_dir()]
+    freed = 0  # counted here, not read off the filesystem: other processes free and fill it too
     for path in [*partials, *copies]:
         if free_bytes(root) >= need:
             break
-        log.info("freeing %s (%.1f MB)", path, tree_bytes(path) / MB)
+        size = tree_bytes(path)
+        log.info("freeing %s (%.1f MB)", path, size / MB)
         shutil.rmtree(path, ignore_errors=True)
-    return max(0, free_bytes(root) - before)
+        freed += size - (tree_bytes(path) if path.exists() else 0)
+    return freed
 
 
 def _children(folder: Path) -> list[Path]:
