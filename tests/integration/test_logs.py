@@ -36,6 +36,7 @@ def test_logs_are_read_through_the_commander_across_a_kill_9_hand_off(cluster, t
     env = {**os.environ, "RELAY_COMMANDER": cluster.commander.url, "RELAY_TOKEN": cluster.commander.token}
     follower = subprocess.Popen([sys.executable, "-m", "relaytrain.cli", "logs", "chatty", "-f"], cwd=elsewhere,
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    late = None
     try:
         victim = cluster.worker("victim")
         cluster.wait_step("chatty", 30)
@@ -43,14 +44,23 @@ def test_logs_are_read_through_the_commander_across_a_kill_9_hand_off(cluster, t
                    30, "the victim's output to reach the commander")
         assert cluster.run("chatty").status == "running", "the run ended before the kill: make it longer"
         victim.signal(signal.SIGKILL)
+        wait_until(lambda: cluster.run("chatty").attempts[0].ended_at is not None, 60, "the victim's lease to lapse")
+        # between two attempts: the victim's has ended, the run is not over, no heir yet
+        late = subprocess.Popen([sys.executable, "-m", "relaytrain.cli", "logs", "chatty", "-f"], cwd=elsewhere,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         cluster.worker("heir")
         run = cluster.wait_status("chatty", ("succeeded",), timeout_s=120)
         out, err = follower.communicate(timeout=60)  # -f ends by itself when the run ends
+        late_out, late_err = late.communicate(timeout=60)
     finally:
-        if follower.poll() is None:
-            follower.kill()
-            follower.wait()
+        for process in (follower, late):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
     assert follower.returncode == 0, err
+    assert late.returncode == 0, late_err
+    # started between the attempts, it waited for the heir's rather than ending with the victim's
+    assert "── attempt 2 on heir ──" in late_err and steps_in(late_out)[-1] == STEPS
     assert [a.worker_id for a in run.attempts] == ["victim", "heir"]
     resumed_at = run.attempts[1].step_start
 

@@ -269,8 +269,10 @@ def logs(
                 continue  # more is waiting
             run = api.run(run_id) if follow else None
             newer = run is not None and attempt is None and any(a.epoch > (epoch or 0) for a in run.attempts)
-            ended = run is None or run.status in TERMINAL or newer or any(
-                a.epoch == epoch and a.ended_at is not None for a in run.attempts)
+            # An ended attempt of a run that goes on is not the end when following the latest: its
+            # heir is on the way (a requeued run waits for a worker), so wait for it.
+            ended = run is None or run.status in TERMINAL or newer or (attempt is not None and any(
+                a.epoch == epoch and a.ended_at is not None for a in run.attempts))
             if not ended:
                 time.sleep(1.0)
                 continue
