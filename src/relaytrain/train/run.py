@@ -19,7 +19,7 @@ Usage::
     RELAY_RUN_CONFIG=run.json RELAY_OUTPUT_DIR=runs/x/checkpoints python -m relaytrain.train.run
 
 Public API: ``RUNNERS`` (kind → ``"module:function"``, imported lazily), ``load_runner(kind)``,
-``execute(config, contract)``, ``launch_plan(config)``, ``main(argv)``.
+``execute(config, contract)``, ``launch_plan(config)``, ``main(argv)``, ``exit_rank(code)``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import gc
 import importlib
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -143,7 +144,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return execute(config, contract)
 
 
+def exit_rank(code: int) -> None:
+    """End a torchrun rank with ``code`` without the interpreter's teardown.
+
+    A finished rank has saved, reported and left its process group; what is left is FSDP's and
+    gloo's objects, whose C++ destructors, run in whatever order module teardown reaches them,
+    race gloo's threads: a rank that had finished aborted (SIGABRT, "terminate called without
+    an active exception") once in CI, and the launcher rightly called that a failure."""
+    logging.shutdown()  # every handler flushed and closed
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
     code = main()
+    if under_torchrun():
+        exit_rank(code)
     gc.freeze()  # exit without the GC passes over every torch/transformers object (about 2 s)
     sys.exit(code)
