@@ -142,7 +142,13 @@ def main() -> int:
         step, state = saved["step"], saved["state"]
         print(f"resumed at step {step} from {resume}", file=sys.stderr)
 
+    saved_at = None
+
     def checkpoint() -> None:
+        nonlocal saved_at
+        if step == saved_at:  # stopped right after a save: that one is the checkpoint
+            return
+        saved_at = step
         path = save(output_dir, step, state, crash_in_save=(step == crash_at), pad_mb=pad_mb)
         report({"event": "checkpoint", "step": step, "path": str(path)})
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -48,10 +49,13 @@ def test_logs_are_read_through_the_commander_across_a_kill_9_hand_off(cluster, t
         # between two attempts: the victim's has ended, the run is not over, no heir yet
         late = subprocess.Popen([sys.executable, "-m", "relaytrain.cli", "logs", "chatty", "-f"], cwd=elsewhere,
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert select.select([late.stdout], [], [], 60)[0], "the late follower printed nothing"
+        late_first = late.stdout.readline()  # it follows the victim's attempt: now the heir may come
         cluster.worker("heir")
         run = cluster.wait_status("chatty", ("succeeded",), timeout_s=120)
         out, err = follower.communicate(timeout=60)  # -f ends by itself when the run ends
         late_out, late_err = late.communicate(timeout=60)
+        late_out = late_first + late_out
     finally:
         for process in (follower, late):
             if process is not None and process.poll() is None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from relaytrain.api.client import RelayClient
-from relaytrain.artifacts import HFStore
-from relaytrain.checkpoint import CheckpointManager
+from relaytrain.artifacts import HFStore, LocalStore
+from relaytrain.checkpoint import CheckpointManager, manifest_sha256, verify
 from relaytrain.commander.app import create_app
 from relaytrain.commander.store import Store
 from relaytrain.config import parse_run_config
@@ -116,6 +118,64 @@ def test_uploader_records_the_store_commit_of_each_checkpoint(tmp_path):
         assert hub.list_checkpoints("r") == [30, 40]
         client.close()
     assert [c["revision"] is not None for c in db.list_checkpoints("r")] == [True, True, True]
+    db.close()
+
+
+class _TrainerRaces(LocalStore):
+    """A real local store, but as the upload of a checkpoint starts reading it, the trainer
+    deletes it (its retention: steps in ``pruned``) or saves the same step again (``resaved``:
+    the old folder moved away, a new one without a manifest in its place, as the counter
+    trainer does when stopped just after a save)."""
+
+    def __init__(self, root, pruned: set[int], resaved: set[int]) -> None:
+        super().__init__(root)
+        self.pruned, self.resaved = pruned, resaved
+
+    def put_checkpoint(self, local_dir, run_id, step, progress=None):
+        if step in self.pruned:
+            shutil.rmtree(local_dir)
+        if step in self.resaved:
+            self.resaved.discard(step)
+            old = local_dir.with_name(f".old-{local_dir.name}")
+            local_dir.rename(old)
+            shutil.copytree(old, local_dir, ignore=shutil.ignore_patterns("manifest.json"))
+        return super().put_checkpoint(local_dir, run_id, step, progress)
+
+
+def test_the_uploader_skips_a_checkpoint_pruned_under_it_and_uploads_one_saved_again(tmp_path):
+    """The trainer owns its checkpoint folders while the uploader reads them: one it prunes is
+    skipped and said so, one it saves again (its manifest gone) is uploaded anew; neither stops
+    the uploader (it died of "manifest.json missing", failing a cancelled attempt, before)."""
+    db = Store(str(tmp_path / "relay.db"))
+    db.upgrade()
+    db.submit_run(parse_run_config({"run_id": "r", "kind": "command", "max_steps": 100,
+                                    "trainer": {"command": "true"}}), now=0)
+    assert db.claim_run("w1")["epoch"] == 1
+    stops: list[tuple[str, str]] = []
+    with TestClient(create_app(db, admin_token="admin")) as http:
+        def forward(request: httpx.Request) -> httpx.Response:
+            answer = http.request(request.method, str(request.url), content=request.read(),
+                                  headers=dict(request.headers))
+            return httpx.Response(answer.status_code, headers=answer.headers.raw, content=answer.content)
+
+        client = RelayClient("http://testserver", db.create_token("w", "worker"),
+                             transport=httpx.MockTransport(forward))
+        store = _TrainerRaces(tmp_path / "store", pruned={10}, resaved={20})
+        uploader = Uploader(client, store, "r", "w1", 1, lambda *why: stops.append(why)).start()
+        out = tmp_path / "out"
+        for step in (10, 20):
+            folder = out / f"step_{step:08d}"
+            folder.mkdir(parents=True)
+            (folder / "state.json").write_text(json.dumps({"step": step}))  # an external trainer's: no manifest
+            uploader.submit(step, folder)
+        uploader.drain()
+        client.close()
+    assert not uploader.died and not stops
+    assert uploader.skipped == [f"step 10: {out / 'step_00000010'} vanished during upload (pruned by the trainer?)"]
+    assert uploader.durable_step == 20 and store.list_checkpoints("r") == [20]
+    [recorded] = db.list_checkpoints("r")
+    assert recorded["step"] == 20 and recorded["manifest_sha256"] == manifest_sha256(out / "step_00000020")
+    assert verify(Path(recorded["uri"].removeprefix("file://"))).ok
     db.close()
 
 

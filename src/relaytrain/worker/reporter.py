@@ -148,10 +148,31 @@ class Uploader(Guarded):
                 time.sleep(1.0 * attempt)
 
     def _upload(self, step: int, path: Path) -> None:
-        if not path.is_dir():
-            self.skipped.append(f"step {step}: {path} vanished before upload (pruned by the trainer?)")
-            log.warning(self.skipped[-1])
-            return
+        """Upload and commit one checkpoint folder. The trainer owns the folder meanwhile: it may
+        prune it (a newer checkpoint follows: skipped) or save the same step again, replacing it
+        with a folder without a manifest (the new one is uploaded)."""
+        for _ in range(self.attempts):
+            if not path.is_dir():
+                self._vanished(step, path, "before upload")
+                return
+            try:
+                self._upload_present(step, path)
+                return
+            except (CheckpointError, RelayError, OSError):
+                if not path.is_dir():
+                    self._vanished(step, path, "during upload")  # whatever read it found it half gone
+                    return
+                if (path / MANIFEST_NAME).exists():
+                    raise
+                log.info("step %d was saved again during its upload; uploading the new folder", step)
+        raise CheckpointError(f"step {step}: {path} was replaced during each of {self.attempts} uploads")
+
+    def _vanished(self, step: int, path: Path, when: str) -> None:
+        """The trainer pruned ``path`` (a newer checkpoint follows): skip it, say so."""
+        self.skipped.append(f"step {step}: {path} vanished {when} (pruned by the trainer?)")
+        log.warning(self.skipped[-1])
+
+    def _upload_present(self, step: int, path: Path) -> None:
         if not (path / MANIFEST_NAME).exists():
             try:
                 write_manifest(path, step, epoch=self.epoch)
@@ -161,6 +182,8 @@ class Uploader(Guarded):
                 raise
         check = verify(path)
         if not check.ok:
+            if not (path / MANIFEST_NAME).exists():  # pruned or saved again meanwhile: _upload sees to it
+                raise CheckpointError(f"{path}: {check.reason}")
             self.skipped.append(f"step {step}: not uploaded, invalid: {check.reason}")
             log.warning(self.skipped[-1])
             return
@@ -188,10 +211,8 @@ class Uploader(Guarded):
                 self.on_stop(StopReason.LOST, f"checkpoint upload refused: {exc}")
                 return None
             except RelayError as exc:
-                if not path.is_dir():  # the trainer pruned it mid-upload; a newer one follows
-                    self.skipped.append(f"step {step}: {path} vanished during upload (pruned by the trainer?)")
-                    log.warning(self.skipped[-1])
-                    return None
+                if not (path / MANIFEST_NAME).exists():  # pruned, or saved again, mid-upload: _upload sees to it
+                    raise
                 if attempt == self.attempts:
                     if store_unreachable(exc):  # this machine cannot reach the store: its fault, not the run's
                         self.fault = MachineFault.STORE
