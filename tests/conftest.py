@@ -57,3 +57,16 @@ def commander(db_url, tmp_path):
     c = Commander(db=db_url, token="test-admin-token", workdir=tmp_path).start()
     yield c
     c.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def module_commander(request, tmp_path_factory):
+    """A commander on a fresh database of each kind, shared by one module's tests: for tests that
+    hold whatever state the others left (a refused request changes nothing, whatever is there)."""
+    if request.param == "postgresql":
+        require_pg()
+    folder = tmp_path_factory.mktemp(f"commander-{request.param}")
+    with fresh_database(request.param, folder) as url:
+        c = Commander(db=url, token="test-admin-token", workdir=folder).start()
+        yield c
+        c.stop()

@@ -3,6 +3,11 @@ endpoint (moto in server mode)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from relaytrain.commander.store import Store
@@ -28,22 +33,23 @@ def s3_env(moto, monkeypatch, tmp_path) -> MotoServer:
     return moto
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    """A commander on SQLite and a way to start workers against it (or through a proxy)."""
-    commander = Commander(db=str(tmp_path / "relay.db"), token="admin", workdir=tmp_path).start()
+@contextlib.contextmanager
+def live_cluster(root: Path) -> Iterator[Any]:
+    """A commander on SQLite under ``root`` and a way to start workers against it (or through a
+    proxy); every worker and the commander are stopped on leaving."""
+    commander = Commander(db=str(root / "relay.db"), token="admin", workdir=root).start()
     client = commander.client()
     token = client.create_token("workers").token
     workers: list[WorkerProc] = []
 
     class Cluster:
-        store = tmp_path / "artifacts"
+        store = root / "artifacts"
 
         def __init__(self) -> None:
             self.commander, self.client = commander, client
 
         def worker(self, name: str, url: str | None = None, *extra: str) -> WorkerProc:
-            w = WorkerProc(url or commander.url, token, name, tmp_path / name, list(extra)).start()
+            w = WorkerProc(url or commander.url, token, name, root / name, list(extra)).start()
             workers.append(w)
             return w
 
@@ -63,7 +69,7 @@ def cluster(tmp_path):
             return next(w for w in workers if w.worker_id == name)
 
         def attempts(self) -> list[dict]:
-            store = Store(str(tmp_path / "relay.db"))
+            store = Store(str(root / "relay.db"))
             try:
                 return store.attempts_table()
             finally:
@@ -72,8 +78,24 @@ def cluster(tmp_path):
         def logs(self) -> str:
             return "\n".join(f"--- {w.worker_id}\n{w.log()[-3000:]}" for w in workers)
 
-    yield Cluster()
-    for w in workers:
-        w.stop()
-    client.close()
-    commander.stop()
+    try:
+        yield Cluster()
+    finally:
+        for w in workers:
+            w.stop()
+        client.close()
+        commander.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """A live cluster of this test's own (``live_cluster``)."""
+    with live_cluster(tmp_path) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def module_cluster(tmp_path_factory):
+    """A live cluster that the tests of one module share (for what they only read)."""
+    with live_cluster(tmp_path_factory.mktemp("cluster")) as live:
+        yield live

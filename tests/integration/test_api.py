@@ -36,6 +36,14 @@ def http(commander):
         yield c
 
 
+@pytest.fixture
+def shared_http(module_commander):
+    """A client of the module's shared commander (``module_commander``)."""
+    with httpx.Client(base_url=module_commander.url,
+                      headers={"Authorization": f"Bearer {module_commander.token}"}) as c:
+        yield c
+
+
 def test_health_needs_no_token(commander):
     body = httpx.get(f"{commander.url}/api/v1/health").json()
     assert body["status"] == "ok" and body["database"] in ("sqlite", "postgresql")
@@ -161,7 +169,8 @@ HOSTILE_IDS = ["..%2Fx", "a" * 10_000, "a%00b", "%C3%A9t%C3%A9", "UPPER", "-lead
 
 
 @pytest.mark.parametrize("run_id", HOSTILE_IDS)
-def test_hostile_run_ids_are_refused(commander, http, run_id):
+def test_hostile_run_ids_are_refused(module_commander, shared_http, run_id):
+    commander, http = module_commander, shared_http
     before = table_snapshot(commander.db)
     for method, path in (("GET", ""), ("POST", "/cancel"), ("GET", "/events")):
         response = http.request(method, f"/api/v1/runs/{run_id}{path}")
@@ -201,8 +210,9 @@ BAD_BODIES = [
 
 
 @pytest.mark.parametrize(("path", "body", "status"), BAD_BODIES)
-def test_bad_input_gets_a_clear_4xx_and_changes_nothing(commander, http, path, body, status):
-    http.post("/api/v1/runs", json={**RUN, "run_id": "existing"})
+def test_bad_input_gets_a_clear_4xx_and_changes_nothing(module_commander, shared_http, path, body, status):
+    commander, http = module_commander, shared_http
+    http.post("/api/v1/runs", json={**RUN, "run_id": "existing"})  # 201, or 409 once another test made it
     before = table_snapshot(commander.db)
     response = http.post(path, content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == status, response.text

@@ -31,10 +31,16 @@ def relay(cluster, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
+def cluster(module_cluster):
+    """One cluster for the module: its tests read the one run back."""
+    return module_cluster
+
+
+@pytest.fixture(scope="module")
 def handed_off(cluster) -> int:
-    """The run, trained to the end across a kill -9 of its first holder; returns the step the
-    second attempt resumed from."""
+    """The run, trained to the end across a kill -9 of its first holder (once for the module);
+    returns the step the second attempt resumed from."""
     cluster.client.submit(counter_run(RUN, cluster.store, max_steps=STEPS, every=20, step_s=0.1))
     cluster.worker("a")
     cluster.worker("b")
