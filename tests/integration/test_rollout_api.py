@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from relaytrain.api import models as m
+from relaytrain.api.rollout import RegisterRolloutWorker, RolloutAnnounce, RolloutRun, RolloutWorkerView
 from relaytrain.errors import Forbidden, LeaseLost, NotFound, RequestInvalid
 from tests.integration.test_api import table_snapshot
 
@@ -19,8 +20,8 @@ ROLLOUT_ROUTES = {("GET", "/api/v1/runs/{run_id}/rollout"), ("GET", "/api/v1/rol
 PATH_VALUES = {"run_id": "rl", "worker_id": "rw1", "name": "host1", "token_id": "1"}
 
 
-def announce(worker_id: str, epoch: int, **extra) -> m.RolloutAnnounce:
-    return m.RolloutAnnounce(worker_id=worker_id, epoch=epoch, url=extra.pop("url", URL), secret=SECRET, **extra)
+def announce(worker_id: str, epoch: int, **extra) -> RolloutAnnounce:
+    return RolloutAnnounce(worker_id=worker_id, epoch=epoch, url=extra.pop("url", URL), secret=SECRET, **extra)
 
 
 def test_a_rollout_token_reaches_the_rollout_endpoints_and_nothing_else(commander):
@@ -42,7 +43,7 @@ def test_a_rollout_token_reaches_the_rollout_endpoints_and_nothing_else(commande
     assert ("POST", "/api/v1/leases/claim") in refused and ("PUT", "/api/v1/runs/{run_id}/rollout") in refused
     assert ("GET", "/metrics") in refused and len(refused) >= 25  # the walk really covered the API
     with commander.client(token=rollout_token) as rollout:
-        info = rollout.register_rollout_worker(m.RegisterRolloutWorker(worker_id="rw1", labels={"zone": "eu"}))
+        info = rollout.register_rollout_worker(RegisterRolloutWorker(worker_id="rw1", labels={"zone": "eu"}))
         assert (info.worker_id, info.labels, info.run_id) == ("rw1", {"zone": "eu"}, None)
         assert rollout.rollout_runs() == []
         with pytest.raises(NotFound, match="run rl is queued"):
@@ -53,7 +54,7 @@ def test_a_rollout_token_reaches_the_rollout_endpoints_and_nothing_else(commande
         with pytest.raises(Forbidden):
             worker.rollout_endpoint("rl")
         with pytest.raises(Forbidden):
-            worker.register_rollout_worker(m.RegisterRolloutWorker(worker_id="rw2"))
+            worker.register_rollout_worker(RegisterRolloutWorker(worker_id="rw2"))
     with commander.client() as admin:
         assert [w.worker_id for w in admin.rollout_workers()] == ["rw1"]
 
@@ -63,13 +64,13 @@ def test_announce_then_discover_over_http_and_stale_epochs_change_nothing(comman
         rollout_token = admin.create_token("rollout-1", "rollout").token
         admin.submit(RUN)
         old = admin.claim(m.ClaimRequest(worker_id="old", wait_s=0))
-        pool = [m.RolloutWorkerView(worker_id="rw1", version=2, groups_in_flight=1, tokens_per_s=12.5, groups_done=4,
+        pool = [RolloutWorkerView(worker_id="rw1", version=2, groups_in_flight=1, tokens_per_s=12.5, groups_done=4,
                                     last_seen_s=0.3)]
         sent = admin.announce_rollout("rl", announce("old", old.epoch, version=2, pool=pool))
         assert (sent.epoch, sent.url, sent.version, sent.pool) == (old.epoch, URL, 2, pool)
         with commander.client(token=rollout_token) as rollout:
             assert rollout.rollout_endpoint("rl") == sent
-            assert rollout.rollout_runs() == [m.RolloutRun(run_id="rl", epoch=old.epoch, labels={"zone": "eu"},
+            assert rollout.rollout_runs() == [RolloutRun(run_id="rl", epoch=old.epoch, labels={"zone": "eu"},
                                                            rollout_workers=1)]
             admin.release("rl", m.ReleaseRequest(worker_id="old", epoch=old.epoch, outcome="preempted"))
             with pytest.raises(NotFound, match="run rl is queued"):
@@ -99,7 +100,7 @@ def test_announce_then_discover_over_http_and_stale_epochs_change_nothing(comman
 def test_bad_input_is_refused_naming_the_field_and_changes_nothing(commander, path, body, needle):
     with commander.client() as admin:
         admin.submit(RUN)
-        admin.register_rollout_worker(m.RegisterRolloutWorker(worker_id="rw1"))
+        admin.register_rollout_worker(RegisterRolloutWorker(worker_id="rw1"))
     before = table_snapshot(commander.db)
     answer = httpx.put(commander.url + path, json=body, headers={"Authorization": f"Bearer {commander.token}"})
     assert answer.status_code == 422, answer.text

@@ -12,8 +12,8 @@ import sys
 import httpx
 import pytest
 
-from relaytrain.api import models as m
 from relaytrain.api.client import RelayClient
+from relaytrain.api.rollout import RolloutEndpoint, RolloutRun, RolloutWorkerView
 from relaytrain.errors import NotFound
 from tests.integration.test_cli import relay
 from tests.support.commander import wait_until
@@ -64,7 +64,7 @@ def fake_run(run_id: str, store, go, spread) -> dict:
                         "env": {"GO_FILE": str(go), "SPREAD_FILE": str(spread)}}}
 
 
-def newest(client: RelayClient, run_id: str) -> m.RolloutEndpoint | None:
+def newest(client: RelayClient, run_id: str) -> RolloutEndpoint | None:
     """The run's rollout endpoint once it serves the trainer's last version, else None."""
     try:
         endpoint = client.rollout_endpoint(run_id)
@@ -94,9 +94,9 @@ def test_the_worker_forwards_the_rollout_manager_coalesced_and_status_shows_the_
                               f"the newest rollout announcement (workers: {cluster.logs()})")
         # the worker routes to the commander over loopback, so that is the address it passed down
         assert (endpoint.epoch, endpoint.url, endpoint.secret) == (1, "http://127.0.0.1:4100", SECRET)
-        assert endpoint.pool == [m.RolloutWorkerView(worker_id="rw1", version=LAST, groups_in_flight=2,
+        assert endpoint.pool == [RolloutWorkerView(worker_id="rw1", version=LAST, groups_in_flight=2,
                                                      tokens_per_s=123.4, groups_done=LAST, last_seen_s=0.5)]
-        assert rollout.rollout_runs() == [m.RolloutRun(run_id="pool", epoch=1, labels={}, rollout_workers=1)]
+        assert rollout.rollout_runs() == [RolloutRun(run_id="pool", epoch=1, labels={}, rollout_workers=1)]
         # Coalesced: the first at once, then at most one a second (interval_s), the newest only; so
         # at most 3 + the seconds the trainer took to write its events, whatever the machine's load
         # (one request per event line would be ~30; one per poll of the progress file about as many).

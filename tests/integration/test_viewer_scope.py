@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from relaytrain.api import models as m
+from relaytrain.api.rollout import RolloutAnnounce, RolloutPool, RolloutWorkerView
 from relaytrain.commander.store import Store
 from relaytrain.config import REDACTED
 from relaytrain.errors import Forbidden
@@ -106,13 +107,13 @@ def test_a_viewer_reads_the_rollout_pool_without_the_managers_secret(commander):
         viewer_token = admin.create_token("screen", "viewer").token
         admin.submit({"run_id": "rl", "kind": "grpo", "max_steps": 5, "rollout": {}})
         grant = admin.claim(m.ClaimRequest(worker_id="w1", wait_s=0))
-        pool = [m.RolloutWorkerView(worker_id="rw1", version=3, groups_in_flight=2, tokens_per_s=9.5, groups_done=7)]
-        admin.announce_rollout("rl", m.RolloutAnnounce(worker_id="w1", epoch=grant.epoch, url="http://127.0.0.1:4100",
+        pool = [RolloutWorkerView(worker_id="rw1", version=3, groups_in_flight=2, tokens_per_s=9.5, groups_done=7)]
+        admin.announce_rollout("rl", RolloutAnnounce(worker_id="w1", epoch=grant.epoch, url="http://127.0.0.1:4100",
                                                        secret=secret, version=3, pool=pool))
     as_viewer = {"Authorization": f"Bearer {viewer_token}"}
     seen = httpx.get(f"{commander.url}/api/v1/runs/rl/rollout/pool", headers=as_viewer)
     assert seen.status_code == 200 and secret not in seen.text
-    body = m.RolloutPool.model_validate(seen.json())
+    body = RolloutPool.model_validate(seen.json())
     assert (body.run_id, body.epoch, body.version, body.pool) == ("rl", grant.epoch, 3, pool)
     gone = httpx.get(f"{commander.url}/api/v1/runs/nope/rollout/pool", headers=as_viewer)
     assert gone.status_code == 404 and "nope" in gone.json()["detail"]

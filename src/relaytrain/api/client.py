@@ -22,6 +22,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from relaytrain.api.rollout import (
+    RegisterRolloutWorker,
+    RolloutAnnounce,
+    RolloutEndpoint,
+    RolloutRun,
+    RolloutWorkerInfo,
+)
 from relaytrain.errors import CommanderUnavailable, ConfigError, RelayError, error_class, error_classes
 from relaytrain.tls import client_context, verification_error, verification_failure
 
@@ -278,30 +285,30 @@ class RelayClient:
 
     # -- the rollout pool -------------------------------------------------------------------
 
-    def announce_rollout(self, run_id: str, req: m.RolloutAnnounce) -> m.RolloutEndpoint:
+    def announce_rollout(self, run_id: str, req: RolloutAnnounce) -> RolloutEndpoint:
         """A training worker: where its trainer's rollout manager is (fenced by the epoch)."""
-        return m.RolloutEndpoint.model_validate(
+        return RolloutEndpoint.model_validate(
             self.request("PUT", f"/api/v1/runs/{run_id}/rollout", json=req.model_dump())
         )
 
-    def rollout_endpoint(self, run_id: str) -> m.RolloutEndpoint:
+    def rollout_endpoint(self, run_id: str) -> RolloutEndpoint:
         """A rollout worker: where the run's manager is now. NotFound while it has none."""
-        return m.RolloutEndpoint.model_validate(self.request("GET", f"/api/v1/runs/{run_id}/rollout"))
+        return RolloutEndpoint.model_validate(self.request("GET", f"/api/v1/runs/{run_id}/rollout"))
 
-    def rollout_runs(self) -> list[m.RolloutRun]:
+    def rollout_runs(self) -> list[RolloutRun]:
         """A rollout worker: the running runs that take rollout workers, neediest first."""
         body = self.request("GET", "/api/v1/rollout/runs")
-        return [m.RolloutRun.model_validate(r) for r in body]
+        return [RolloutRun.model_validate(r) for r in body]
 
-    def register_rollout_worker(self, req: m.RegisterRolloutWorker) -> m.RolloutWorkerInfo:
+    def register_rollout_worker(self, req: RegisterRolloutWorker) -> RolloutWorkerInfo:
         """A rollout worker says it exists (and which run it serves); called again as a heartbeat."""
-        return m.RolloutWorkerInfo.model_validate(
+        return RolloutWorkerInfo.model_validate(
             self.request("PUT", f"/api/v1/rollout/workers/{req.worker_id}", json=req.model_dump())
         )
 
-    def rollout_workers(self) -> list[m.RolloutWorkerInfo]:
+    def rollout_workers(self) -> list[RolloutWorkerInfo]:
         """Every rollout worker the commander knows (admin)."""
-        return [m.RolloutWorkerInfo.model_validate(w) for w in self.request("GET", "/api/v1/rollout/workers")]
+        return [RolloutWorkerInfo.model_validate(w) for w in self.request("GET", "/api/v1/rollout/workers")]
 
     def commit_checkpoint(self, run_id: str, req: m.CheckpointCommit) -> m.CheckpointRef:
         return m.CheckpointRef.model_validate(

@@ -29,7 +29,8 @@ from .render import print_checkpoints, print_degraded, print_ledger, print_rollo
 
 if TYPE_CHECKING:
     from relaytrain.api.client import RelayClient
-    from relaytrain.api.models import RolloutEndpoint, RunDetail
+    from relaytrain.api.models import RunDetail
+    from relaytrain.api.rollout import RolloutEndpoint
 
 RunIdArg = Annotated[str, typer.Argument(help="The run's id.")]
 

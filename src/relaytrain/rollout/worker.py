@@ -104,7 +104,7 @@ class CommanderDirectory:
             return None
 
     def register(self, worker_id: str, labels: dict[str, str], run_id: str | None) -> None:
-        from relaytrain.api.models import RegisterRolloutWorker
+        from relaytrain.api.rollout import RegisterRolloutWorker
 
         self.client.register_rollout_worker(RegisterRolloutWorker(worker_id=worker_id, labels=labels, run_id=run_id))
 

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from relaytrain.api import models as m
 from relaytrain.api.client import RelayClient
+from relaytrain.api.rollout import RolloutAnnounce
 from relaytrain.artifacts import ArtifactStore
 from relaytrain.checkpoint import (
     MANIFEST_NAME,
@@ -286,7 +287,7 @@ class Reporter(Guarded):
         self.last_step: int | None = None
         self._pending: list[m.ProgressPoint] = []
         self._last_sent = 0.0
-        self._rollout: m.RolloutAnnounce | None = None  # the newest announcement not yet delivered
+        self._rollout: RolloutAnnounce | None = None  # the newest announcement not yet delivered
         self._rollout_tried: tuple[float, str] | None = None  # when the last one was sent, and its URL
         self._latest_seen: str | None = _latest_name(output_dir)
 
@@ -350,20 +351,20 @@ class Reporter(Guarded):
     def _take_rollout(self, fields: dict[str, Any]) -> None:
         """A rollout event: it replaces any announcement still waiting (one outside the contract is dropped)."""
         try:
-            self._rollout = m.RolloutAnnounce(worker_id=self.worker_id, epoch=self.epoch, url=fields["url"],
+            self._rollout = RolloutAnnounce(worker_id=self.worker_id, epoch=self.epoch, url=fields["url"],
                                               secret=fields["secret"], version=fields.get("version"),
                                               pool=fields.get("pool") or [])
         except ValidationError as exc:  # field names and messages only: the values may hold the secret
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False))
             log.warning("%s: ignoring a rollout event outside the contract: %s", self.run_id, problems)
 
-    def _rollout_due(self, announce: m.RolloutAnnounce) -> bool:
+    def _rollout_due(self, announce: RolloutAnnounce) -> bool:
         if self._rollout_tried is None:
             return True
         tried_at, tried_url = self._rollout_tried
         return announce.url != tried_url or time.monotonic() - tried_at >= self.interval_s
 
-    def _send_rollout(self, announce: m.RolloutAnnounce) -> None:
+    def _send_rollout(self, announce: RolloutAnnounce) -> None:
         self._rollout, self._rollout_tried = None, (time.monotonic(), announce.url)
         try:
             self.client.announce_rollout(self.run_id, announce)

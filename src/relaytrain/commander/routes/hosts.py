@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from relaytrain.api import models as m
+from relaytrain.api.hosts import HostInfo, HostPatch, HostRemoved, HostSpec
 from relaytrain.errors import InvalidState, NotFound
 
 from .deps import ADMIN, AUTHED, BODY, READ, HostNamePath, StoreDep, call, errors
@@ -19,28 +19,28 @@ def _info(host: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in host.items() if k != "assignments"}, "workers": host["assignments"]}
 
 
-@router.get("", response_model=list[m.HostInfo], dependencies=[READ], responses=errors(*AUTHED))
+@router.get("", response_model=list[HostInfo], dependencies=[READ], responses=errors(*AUTHED))
 async def list_hosts(store: StoreDep) -> list[dict[str, Any]]:
     return [_info(h) for h in await call(store.list_hosts)]
 
 
-@router.get("/{name}", response_model=m.HostInfo, dependencies=[READ], responses=errors(*AUTHED, NotFound))
+@router.get("/{name}", response_model=HostInfo, dependencies=[READ], responses=errors(*AUTHED, NotFound))
 async def get_host(name: HostNamePath, store: StoreDep) -> dict[str, Any]:
     return _info(await call(store.get_host, name))
 
 
-@router.put("/{name}", response_model=m.HostInfo, dependencies=[ADMIN], responses=errors(*AUTHED, *BODY))
-async def put_host(name: HostNamePath, spec: m.HostSpec, store: StoreDep) -> dict[str, Any]:
+@router.put("/{name}", response_model=HostInfo, dependencies=[ADMIN], responses=errors(*AUTHED, *BODY))
+async def put_host(name: HostNamePath, spec: HostSpec, store: StoreDep) -> dict[str, Any]:
     """Add a host, or change how it is reached (its last poll and its workers are kept)."""
     return _info(await call(store.put_host, name, spec.model_dump()))
 
 
-@router.patch("/{name}", response_model=m.HostInfo, dependencies=[ADMIN], responses=errors(*AUTHED, NotFound, *BODY))
-async def patch_host(name: HostNamePath, patch: m.HostPatch, store: StoreDep) -> dict[str, Any]:
+@router.patch("/{name}", response_model=HostInfo, dependencies=[ADMIN], responses=errors(*AUTHED, NotFound, *BODY))
+async def patch_host(name: HostNamePath, patch: HostPatch, store: StoreDep) -> dict[str, Any]:
     return _info(await call(store.set_host_enabled, name, patch.enabled))
 
 
-@router.delete("/{name}", response_model=m.HostRemoved, dependencies=[ADMIN],
+@router.delete("/{name}", response_model=HostRemoved, dependencies=[ADMIN],
                responses=errors(*AUTHED, NotFound, InvalidState))
 async def remove_host(
     name: HostNamePath,

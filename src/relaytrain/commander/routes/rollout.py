@@ -10,7 +10,14 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from relaytrain.api import models as m
+from relaytrain.api.rollout import (
+    RegisterRolloutWorker,
+    RolloutAnnounce,
+    RolloutEndpoint,
+    RolloutPool,
+    RolloutRun,
+    RolloutWorkerInfo,
+)
 from relaytrain.errors import LeaseLost, NotFound, RequestInvalid
 
 from .deps import AUTHED, BODY, READ, ROLLOUT, WORKER, RunIdPath, StoreDep, WorkerIdPath, call, errors
@@ -18,16 +25,16 @@ from .deps import AUTHED, BODY, READ, ROLLOUT, WORKER, RunIdPath, StoreDep, Work
 router = APIRouter(tags=["rollout"])
 
 
-@router.put("/api/v1/runs/{run_id}/rollout", response_model=m.RolloutEndpoint, dependencies=[WORKER],
+@router.put("/api/v1/runs/{run_id}/rollout", response_model=RolloutEndpoint, dependencies=[WORKER],
             responses=errors(*AUTHED, NotFound, LeaseLost, *BODY))
-async def announce_rollout(run_id: RunIdPath, req: m.RolloutAnnounce, store: StoreDep) -> dict[str, Any]:
+async def announce_rollout(run_id: RunIdPath, req: RolloutAnnounce, store: StoreDep) -> dict[str, Any]:
     """The holder's trainer serves rollout workers at ``url`` (and sees this ``pool``); refused with
     409, changing nothing, unless ``(worker_id, epoch)`` holds the run's live lease."""
     return await call(store.announce_rollout, run_id, req.worker_id, req.epoch, url=req.url, secret=req.secret,
                       version=req.version, pool=[p.model_dump() for p in req.pool])
 
 
-@router.get("/api/v1/runs/{run_id}/rollout", response_model=m.RolloutEndpoint, dependencies=[ROLLOUT],
+@router.get("/api/v1/runs/{run_id}/rollout", response_model=RolloutEndpoint, dependencies=[ROLLOUT],
             responses=errors(*AUTHED, NotFound))
 async def rollout_endpoint(run_id: RunIdPath, store: StoreDep) -> dict[str, Any]:
     """Where the run's rollout manager is now: only while the run is running under the epoch that
@@ -35,24 +42,24 @@ async def rollout_endpoint(run_id: RunIdPath, store: StoreDep) -> dict[str, Any]
     return await call(store.rollout_endpoint, run_id)
 
 
-@router.get("/api/v1/runs/{run_id}/rollout/pool", response_model=m.RolloutPool, dependencies=[READ],
+@router.get("/api/v1/runs/{run_id}/rollout/pool", response_model=RolloutPool, dependencies=[READ],
             responses=errors(*AUTHED, NotFound))
 async def rollout_pool(run_id: RunIdPath, store: StoreDep) -> dict[str, Any]:
     """The pool the run's rollout manager last reported; 404, saying why, while it has none."""
     endpoint = await call(store.rollout_endpoint, run_id)
-    return {k: v for k, v in endpoint.items() if k in m.RolloutPool.model_fields}
+    return {k: v for k, v in endpoint.items() if k in RolloutPool.model_fields}
 
 
-@router.get("/api/v1/rollout/runs", response_model=list[m.RolloutRun], dependencies=[ROLLOUT],
+@router.get("/api/v1/rollout/runs", response_model=list[RolloutRun], dependencies=[ROLLOUT],
             responses=errors(*AUTHED))
 async def rollout_runs(store: StoreDep) -> list[dict[str, Any]]:
     """Running runs whose rollout manager is up, fewest rollout workers first."""
     return await call(store.rollout_runs)
 
 
-@router.put("/api/v1/rollout/workers/{worker_id}", response_model=m.RolloutWorkerInfo, dependencies=[ROLLOUT],
+@router.put("/api/v1/rollout/workers/{worker_id}", response_model=RolloutWorkerInfo, dependencies=[ROLLOUT],
             responses=errors(*AUTHED, NotFound, *BODY))
-async def register_rollout_worker(worker_id: WorkerIdPath, req: m.RegisterRolloutWorker,
+async def register_rollout_worker(worker_id: WorkerIdPath, req: RegisterRolloutWorker,
                                   store: StoreDep) -> dict[str, Any]:
     """Create or refresh a rollout worker (call it again as a heartbeat). 404 if ``run_id`` names no run."""
     if req.worker_id != worker_id:
@@ -60,7 +67,7 @@ async def register_rollout_worker(worker_id: WorkerIdPath, req: m.RegisterRollou
     return await call(store.register_rollout_worker, worker_id, labels=req.labels, run_id=req.run_id)
 
 
-@router.get("/api/v1/rollout/workers", response_model=list[m.RolloutWorkerInfo], dependencies=[READ],
+@router.get("/api/v1/rollout/workers", response_model=list[RolloutWorkerInfo], dependencies=[READ],
             responses=errors(*AUTHED))
 async def list_rollout_workers(store: StoreDep) -> list[dict[str, Any]]:
     return await call(store.list_rollout_workers)
