@@ -65,13 +65,13 @@ def test_announce_then_discover_over_http_and_stale_epochs_change_nothing(comman
         admin.submit(RUN)
         old = admin.claim(m.ClaimRequest(worker_id="old", wait_s=0))
         pool = [RolloutWorkerView(worker_id="rw1", version=2, groups_in_flight=1, tokens_per_s=12.5, groups_done=4,
-                                    last_seen_s=0.3)]
+                                  last_seen_s=0.3)]
         sent = admin.announce_rollout("rl", announce("old", old.epoch, version=2, pool=pool))
         assert (sent.epoch, sent.url, sent.version, sent.pool) == (old.epoch, URL, 2, pool)
         with commander.client(token=rollout_token) as rollout:
             assert rollout.rollout_endpoint("rl") == sent
             assert rollout.rollout_runs() == [RolloutRun(run_id="rl", epoch=old.epoch, labels={"zone": "eu"},
-                                                           rollout_workers=1)]
+                                                         rollout_workers=1)]
             admin.release("rl", m.ReleaseRequest(worker_id="old", epoch=old.epoch, outcome="preempted"))
             with pytest.raises(NotFound, match="run rl is queued"):
                 rollout.rollout_endpoint("rl")

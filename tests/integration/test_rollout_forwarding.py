@@ -95,7 +95,7 @@ def test_the_worker_forwards_the_rollout_manager_coalesced_and_status_shows_the_
         # the worker routes to the commander over loopback, so that is the address it passed down
         assert (endpoint.epoch, endpoint.url, endpoint.secret) == (1, "http://127.0.0.1:4100", SECRET)
         assert endpoint.pool == [RolloutWorkerView(worker_id="rw1", version=LAST, groups_in_flight=2,
-                                                     tokens_per_s=123.4, groups_done=LAST, last_seen_s=0.5)]
+                                                   tokens_per_s=123.4, groups_done=LAST, last_seen_s=0.5)]
         assert rollout.rollout_runs() == [RolloutRun(run_id="pool", epoch=1, labels={}, rollout_workers=1)]
         # Coalesced: the first at once, then at most one a second (interval_s), the newest only; so
         # at most 3 + the seconds the trainer took to write its events, whatever the machine's load

@@ -109,7 +109,7 @@ def test_a_viewer_reads_the_rollout_pool_without_the_managers_secret(commander):
         grant = admin.claim(m.ClaimRequest(worker_id="w1", wait_s=0))
         pool = [RolloutWorkerView(worker_id="rw1", version=3, groups_in_flight=2, tokens_per_s=9.5, groups_done=7)]
         admin.announce_rollout("rl", RolloutAnnounce(worker_id="w1", epoch=grant.epoch, url="http://127.0.0.1:4100",
-                                                       secret=secret, version=3, pool=pool))
+                                                     secret=secret, version=3, pool=pool))
     as_viewer = {"Authorization": f"Bearer {viewer_token}"}
     seen = httpx.get(f"{commander.url}/api/v1/runs/rl/rollout/pool", headers=as_viewer)
     assert seen.status_code == 200 and secret not in seen.text

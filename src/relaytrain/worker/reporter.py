@@ -352,8 +352,8 @@ class Reporter(Guarded):
         """A rollout event: it replaces any announcement still waiting (one outside the contract is dropped)."""
         try:
             self._rollout = RolloutAnnounce(worker_id=self.worker_id, epoch=self.epoch, url=fields["url"],
-                                              secret=fields["secret"], version=fields.get("version"),
-                                              pool=fields.get("pool") or [])
+                                            secret=fields["secret"], version=fields.get("version"),
+                                            pool=fields.get("pool") or [])
         except ValidationError as exc:  # field names and messages only: the values may hold the secret
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False))
             log.warning("%s: ignoring a rollout event outside the contract: %s", self.run_id, problems)
