@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -67,26 +70,46 @@ def test_tailer_reads_whole_lines_only(tmp_path):
     assert tailer.read_new() == []
 
 
-def test_uploader_records_the_store_commit_of_each_checkpoint(tmp_path):
-    """Through the commander's real API on SQLite, to a Hub faked at its boundary: each durable
-    checkpoint is recorded with the commit holding it, and the uploader's own retention deletes
-    (commits too) do not stop its next checkpoint."""
+def claimed_run(tmp_path: Path) -> Store:
+    """A SQLite store holding the command run ``r``, claimed by worker ``w1`` (epoch 1)."""
     db = Store(str(tmp_path / "relay.db"))
     db.upgrade()
     db.submit_run(parse_run_config({"run_id": "r", "kind": "command", "max_steps": 100,
                                     "trainer": {"command": "true"}}), now=0)
     assert db.claim_run("w1")["epoch"] == 1
-    api = FakeHfApi()
-    hub = HFStore("me/relay-run", api=api, token="hf_x")
-    stops: list[tuple[str, str]] = []
+    return db
+
+
+@contextlib.contextmanager
+def worker_client(db: Store, intercept: Callable[[httpx.Request], httpx.Response | None] | None = None,
+                  **options: Any) -> Iterator[RelayClient]:
+    """A worker's ``RelayClient`` on the commander's real app over ``db``, in this process.
+    ``intercept(request)`` sees each request first: it may answer it (or raise) as a fault would."""
     with TestClient(create_app(db, admin_token="admin")) as http:
         def forward(request: httpx.Request) -> httpx.Response:
+            if intercept is not None and (faulty := intercept(request)) is not None:
+                return faulty
             answer = http.request(request.method, str(request.url), content=request.read(),
                                   headers=dict(request.headers))
             return httpx.Response(answer.status_code, headers=answer.headers.raw, content=answer.content)
 
         client = RelayClient("http://testserver", db.create_token("w", "worker"),
-                             transport=httpx.MockTransport(forward))
+                             transport=httpx.MockTransport(forward), **options)
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+def test_uploader_records_the_store_commit_of_each_checkpoint(tmp_path):
+    """Through the commander's real API on SQLite, to a Hub faked at its boundary: each durable
+    checkpoint is recorded with the commit holding it, and the uploader's own retention deletes
+    (commits too) do not stop its next checkpoint."""
+    db = claimed_run(tmp_path)
+    api = FakeHfApi()
+    hub = HFStore("me/relay-run", api=api, token="hf_x")
+    stops: list[tuple[str, str]] = []
+    with worker_client(db) as client:
         for step in (10, 20, 30):
             path = CheckpointManager(tmp_path / "out").save({"model.bin": b"w" * 2000, "step.json": {"step": step}},
                                                            step, epoch=1)
@@ -116,7 +139,6 @@ def test_uploader_records_the_store_commit_of_each_checkpoint(tmp_path):
         assert "epoch 2" in stops[0][1] and "stale" in stops[0][1]
         assert [c["step"] for c in db.list_checkpoints("r")][-1] == 30
         assert hub.list_checkpoints("r") == [30, 40]
-        client.close()
     assert [c["revision"] is not None for c in db.list_checkpoints("r")] == [True, True, True]
     db.close()
 
@@ -146,20 +168,9 @@ def test_the_uploader_skips_a_checkpoint_pruned_under_it_and_uploads_one_saved_a
     """The trainer owns its checkpoint folders while the uploader reads them: one it prunes is
     skipped and said so, one it saves again (its manifest gone) is uploaded anew; neither stops
     the uploader (it died of "manifest.json missing", failing a cancelled attempt, before)."""
-    db = Store(str(tmp_path / "relay.db"))
-    db.upgrade()
-    db.submit_run(parse_run_config({"run_id": "r", "kind": "command", "max_steps": 100,
-                                    "trainer": {"command": "true"}}), now=0)
-    assert db.claim_run("w1")["epoch"] == 1
+    db = claimed_run(tmp_path)
     stops: list[tuple[str, str]] = []
-    with TestClient(create_app(db, admin_token="admin")) as http:
-        def forward(request: httpx.Request) -> httpx.Response:
-            answer = http.request(request.method, str(request.url), content=request.read(),
-                                  headers=dict(request.headers))
-            return httpx.Response(answer.status_code, headers=answer.headers.raw, content=answer.content)
-
-        client = RelayClient("http://testserver", db.create_token("w", "worker"),
-                             transport=httpx.MockTransport(forward))
+    with worker_client(db) as client:
         store = _TrainerRaces(tmp_path / "store", pruned={10}, resaved={20})
         uploader = Uploader(client, store, "r", "w1", 1, lambda *why: stops.append(why)).start()
         out = tmp_path / "out"
@@ -169,7 +180,6 @@ def test_the_uploader_skips_a_checkpoint_pruned_under_it_and_uploads_one_saved_a
             (folder / "state.json").write_text(json.dumps({"step": step}))  # an external trainer's: no manifest
             uploader.submit(step, folder)
         uploader.drain()
-        client.close()
     assert not uploader.died and not stops
     assert uploader.skipped == [f"step 10: {out / 'step_00000010'} vanished during upload (pruned by the trainer?)"]
     assert uploader.durable_step == 20 and store.list_checkpoints("r") == [20]
@@ -220,24 +230,17 @@ def test_the_reporter_announces_rollout_managers_retries_and_stops_when_fenced(t
     from relaytrain.worker.reporter import Reporter
     from tests.support.commander import wait_until
 
-    db = Store(str(tmp_path / "relay.db"))
-    db.upgrade()
-    db.submit_run(parse_run_config({"run_id": "r", "kind": "command", "max_steps": 100,
-                                    "trainer": {"command": "true"}}), now=0)
-    assert db.claim_run("w1")["epoch"] == 1
+    db = claimed_run(tmp_path)
     down, puts = [True], []
-    with TestClient(create_app(db, admin_token="admin")) as http:
-        def forward(request: httpx.Request) -> httpx.Response:
-            if request.method == "PUT":
-                puts.append(down[0])
-                if down[0]:
-                    return httpx.Response(503, json={"error": "StoreError", "detail": "database is down"})
-            answer = http.request(request.method, str(request.url), content=request.read(),
-                                  headers=dict(request.headers))
-            return httpx.Response(answer.status_code, headers=answer.headers.raw, content=answer.content)
 
-        client = RelayClient("http://testserver", db.create_token("w", "worker"), retries=0,
-                             transport=httpx.MockTransport(forward))
+    def database_down(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "PUT":
+            puts.append(down[0])
+            if down[0]:
+                return httpx.Response(503, json={"error": "StoreError", "detail": "database is down"})
+        return None
+
+    with worker_client(db, database_down, retries=0) as client:
 
         def reporter(epoch: int, progress, stops) -> Reporter:
             return Reporter(client, ProgressTailer(progress), _RecordingUploader(), tmp_path / "checkpoints", "r",
@@ -261,7 +264,6 @@ def test_the_reporter_announces_rollout_managers_retries_and_stops_when_fenced(t
         stale.write_text(event_line(ROLLOUT_EVENT, url="http://10.0.0.2:4100", secret="k" * 20))
         reporter(1, stale, stale_stops).finish()
         assert [why for why, _ in stale_stops] == ["lost"] and "stale" in stale_stops[0][1]
-        client.close()
     db.close()
 
 
@@ -281,24 +283,16 @@ def test_a_commit_the_commander_cannot_take_is_retried_until_it_is_back(tmp_path
     from relaytrain.artifacts import open_store
     from tests.support.commander import wait_until
 
-    db = Store(str(tmp_path / "relay.db"))
-    db.upgrade()
-    db.submit_run(parse_run_config({"run_id": "r", "kind": "command", "max_steps": 100,
-                                    "trainer": {"command": "true"}}), now=0)
-    assert db.claim_run("w1")["epoch"] == 1
+    db = claimed_run(tmp_path)
     down, tries = [True], []
-    with TestClient(create_app(db, admin_token="admin")) as http:
-        def forward(request: httpx.Request) -> httpx.Response:
-            if request.url.path.endswith("/checkpoints"):
-                tries.append(down[0])
-                if down[0]:
-                    raise httpx.ConnectError("connection refused", request=request)
-            answer = http.request(request.method, str(request.url), content=request.read(),
-                                  headers=dict(request.headers))
-            return httpx.Response(answer.status_code, headers=answer.headers.raw, content=answer.content)
 
-        client = RelayClient("http://testserver", db.create_token("w", "worker"), retries=0,
-                             transport=httpx.MockTransport(forward))
+    def commander_unreachable(request: httpx.Request) -> None:
+        if request.url.path.endswith("/checkpoints"):
+            tries.append(down[0])
+            if down[0]:
+                raise httpx.ConnectError("connection refused", request=request)
+
+    with worker_client(db, commander_unreachable, retries=0) as client:
         store, stops = open_store(tmp_path / "store"), []
         uploader = Uploader(client, store, "r", "w1", 1, lambda *why: stops.append(why), attempts=2).start()
         uploader.submit(10, CheckpointManager(tmp_path / "out").save({"model.bin": b"w" * 100}, 10, epoch=1))
@@ -316,7 +310,6 @@ def test_a_commit_the_commander_cannot_take_is_retried_until_it_is_back(tmp_path
         uploader.drain(timeout_s=30)
         assert uploader.durable_step is None and "not committed" in uploader.skipped[0] and not stops
         assert [c["step"] for c in db.list_checkpoints("r")] == [10]
-        client.close()
     db.close()
 
 
