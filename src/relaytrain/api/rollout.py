@@ -31,18 +31,6 @@ class RolloutAnnounce(LeaseRef):
     pool: list[RolloutWorkerView] = Field(default_factory=list, max_length=1024)
 
 
-class RolloutEndpoint(_Wire):
-    """Where a run's rollout manager is now (only while the run is running under that epoch)."""
-
-    run_id: str
-    epoch: int
-    url: str
-    secret: str
-    version: int | None = None
-    pool: list[RolloutWorkerView] = Field(default_factory=list)
-    updated_at: float
-
-
 class RolloutPool(_Wire):
     """A run's rollout pool as its manager last reported it, without what rollout workers present
     to the manager (``GET /api/v1/runs/{id}/rollout/pool``, viewer scope)."""
@@ -53,6 +41,13 @@ class RolloutPool(_Wire):
     version: int | None = None
     pool: list[RolloutWorkerView] = Field(default_factory=list)
     updated_at: float
+
+
+class RolloutEndpoint(RolloutPool):
+    """Where a run's rollout manager is now (only while the run is running under that epoch):
+    its pool, and what rollout workers present to it (rollout scope)."""
+
+    secret: str
 
 
 class RolloutRun(_Wire):
